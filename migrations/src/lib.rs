@@ -1,0 +1,25 @@
+//! Schema migrations for etjanstekort-gateway. One set serves SQLite and PostgreSQL; where the
+//! dialects differ (blob type, triggers) a migration picks the statement by backend.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m0001_cases;
+
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_cases::Migration)]
+    }
+}
+
+/// Runs each statement on its own: not every driver accepts several in one call.
+pub(crate) async fn run_all(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    let conn = manager.get_connection();
+    for sql in statements {
+        conn.execute_unprepared(sql).await?;
+    }
+    Ok(())
+}

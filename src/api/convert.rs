@@ -1,0 +1,356 @@
+//! Proto ↔ domain, in exactly one module. Parsing collects every field violation, so a
+//! caller learns all its mistakes in one round trip.
+
+use base64::Engine;
+use prost_types::Timestamp as PbTimestamp;
+use tonic_types::FieldViolation;
+
+use super::error::ApiError;
+use super::pb;
+use crate::domain::{
+    CardHolder, CardNumber, CaseId, Deregistration, Email, HsaId, KivRemovalRoute,
+    NewDeregistration, PersonName, Personnummer, Reason, Reporter, State, Timestamp,
+};
+
+/// Clock skew tolerated on `card_received_time` before it counts as the future.
+const FUTURE_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
+
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn take<T, E: std::fmt::Display>(&mut self, field: &str, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(FieldViolation::new(field, e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, field: &str, rule: &str) {
+        self.0.push(FieldViolation::new(field, rule));
+    }
+}
+
+/// The request_id's rule: optional, else 1–64 of `A-Z a-z 0-9 . _ -`.
+pub fn request_id(raw: &str) -> Result<Option<String>, ApiError> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(ApiError::invalid(
+            "request_id",
+            "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
+        ));
+    }
+    Ok(Some(s.to_owned()))
+}
+
+pub fn new_deregistration(
+    req: &pb::CreateDeregistrationRequest,
+) -> Result<(Option<String>, NewDeregistration), ApiError> {
+    let mut v = Violations(Vec::new());
+    let rid = match request_id(&req.request_id) {
+        Ok(r) => r,
+        Err(ApiError::InvalidArgument(mut f)) => {
+            v.0.append(&mut f);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(d) = &req.deregistration else {
+        v.push("deregistration", "is required");
+        return Err(ApiError::InvalidArgument(v.0));
+    };
+    let p = "deregistration";
+    let care_unit = v.take(&format!("{p}.care_unit_hsa_id"), HsaId::parse(&d.care_unit_hsa_id));
+
+    let holder = match &d.card_holder {
+        None => {
+            v.push(&format!("{p}.card_holder"), "is required");
+            None
+        }
+        Some(h) => {
+            let pnr = v.take(
+                &format!("{p}.card_holder.personal_identity_number"),
+                Personnummer::parse(&h.personal_identity_number),
+            );
+            let name = v.take(&format!("{p}.card_holder.full_name"), PersonName::parse(&h.full_name));
+            let email = if h.email.trim().is_empty() {
+                Some(None)
+            } else {
+                v.take(&format!("{p}.card_holder.email"), Email::parse(&h.email)).map(Some)
+            };
+            match (pnr, name, email) {
+                (Some(personnummer), Some(full_name), Some(email)) => Some(CardHolder {
+                    personnummer,
+                    full_name,
+                    email,
+                }),
+                _ => None,
+            }
+        }
+    };
+    let card_number = v.take(&format!("{p}.card_number"), CardNumber::parse(&d.card_number));
+    let reason = match pb::Reason::try_from(d.reason) {
+        Ok(pb::Reason::EmploymentEnded) => Some(Reason::EmploymentEnded),
+        Ok(pb::Reason::AgreementEnded) => Some(Reason::AgreementEnded),
+        _ => {
+            v.push(
+                &format!("{p}.reason"),
+                "is required: REASON_EMPLOYMENT_ENDED or REASON_AGREEMENT_ENDED",
+            );
+            None
+        }
+    };
+    let route = match pb::KivRemovalRoute::try_from(d.kiv_removal_route) {
+        Ok(pb::KivRemovalRoute::CareProvider) => Some(KivRemovalRoute::CareProvider),
+        Ok(pb::KivRemovalRoute::HealthCareOffice) => Some(KivRemovalRoute::HealthCareOffice),
+        _ => {
+            v.push(
+                &format!("{p}.kiv_removal_route"),
+                "is required: KIV_REMOVAL_ROUTE_CARE_PROVIDER or KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE",
+            );
+            None
+        }
+    };
+    let received = match &d.card_received_time {
+        None => {
+            v.push(&format!("{p}.card_received_time"), "is required");
+            None
+        }
+        Some(t) => match timestamp_in(t) {
+            None => {
+                v.push(&format!("{p}.card_received_time"), "is not a valid timestamp");
+                None
+            }
+            Some(ts) if ts.0 > Timestamp::now().0 + FUTURE_SKEW_MICROS => {
+                v.push(&format!("{p}.card_received_time"), "must not be in the future");
+                None
+            }
+            Some(ts) => Some(ts),
+        },
+    };
+    if !d.card_cut_across_chip {
+        v.push(
+            &format!("{p}.card_cut_across_chip"),
+            "must be true: the card must be cut straight across the chip before it is reported",
+        );
+    }
+    let reporter = match &d.reported_by {
+        None => {
+            v.push(&format!("{p}.reported_by"), "is required");
+            None
+        }
+        Some(r) => {
+            let hsa_id = v.take(&format!("{p}.reported_by.hsa_id"), HsaId::parse(&r.hsa_id));
+            let full_name = v.take(&format!("{p}.reported_by.full_name"), PersonName::parse(&r.full_name));
+            let email = v.take(&format!("{p}.reported_by.email"), Email::parse(&r.email));
+            match (hsa_id, full_name, email) {
+                (Some(hsa_id), Some(full_name), Some(email)) => Some(Reporter {
+                    hsa_id,
+                    full_name,
+                    email,
+                }),
+                _ => None,
+            }
+        }
+    };
+    match (care_unit, holder, card_number, reason, received, reporter, route) {
+        (Some(care_unit), Some(card_holder), Some(card_number), Some(reason), Some(card_received_at), Some(reported_by), Some(route))
+            if v.0.is_empty() =>
+        {
+            Ok((
+                rid,
+                NewDeregistration {
+                    care_unit,
+                    card_holder,
+                    card_number,
+                    reason,
+                    card_received_at,
+                    reported_by,
+                    route,
+                },
+            ))
+        }
+        _ => Err(ApiError::InvalidArgument(v.0)),
+    }
+}
+
+pub fn case_id(field: &str, raw: &str) -> Result<CaseId, ApiError> {
+    if raw.trim().is_empty() {
+        return Err(ApiError::invalid(field, "is required"));
+    }
+    CaseId::parse(raw).ok_or_else(|| ApiError::invalid(field, "must be a deregistration id (a UUID)"))
+}
+
+pub fn optional_hsa_id(field: &str, raw: &str) -> Result<Option<HsaId>, ApiError> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    HsaId::parse(raw).map(Some).map_err(|e| ApiError::invalid(field, e))
+}
+
+pub fn optional_state(field: &str, raw: i32) -> Result<Option<State>, ApiError> {
+    match pb::State::try_from(raw) {
+        Ok(pb::State::Unspecified) => Ok(None),
+        Ok(s) => Ok(Some(state_in(s))),
+        Err(_) => Err(ApiError::invalid(field, "is not a known State value")),
+    }
+}
+
+pub fn page_size(field: &str, raw: i32, default: u32, max: u32) -> Result<u32, ApiError> {
+    match raw {
+        0 => Ok(default),
+        n if n < 0 => Err(ApiError::invalid(field, "must not be negative")),
+        n => Ok((n as u32).min(max)),
+    }
+}
+
+/// Page tokens are opaque to callers: base64url of a version tag, the last id served and a
+/// digest of the filters, so a token cannot be replayed against a different query.
+pub fn encode_page_token(last: &CaseId, filters: &str) -> String {
+    let raw = format!("p1|{last}|{}", filter_digest(filters));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+pub fn decode_page_token(field: &str, token: &str, filters: &str) -> Result<Option<CaseId>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || ApiError::invalid(field, "is not a page token returned by this list call");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let mut parts = raw.split('|');
+    let (Some("p1"), Some(id), Some(digest), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if digest != filter_digest(filters) {
+        return Err(ApiError::invalid(
+            field,
+            "was issued for different filters; repeat the list call with the same filters",
+        ));
+    }
+    CaseId::parse(id).map(Some).ok_or_else(bad)
+}
+
+fn filter_digest(filters: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, filters.as_bytes());
+    crate::privacy::hex(&d.as_ref()[..8])
+}
+
+fn timestamp_in(t: &PbTimestamp) -> Option<Timestamp> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    Timestamp::from_unix(t.seconds, t.nanos)
+}
+
+pub fn timestamp_out(t: Timestamp) -> PbTimestamp {
+    PbTimestamp {
+        seconds: t.unix_seconds(),
+        nanos: t.subsec_nanos(),
+    }
+}
+
+fn state_in(s: pb::State) -> State {
+    match s {
+        pb::State::Unspecified | pb::State::Accepted => State::Accepted,
+        pb::State::RevocationRequested => State::RevocationRequested,
+        pb::State::Revoked => State::Revoked,
+        pb::State::KivRemovalPending => State::KivRemovalPending,
+        pb::State::Completed => State::Completed,
+        pb::State::Rejected => State::Rejected,
+        pb::State::Cancelled => State::Cancelled,
+        pb::State::NeedsAttention => State::NeedsAttention,
+    }
+}
+
+pub fn state_out(s: State) -> pb::State {
+    match s {
+        State::Accepted => pb::State::Accepted,
+        State::RevocationRequested => pb::State::RevocationRequested,
+        State::Revoked => pb::State::Revoked,
+        State::KivRemovalPending => pb::State::KivRemovalPending,
+        State::Completed => pb::State::Completed,
+        State::Rejected => pb::State::Rejected,
+        State::Cancelled => pb::State::Cancelled,
+        State::NeedsAttention => pb::State::NeedsAttention,
+    }
+}
+
+/// The case as a care provider sees it: the personnummer masked.
+pub fn deregistration_out(c: &Deregistration) -> pb::Deregistration {
+    let r = &c.report;
+    pb::Deregistration {
+        id: c.id.to_string(),
+        care_unit_hsa_id: r.care_unit.to_string(),
+        care_provider_hsa_id: c.care_provider.to_string(),
+        card_holder: Some(pb::CardHolder {
+            personal_identity_number: r.card_holder.personnummer.masked(),
+            full_name: r.card_holder.full_name.as_str().to_owned(),
+            email: r.card_holder.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
+        }),
+        card_number: r.card_number.to_string(),
+        reason: match r.reason {
+            Reason::EmploymentEnded => pb::Reason::EmploymentEnded,
+            Reason::AgreementEnded => pb::Reason::AgreementEnded,
+        } as i32,
+        card_received_time: Some(timestamp_out(r.card_received_at)),
+        card_cut_across_chip: true,
+        reported_by: Some(pb::Reporter {
+            hsa_id: r.reported_by.hsa_id.to_string(),
+            full_name: r.reported_by.full_name.as_str().to_owned(),
+            email: r.reported_by.email.as_str().to_owned(),
+        }),
+        kiv_removal_route: match r.route {
+            KivRemovalRoute::CareProvider => pb::KivRemovalRoute::CareProvider,
+            KivRemovalRoute::HealthCareOffice => pb::KivRemovalRoute::HealthCareOffice,
+        } as i32,
+        state: state_out(c.state) as i32,
+        create_time: Some(timestamp_out(c.created_at)),
+        update_time: Some(timestamp_out(c.updated_at)),
+        revocation_reference: c.revocation_reference.clone().unwrap_or_default(),
+        state_reason: c.state_reason.clone().unwrap_or_default(),
+    }
+}
+
+/// Free-text fields (reasons, comments) are bounded and must not smuggle in a personnummer.
+pub fn free_text(field: &str, raw: &str) -> Result<String, ApiError> {
+    let s = raw.trim();
+    if s.chars().count() > 500 || s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::invalid(field, "must be at most 500 characters without control characters"));
+    }
+    if contains_identity_number(s) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain a personal identity number (the audit trail is kept without them)",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// True if any run of digits (with an optional `-`/`+` separator) parses as a personnummer.
+fn contains_identity_number(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'-' || b[i] == b'+') {
+                i += 1;
+            }
+            let run = &s[start..i];
+            if (10..=13).contains(&run.len()) && Personnummer::parse(run).is_ok() {
+                return true;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}

@@ -1,0 +1,227 @@
+//! One typed configuration tree: embedded defaults, then an optional file, then environment
+//! variables `ETK_<SECTION>__<KEY>`. Validated at start-up; secrets never printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+const ENV_PREFIX: &str = "ETK_";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub database: DatabaseConfig,
+    pub privacy: PrivacyConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub concurrency_per_connection: usize,
+    pub request_timeout_seconds: u64,
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub principals_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+    pub acquire_timeout_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    pub master_key_file: PathBuf,
+    pub master_key: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+/// A configuration value that must not be printed (passwords, keys, URLs with credentials).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<secret>" })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree: toml::Table = DEFAULTS
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("embedded defaults: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let overlay: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            merge(&mut tree, overlay);
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let Some((section, field)) = rest.split_once("__") else { continue };
+            let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
+            let Some(toml::Value::Table(t)) = tree.get_mut(&section) else {
+                return Err(ConfigError::Invalid(format!("{key}: no section [{section}]")));
+            };
+            let Some(old) = t.get(&field) else {
+                return Err(ConfigError::Invalid(format!("{key}: no key {field} in [{section}]")));
+            };
+            // Keep the default's type: numbers stay numbers, so serde sees the right shape.
+            let new = match old {
+                toml::Value::Integer(_) => value
+                    .parse()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| ConfigError::Invalid(format!("{key} must be an integer")))?,
+                toml::Value::Boolean(_) => value
+                    .parse()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| ConfigError::Invalid(format!("{key} must be true or false")))?,
+                _ => toml::Value::String(value),
+            };
+            t.insert(field, new);
+        }
+        toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Checks what `serve` needs, naming each missing setting.
+    pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
+        let mut missing = Vec::new();
+        for (name, empty) in [
+            ("tls.cert", self.tls.cert.as_os_str().is_empty()),
+            ("tls.key", self.tls.key.as_os_str().is_empty()),
+            ("tls.client_ca", self.tls.client_ca.as_os_str().is_empty()),
+            ("auth.principals_file", self.auth.principals_file.as_os_str().is_empty()),
+            ("database.url", self.database.url.is_empty()),
+            (
+                "privacy.master_key_file or privacy.master_key",
+                self.privacy.master_key.is_empty() && self.privacy.master_key_file.as_os_str().is_empty(),
+            ),
+        ] {
+            if empty {
+                missing.push(name);
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "missing settings: {} (or run `serve --dev`)",
+                missing.join(", ")
+            )));
+        }
+        if self.api.max_page_size == 0 || self.api.default_page_size == 0 || self.api.default_page_size > self.api.max_page_size {
+            return Err(ConfigError::Invalid(
+                "api.default_page_size must be between 1 and api.max_page_size".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_defaults_and_keeps_types() {
+        let c = Config::load_from(
+            None,
+            [
+                ("ETK_DATABASE__URL".to_owned(), "postgres://u:pw@h/db".to_owned()),
+                ("ETK_API__MAX_PAGE_SIZE".to_owned(), "50".to_owned()),
+                ("OTHER".to_owned(), "x".to_owned()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.url.expose(), "postgres://u:pw@h/db");
+        assert_eq!(c.api.max_page_size, 50);
+        assert!(!format!("{c:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::load_from(None, [("ETK_API__NOPE".to_owned(), "1".to_owned())]).unwrap_err();
+        assert!(err.to_string().contains("no key nope"));
+        assert!(Config::load_from(None, []).unwrap().validate_for_serve().is_err());
+    }
+}

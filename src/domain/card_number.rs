@@ -1,0 +1,66 @@
+//! The card number printed on an eTjänstekort. Its format is not published, so it is kept
+//! opaque: a bounded digit string after stripping the spaces and dashes people type.
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CardNumber(String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CardNumberError {
+    #[error("is required")]
+    Empty,
+    #[error("must contain only digits (spaces and dashes are ignored)")]
+    NotDigits,
+    #[error("must be 6 to 32 digits long")]
+    Length,
+}
+
+impl CardNumber {
+    pub const MIN_DIGITS: usize = 6;
+    pub const MAX_DIGITS: usize = 32;
+
+    pub fn parse(input: &str) -> Result<Self, CardNumberError> {
+        let digits: String = input.chars().filter(|c| *c != ' ' && *c != '-').collect();
+        if digits.is_empty() {
+            return Err(CardNumberError::Empty);
+        }
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CardNumberError::NotDigits);
+        }
+        if !(Self::MIN_DIGITS..=Self::MAX_DIGITS).contains(&digits.len()) {
+            return Err(CardNumberError::Length);
+        }
+        Ok(Self(digits))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CardNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CardNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CardNumber({})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_separators_and_bounds_length() {
+        assert_eq!(CardNumber::parse("9752 2700-0012 3456").unwrap().as_str(), "9752270000123456");
+        assert_eq!(CardNumber::parse(" - "), Err(CardNumberError::Empty));
+        assert_eq!(CardNumber::parse("12345a"), Err(CardNumberError::NotDigits));
+        assert_eq!(CardNumber::parse("12345"), Err(CardNumberError::Length));
+        assert_eq!(CardNumber::parse(&"1".repeat(33)), Err(CardNumberError::Length));
+    }
+}

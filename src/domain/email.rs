@@ -1,0 +1,54 @@
+//! E-mail addresses, checked only as far as delivery needs: one `@`, a dotted domain,
+//! no whitespace, at most 254 characters.
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EmailError {
+    #[error("is required")]
+    Empty,
+    #[error("must be an address like name@example.se (one @, a dotted domain, no spaces, at most 254 characters)")]
+    Format,
+}
+
+impl Email {
+    pub fn parse(input: &str) -> Result<Self, EmailError> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(EmailError::Empty);
+        }
+        let ok = s.len() <= 254
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+            && match s.split_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && local.len() <= 64
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && domain.split('.').all(|label| !label.is_empty())
+                }
+                None => false,
+            };
+        if ok { Ok(Self(s.to_owned())) } else { Err(EmailError::Format) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Addresses are personal data too; keep them out of debug output.
+        f.write_str("Email(<redacted>)")
+    }
+}

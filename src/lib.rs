@@ -1,0 +1,15 @@
+//! etjanstekort-gateway: takes care providers' reports of cut eTjänstekort and drives the
+//! deregistration through TjänsteID-service and KIV. See ARCHITECTURE.md for the map.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod devcerts;
+pub mod domain;
+pub mod privacy;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,162 @@
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use etjanstekort_gateway::config::{Config, Secret};
+use etjanstekort_gateway::startup::{App, open_store};
+use etjanstekort_gateway::{devcerts, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(name = "etjanstekort-gateway", version, about = "Deregistration gateway for cut eTjänstekort")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// Embedded development mode: SQLite, generated dev certificates and principals.
+        #[arg(long)]
+        dev: bool,
+        /// Dev mode's data directory.
+        #[arg(long, default_value = "./dev-data")]
+        data_dir: PathBuf,
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Configuration file laid over the embedded defaults (also ETK_CONFIG).
+        #[arg(long, env = "ETK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long)]
+        dev: bool,
+        #[arg(long, default_value = "./dev-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "ETK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    // One process-wide TLS crypto provider (ring), chosen before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    telemetry::init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&*e),
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    tracing::error!(error = %e, "etjanstekort-gateway stopped");
+    let mut msg = format!("error: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    eprintln!("{msg}");
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Serve {
+            dev,
+            data_dir,
+            listen,
+            config,
+        } => {
+            let mut cfg = Config::load(config.as_deref())?;
+            if dev {
+                apply_dev(&mut cfg, &data_dir)?;
+            }
+            if let Some(addr) = listen {
+                cfg.server.listen = addr;
+            }
+            let app = App::build(cfg).await?;
+            announce(app.local_addr(), dev.then_some(data_dir.as_path()));
+            app.run(shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Migrate { dev, data_dir, config } => {
+            let mut cfg = Config::load(config.as_deref())?;
+            if dev {
+                apply_dev(&mut cfg, &data_dir)?;
+            }
+            if cfg.database.url.is_empty() {
+                return Err("database.url is not set (or use --dev)".into());
+            }
+            open_store(&cfg).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+/// Points the configuration at the dev environment, creating it on first start.
+fn apply_dev(cfg: &mut Config, data_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let (paths, created) = devcerts::ensure(data_dir)?;
+    if created {
+        tracing::info!(dir = %data_dir.display(), "created dev certificates, principals and master key");
+    }
+    cfg.tls.cert = paths.server_cert.clone();
+    cfg.tls.key = paths.server_key.clone();
+    cfg.tls.client_ca = paths.ca.clone();
+    cfg.auth.principals_file = paths.principals.clone();
+    cfg.privacy.master_key_file = paths.master_key.clone();
+    cfg.privacy.master_key = Secret::default();
+    if cfg.database.url.is_empty() {
+        cfg.database.url = Secret::new(format!("sqlite://{}?mode=rwc", paths.database.display()));
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn announce(addr: SocketAddr, dev_dir: Option<&Path>) {
+    println!("etjanstekort-gateway listening on {addr}");
+    if let Some(dir) = dev_dir {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        let d = dir.display();
+        println!("dev mode: certificates, principals and identities are in {d}");
+        println!("  identities: {d}/dev-identities.json");
+        println!("  try (with grpcurl installed):");
+        println!(
+            "    grpcurl -cacert {d}/certs/ca.pem -cert {d}/certs/provider-a.pem -key {d}/certs/provider-a.key \\\n      -import-path proto -proto etjanstekort/v1/deregistration_service.proto \\\n      {addr} etjanstekort.v1.DeregistrationService/ListDeregistrations"
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,171 @@
+//! Personal data at rest: AEAD encryption of the sensitive fields and keyed pseudonyms.
+//!
+//! One 32-byte master key (a secret from configuration) derives, through HKDF-SHA256,
+//! an AES-256-GCM key for encryption and an HMAC-SHA256 key for pseudonyms and request
+//! fingerprints. Plain hashes of personnummer would be brute-forced in minutes (the space
+//! is about 10^10), so every digest of personal data here is keyed.
+
+use std::fmt;
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, hmac};
+
+use crate::domain::Personnummer;
+
+/// Ciphertext layout version byte, so keys or algorithms can rotate later.
+const FORMAT_V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("the master key must be 32 bytes, base64-encoded")]
+    BadKey,
+    #[error("ciphertext could not be decrypted (wrong key or corrupted data)")]
+    Decrypt,
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// Holds the derived keys. `Debug` never prints key material.
+pub struct Vault {
+    aead: LessSafeKey,
+    mac: hmac::Key,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Vault(<keys>)")
+    }
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+impl Vault {
+    pub fn from_master_key(master: &[u8]) -> Result<Self, VaultError> {
+        if master.len() != 32 {
+            return Err(VaultError::BadKey);
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"etjanstekort-gateway/v1").extract(master);
+        let derive = |info: &'static [u8]| -> Result<[u8; 32], VaultError> {
+            let mut out = [0u8; 32];
+            prk.expand(&[info], Len(32))
+                .and_then(|okm| okm.fill(&mut out))
+                .map_err(|_| VaultError::BadKey)?;
+            Ok(out)
+        };
+        let enc = derive(b"aead")?;
+        let mac = derive(b"hmac")?;
+        let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &enc).map_err(|_| VaultError::BadKey)?);
+        Ok(Self {
+            aead,
+            mac: hmac::Key::new(hmac::HMAC_SHA256, &mac),
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Parses a base64 master key (as stored in a key file or environment variable).
+    pub fn from_base64(text: &str) -> Result<Self, VaultError> {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| VaultError::BadKey)?;
+        Self::from_master_key(&key)
+    }
+
+    /// A new random master key, base64-encoded (dev mode writes it to its data directory).
+    pub fn generate_base64() -> Result<String, VaultError> {
+        use base64::Engine;
+        let mut key = [0u8; 32];
+        SystemRandom::new().fill(&mut key).map_err(|_| VaultError::Random)?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(key))
+    }
+
+    /// Encrypts with a fresh random nonce; `context` (e.g. the case id) is bound as
+    /// associated data, so a ciphertext cannot be moved to another row unnoticed.
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| VaultError::Random)?;
+        let mut buf = plaintext.to_vec();
+        self.aead
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut buf)
+            .map_err(|_| VaultError::Random)?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + buf.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != FORMAT_V1 {
+            return Err(VaultError::Decrypt);
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| VaultError::Decrypt)?;
+        let mut buf = sealed[1 + NONCE_LEN..].to_vec();
+        let plain = self
+            .aead
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf)
+            .map_err(|_| VaultError::Decrypt)?;
+        Ok(plain.to_vec())
+    }
+
+    /// Keyed, stable pseudonym of a personnummer: correlates cases of one person without
+    /// storing or logging the number.
+    pub fn pseudonym(&self, pnr: &Personnummer) -> String {
+        self.digest(&[b"pnr:", pnr.expose_digits().as_bytes()])
+    }
+
+    /// Keyed digest of several parts (length-prefixed so parts cannot run together).
+    pub fn digest(&self, parts: &[&[u8]]) -> String {
+        let mut ctx = hmac::Context::with_key(&self.mac);
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_be_bytes());
+            ctx.update(p);
+        }
+        hex(ctx.sign().as_ref())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> Vault {
+        Vault::from_master_key(&[7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn seal_round_trips_and_binds_context() {
+        let v = vault();
+        let sealed = v.seal("case-1", b"191212121212").unwrap();
+        assert!(!sealed.windows(12).any(|w| w == b"191212121212"));
+        assert_eq!(v.open("case-1", &sealed).unwrap(), b"191212121212");
+        assert!(v.open("case-2", &sealed).is_err());
+        let other = Vault::from_master_key(&[8u8; 32]).unwrap();
+        assert!(other.open("case-1", &sealed).is_err());
+    }
+
+    #[test]
+    fn pseudonym_is_keyed_and_stable() {
+        let pnr = Personnummer::parse("19121212-1212").unwrap();
+        let a = vault().pseudonym(&pnr);
+        assert_eq!(a, vault().pseudonym(&pnr));
+        assert_ne!(a, Vault::from_master_key(&[8u8; 32]).unwrap().pseudonym(&pnr));
+        assert!(!a.contains("1212121212"));
+    }
+}

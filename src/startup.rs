@@ -1,0 +1,225 @@
+//! Start-up: `App::build` wires configuration into a bound server (port 0 works; the bound
+//! address is exposed), `App::run` serves until the shutdown future resolves, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::api::pb::deregistration_service_server::DeregistrationServiceServer;
+use crate::api::pb::health_care_office_service_server::HealthCareOfficeServiceServer;
+use crate::api::pb::operations_service_server::OperationsServiceServer;
+use crate::api::pb::revocation_service_server::RevocationServiceServer;
+use crate::api::{Api, Paging, pb};
+use crate::app::Gateway;
+use crate::auth::Authorizer;
+use crate::config::Config;
+use crate::privacy::Vault;
+use crate::storage::{CaseStore, SeaStore};
+
+/// How often the health check probes the database.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("master key: {0}")]
+    Key(#[from] crate::privacy::VaultError),
+    #[error(transparent)]
+    Principals(#[from] crate::auth::PrincipalsError),
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
+
+fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|source| StartError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Opens the store from configuration and runs pending migrations.
+pub async fn open_store(config: &Config) -> Result<SeaStore, StartError> {
+    let vault = Arc::new(load_vault(config)?);
+    let store = SeaStore::connect(
+        config.database.url.expose(),
+        config.database.max_connections,
+        Duration::from_secs(config.database.acquire_timeout_seconds),
+        vault,
+    )
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+pub fn load_vault(config: &Config) -> Result<Vault, StartError> {
+    let key = if config.privacy.master_key.is_empty() {
+        read("master key file", &config.privacy.master_key_file)?
+    } else {
+        config.privacy.master_key.expose().to_owned()
+    };
+    Ok(Vault::from_base64(&key)?)
+}
+
+#[derive(Debug)]
+pub struct App {
+    addr: SocketAddr,
+    listener: TcpListener,
+    router: tonic::transport::server::Router,
+    store: Arc<dyn CaseStore>,
+    health: tonic_health::server::HealthReporter,
+    grace: Duration,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate_for_serve()?;
+        let vault = Arc::new(load_vault(&config)?);
+        let store = SeaStore::connect(
+            config.database.url.expose(),
+            config.database.max_connections,
+            Duration::from_secs(config.database.acquire_timeout_seconds),
+            vault.clone(),
+        )
+        .await?;
+        store.migrate().await?;
+        let store: Arc<dyn CaseStore> = Arc::new(store);
+        let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
+
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                read("TLS certificate", &config.tls.cert)?,
+                read("TLS key", &config.tls.key)?,
+            ))
+            .client_ca_root(Certificate::from_pem(read("client CA bundle", &config.tls.client_ca)?))
+            .client_auth_optional(false)
+            .timeout(Duration::from_secs(10));
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+
+        let api = Api::new(
+            Arc::new(Gateway::new(store.clone(), vault)),
+            auth,
+            Paging {
+                default_size: config.api.default_page_size,
+                max_size: config.api.max_page_size,
+            },
+        );
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Read {
+                what: "reflection descriptors",
+                path: "embedded".into(),
+                source: std::io::Error::other(e),
+            })?;
+
+        let router = Server::builder()
+            .tls_config(tls)?
+            .concurrency_limit_per_connection(config.server.concurrency_per_connection)
+            .timeout(Duration::from_secs(config.server.request_timeout_seconds))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(DeregistrationServiceServer::new(api.clone()))
+            .add_service(HealthCareOfficeServiceServer::new(api.clone()))
+            .add_service(RevocationServiceServer::new(api.clone()))
+            .add_service(OperationsServiceServer::new(api));
+        Ok(Self {
+            addr,
+            listener,
+            router,
+            store,
+            health,
+            grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and drains for the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+        let prober = tokio::spawn(probe_health(self.store.clone(), self.health.clone()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = self
+            .router
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), async move {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(serve);
+        let result = tokio::select! {
+            r = &mut serve => r,
+            () = shutdown => {
+                tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests");
+                self.health.set_service_status("", ServingStatus::NotServing).await;
+                let _ = stop_tx.send(());
+                match tokio::time::timeout(self.grace, &mut serve).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("grace period over; closing remaining connections");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        prober.abort();
+        result
+    }
+}
+
+/// Health follows the database: NOT_SERVING while the store cannot be reached.
+async fn probe_health(store: Arc<dyn CaseStore>, health: tonic_health::server::HealthReporter) {
+    let services = [
+        "",
+        "etjanstekort.v1.DeregistrationService",
+        "etjanstekort.v1.HealthCareOfficeService",
+        "etjanstekort.v1.RevocationService",
+        "etjanstekort.v1.OperationsService",
+    ];
+    let mut last = None;
+    loop {
+        let status = match store.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(_) => ServingStatus::NotServing,
+        };
+        if last != Some(status) {
+            if status == ServingStatus::NotServing {
+                tracing::warn!("database unreachable: health is NOT_SERVING");
+            }
+            for s in services {
+                health.set_service_status(s, status).await;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+    }
+}

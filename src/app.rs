@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::domain::saga::Command;
-use crate::domain::{CaseEvent, CaseId, Deregistration, HsaId, NewDeregistration, State, Timestamp};
+use crate::domain::{
+    CaseEvent, CaseId, Deregistration, HsaId, NewDeregistration, State, Timestamp,
+};
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
 
@@ -75,7 +77,11 @@ impl Gateway {
 
     /// A case of the caller's care provider; anyone else's is reported as not found, so
     /// case ids cannot be probed across providers.
-    pub async fn get_own(&self, principal: &Principal, id: &CaseId) -> Result<Deregistration, AppError> {
+    pub async fn get_own(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+    ) -> Result<Deregistration, AppError> {
         match self.store.get(id).await? {
             Some(c) if c.care_provider == principal.care_provider => Ok(c),
             _ => Err(AppError::NotFound),
@@ -111,7 +117,11 @@ impl Gateway {
             .await?;
         let more = cases.len() > limit as usize;
         cases.truncate(limit as usize);
-        let last = if more { cases.last().map(|c| c.id.clone()) } else { None };
+        let last = if more {
+            cases.last().map(|c| c.id.clone())
+        } else {
+            None
+        };
         Ok(Page { cases, last })
     }
 
@@ -138,7 +148,11 @@ impl Gateway {
         }
     }
 
-    pub async fn events(&self, principal: &Principal, id: &CaseId) -> Result<Vec<CaseEvent>, AppError> {
+    pub async fn events(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+    ) -> Result<Vec<CaseEvent>, AppError> {
         self.get_own(principal, id).await?;
         Ok(self.store.events(id).await?)
     }
@@ -151,7 +165,11 @@ impl Gateway {
             r.care_unit.as_str().as_bytes(),
             pnr.as_bytes(),
             r.card_holder.full_name.as_str().as_bytes(),
-            r.card_holder.email.as_ref().map_or("", |e| e.as_str()).as_bytes(),
+            r.card_holder
+                .email
+                .as_ref()
+                .map_or("", |e| e.as_str())
+                .as_bytes(),
             r.card_number.as_str().as_bytes(),
             r.reason.as_str().as_bytes(),
             received.as_bytes(),

@@ -79,13 +79,20 @@ pub enum AuthError {
     #[error("principal {0} is not granted access")]
     UnknownPrincipal(HsaId),
     #[error("principal {principal} has role {has} but this call requires role {needs}")]
-    WrongRole { principal: HsaId, has: &'static str, needs: &'static str },
+    WrongRole {
+        principal: HsaId,
+        has: &'static str,
+        needs: &'static str,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrincipalsError {
     #[error("cannot read principals file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid principals file {path}: {message}")]
     Parse { path: String, message: String },
 }

@@ -87,14 +87,21 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "<secret>" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<secret>"
+        })
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -109,31 +116,39 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut tree: toml::Table = DEFAULTS
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("embedded defaults: {e}")))?;
+        let mut tree: toml::Table = DEFAULTS.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(format!("embedded defaults: {e}"))
+        })?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.display().to_string(),
                 source,
             })?;
-            let overlay: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            let overlay: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError::Invalid(format!("{}: {e}", path.display()))
+            })?;
             merge(&mut tree, overlay);
         }
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             if rest == "CONFIG" {
                 continue;
             }
-            let Some((section, field)) = rest.split_once("__") else { continue };
+            let Some((section, field)) = rest.split_once("__") else {
+                continue;
+            };
             let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
             let Some(toml::Value::Table(t)) = tree.get_mut(&section) else {
-                return Err(ConfigError::Invalid(format!("{key}: no section [{section}]")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: no section [{section}]"
+                )));
             };
             let Some(old) = t.get(&field) else {
-                return Err(ConfigError::Invalid(format!("{key}: no key {field} in [{section}]")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: no key {field} in [{section}]"
+                )));
             };
             // Keep the default's type: numbers stay numbers, so serde sees the right shape.
             let new = match old {
@@ -161,11 +176,15 @@ impl Config {
             ("tls.cert", self.tls.cert.as_os_str().is_empty()),
             ("tls.key", self.tls.key.as_os_str().is_empty()),
             ("tls.client_ca", self.tls.client_ca.as_os_str().is_empty()),
-            ("auth.principals_file", self.auth.principals_file.as_os_str().is_empty()),
+            (
+                "auth.principals_file",
+                self.auth.principals_file.as_os_str().is_empty(),
+            ),
             ("database.url", self.database.url.is_empty()),
             (
                 "privacy.master_key_file or privacy.master_key",
-                self.privacy.master_key.is_empty() && self.privacy.master_key_file.as_os_str().is_empty(),
+                self.privacy.master_key.is_empty()
+                    && self.privacy.master_key_file.as_os_str().is_empty(),
             ),
         ] {
             if empty {
@@ -178,7 +197,10 @@ impl Config {
                 missing.join(", ")
             )));
         }
-        if self.api.max_page_size == 0 || self.api.default_page_size == 0 || self.api.default_page_size > self.api.max_page_size {
+        if self.api.max_page_size == 0
+            || self.api.default_page_size == 0
+            || self.api.default_page_size > self.api.max_page_size
+        {
             return Err(ConfigError::Invalid(
                 "api.default_page_size must be between 1 and api.max_page_size".into(),
             ));
@@ -207,7 +229,10 @@ mod tests {
         let c = Config::load_from(
             None,
             [
-                ("ETK_DATABASE__URL".to_owned(), "postgres://u:pw@h/db".to_owned()),
+                (
+                    "ETK_DATABASE__URL".to_owned(),
+                    "postgres://u:pw@h/db".to_owned(),
+                ),
                 ("ETK_API__MAX_PAGE_SIZE".to_owned(), "50".to_owned()),
                 ("OTHER".to_owned(), "x".to_owned()),
             ],
@@ -220,8 +245,14 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = Config::load_from(None, [("ETK_API__NOPE".to_owned(), "1".to_owned())]).unwrap_err();
+        let err =
+            Config::load_from(None, [("ETK_API__NOPE".to_owned(), "1".to_owned())]).unwrap_err();
         assert!(err.to_string().contains("no key nope"));
-        assert!(Config::load_from(None, []).unwrap().validate_for_serve().is_err());
+        assert!(
+            Config::load_from(None, [])
+                .unwrap()
+                .validate_for_serve()
+                .is_err()
+        );
     }
 }

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use serde::Serialize;
 
@@ -41,9 +41,24 @@ pub fn dev_clients() -> Vec<DevClient> {
         care_units,
     };
     vec![
-        c("provider-a", "E000000000001", Role::CareProvider, vec![unit_a()]),
-        c("provider-b", "E000000000002", Role::CareProvider, vec![unit_b()]),
-        c("office", "H000000000001", Role::HealthCareOffice, vec![unit_a(), unit_b()]),
+        c(
+            "provider-a",
+            "E000000000001",
+            Role::CareProvider,
+            vec![unit_a()],
+        ),
+        c(
+            "provider-b",
+            "E000000000002",
+            Role::CareProvider,
+            vec![unit_b()],
+        ),
+        c(
+            "office",
+            "H000000000001",
+            Role::HealthCareOffice,
+            vec![unit_a(), unit_b()],
+        ),
         c("tjansteid", "T000000000001", Role::TjansteidService, vec![]),
         c("operator", "O000000000001", Role::Operator, vec![]),
     ]
@@ -68,7 +83,11 @@ impl DevCa {
     pub fn generate(common_name: &str) -> Result<Self, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, "etjanstekort-gateway TEST");
@@ -83,18 +102,38 @@ impl DevCa {
         })
     }
 
+    /// Loads an existing CA (its certificate parameters and key) to issue more certificates.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+        })
+    }
+
     pub fn issue_server(&self, names: &[&str]) -> Result<IssuedCert, rcgen::Error> {
-        let mut params = CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
         self.sign(params)
     }
 
     /// A client (function) certificate whose subject `serialNumber` is `serial_number`.
-    pub fn issue_client(&self, common_name: &str, serial_number: Option<&str>) -> Result<IssuedCert, rcgen::Error> {
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        serial_number: Option<&str>,
+    ) -> Result<IssuedCert, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         if let Some(sn) = serial_number {
             params.distinguished_name.push(
                 DnType::CustomDnType(vec![2, 5, 4, 5]),
@@ -197,7 +236,12 @@ pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
         let key = format!("certs/{}.key", c.name);
         write(&dir.join(&cert), &issued.cert_pem, false).map_err(io)?;
         write(&dir.join(&key), &issued.key_pem, true).map_err(io)?;
-        let units = c.care_units.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+        let units = c
+            .care_units
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         principals.push_str(&format!(
             "\n[[principals]]\nname = \"{}\"\nhsa_id = \"{}\"\nrole = \"{}\"\ncare_units = [{units}]\n",
             c.name,
@@ -216,7 +260,12 @@ pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
         );
     }
     write(&paths.principals, &principals, false).map_err(io)?;
-    write(&paths.master_key, &crate::privacy::Vault::generate_base64()?, true).map_err(io)?;
+    write(
+        &paths.master_key,
+        &crate::privacy::Vault::generate_base64()?,
+        true,
+    )
+    .map_err(io)?;
     let json = serde_json::to_string_pretty(&Identities {
         ca: "certs/ca.pem".into(),
         clients,

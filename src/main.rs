@@ -10,7 +10,11 @@ use etjanstekort_gateway::startup::{App, open_store};
 use etjanstekort_gateway::{devcerts, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "etjanstekort-gateway", version, about = "Deregistration gateway for cut eTjänstekort")]
+#[command(
+    name = "etjanstekort-gateway",
+    version,
+    about = "Deregistration gateway for cut eTjänstekort"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,10 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     telemetry::init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
@@ -92,7 +99,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Migrate { dev, data_dir, config } => {
+        Command::Migrate {
+            dev,
+            data_dir,
+            config,
+        } => {
             let mut cfg = Config::load(config.as_deref())?;
             if dev {
                 apply_dev(&mut cfg, &data_dir)?;

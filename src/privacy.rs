@@ -62,7 +62,8 @@ impl Vault {
         };
         let enc = derive(b"aead")?;
         let mac = derive(b"hmac")?;
-        let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &enc).map_err(|_| VaultError::BadKey)?);
+        let aead =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &enc).map_err(|_| VaultError::BadKey)?);
         Ok(Self {
             aead,
             mac: hmac::Key::new(hmac::HMAC_SHA256, &mac),
@@ -83,7 +84,9 @@ impl Vault {
     pub fn generate_base64() -> Result<String, VaultError> {
         use base64::Engine;
         let mut key = [0u8; 32];
-        SystemRandom::new().fill(&mut key).map_err(|_| VaultError::Random)?;
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| VaultError::Random)?;
         Ok(base64::engine::general_purpose::STANDARD.encode(key))
     }
 
@@ -94,7 +97,11 @@ impl Vault {
         self.rng.fill(&mut nonce).map_err(|_| VaultError::Random)?;
         let mut buf = plaintext.to_vec();
         self.aead
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context.as_bytes()),
+                &mut buf,
+            )
             .map_err(|_| VaultError::Random)?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + buf.len());
         out.push(FORMAT_V1);
@@ -107,7 +114,8 @@ impl Vault {
         if sealed.len() < 1 + NONCE_LEN || sealed[0] != FORMAT_V1 {
             return Err(VaultError::Decrypt);
         }
-        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| VaultError::Decrypt)?;
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN])
+            .map_err(|_| VaultError::Decrypt)?;
         let mut buf = sealed[1 + NONCE_LEN..].to_vec();
         let plain = self
             .aead
@@ -135,10 +143,12 @@ impl Vault {
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -165,7 +175,10 @@ mod tests {
         let pnr = Personnummer::parse("19121212-1212").unwrap();
         let a = vault().pseudonym(&pnr);
         assert_eq!(a, vault().pseudonym(&pnr));
-        assert_ne!(a, Vault::from_master_key(&[8u8; 32]).unwrap().pseudonym(&pnr));
+        assert_ne!(
+            a,
+            Vault::from_master_key(&[8u8; 32]).unwrap().pseudonym(&pnr)
+        );
         assert!(!a.contains("1212121212"));
     }
 }

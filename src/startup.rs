@@ -42,7 +42,10 @@ pub enum StartError {
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS configuration: {0}")]
     Tls(#[from] tonic::transport::Error),
 }
@@ -108,7 +111,10 @@ impl App {
                 read("TLS certificate", &config.tls.cert)?,
                 read("TLS key", &config.tls.key)?,
             ))
-            .client_ca_root(Certificate::from_pem(read("client CA bundle", &config.tls.client_ca)?))
+            .client_ca_root(Certificate::from_pem(read(
+                "client CA bundle",
+                &config.tls.client_ca,
+            )?))
             .client_auth_optional(false)
             .timeout(Duration::from_secs(10));
 
@@ -167,14 +173,18 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and drains for the grace period.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
         let prober = tokio::spawn(probe_health(self.store.clone(), self.health.clone()));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = self
-            .router
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), async move {
+        let serve = self.router.serve_with_incoming_shutdown(
+            TcpIncoming::from(self.listener),
+            async move {
                 let _ = stop_rx.await;
-            });
+            },
+        );
         tokio::pin!(serve);
         let result = tokio::select! {
             r = &mut serve => r,

@@ -80,16 +80,28 @@ const POSTGRES_TRIGGERS: &[&str] = &[
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        let blob = if backend == DbBackend::Postgres { "BYTEA" } else { "BLOB" };
+        let blob = if backend == DbBackend::Postgres {
+            "BYTEA"
+        } else {
+            "BLOB"
+        };
         let tables: Vec<String> = TABLES.iter().map(|s| s.replace("{blob}", blob)).collect();
         let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
         run_all(manager, &tables).await?;
-        let triggers = if backend == DbBackend::Postgres { POSTGRES_TRIGGERS } else { SQLITE_TRIGGERS };
+        let triggers = if backend == DbBackend::Postgres {
+            POSTGRES_TRIGGERS
+        } else {
+            SQLITE_TRIGGERS
+        };
         run_all(manager, triggers).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let mut stmts = vec!["DROP TABLE idempotency_keys", "DROP TABLE case_events", "DROP TABLE cases"];
+        let mut stmts = vec![
+            "DROP TABLE idempotency_keys",
+            "DROP TABLE case_events",
+            "DROP TABLE cases",
+        ];
         if manager.get_database_backend() == DbBackend::Postgres {
             stmts.push("DROP FUNCTION etk_append_only()");
         }

@@ -39,7 +39,11 @@ pub fn request_id(raw: &str) -> Result<Option<String>, ApiError> {
     if s.is_empty() {
         return Ok(None);
     }
-    if s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+    if s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
         return Err(ApiError::invalid(
             "request_id",
             "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
@@ -65,7 +69,10 @@ pub fn new_deregistration(
         return Err(ApiError::InvalidArgument(v.0));
     };
     let p = "deregistration";
-    let care_unit = v.take(&format!("{p}.care_unit_hsa_id"), HsaId::parse(&d.care_unit_hsa_id));
+    let care_unit = v.take(
+        &format!("{p}.care_unit_hsa_id"),
+        HsaId::parse(&d.care_unit_hsa_id),
+    );
 
     let holder = match &d.card_holder {
         None => {
@@ -77,11 +84,15 @@ pub fn new_deregistration(
                 &format!("{p}.card_holder.personal_identity_number"),
                 Personnummer::parse(&h.personal_identity_number),
             );
-            let name = v.take(&format!("{p}.card_holder.full_name"), PersonName::parse(&h.full_name));
+            let name = v.take(
+                &format!("{p}.card_holder.full_name"),
+                PersonName::parse(&h.full_name),
+            );
             let email = if h.email.trim().is_empty() {
                 Some(None)
             } else {
-                v.take(&format!("{p}.card_holder.email"), Email::parse(&h.email)).map(Some)
+                v.take(&format!("{p}.card_holder.email"), Email::parse(&h.email))
+                    .map(Some)
             };
             match (pnr, name, email) {
                 (Some(personnummer), Some(full_name), Some(email)) => Some(CardHolder {
@@ -93,7 +104,10 @@ pub fn new_deregistration(
             }
         }
     };
-    let card_number = v.take(&format!("{p}.card_number"), CardNumber::parse(&d.card_number));
+    let card_number = v.take(
+        &format!("{p}.card_number"),
+        CardNumber::parse(&d.card_number),
+    );
     let reason = match pb::Reason::try_from(d.reason) {
         Ok(pb::Reason::EmploymentEnded) => Some(Reason::EmploymentEnded),
         Ok(pb::Reason::AgreementEnded) => Some(Reason::AgreementEnded),
@@ -123,11 +137,17 @@ pub fn new_deregistration(
         }
         Some(t) => match timestamp_in(t) {
             None => {
-                v.push(&format!("{p}.card_received_time"), "is not a valid timestamp");
+                v.push(
+                    &format!("{p}.card_received_time"),
+                    "is not a valid timestamp",
+                );
                 None
             }
             Some(ts) if ts.0 > Timestamp::now().0 + FUTURE_SKEW_MICROS => {
-                v.push(&format!("{p}.card_received_time"), "must not be in the future");
+                v.push(
+                    &format!("{p}.card_received_time"),
+                    "must not be in the future",
+                );
                 None
             }
             Some(ts) => Some(ts),
@@ -146,7 +166,10 @@ pub fn new_deregistration(
         }
         Some(r) => {
             let hsa_id = v.take(&format!("{p}.reported_by.hsa_id"), HsaId::parse(&r.hsa_id));
-            let full_name = v.take(&format!("{p}.reported_by.full_name"), PersonName::parse(&r.full_name));
+            let full_name = v.take(
+                &format!("{p}.reported_by.full_name"),
+                PersonName::parse(&r.full_name),
+            );
             let email = v.take(&format!("{p}.reported_by.email"), Email::parse(&r.email));
             match (hsa_id, full_name, email) {
                 (Some(hsa_id), Some(full_name), Some(email)) => Some(Reporter {
@@ -158,23 +181,35 @@ pub fn new_deregistration(
             }
         }
     };
-    match (care_unit, holder, card_number, reason, received, reporter, route) {
-        (Some(care_unit), Some(card_holder), Some(card_number), Some(reason), Some(card_received_at), Some(reported_by), Some(route))
-            if v.0.is_empty() =>
-        {
-            Ok((
-                rid,
-                NewDeregistration {
-                    care_unit,
-                    card_holder,
-                    card_number,
-                    reason,
-                    card_received_at,
-                    reported_by,
-                    route,
-                },
-            ))
-        }
+    match (
+        care_unit,
+        holder,
+        card_number,
+        reason,
+        received,
+        reporter,
+        route,
+    ) {
+        (
+            Some(care_unit),
+            Some(card_holder),
+            Some(card_number),
+            Some(reason),
+            Some(card_received_at),
+            Some(reported_by),
+            Some(route),
+        ) if v.0.is_empty() => Ok((
+            rid,
+            NewDeregistration {
+                care_unit,
+                card_holder,
+                card_number,
+                reason,
+                card_received_at,
+                reported_by,
+                route,
+            },
+        )),
         _ => Err(ApiError::InvalidArgument(v.0)),
     }
 }
@@ -183,14 +218,17 @@ pub fn case_id(field: &str, raw: &str) -> Result<CaseId, ApiError> {
     if raw.trim().is_empty() {
         return Err(ApiError::invalid(field, "is required"));
     }
-    CaseId::parse(raw).ok_or_else(|| ApiError::invalid(field, "must be a deregistration id (a UUID)"))
+    CaseId::parse(raw)
+        .ok_or_else(|| ApiError::invalid(field, "must be a deregistration id (a UUID)"))
 }
 
 pub fn optional_hsa_id(field: &str, raw: &str) -> Result<Option<HsaId>, ApiError> {
     if raw.trim().is_empty() {
         return Ok(None);
     }
-    HsaId::parse(raw).map(Some).map_err(|e| ApiError::invalid(field, e))
+    HsaId::parse(raw)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(field, e))
 }
 
 pub fn optional_state(field: &str, raw: i32) -> Result<Option<State>, ApiError> {
@@ -216,7 +254,11 @@ pub fn encode_page_token(last: &CaseId, filters: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-pub fn decode_page_token(field: &str, token: &str, filters: &str) -> Result<Option<CaseId>, ApiError> {
+pub fn decode_page_token(
+    field: &str,
+    token: &str,
+    filters: &str,
+) -> Result<Option<CaseId>, ApiError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -226,7 +268,9 @@ pub fn decode_page_token(field: &str, token: &str, filters: &str) -> Result<Opti
         .map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let mut parts = raw.split('|');
-    let (Some("p1"), Some(id), Some(digest), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some("p1"), Some(id), Some(digest), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad());
     };
     if digest != filter_digest(filters) {
@@ -293,7 +337,12 @@ pub fn deregistration_out(c: &Deregistration) -> pb::Deregistration {
         card_holder: Some(pb::CardHolder {
             personal_identity_number: r.card_holder.personnummer.masked(),
             full_name: r.card_holder.full_name.as_str().to_owned(),
-            email: r.card_holder.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
+            email: r
+                .card_holder
+                .email
+                .as_ref()
+                .map(|e| e.as_str().to_owned())
+                .unwrap_or_default(),
         }),
         card_number: r.card_number.to_string(),
         reason: match r.reason {
@@ -323,7 +372,10 @@ pub fn deregistration_out(c: &Deregistration) -> pb::Deregistration {
 pub fn free_text(field: &str, raw: &str) -> Result<String, ApiError> {
     let s = raw.trim();
     if s.chars().count() > 500 || s.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::invalid(field, "must be at most 500 characters without control characters"));
+        return Err(ApiError::invalid(
+            field,
+            "must be at most 500 characters without control characters",
+        ));
     }
     if contains_identity_number(s) {
         return Err(ApiError::invalid(

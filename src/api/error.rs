@@ -57,7 +57,9 @@ impl From<ApiError> for Status {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::NoCertificate | AuthError::NoHsaId => ApiError::Unauthenticated(e.to_string()),
+            AuthError::NoCertificate | AuthError::NoHsaId => {
+                ApiError::Unauthenticated(e.to_string())
+            }
             AuthError::UnknownPrincipal(_) | AuthError::WrongRole { .. } => {
                 ApiError::PermissionDenied(e.to_string())
             }

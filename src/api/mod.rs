@@ -21,7 +21,8 @@ pub mod pb {
     tonic::include_proto!("etjanstekort.v1");
 
     /// Encoded descriptors, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/etjanstekort_v1_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/etjanstekort_v1_descriptor.bin"));
 }
 
 use pb::deregistration_service_server::DeregistrationService;
@@ -48,7 +49,11 @@ type ApiResult<T> = Result<Response<T>, Status>;
 
 impl Api {
     pub fn new(gateway: Arc<Gateway>, auth: Arc<Authorizer>, paging: Paging) -> Self {
-        Self { gateway, auth, paging }
+        Self {
+            gateway,
+            auth,
+            paging,
+        }
     }
 
     fn principal<T>(&self, req: &Request<T>, role: Role) -> Result<Principal, ApiError> {
@@ -73,8 +78,10 @@ fn trace_id<T>(req: &Request<T>) -> String {
         .and_then(|tp| {
             let mut parts = tp.split('-');
             let (_version, id) = (parts.next()?, parts.next()?);
-            (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
-                .then(|| id.to_ascii_lowercase())
+            (id.len() == 32
+                && id.bytes().all(|b| b.is_ascii_hexdigit())
+                && id.bytes().any(|b| b != b'0'))
+            .then(|| id.to_ascii_lowercase())
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
@@ -94,7 +101,11 @@ impl DeregistrationService for Api {
         tracing::Span::current().record("principal", p.hsa_id.as_str());
         let trace = trace_id(&req);
         let (request_id, report) = convert::new_deregistration(req.get_ref())?;
-        let created = self.gateway.create(&p, request_id, report, trace).await.map_err(ApiError::from)?;
+        let created = self
+            .gateway
+            .create(&p, request_id, report, trace)
+            .await
+            .map_err(ApiError::from)?;
         match &created {
             Created::New(c) => tracing::info!(case_id = %c.id, "deregistration accepted"),
             Created::Replayed(c) => tracing::info!(case_id = %c.id, "idempotent retry replayed"),
@@ -110,7 +121,11 @@ impl DeregistrationService for Api {
     ) -> ApiResult<pb::GetDeregistrationResponse> {
         let p = self.principal(&req, Role::CareProvider)?;
         let id = convert::case_id("id", &req.get_ref().id)?;
-        let case = self.gateway.get_own(&p, &id).await.map_err(ApiError::from)?;
+        let case = self
+            .gateway
+            .get_own(&p, &id)
+            .await
+            .map_err(ApiError::from)?;
         ok(pb::GetDeregistrationResponse {
             deregistration: Some(convert::deregistration_out(&case)),
         })
@@ -124,10 +139,19 @@ impl DeregistrationService for Api {
         let r = req.get_ref();
         let unit = convert::optional_hsa_id("care_unit_hsa_id", &r.care_unit_hsa_id)?;
         let state = convert::optional_state("state", r.state)?;
-        let size = convert::page_size("page_size", r.page_size, self.paging.default_size, self.paging.max_size)?;
+        let size = convert::page_size(
+            "page_size",
+            r.page_size,
+            self.paging.default_size,
+            self.paging.max_size,
+        )?;
         let filters = format!("{}|{}", r.care_unit_hsa_id.trim(), r.state);
         let after = convert::decode_page_token("page_token", &r.page_token, &filters)?;
-        let page = self.gateway.list_own(&p, unit, state, after, size).await.map_err(ApiError::from)?;
+        let page = self
+            .gateway
+            .list_own(&p, unit, state, after, size)
+            .await
+            .map_err(ApiError::from)?;
         ok(pb::ListDeregistrationsResponse {
             deregistrations: page.cases.iter().map(convert::deregistration_out).collect(),
             next_page_token: page
@@ -137,8 +161,9 @@ impl DeregistrationService for Api {
         })
     }
 
-    type WatchDeregistrationStream =
-        Pin<Box<dyn Stream<Item = Result<pb::WatchDeregistrationResponse, Status>> + Send + 'static>>;
+    type WatchDeregistrationStream = Pin<
+        Box<dyn Stream<Item = Result<pb::WatchDeregistrationResponse, Status>> + Send + 'static>,
+    >;
 
     async fn watch_deregistration(
         &self,
@@ -146,8 +171,14 @@ impl DeregistrationService for Api {
     ) -> ApiResult<Self::WatchDeregistrationStream> {
         let p = self.principal(&req, Role::CareProvider)?;
         let id = convert::case_id("id", &req.get_ref().id)?;
-        self.gateway.get_own(&p, &id).await.map_err(ApiError::from)?;
-        Err(ApiError::Unimplemented("WatchDeregistration arrives with the saga engine".into()).into())
+        self.gateway
+            .get_own(&p, &id)
+            .await
+            .map_err(ApiError::from)?;
+        Err(
+            ApiError::Unimplemented("WatchDeregistration arrives with the saga engine".into())
+                .into(),
+        )
     }
 
     async fn cancel_deregistration(
@@ -158,7 +189,11 @@ impl DeregistrationService for Api {
         let trace = trace_id(&req);
         let id = convert::case_id("id", &req.get_ref().id)?;
         let reason = convert::free_text("reason", &req.get_ref().reason)?;
-        let case = self.gateway.cancel(&p, &id, reason, trace).await.map_err(ApiError::from)?;
+        let case = self
+            .gateway
+            .cancel(&p, &id, reason, trace)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(case_id = %case.id, state = %case.state, "cancel requested");
         ok(pb::CancelDeregistrationResponse {
             deregistration: Some(convert::deregistration_out(&case)),
@@ -180,14 +215,24 @@ impl HealthCareOfficeService for Api {
         &self,
         req: Request<pb::ListKivRemovalTasksRequest>,
     ) -> ApiResult<pb::ListKivRemovalTasksResponse> {
-        Err(not_yet(self, &req, Role::HealthCareOffice, "ListKivRemovalTasks"))
+        Err(not_yet(
+            self,
+            &req,
+            Role::HealthCareOffice,
+            "ListKivRemovalTasks",
+        ))
     }
 
     async fn complete_kiv_removal_task(
         &self,
         req: Request<pb::CompleteKivRemovalTaskRequest>,
     ) -> ApiResult<pb::CompleteKivRemovalTaskResponse> {
-        Err(not_yet(self, &req, Role::HealthCareOffice, "CompleteKivRemovalTask"))
+        Err(not_yet(
+            self,
+            &req,
+            Role::HealthCareOffice,
+            "CompleteKivRemovalTask",
+        ))
     }
 }
 
@@ -197,21 +242,36 @@ impl RevocationService for Api {
         &self,
         req: Request<pb::ListPendingRevocationsRequest>,
     ) -> ApiResult<pb::ListPendingRevocationsResponse> {
-        Err(not_yet(self, &req, Role::TjansteidService, "ListPendingRevocations"))
+        Err(not_yet(
+            self,
+            &req,
+            Role::TjansteidService,
+            "ListPendingRevocations",
+        ))
     }
 
     async fn confirm_revocation(
         &self,
         req: Request<pb::ConfirmRevocationRequest>,
     ) -> ApiResult<pb::ConfirmRevocationResponse> {
-        Err(not_yet(self, &req, Role::TjansteidService, "ConfirmRevocation"))
+        Err(not_yet(
+            self,
+            &req,
+            Role::TjansteidService,
+            "ConfirmRevocation",
+        ))
     }
 
     async fn reject_revocation(
         &self,
         req: Request<pb::RejectRevocationRequest>,
     ) -> ApiResult<pb::RejectRevocationResponse> {
-        Err(not_yet(self, &req, Role::TjansteidService, "RejectRevocation"))
+        Err(not_yet(
+            self,
+            &req,
+            Role::TjansteidService,
+            "RejectRevocation",
+        ))
     }
 }
 

@@ -57,10 +57,16 @@ mod tests {
 
     #[test]
     fn strips_separators_and_bounds_length() {
-        assert_eq!(CardNumber::parse("9752 2700-0012 3456").unwrap().as_str(), "9752270000123456");
+        assert_eq!(
+            CardNumber::parse("9752 2700-0012 3456").unwrap().as_str(),
+            "9752270000123456"
+        );
         assert_eq!(CardNumber::parse(" - "), Err(CardNumberError::Empty));
         assert_eq!(CardNumber::parse("12345a"), Err(CardNumberError::NotDigits));
         assert_eq!(CardNumber::parse("12345"), Err(CardNumberError::Length));
-        assert_eq!(CardNumber::parse(&"1".repeat(33)), Err(CardNumberError::Length));
+        assert_eq!(
+            CardNumber::parse(&"1".repeat(33)),
+            Err(CardNumberError::Length)
+        );
     }
 }

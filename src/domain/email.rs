@@ -10,7 +10,9 @@ pub struct Email(String);
 pub enum EmailError {
     #[error("is required")]
     Empty,
-    #[error("must be an address like name@example.se (one @, a dotted domain, no spaces, at most 254 characters)")]
+    #[error(
+        "must be an address like name@example.se (one @, a dotted domain, no spaces, at most 254 characters)"
+    )]
     Format,
 }
 
@@ -32,7 +34,11 @@ impl Email {
                 }
                 None => false,
             };
-        if ok { Ok(Self(s.to_owned())) } else { Err(EmailError::Format) }
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(EmailError::Format)
+        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -37,7 +37,11 @@ impl HsaId {
             return Err(HsaIdError::TooLong);
         }
         let b = s.as_bytes();
-        if b.len() < 13 || &b[..2] != b"SE" || b[12] != b'-' || !b[2..12].iter().all(u8::is_ascii_digit) {
+        if b.len() < 13
+            || &b[..2] != b"SE"
+            || b[12] != b'-'
+            || !b[2..12].iter().all(u8::is_ascii_digit)
+        {
             return Err(HsaIdError::Prefix);
         }
         let org: Vec<u8> = b[2..12].iter().map(|c| c - b'0').collect();
@@ -105,8 +109,14 @@ mod tests {
         assert_eq!(HsaId::parse("SE2321000131-"), Err(HsaIdError::Suffix));
         assert_eq!(HsaId::parse("SE2321000131-Ö1"), Err(HsaIdError::Suffix));
         assert_eq!(HsaId::parse("SE2321000131-a@b"), Err(HsaIdError::Suffix));
-        assert_eq!(HsaId::parse("SE2321000132-E1"), Err(HsaIdError::OrganisationCheckDigit));
-        assert_eq!(HsaId::parse("SE2311000131-E1"), Err(HsaIdError::OrganisationThirdDigit));
+        assert_eq!(
+            HsaId::parse("SE2321000132-E1"),
+            Err(HsaIdError::OrganisationCheckDigit)
+        );
+        assert_eq!(
+            HsaId::parse("SE2311000131-E1"),
+            Err(HsaIdError::OrganisationThirdDigit)
+        );
         assert_eq!(HsaId::parse("DK2321000131-E1"), Err(HsaIdError::Prefix));
         assert_eq!(HsaId::parse("SE232100013-E1"), Err(HsaIdError::Prefix));
         assert_eq!(

@@ -31,7 +31,9 @@ pub enum PersonnummerError {
     FutureDate,
     #[error("birth number 000 is not valid")]
     BirthNumberZero,
-    #[error("check digit does not match (Luhn mod 10 over the first nine digits of the ten-digit form)")]
+    #[error(
+        "check digit does not match (Luhn mod 10 over the first nine digits of the ten-digit form)"
+    )]
     CheckDigit,
 }
 
@@ -84,19 +86,24 @@ impl Personnummer {
         // Reserve numbers put a letter in the birth number, e.g. 19810829M071.
         let tail = &bytes[date_len..];
         if !tail.iter().all(u8::is_ascii_digit) {
-            return Err(if tail[0].is_ascii_alphabetic()
-                && tail[1..].iter().all(|b| b.is_ascii_alphanumeric())
-            {
-                PersonnummerError::ReserveNumber
-            } else {
-                PersonnummerError::Format
-            });
+            return Err(
+                if tail[0].is_ascii_alphabetic()
+                    && tail[1..].iter().all(|b| b.is_ascii_alphanumeric())
+                {
+                    PersonnummerError::ReserveNumber
+                } else {
+                    PersonnummerError::Format
+                },
+            );
         }
         let d: Vec<u8> = bytes.iter().map(|b| b - b'0').collect();
 
         let (year, rest) = if d.len() == 12 {
             (
-                i32::from(d[0]) * 1000 + i32::from(d[1]) * 100 + i32::from(d[2]) * 10 + i32::from(d[3]),
+                i32::from(d[0]) * 1000
+                    + i32::from(d[1]) * 100
+                    + i32::from(d[2]) * 10
+                    + i32::from(d[3]),
                 &d[4..],
             )
         } else {
@@ -133,7 +140,10 @@ impl Personnummer {
 
     /// `YYYYMMDD-****`: the birth date (as written in the number) and a mask.
     pub fn masked(&self) -> String {
-        let mut s: String = self.digits[..8].iter().map(|d| char::from(b'0' + d)).collect();
+        let mut s: String = self.digits[..8]
+            .iter()
+            .map(|d| char::from(b'0' + d))
+            .collect();
         s.push_str("-****");
         s
     }
@@ -181,5 +191,132 @@ impl fmt::Display for Personnummer {
 impl fmt::Debug for Personnummer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Personnummer({})", self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn today() -> Date {
+        Date::new(2026, 11, 29).unwrap()
+    }
+
+    fn parse(s: &str) -> Result<Personnummer, PersonnummerError> {
+        Personnummer::parse_at(s, today())
+    }
+
+    #[test]
+    fn accepts_every_published_form_of_the_test_number() {
+        for s in ["19121212-1212", "191212121212", " 19121212-1212 "] {
+            assert_eq!(parse(s).unwrap().expose_digits(), "191212121212", "{s}");
+        }
+        // Short forms imply the century: `-` or none means younger than 100 (born 2012 in
+        // 2026), `+` means 100 or older (born 1912).
+        for s in ["121212-1212", "1212121212"] {
+            assert_eq!(parse(s).unwrap().expose_digits(), "201212121212", "{s}");
+        }
+        assert_eq!(
+            parse("121212+1212").unwrap().expose_digits(),
+            "191212121212"
+        );
+    }
+
+    #[test]
+    fn short_forms_pick_the_century_by_age() {
+        // Born 2010 (16 years old) versus 1910 (116, written with +).
+        let young = Personnummer::synthetic(2010, 1, 1, 123)
+            .unwrap()
+            .expose_digits();
+        let short = &young[2..];
+        assert_eq!(parse(short).unwrap().expose_digits(), young);
+        assert_eq!(
+            parse(&format!("{}+{}", &short[..6], &short[6..]))
+                .unwrap()
+                .expose_digits(),
+            format!("19{short}")
+        );
+        // A date later this century than today is last century's.
+        let p = Personnummer::synthetic(1999, 12, 31, 42)
+            .unwrap()
+            .expose_digits();
+        assert_eq!(parse(&p[2..]).unwrap().expose_digits(), p);
+    }
+
+    #[test]
+    fn accepts_samordningsnummer() {
+        let s = Personnummer::synthetic(1990, 5, 72 - 60 + 60, 123).unwrap();
+        assert_eq!(s.kind(), IdentityKind::Samordningsnummer);
+        assert_eq!(parse(&s.expose_digits()).unwrap(), s);
+        assert!(s.masked().starts_with("199005"));
+    }
+
+    #[test]
+    fn rejects_with_the_rule_that_failed() {
+        assert_eq!(parse(""), Err(PersonnummerError::Empty));
+        assert_eq!(parse("19121212-1213"), Err(PersonnummerError::CheckDigit));
+        assert_eq!(parse("19810829M071"), Err(PersonnummerError::ReserveNumber));
+        assert_eq!(parse("810829-M071"), Err(PersonnummerError::ReserveNumber));
+        assert_eq!(parse("19121312-1212"), Err(PersonnummerError::InvalidDate));
+        assert_eq!(parse("19230229-0000"), Err(PersonnummerError::InvalidDate));
+        assert_eq!(parse("19121292-1212"), Err(PersonnummerError::InvalidDate));
+        assert_eq!(parse("20301212-1212"), Err(PersonnummerError::FutureDate));
+        assert_eq!(parse("19121212+1212"), Err(PersonnummerError::Format));
+        assert_eq!(parse("1212-121212"), Err(PersonnummerError::Format));
+        assert_eq!(parse("12121212121"), Err(PersonnummerError::Format));
+        assert_eq!(parse("121212–1212"), Err(PersonnummerError::Format));
+        // Birth number 000 with a matching check digit is still invalid.
+        let zero = format!(
+            "121212000{}",
+            luhn_check_digit(&[1, 2, 1, 2, 1, 2, 0, 0, 0])
+        );
+        assert_eq!(parse(&zero), Err(PersonnummerError::BirthNumberZero));
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_number() {
+        let p = parse("19121212-1212").unwrap();
+        for out in [format!("{p}"), format!("{p:?}"), format!("{:#?}", Some(&p))] {
+            assert!(
+                !out.contains("1212121212") && !out.contains("-1212"),
+                "{out}"
+            );
+            assert!(out.contains("19121212-****"), "{out}");
+        }
+    }
+
+    prop_compose! {
+        fn valid_number()(year in 1900i32..=2025, month in 1u8..=12, day in 1u8..=31,
+                          birth in 1u16..=999, samordning in any::<bool>()) -> Option<Personnummer> {
+            let day = day.min(super::super::date::days_in_month(year, month));
+            Personnummer::synthetic(year, month, if samordning { day + 60 } else { day }, birth)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn generated_numbers_round_trip_through_every_form(p in valid_number()) {
+            let p = p.expect("synthetic numbers are valid");
+            let d = p.expose_digits();
+            let age_100 = d[..4].parse::<i32>().unwrap() <= today().year() - 100;
+            let sep = if age_100 { '+' } else { '-' };
+            let mut forms = vec![d.clone(), format!("{}-{}", &d[..8], &d[8..]),
+                                 format!("{}{sep}{}", &d[2..8], &d[8..])];
+            // The bare ten-digit form implies "younger than 100"; only test it where that holds
+            // and no later century would also fit.
+            if !age_100 { forms.push(d[2..].to_owned()); }
+            for f in forms {
+                prop_assert_eq!(parse(&f).map(|x| x.expose_digits()), Ok(d.clone()), "form {}", f);
+            }
+        }
+
+        #[test]
+        fn any_single_digit_change_is_refused(p in valid_number(), pos in 2usize..12, delta in 1u8..=9) {
+            let mut d: Vec<u8> = p.expect("valid").expose_digits().into_bytes();
+            d[pos] = b'0' + (d[pos] - b'0' + delta) % 10;
+            let changed = String::from_utf8(d).unwrap();
+            prop_assert!(parse(&changed).is_err(), "{} was accepted", changed);
+        }
     }
 }

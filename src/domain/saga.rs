@@ -13,7 +13,9 @@ pub enum Command {
 /// Why a command does not apply to a case in its current state.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
-    #[error("the case is {state} and can no longer be cancelled: the report has gone out to TjänsteID-service")]
+    #[error(
+        "the case is {state} and can no longer be cancelled: the report has gone out to TjänsteID-service"
+    )]
     CancelTooLate { state: State },
 }
 
@@ -49,7 +51,10 @@ mod tests {
             transition(State::Accepted, &Command::Cancel).unwrap().next,
             Some(State::Cancelled)
         );
-        assert_eq!(transition(State::Cancelled, &Command::Cancel).unwrap().next, None);
+        assert_eq!(
+            transition(State::Cancelled, &Command::Cancel).unwrap().next,
+            None
+        );
         for s in State::ALL
             .iter()
             .copied()

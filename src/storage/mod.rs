@@ -9,9 +9,11 @@ mod sea;
 use async_trait::async_trait;
 
 use crate::domain::saga::{Command, TransitionError};
-use crate::domain::{CaseEvent, CaseId, Deregistration, HsaId, NewDeregistration, State, Timestamp};
+use crate::domain::{
+    CaseEvent, CaseId, Deregistration, HsaId, NewDeregistration, State, Timestamp,
+};
 
-pub use sea::SeaStore;
+pub use sea::{SeaStore, verify_chain};
 
 /// Who caused a change, when, and under which trace: recorded on every audit event.
 #[derive(Clone, Debug, PartialEq, Eq)]

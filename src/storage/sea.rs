@@ -43,7 +43,9 @@ pub struct SeaStore {
 
 impl std::fmt::Debug for SeaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeaStore").field("backend", &self.db.get_database_backend()).finish()
+        f.debug_struct("SeaStore")
+            .field("backend", &self.db.get_database_backend())
+            .finish()
     }
 }
 
@@ -88,7 +90,11 @@ impl SeaStore {
         let s = Sensitive {
             pnr: report.card_holder.personnummer.expose_digits(),
             holder_name: report.card_holder.full_name.as_str().to_owned(),
-            holder_email: report.card_holder.email.as_ref().map(|e| e.as_str().to_owned()),
+            holder_email: report
+                .card_holder
+                .email
+                .as_ref()
+                .map(|e| e.as_str().to_owned()),
             reporter_name: report.reported_by.full_name.as_str().to_owned(),
             reporter_email: report.reported_by.email.as_str().to_owned(),
         };
@@ -104,7 +110,8 @@ impl SeaStore {
             .vault
             .open(&m.id, &m.sensitive)
             .map_err(|_| corrupt("personal data does not decrypt"))?;
-        let s: Sensitive = serde_json::from_slice(&plain).map_err(|_| corrupt("personal data is malformed"))?;
+        let s: Sensitive =
+            serde_json::from_slice(&plain).map_err(|_| corrupt("personal data is malformed"))?;
         let hsa = |v: &str, what: &str| HsaId::parse(v).map_err(|_| corrupt(what));
         let name = |v: &str| PersonName::parse(v).map_err(|_| corrupt("name"));
         let email = |v: &str| Email::parse(v).map_err(|_| corrupt("e-mail"));
@@ -114,11 +121,13 @@ impl SeaStore {
             report: NewDeregistration {
                 care_unit: hsa(&m.care_unit_hsa_id, "care unit")?,
                 card_holder: CardHolder {
-                    personnummer: Personnummer::parse(&s.pnr).map_err(|_| corrupt("personnummer"))?,
+                    personnummer: Personnummer::parse(&s.pnr)
+                        .map_err(|_| corrupt("personnummer"))?,
                     full_name: name(&s.holder_name)?,
                     email: s.holder_email.as_deref().map(email).transpose()?,
                 },
-                card_number: CardNumber::parse(&m.card_number).map_err(|_| corrupt("card number"))?,
+                card_number: CardNumber::parse(&m.card_number)
+                    .map_err(|_| corrupt("card number"))?,
                 reason: Reason::from_str_opt(&m.reason).ok_or_else(|| corrupt("reason"))?,
                 card_received_at: Timestamp(m.card_received_at),
                 reported_by: Reporter {
@@ -126,7 +135,8 @@ impl SeaStore {
                     full_name: name(&s.reporter_name)?,
                     email: email(&s.reporter_email)?,
                 },
-                route: KivRemovalRoute::from_str_opt(&m.kiv_removal_route).ok_or_else(|| corrupt("route"))?,
+                route: KivRemovalRoute::from_str_opt(&m.kiv_removal_route)
+                    .ok_or_else(|| corrupt("route"))?,
             },
             state: State::from_str_opt(&m.state).ok_or_else(|| corrupt("state"))?,
             state_reason: m.state_reason,
@@ -149,7 +159,11 @@ impl SeaStore {
         q.one(conn).await.map_err(StoreError::Unavailable)
     }
 
-    async fn create_in(&self, txn: &DatabaseTransaction, cmd: &CreateCase) -> Result<Created, StoreError> {
+    async fn create_in(
+        &self,
+        txn: &DatabaseTransaction,
+        cmd: &CreateCase,
+    ) -> Result<Created, StoreError> {
         let id = cmd.id.to_string();
         // The case row goes first so the idempotency record's foreign key holds; a conflict on
         // the active card number is only reported after the idempotency check below, since a
@@ -186,17 +200,23 @@ impl SeaStore {
         let card_free = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
 
         if let Some(request_id) = &cmd.request_id {
-            let existing = idempotency_keys::Entity::find_by_id((cmd.principal.to_string(), request_id.clone()))
-                .one(txn)
-                .await
-                .map_err(StoreError::Unavailable)?;
+            let existing = idempotency_keys::Entity::find_by_id((
+                cmd.principal.to_string(),
+                request_id.clone(),
+            ))
+            .one(txn)
+            .await
+            .map_err(StoreError::Unavailable)?;
             if let Some(prior) = existing {
                 if prior.fingerprint != cmd.fingerprint {
                     return Err(StoreError::RequestIdReused);
                 }
                 let case_id = CaseId::parse(&prior.case_id)
                     .ok_or_else(|| StoreError::Corrupt("idempotency record".into()))?;
-                let model = self.find_case(txn, &case_id, false).await?.ok_or(StoreError::NotFound)?;
+                let model = self
+                    .find_case(txn, &case_id, false)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
                 return Ok(Created::Replayed(self.to_domain(model)?));
             }
             if card_free {
@@ -222,8 +242,12 @@ impl SeaStore {
         if !card_free {
             return Err(StoreError::ActiveCaseExists);
         }
-        self.append_event(txn, &cmd.id, "accepted", State::Accepted, &cmd.meta).await?;
-        let model = self.find_case(txn, &cmd.id, false).await?.ok_or(StoreError::NotFound)?;
+        self.append_event(txn, &cmd.id, "accepted", State::Accepted, &cmd.meta)
+            .await?;
+        let model = self
+            .find_case(txn, &cmd.id, false)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         Ok(Created::New(self.to_domain(model)?))
     }
 
@@ -267,12 +291,55 @@ impl SeaStore {
     }
 }
 
+/// True if every event's hash covers its predecessor's hash and its own fields.
+pub fn verify_chain(events: &[CaseEvent]) -> bool {
+    let mut prev = GENESIS_HASH.to_owned();
+    for e in events {
+        let meta = EventMeta {
+            actor: e.actor.clone(),
+            trace_id: e.trace_id.clone(),
+            at: e.at,
+            detail: e.detail.clone(),
+        };
+        let h = event_hash(
+            &prev,
+            &e.case_id.to_string(),
+            e.sequence,
+            &e.kind,
+            e.state.as_str(),
+            &meta,
+        );
+        if h != e.hash {
+            return false;
+        }
+        prev = h;
+    }
+    true
+}
+
 /// SHA-256 over the previous hash and the event's fields, each length-prefixed.
-pub(crate) fn event_hash(prev: &str, case_id: &str, seq: i64, kind: &str, state: &str, meta: &EventMeta) -> String {
+pub(crate) fn event_hash(
+    prev: &str,
+    case_id: &str,
+    seq: i64,
+    kind: &str,
+    state: &str,
+    meta: &EventMeta,
+) -> String {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let seq = seq.to_string();
     let at = meta.at.0.to_string();
-    for part in [prev, case_id, &seq, kind, state, &meta.actor, &at, &meta.trace_id, &meta.detail] {
+    for part in [
+        prev,
+        case_id,
+        &seq,
+        kind,
+        state,
+        &meta.actor,
+        &at,
+        &meta.trace_id,
+        &meta.detail,
+    ] {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part.as_bytes());
     }
@@ -346,7 +413,10 @@ impl CaseStore for SeaStore {
         meta: EventMeta,
     ) -> Result<Deregistration, StoreError> {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
-        let model = self.find_case(&txn, id, true).await?.ok_or(StoreError::NotFound)?;
+        let model = self
+            .find_case(&txn, id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
             return Err(StoreError::NotFound);
         }
@@ -367,8 +437,12 @@ impl CaseStore for SeaStore {
         if !meta.detail.is_empty() {
             am.state_reason = Set(Some(meta.detail.clone()));
         }
-        let updated = cases::Entity::update(am).exec(&txn).await.map_err(StoreError::Unavailable)?;
-        self.append_event(&txn, id, t.event_kind, next, &meta).await?;
+        let updated = cases::Entity::update(am)
+            .exec(&txn)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        self.append_event(&txn, id, t.event_kind, next, &meta)
+            .await?;
         txn.commit().await.map_err(StoreError::Unavailable)?;
         self.to_domain(updated)
     }

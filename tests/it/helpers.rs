@@ -1,0 +1,214 @@
+//! `spawn_app()`: the real server on port 0 with a fresh database and generated
+//! certificates, and mTLS clients for each dev identity.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use etjanstekort_gateway::api::pb;
+use etjanstekort_gateway::config::{Config, Secret};
+use etjanstekort_gateway::devcerts::{self, DevCa, IssuedCert};
+use etjanstekort_gateway::startup::App;
+use pb::deregistration_service_client::DeregistrationServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A fresh database for one test: a SQLite file, or a new PostgreSQL database when
+/// `ETK_TEST_POSTGRES_URL` is set and the test asks for it.
+#[derive(Debug)]
+pub struct TestDb {
+    pub url: String,
+    /// The PostgreSQL database's name (empty for SQLite).
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn sqlite(dir: &std::path::Path) -> Self {
+        Self {
+            url: format!("sqlite://{}?mode=rwc", dir.join("test.sqlite").display()),
+            name: String::new(),
+        }
+    }
+
+    /// `None` when PostgreSQL tests are not enabled on this machine.
+    pub async fn postgres() -> Option<Self> {
+        let base = std::env::var("ETK_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        use sea_orm::{ConnectionTrait, Database};
+        let admin = Database::connect(&base)
+            .await
+            .expect("connect to ETK_TEST_POSTGRES_URL");
+        let name = format!("etk_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let (prefix, _) = base.rsplit_once('/').expect("URL ends in /database");
+        let url = format!("{prefix}/{name}");
+        Some(Self { url, name })
+    }
+}
+
+pub fn test_vault_key() -> String {
+    // Fixed test key (base64 of 32 bytes of 0x2a); never used outside tests.
+    "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(None).await
+}
+
+pub async fn spawn_app_with(db: Option<TestDb>) -> TestApp {
+    install_crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (paths, _) = devcerts::ensure(dir.path()).expect("dev environment");
+    let db = db.unwrap_or_else(|| TestDb::sqlite(dir.path()));
+    let mut cfg = Config::load_from(None, []).expect("defaults");
+    cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.tls.cert = paths.server_cert.clone();
+    cfg.tls.key = paths.server_key.clone();
+    cfg.tls.client_ca = paths.ca.clone();
+    cfg.auth.principals_file = paths.principals.clone();
+    cfg.database.url = Secret::new(db.url.clone());
+    cfg.privacy.master_key = Secret::new(test_vault_key());
+    let app = App::build(cfg).await.expect("app builds");
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    let ca_pem = std::fs::read_to_string(&paths.ca).expect("ca");
+    TestApp {
+        addr,
+        dir,
+        ca_pem,
+        shutdown: Some(tx),
+    }
+}
+
+impl TestApp {
+    pub fn identity_paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        let certs = self.dir.path().join("certs");
+        (
+            certs.join(format!("{name}.pem")),
+            certs.join(format!("{name}.key")),
+        )
+    }
+
+    /// The dev identity `name` (provider-a, provider-b, office, tjansteid, operator).
+    pub fn issued(&self, name: &str) -> IssuedCert {
+        let (c, k) = self.identity_paths(name);
+        IssuedCert {
+            cert_pem: std::fs::read_to_string(c).expect("cert"),
+            key_pem: std::fs::read_to_string(k).expect("key"),
+        }
+    }
+
+    /// A certificate from the server's own CA with any subject serialNumber.
+    pub fn issue_from_server_ca(&self, serial: Option<&str>) -> IssuedCert {
+        let key = std::fs::read_to_string(self.dir.path().join("certs/ca.key")).expect("ca key");
+        let ca = DevCa::from_pem(&self.ca_pem, &key).expect("ca loads");
+        ca.issue_client("test client", serial).expect("issue")
+    }
+
+    pub async fn channel_with(
+        &self,
+        client: Option<&IssuedCert>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost");
+        if let Some(c) = client {
+            tls = tls.identity(Identity::from_pem(&c.cert_pem, &c.key_pem));
+        }
+        Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    pub async fn channel(&self, name: &str) -> Channel {
+        self.channel_with(Some(&self.issued(name)))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn provider(&self, name: &str) -> DeregistrationServiceClient<Channel> {
+        DeregistrationServiceClient::new(self.channel(name).await)
+    }
+}
+
+pub fn unit_a() -> String {
+    devcerts::unit_a()
+}
+
+pub fn unit_b() -> String {
+    devcerts::unit_b()
+}
+
+/// A valid report for `unit`, with the given personnummer text and card number.
+pub fn report(unit: &str, pnr: &str, card: &str) -> pb::Deregistration {
+    pb::Deregistration {
+        care_unit_hsa_id: unit.to_owned(),
+        card_holder: Some(pb::CardHolder {
+            personal_identity_number: pnr.to_owned(),
+            full_name: "Tolvan Tolvansson".into(),
+            email: "tolvan@example.se".into(),
+        }),
+        card_number: card.to_owned(),
+        reason: pb::Reason::EmploymentEnded as i32,
+        card_received_time: Some(prost_types::Timestamp {
+            seconds: 1_790_000_000,
+            nanos: 0,
+        }),
+        card_cut_across_chip: true,
+        reported_by: Some(pb::Reporter {
+            hsa_id: format!("{}-P000000000099", devcerts::TEST_ORG),
+            full_name: "Vera Verksamhetschef".into(),
+            email: "vera@example.se".into(),
+        }),
+        kiv_removal_route: pb::KivRemovalRoute::CareProvider as i32,
+        ..Default::default()
+    }
+}
+
+pub fn create(request_id: &str, d: pb::Deregistration) -> pb::CreateDeregistrationRequest {
+    pb::CreateDeregistrationRequest {
+        request_id: request_id.to_owned(),
+        deregistration: Some(d),
+    }
+}
+
+/// The BadRequest field violations of a status, as (field, description).
+pub fn violations(status: &tonic::Status) -> HashMap<String, String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}

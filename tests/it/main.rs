@@ -1,0 +1,7 @@
+//! The one integration-test binary: the real server over real mTLS, a real database.
+
+mod api;
+mod auth;
+mod helpers;
+mod privacy;
+mod store;

@@ -1,0 +1,226 @@
+//! The case store's contract, run on SQLite always and on PostgreSQL when
+//! `ETK_TEST_POSTGRES_URL` is set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etjanstekort_gateway::domain::saga::Command;
+use etjanstekort_gateway::domain::{
+    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
+    Personnummer, Reason, Reporter, State, Timestamp,
+};
+use etjanstekort_gateway::privacy::Vault;
+use etjanstekort_gateway::storage::{
+    CaseStore, CreateCase, Created, EventMeta, ListQuery, SeaStore, StoreError, verify_chain,
+};
+use sea_orm::{ConnectionTrait, Database};
+
+use crate::helpers::{TestDb, test_vault_key};
+
+async fn open(db: &TestDb) -> SeaStore {
+    let vault = Arc::new(Vault::from_base64(&test_vault_key()).expect("key"));
+    let store = SeaStore::connect(&db.url, 8, Duration::from_secs(5), vault)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+fn hsa(s: &str) -> HsaId {
+    HsaId::parse(s).expect("hsa")
+}
+
+fn report(card: &str) -> NewDeregistration {
+    NewDeregistration {
+        care_unit: hsa("SE1655999991-S1"),
+        card_holder: CardHolder {
+            personnummer: Personnummer::parse("19121212-1212").expect("pnr"),
+            full_name: PersonName::parse("Tolvan Tolvansson").expect("name"),
+            email: None,
+        },
+        card_number: CardNumber::parse(card).expect("card"),
+        reason: Reason::AgreementEnded,
+        card_received_at: Timestamp(1_700_000_000_000_000),
+        reported_by: Reporter {
+            hsa_id: hsa("SE1655999991-P1"),
+            full_name: PersonName::parse("Vera Verksamhetschef").expect("name"),
+            email: Email::parse("vera@example.se").expect("email"),
+        },
+        route: KivRemovalRoute::HealthCareOffice,
+    }
+}
+
+fn meta(actor: &str) -> EventMeta {
+    EventMeta {
+        actor: actor.into(),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        at: Timestamp::now(),
+        detail: String::new(),
+    }
+}
+
+fn cmd(request_id: Option<&str>, fingerprint: &str, card: &str) -> CreateCase {
+    CreateCase {
+        id: CaseId::new(),
+        principal: hsa("SE1655999991-E1"),
+        care_provider: hsa("SE1655999991-E1"),
+        request_id: request_id.map(str::to_owned),
+        fingerprint: fingerprint.into(),
+        report: report(card),
+        meta: meta("SE1655999991-E1"),
+    }
+}
+
+async fn contract(db: TestDb) {
+    let store = open(&db).await;
+    // Create, then replay by request_id, then conflict on content.
+    let created = store
+        .create(cmd(Some("r1"), "f1", "1000001"))
+        .await
+        .expect("create");
+    let Created::New(case) = created else {
+        panic!("expected a new case")
+    };
+    assert_eq!(case.state, State::Accepted);
+    assert_eq!(case.report, report("1000001"));
+    let replay = store
+        .create(cmd(Some("r1"), "f1", "1000001"))
+        .await
+        .expect("replay");
+    assert_eq!(replay, Created::Replayed(case.clone()));
+    assert!(matches!(
+        store.create(cmd(Some("r1"), "other", "1000002")).await,
+        Err(StoreError::RequestIdReused)
+    ));
+    assert!(matches!(
+        store.create(cmd(None, "f3", "1000001")).await,
+        Err(StoreError::ActiveCaseExists)
+    ));
+    // Nothing of the refused requests was stored.
+    let all = store
+        .list(&ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 1);
+
+    // A transition appends a chained event; a repeat changes nothing.
+    let cancelled = store
+        .apply(
+            &case.id,
+            Some(&case.care_provider),
+            &Command::Cancel,
+            meta("SE1655999991-E1"),
+        )
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.state, State::Cancelled);
+    store
+        .apply(
+            &case.id,
+            Some(&case.care_provider),
+            &Command::Cancel,
+            meta("SE1655999991-E1"),
+        )
+        .await
+        .expect("repeat");
+    assert!(matches!(
+        store
+            .apply(
+                &case.id,
+                Some(&hsa("SE1655999991-E2")),
+                &Command::Cancel,
+                meta("x")
+            )
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let events = store.events(&case.id).await.expect("events");
+    assert_eq!(
+        events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["accepted", "cancelled"]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(verify_chain(&events));
+    let mut tampered = events.clone();
+    tampered[0].actor = "someone else".into();
+    assert!(!verify_chain(&tampered));
+
+    // The card is free again once the case is terminal.
+    store
+        .create(cmd(None, "f4", "1000001"))
+        .await
+        .expect("card freed");
+
+    let conn = Database::connect(&db.url).await.expect("raw connection");
+    // The audit trail is append-only in the database itself.
+    for sql in [
+        "UPDATE case_events SET actor = 'x'",
+        "DELETE FROM case_events",
+    ] {
+        assert!(
+            conn.execute_unprepared(sql).await.is_err(),
+            "{sql} was allowed"
+        );
+    }
+    // Personal data is not in the clear at rest.
+    let rows = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT sensitive, holder_pseudonym FROM cases",
+        ))
+        .await
+        .expect("rows");
+    for row in rows {
+        let blob: Vec<u8> = row.try_get("", "sensitive").expect("blob");
+        let text = String::from_utf8_lossy(&blob);
+        assert!(
+            !text.contains("1212121212") && !text.contains("Tolvan"),
+            "plaintext at rest"
+        );
+        let pseudonym: String = row.try_get("", "holder_pseudonym").expect("pseudonym");
+        assert!(!pseudonym.contains("1212121212"));
+    }
+}
+
+#[tokio::test]
+async fn store_contract_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    contract(TestDb::sqlite(dir.path())).await;
+}
+
+#[tokio::test]
+async fn store_contract_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("ETK_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    contract(db).await;
+}
+
+#[tokio::test]
+async fn unreadable_data_is_reported_not_guessed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = TestDb::sqlite(dir.path());
+    let store = open(&db).await;
+    let case = store
+        .create(cmd(None, "f", "2000001"))
+        .await
+        .expect("create")
+        .into_case();
+    drop(store);
+    // The same database opened with another master key cannot read the personal data.
+    let other = Arc::new(Vault::from_master_key(&[9u8; 32]).expect("key"));
+    let store = SeaStore::connect(&db.url, 1, Duration::from_secs(5), other)
+        .await
+        .expect("connect");
+    assert!(matches!(
+        store.get(&case.id).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}

@@ -1,12 +1,13 @@
 //! The gateway's use cases, free of gRPC: what each call does once the caller is known and
-//! the input is parsed. The API layer converts; this layer decides and calls the store.
+//! the input is parsed. The API layer converts; this layer decides who may see what and
+//! turns calls into saga events for the store.
 
 use std::sync::Arc;
 
 use crate::auth::Principal;
-use crate::domain::saga::Command;
+use crate::domain::saga::{Event, TransitionError};
 use crate::domain::{
-    CaseEvent, CaseId, Deregistration, HsaId, NewDeregistration, State, Timestamp,
+    CaseEvent, CaseId, Deregistration, HsaId, KivRemovalRoute, NewDeregistration, State, Timestamp,
 };
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
@@ -22,6 +23,12 @@ pub enum AppError {
     Store(#[from] StoreError),
 }
 
+impl From<TransitionError> for AppError {
+    fn from(e: TransitionError) -> Self {
+        AppError::Store(StoreError::Transition(e))
+    }
+}
+
 #[derive(Debug)]
 pub struct Gateway {
     store: Arc<dyn CaseStore>,
@@ -35,6 +42,15 @@ pub struct Page {
     pub last: Option<CaseId>,
 }
 
+fn meta(principal: &Principal, trace_id: String, detail: String) -> EventMeta {
+    EventMeta {
+        actor: principal.hsa_id.to_string(),
+        trace_id,
+        at: Timestamp::now(),
+        detail,
+    }
+}
+
 impl Gateway {
     pub fn new(store: Arc<dyn CaseStore>, vault: Arc<Vault>) -> Self {
         Self { store, vault }
@@ -42,6 +58,10 @@ impl Gateway {
 
     pub fn store(&self) -> &Arc<dyn CaseStore> {
         &self.store
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
     }
 
     pub async fn create(
@@ -52,9 +72,10 @@ impl Gateway {
         trace_id: String,
     ) -> Result<Created, AppError> {
         if !principal.holds_unit(&report.care_unit) {
+            // The unit is not echoed: an HSA-id suffix is free-form and could carry anything.
             return Err(AppError::PermissionDenied(format!(
-                "principal {} holds no grant for care unit {}",
-                principal.hsa_id, report.care_unit
+                "principal {} holds no grant for the care unit in deregistration.care_unit_hsa_id",
+                principal.hsa_id
             )));
         }
         let fingerprint = self.fingerprint(&report);
@@ -65,12 +86,7 @@ impl Gateway {
             request_id,
             fingerprint,
             report,
-            meta: EventMeta {
-                actor: principal.hsa_id.to_string(),
-                trace_id,
-                at: Timestamp::now(),
-                detail: String::new(),
-            },
+            meta: meta(principal, trace_id, String::new()),
         };
         Ok(self.store.create(cmd).await?)
     }
@@ -88,33 +104,11 @@ impl Gateway {
         }
     }
 
-    pub async fn list_own(
-        &self,
-        principal: &Principal,
-        care_unit: Option<HsaId>,
-        state: Option<State>,
-        after: Option<CaseId>,
-        limit: u32,
-    ) -> Result<Page, AppError> {
-        if let Some(unit) = &care_unit
-            && !principal.holds_unit(unit)
-        {
-            return Err(AppError::PermissionDenied(format!(
-                "principal {} holds no grant for care unit {unit}",
-                principal.hsa_id
-            )));
-        }
+    async fn page(&self, mut query: ListQuery) -> Result<Page, AppError> {
+        let limit = query.limit;
         // One extra row tells whether another page exists without a count query.
-        let mut cases = self
-            .store
-            .list(&ListQuery {
-                care_provider: Some(principal.care_provider.clone()),
-                care_unit,
-                state,
-                after,
-                limit: limit + 1,
-            })
-            .await?;
+        query.limit = limit + 1;
+        let mut cases = self.store.list(&query).await?;
         let more = cases.len() > limit as usize;
         cases.truncate(limit as usize);
         let last = if more {
@@ -125,6 +119,40 @@ impl Gateway {
         Ok(Page { cases, last })
     }
 
+    fn units_filter(principal: &Principal, unit: Option<HsaId>) -> Result<Vec<HsaId>, AppError> {
+        match unit {
+            Some(u) if principal.holds_unit(&u) => Ok(vec![u]),
+            Some(_) => Err(AppError::PermissionDenied(format!(
+                "principal {} holds no grant for the care unit in care_unit_hsa_id",
+                principal.hsa_id
+            ))),
+            None => Ok(principal.care_units.iter().cloned().collect()),
+        }
+    }
+
+    pub async fn list_own(
+        &self,
+        principal: &Principal,
+        care_unit: Option<HsaId>,
+        state: Option<State>,
+        after: Option<CaseId>,
+        limit: u32,
+    ) -> Result<Page, AppError> {
+        let care_units = match care_unit {
+            Some(u) => Some(Self::units_filter(principal, Some(u))?),
+            None => None,
+        };
+        self.page(ListQuery {
+            care_provider: Some(principal.care_provider.clone()),
+            care_units,
+            states: state.into_iter().collect(),
+            after,
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn cancel(
         &self,
         principal: &Principal,
@@ -132,15 +160,15 @@ impl Gateway {
         reason: String,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
-        let meta = EventMeta {
-            actor: principal.hsa_id.to_string(),
-            trace_id,
-            at: Timestamp::now(),
-            detail: reason,
-        };
+        let owner = principal.care_provider.clone();
         match self
             .store
-            .apply(id, Some(&principal.care_provider), &Command::Cancel, meta)
+            .apply(
+                id,
+                Some(&owner),
+                &Event::Cancel,
+                meta(principal, trace_id, reason),
+            )
             .await
         {
             Err(StoreError::NotFound) => Err(AppError::NotFound),
@@ -148,13 +176,211 @@ impl Gateway {
         }
     }
 
-    pub async fn events(
+    /// The case's trail so far and a subscription for what follows. Subscribing first means
+    /// nothing committed between the read and the subscription is missed (duplicates are
+    /// filtered by sequence number by the caller).
+    pub async fn watch(
         &self,
         principal: &Principal,
         id: &CaseId,
-    ) -> Result<Vec<CaseEvent>, AppError> {
+    ) -> Result<(Vec<CaseEvent>, tokio::sync::broadcast::Receiver<CaseEvent>), AppError> {
         self.get_own(principal, id).await?;
-        Ok(self.store.events(id).await?)
+        let rx = self.store.subscribe();
+        let past = self.store.events(id).await?;
+        Ok((past, rx))
+    }
+
+    pub async fn events_after(&self, id: &CaseId, after: i64) -> Result<Vec<CaseEvent>, AppError> {
+        Ok(self
+            .store
+            .events(id)
+            .await?
+            .into_iter()
+            .filter(|e| e.sequence > after)
+            .collect())
+    }
+
+    // --- Health-care office -------------------------------------------------------------
+
+    /// Removal tasks: only cases whose revocation is recorded, on the office route, in the
+    /// office's care units.
+    pub async fn list_office_tasks(
+        &self,
+        principal: &Principal,
+        care_unit: Option<HsaId>,
+        after: Option<CaseId>,
+        limit: u32,
+    ) -> Result<Page, AppError> {
+        let units = Self::units_filter(principal, care_unit)?;
+        self.page(ListQuery {
+            care_units: Some(units),
+            states: vec![State::KivRemovalPending],
+            route: Some(KivRemovalRoute::HealthCareOffice),
+            revocation_confirmed: Some(true),
+            after,
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn complete_office_task(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+        comment: String,
+        trace_id: String,
+    ) -> Result<Deregistration, AppError> {
+        let case = match self.store.get(id).await? {
+            Some(c) if principal.holds_unit(&c.report.care_unit) => c,
+            _ => return Err(AppError::NotFound),
+        };
+        let result = self
+            .store
+            .apply(
+                id,
+                None,
+                &Event::OfficeCompleted,
+                meta(principal, trace_id.clone(), comment),
+            )
+            .await;
+        if let Err(StoreError::Transition(TransitionError::RevocationNotConfirmed)) = &result {
+            // The refusal itself is part of the record: someone tried to remove too early.
+            tracing::warn!(case_id = %case.id, principal = %principal.hsa_id, "KIV removal before revocation refused");
+            self.store
+                .audit(
+                    id,
+                    "early_kiv_removal_refused",
+                    meta(principal, trace_id, "health-care office tried to complete the KIV removal before the revocation was confirmed".into()),
+                )
+                .await?;
+        }
+        Ok(result?)
+    }
+
+    // --- TjänsteID-service --------------------------------------------------------------
+
+    pub async fn list_pending_revocations(
+        &self,
+        after: Option<CaseId>,
+        limit: u32,
+    ) -> Result<Page, AppError> {
+        self.page(ListQuery {
+            states: vec![State::RevocationRequested],
+            after,
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn confirm_revocation(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+        reference: String,
+        trace_id: String,
+    ) -> Result<Deregistration, AppError> {
+        let detail = format!("revocation reference {reference}");
+        self.apply_any(
+            id,
+            &Event::RevocationConfirmed { reference },
+            meta(principal, trace_id, detail),
+        )
+        .await
+    }
+
+    pub async fn reject_revocation(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+        reason: String,
+        trace_id: String,
+    ) -> Result<Deregistration, AppError> {
+        self.apply_any(
+            id,
+            &Event::RevocationRejected {
+                reason: reason.clone(),
+            },
+            meta(principal, trace_id, reason),
+        )
+        .await
+    }
+
+    async fn apply_any(
+        &self,
+        id: &CaseId,
+        event: &Event,
+        meta: EventMeta,
+    ) -> Result<Deregistration, AppError> {
+        match self.store.apply(id, None, event, meta).await {
+            Err(StoreError::NotFound) => Err(AppError::NotFound),
+            other => Ok(other?),
+        }
+    }
+
+    // --- Operations ---------------------------------------------------------------------
+
+    pub async fn list_attention(
+        &self,
+        after: Option<CaseId>,
+        limit: u32,
+    ) -> Result<Page, AppError> {
+        self.page(ListQuery {
+            states: vec![State::NeedsAttention],
+            after,
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A case needing attention resumes where it stopped; any other case has its pending
+    /// steps made due now.
+    pub async fn retry(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+        trace_id: String,
+    ) -> Result<Deregistration, AppError> {
+        let case = self.store.get(id).await?.ok_or(AppError::NotFound)?;
+        if case.state == State::NeedsAttention {
+            return self
+                .apply_any(
+                    id,
+                    &Event::OperatorRetry,
+                    meta(principal, trace_id, String::new()),
+                )
+                .await;
+        }
+        if case.state.is_terminal() {
+            return Err(TransitionError::NotNeedingAttention { state: case.state }.into());
+        }
+        self.store.expedite(id).await?;
+        self.store
+            .audit(
+                id,
+                "operator_expedited",
+                meta(principal, trace_id, String::new()),
+            )
+            .await?;
+        Ok(self.store.get(id).await?.ok_or(AppError::NotFound)?)
+    }
+
+    pub async fn resolve(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+        completed: bool,
+        justification: String,
+        trace_id: String,
+    ) -> Result<Deregistration, AppError> {
+        self.apply_any(
+            id,
+            &Event::OperatorResolve { completed },
+            meta(principal, trace_id, justification),
+        )
+        .await
     }
 
     /// Keyed digest of everything the caller sent, in a fixed order.

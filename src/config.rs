@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -19,6 +20,43 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub privacy: PrivacyConfig,
     pub api: ApiConfig,
+    pub engine: EngineSettings,
+    pub connectors: ConnectorsConfig,
+    pub simulated: SimulatedConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub workers: usize,
+    pub batch_size: u32,
+    pub lease_seconds: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_seconds: u64,
+    pub idle_poll_ms: u64,
+    pub poll_interval_seconds: f64,
+    pub remind_after_seconds: f64,
+    pub escalate_after_seconds: f64,
+    pub reconcile_interval_seconds: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorsConfig {
+    pub tjansteid: String,
+    pub kiv: String,
+    pub notifier: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedConfig {
+    pub confirm_after_seconds: f64,
+    pub latency_ms: u64,
+    pub failure_rate: f64,
+    pub kiv_auto_employ: bool,
+    pub journal: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -156,6 +194,10 @@ impl Config {
                     .parse()
                     .map(toml::Value::Integer)
                     .map_err(|_| ConfigError::Invalid(format!("{key} must be an integer")))?,
+                toml::Value::Float(_) => value
+                    .parse()
+                    .map(toml::Value::Float)
+                    .map_err(|_| ConfigError::Invalid(format!("{key} must be a number")))?,
                 toml::Value::Boolean(_) => value
                     .parse()
                     .map(toml::Value::Boolean)
@@ -205,7 +247,74 @@ impl Config {
                 "api.default_page_size must be between 1 and api.max_page_size".into(),
             ));
         }
+        for (name, v) in [
+            ("connectors.tjansteid", &self.connectors.tjansteid),
+            ("connectors.kiv", &self.connectors.kiv),
+        ] {
+            if v != "simulated" {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} = \"{v}\": only \"simulated\" is available"
+                )));
+            }
+        }
+        if self.connectors.notifier != "log" {
+            return Err(ConfigError::Invalid(format!(
+                "connectors.notifier = \"{}\": only \"log\" is available",
+                self.connectors.notifier
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.simulated.failure_rate) {
+            return Err(ConfigError::Invalid(
+                "simulated.failure_rate must be between 0.0 and 1.0".into(),
+            ));
+        }
+        let e = &self.engine;
+        for (name, v) in [
+            ("engine.poll_interval_seconds", e.poll_interval_seconds),
+            ("engine.remind_after_seconds", e.remind_after_seconds),
+            ("engine.escalate_after_seconds", e.escalate_after_seconds),
+            (
+                "engine.reconcile_interval_seconds",
+                e.reconcile_interval_seconds,
+            ),
+        ] {
+            if !(0.0..=1e9).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be between 0 and 1e9"
+                )));
+            }
+        }
+        if e.batch_size == 0 || e.max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "engine.batch_size and engine.max_attempts must be at least 1".into(),
+            ));
+        }
         Ok(())
+    }
+
+    pub fn engine_config(&self) -> crate::engine::EngineConfig {
+        let e = &self.engine;
+        crate::engine::EngineConfig {
+            workers: e.workers,
+            batch_size: e.batch_size,
+            lease: Duration::from_secs(e.lease_seconds.max(1)),
+            max_attempts: e.max_attempts,
+            backoff_base: Duration::from_millis(e.backoff_base_ms),
+            backoff_max: Duration::from_secs(e.backoff_max_seconds),
+            idle_poll: Duration::from_millis(e.idle_poll_ms.max(1)),
+            escalate_after: Duration::from_secs_f64(e.escalate_after_seconds),
+            reconcile_interval: Duration::from_secs_f64(e.reconcile_interval_seconds),
+        }
+    }
+
+    pub fn timing(&self, poll_outcome: bool) -> crate::storage::Timing {
+        let e = &self.engine;
+        crate::storage::Timing {
+            poll_interval: Duration::from_secs_f64(e.poll_interval_seconds),
+            remind_after: Duration::from_secs_f64(e.remind_after_seconds),
+            escalate_after: Duration::from_secs_f64(e.escalate_after_seconds),
+            poll_outcome,
+        }
     }
 }
 

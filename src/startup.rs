@@ -19,6 +19,8 @@ use crate::api::{Api, Paging, pb};
 use crate::app::Gateway;
 use crate::auth::Authorizer;
 use crate::config::Config;
+use crate::connectors::Connectors;
+use crate::engine::Engine;
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, SeaStore};
 
@@ -87,12 +89,20 @@ pub struct App {
     listener: TcpListener,
     router: tonic::transport::server::Router,
     store: Arc<dyn CaseStore>,
+    engine: Arc<Engine>,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
 }
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate_for_serve()?;
+        let connectors = Connectors::from_config(&config);
+        Self::build_with(config, connectors).await
+    }
+
+    /// Builds with the given connectors (tests hold on to simulated ones to inspect them).
+    pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
         config.validate_for_serve()?;
         let vault = Arc::new(load_vault(&config)?);
         let store = SeaStore::connect(
@@ -101,9 +111,15 @@ impl App {
             Duration::from_secs(config.database.acquire_timeout_seconds),
             vault.clone(),
         )
-        .await?;
+        .await?
+        .with_timing(config.timing(connectors.tjansteid.polls()));
         store.migrate().await?;
         let store: Arc<dyn CaseStore> = Arc::new(store);
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            connectors,
+            config.engine_config(),
+        ));
         let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
 
         let tls = ServerTlsConfig::new()
@@ -138,15 +154,21 @@ impl App {
             },
         );
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| StartError::Read {
-                what: "reflection descriptors",
-                path: "embedded".into(),
-                source: std::io::Error::other(e),
-            })?;
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_err = |e| StartError::Read {
+            what: "reflection descriptors",
+            path: "embedded".into(),
+            source: std::io::Error::other(e),
+        };
+        let reflection = reflection_builder().build_v1().map_err(reflection_err)?;
+        // v1alpha too: several clients (e.g. grpcio-reflection) still speak only that.
+        let reflection_alpha = reflection_builder()
+            .build_v1alpha()
+            .map_err(reflection_err)?;
 
         let router = Server::builder()
             .tls_config(tls)?
@@ -154,6 +176,7 @@ impl App {
             .timeout(Duration::from_secs(config.server.request_timeout_seconds))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(DeregistrationServiceServer::new(api.clone()))
             .add_service(HealthCareOfficeServiceServer::new(api.clone()))
             .add_service(RevocationServiceServer::new(api.clone()))
@@ -163,6 +186,7 @@ impl App {
             listener,
             router,
             store,
+            engine,
             health,
             grace: Duration::from_secs(config.server.shutdown_grace_seconds),
         })
@@ -178,6 +202,8 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         let prober = tokio::spawn(probe_health(self.store.clone(), self.health.clone()));
+        let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
+        let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = self.router.serve_with_incoming_shutdown(
             TcpIncoming::from(self.listener),
@@ -202,6 +228,13 @@ impl App {
             }
         };
         prober.abort();
+        // Workers finish the batch they hold; anything unfinished is re-claimed after its lease.
+        let _ = engine_stop.send(true);
+        let _ = tokio::time::timeout(self.grace, async {
+            while engine.join_next().await.is_some() {}
+        })
+        .await;
+        engine.abort_all();
         result
     }
 }

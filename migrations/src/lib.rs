@@ -4,6 +4,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m0001_cases;
+mod m0002_saga;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -11,7 +12,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_cases::Migration)]
+        vec![
+            Box::new(m0001_cases::Migration),
+            Box::new(m0002_saga::Migration),
+        ]
     }
 }
 

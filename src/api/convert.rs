@@ -8,9 +8,10 @@ use tonic_types::FieldViolation;
 use super::error::ApiError;
 use super::pb;
 use crate::domain::{
-    CardHolder, CardNumber, CaseId, Deregistration, Email, HsaId, KivRemovalRoute,
+    CardHolder, CardNumber, CaseEvent, CaseId, Deregistration, Email, HsaId, KivRemovalRoute,
     NewDeregistration, PersonName, Personnummer, Reason, Reporter, State, Timestamp,
 };
+use crate::privacy::Vault;
 
 /// Clock skew tolerated on `card_received_time` before it counts as the future.
 const FUTURE_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
@@ -248,13 +249,19 @@ pub fn page_size(field: &str, raw: i32, default: u32, max: u32) -> Result<u32, A
 }
 
 /// Page tokens are opaque to callers: base64url of a version tag, the last id served and a
-/// digest of the filters, so a token cannot be replayed against a different query.
-pub fn encode_page_token(last: &CaseId, filters: &str) -> String {
-    let raw = format!("p1|{last}|{}", filter_digest(filters));
+/// keyed MAC over the caller, the filters and the id — so a token cannot be forged, edited, or
+/// replayed by another caller or against a different query.
+pub fn encode_page_token(vault: &Vault, scope: &str, last: &CaseId, filters: &str) -> String {
+    let raw = format!(
+        "p1|{last}|{}",
+        token_mac(vault, scope, filters, &last.to_string())
+    );
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 pub fn decode_page_token(
+    vault: &Vault,
+    scope: &str,
     field: &str,
     token: &str,
     filters: &str,
@@ -268,23 +275,29 @@ pub fn decode_page_token(
         .map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let mut parts = raw.split('|');
-    let (Some("p1"), Some(id), Some(digest), None) =
+    let (Some("p1"), Some(id), Some(mac), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad());
     };
-    if digest != filter_digest(filters) {
+    if mac != token_mac(vault, scope, filters, id) {
         return Err(ApiError::invalid(
             field,
-            "was issued for different filters; repeat the list call with the same filters",
+            "was not issued for this caller and these filters; repeat the list call with the filters it was issued for",
         ));
     }
     CaseId::parse(id).map(Some).ok_or_else(bad)
 }
 
-fn filter_digest(filters: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, filters.as_bytes());
-    crate::privacy::hex(&d.as_ref()[..8])
+fn token_mac(vault: &Vault, scope: &str, filters: &str, id: &str) -> String {
+    let mut d = vault.digest(&[
+        b"page-token",
+        scope.as_bytes(),
+        filters.as_bytes(),
+        id.as_bytes(),
+    ]);
+    d.truncate(24);
+    d
 }
 
 fn timestamp_in(t: &PbTimestamp) -> Option<Timestamp> {
@@ -368,6 +381,90 @@ pub fn deregistration_out(c: &Deregistration) -> pb::Deregistration {
     }
 }
 
+pub fn event_out(e: &CaseEvent) -> pb::DeregistrationEvent {
+    pb::DeregistrationEvent {
+        sequence: e.sequence,
+        deregistration_id: e.case_id.to_string(),
+        kind: e.kind.clone(),
+        state: state_out(e.state) as i32,
+        actor: e.actor.clone(),
+        event_time: Some(timestamp_out(e.at)),
+        trace_id: e.trace_id.clone(),
+        detail: e.detail.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+/// The card holder with the full personnummer: only for roles that must act on it
+/// (TjänsteID-service revokes by it, the health-care office finds the KIV entry by it).
+fn holder_full(c: &Deregistration) -> pb::CardHolder {
+    let h = &c.report.card_holder;
+    pb::CardHolder {
+        personal_identity_number: h.personnummer.expose_digits(),
+        full_name: h.full_name.as_str().to_owned(),
+        email: h
+            .email
+            .as_ref()
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn office_task_out(c: &Deregistration) -> pb::KivRemovalTask {
+    pb::KivRemovalTask {
+        deregistration_id: c.id.to_string(),
+        care_unit_hsa_id: c.report.care_unit.to_string(),
+        care_provider_hsa_id: c.care_provider.to_string(),
+        card_holder: Some(holder_full(c)),
+        revocation_reference: c.revocation_reference.clone().unwrap_or_default(),
+        revoke_time: c.revocation_confirmed_at.map(timestamp_out),
+    }
+}
+
+pub fn pending_revocation_out(c: &Deregistration) -> pb::PendingRevocation {
+    pb::PendingRevocation {
+        deregistration_id: c.id.to_string(),
+        card_number: c.report.card_number.to_string(),
+        card_holder: Some(holder_full(c)),
+        care_unit_hsa_id: c.report.care_unit.to_string(),
+        request_time: c.reported_at.map(timestamp_out),
+    }
+}
+
+/// A reference from TjänsteID-service: required, printable, bounded.
+pub fn reference(field: &str, raw: &str) -> Result<String, ApiError> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(ApiError::invalid(field, "is required"));
+    }
+    if s.chars().count() > 64 || !s.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            field,
+            "must be 1 to 64 printable ASCII characters without spaces",
+        ));
+    }
+    // References are often long ticket numbers, so only actual identity numbers are refused.
+    let runs = s.split(|c: char| !(c.is_ascii_digit() || c == '-' || c == '+'));
+    if runs.into_iter().any(|run| {
+        let digits = run.trim_matches(['-', '+']);
+        (10..=13).contains(&digits.len()) && Personnummer::parse(digits).is_ok()
+    }) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain a personal identity number",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+pub fn required_text(field: &str, raw: &str) -> Result<String, ApiError> {
+    let s = free_text(field, raw)?;
+    if s.is_empty() {
+        return Err(ApiError::invalid(field, "is required"));
+    }
+    Ok(s)
+}
+
 /// Free-text fields (reasons, comments) are bounded and must not smuggle in a personnummer.
 pub fn free_text(field: &str, raw: &str) -> Result<String, ApiError> {
     let s = raw.trim();
@@ -380,28 +477,30 @@ pub fn free_text(field: &str, raw: &str) -> Result<String, ApiError> {
     if contains_identity_number(s) {
         return Err(ApiError::invalid(
             field,
-            "must not contain a personal identity number (the audit trail is kept without them)",
+            "must not contain eight or more digits in a row, even with separators (no personal identity numbers in the audit trail)",
         ));
     }
     Ok(s.to_owned())
 }
 
-/// True if any run of digits (with an optional `-`/`+` separator) parses as a personnummer.
+/// True if the text holds anything that could be an identity number: eight or more digits
+/// (of any script) in one run, where a run may be split by up to two separators between digit
+/// groups ("19121212 - 1212", "1912-12-12-1212", "19121212/1212" all count).
 fn contains_identity_number(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i].is_ascii_digit() {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'-' || b[i] == b'+') {
-                i += 1;
-            }
-            let run = &s[start..i];
-            if (10..=13).contains(&run.len()) && Personnummer::parse(run).is_ok() {
+    let mut digits = 0;
+    let mut gap = 0;
+    for c in s.chars() {
+        if c.is_numeric() {
+            digits += 1;
+            gap = 0;
+            if digits >= 8 {
                 return true;
             }
+        } else if digits > 0 && !c.is_alphabetic() && gap < 2 {
+            gap += 1;
         } else {
-            i += 1;
+            digits = 0;
+            gap = 0;
         }
     }
     false

@@ -85,6 +85,10 @@ impl From<StoreError> for ApiError {
             StoreError::ConcurrentRetry => {
                 ApiError::Unavailable("a concurrent request with the same request_id is in progress; retry".into())
             }
+            StoreError::Invariant(m) => {
+                tracing::error!(error = %m, "invariant check refused a change");
+                ApiError::Internal("an internal safety check refused the change; nothing was changed".into())
+            }
             StoreError::Corrupt(m) => {
                 tracing::error!(error = %m, "stored data unreadable");
                 ApiError::Internal("stored data is unreadable".into())

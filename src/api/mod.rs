@@ -56,6 +56,42 @@ impl Api {
         }
     }
 
+    fn page_size(&self, raw: i32) -> Result<u32, ApiError> {
+        convert::page_size(
+            "page_size",
+            raw,
+            self.paging.default_size,
+            self.paging.max_size,
+        )
+    }
+
+    fn page_token(
+        &self,
+        p: &Principal,
+        token: &str,
+        filters: &str,
+    ) -> Result<Option<crate::domain::CaseId>, ApiError> {
+        convert::decode_page_token(
+            self.gateway.vault(),
+            p.hsa_id.as_str(),
+            "page_token",
+            token,
+            filters,
+        )
+    }
+
+    fn next_token(
+        &self,
+        p: &Principal,
+        last: Option<&crate::domain::CaseId>,
+        filters: &str,
+    ) -> String {
+        last.map(|id| {
+            convert::encode_page_token(self.gateway.vault(), p.hsa_id.as_str(), id, filters)
+        })
+        .unwrap_or_default()
+    }
+
     fn principal<T>(&self, req: &Request<T>, role: Role) -> Result<Principal, ApiError> {
         let certs = req.peer_certs();
         let principal = self
@@ -139,14 +175,9 @@ impl DeregistrationService for Api {
         let r = req.get_ref();
         let unit = convert::optional_hsa_id("care_unit_hsa_id", &r.care_unit_hsa_id)?;
         let state = convert::optional_state("state", r.state)?;
-        let size = convert::page_size(
-            "page_size",
-            r.page_size,
-            self.paging.default_size,
-            self.paging.max_size,
-        )?;
-        let filters = format!("{}|{}", r.care_unit_hsa_id.trim(), r.state);
-        let after = convert::decode_page_token("page_token", &r.page_token, &filters)?;
+        let size = self.page_size(r.page_size)?;
+        let filters = format!("list|{}|{}", r.care_unit_hsa_id.trim(), r.state);
+        let after = self.page_token(&p, &r.page_token, &filters)?;
         let page = self
             .gateway
             .list_own(&p, unit, state, after, size)
@@ -154,10 +185,7 @@ impl DeregistrationService for Api {
             .map_err(ApiError::from)?;
         ok(pb::ListDeregistrationsResponse {
             deregistrations: page.cases.iter().map(convert::deregistration_out).collect(),
-            next_page_token: page
-                .last
-                .map(|id| convert::encode_page_token(&id, &filters))
-                .unwrap_or_default(),
+            next_page_token: self.next_token(&p, page.last.as_ref(), &filters),
         })
     }
 
@@ -171,14 +199,49 @@ impl DeregistrationService for Api {
     ) -> ApiResult<Self::WatchDeregistrationStream> {
         let p = self.principal(&req, Role::CareProvider)?;
         let id = convert::case_id("id", &req.get_ref().id)?;
-        self.gateway
-            .get_own(&p, &id)
-            .await
-            .map_err(ApiError::from)?;
-        Err(
-            ApiError::Unimplemented("WatchDeregistration arrives with the saga engine".into())
-                .into(),
-        )
+        let (past, mut live) = self.gateway.watch(&p, &id).await.map_err(ApiError::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let gateway = self.gateway.clone();
+        // One task per watcher, woken only by events this process commits: no polling.
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut pending = past;
+            loop {
+                for e in &pending {
+                    if e.sequence <= last {
+                        continue;
+                    }
+                    let msg = pb::WatchDeregistrationResponse {
+                        event: Some(convert::event_out(e)),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    last = e.sequence;
+                    if e.state.is_terminal() {
+                        return;
+                    }
+                }
+                pending = match live.recv().await {
+                    Ok(e) if e.case_id == id => vec![e],
+                    Ok(_) => Vec::new(),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the broadcast: read what was missed from the store.
+                        match gateway.events_after(&id, last).await {
+                            Ok(v) => v,
+                            Err(e) => {
+                                let _ = tx.send(Err(ApiError::from(e).into())).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn cancel_deregistration(
@@ -194,18 +257,10 @@ impl DeregistrationService for Api {
             .cancel(&p, &id, reason, trace)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(case_id = %case.id, state = %case.state, "cancel requested");
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "cancel requested");
         ok(pb::CancelDeregistrationResponse {
             deregistration: Some(convert::deregistration_out(&case)),
         })
-    }
-}
-
-/// Role checked first, so a wrong caller learns nothing about what is implemented.
-fn not_yet<T>(api: &Api, req: &Request<T>, role: Role, rpc: &str) -> Status {
-    match api.principal(req, role) {
-        Err(e) => e.into(),
-        Ok(_) => ApiError::Unimplemented(format!("{rpc} arrives with the saga engine")).into(),
     }
 }
 
@@ -215,24 +270,40 @@ impl HealthCareOfficeService for Api {
         &self,
         req: Request<pb::ListKivRemovalTasksRequest>,
     ) -> ApiResult<pb::ListKivRemovalTasksResponse> {
-        Err(not_yet(
-            self,
-            &req,
-            Role::HealthCareOffice,
-            "ListKivRemovalTasks",
-        ))
+        let p = self.principal(&req, Role::HealthCareOffice)?;
+        let r = req.get_ref();
+        let unit = convert::optional_hsa_id("care_unit_hsa_id", &r.care_unit_hsa_id)?;
+        let size = self.page_size(r.page_size)?;
+        let filters = format!("tasks|{}", r.care_unit_hsa_id.trim());
+        let after = self.page_token(&p, &r.page_token, &filters)?;
+        let page = self
+            .gateway
+            .list_office_tasks(&p, unit, after, size)
+            .await
+            .map_err(ApiError::from)?;
+        ok(pb::ListKivRemovalTasksResponse {
+            tasks: page.cases.iter().map(convert::office_task_out).collect(),
+            next_page_token: self.next_token(&p, page.last.as_ref(), &filters),
+        })
     }
 
     async fn complete_kiv_removal_task(
         &self,
         req: Request<pb::CompleteKivRemovalTaskRequest>,
     ) -> ApiResult<pb::CompleteKivRemovalTaskResponse> {
-        Err(not_yet(
-            self,
-            &req,
-            Role::HealthCareOffice,
-            "CompleteKivRemovalTask",
-        ))
+        let p = self.principal(&req, Role::HealthCareOffice)?;
+        let trace = trace_id(&req);
+        let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
+        let comment = convert::free_text("comment", &req.get_ref().comment)?;
+        let case = self
+            .gateway
+            .complete_office_task(&p, &id, comment, trace)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, "KIV removal completed by the health-care office");
+        ok(pb::CompleteKivRemovalTaskResponse {
+            deregistration: Some(convert::deregistration_out(&case)),
+        })
     }
 }
 
@@ -242,36 +313,62 @@ impl RevocationService for Api {
         &self,
         req: Request<pb::ListPendingRevocationsRequest>,
     ) -> ApiResult<pb::ListPendingRevocationsResponse> {
-        Err(not_yet(
-            self,
-            &req,
-            Role::TjansteidService,
-            "ListPendingRevocations",
-        ))
+        let p = self.principal(&req, Role::TjansteidService)?;
+        let r = req.get_ref();
+        let size = self.page_size(r.page_size)?;
+        let after = self.page_token(&p, &r.page_token, "pending")?;
+        let page = self
+            .gateway
+            .list_pending_revocations(after, size)
+            .await
+            .map_err(ApiError::from)?;
+        ok(pb::ListPendingRevocationsResponse {
+            revocations: page
+                .cases
+                .iter()
+                .map(convert::pending_revocation_out)
+                .collect(),
+            next_page_token: self.next_token(&p, page.last.as_ref(), "pending"),
+        })
     }
 
     async fn confirm_revocation(
         &self,
         req: Request<pb::ConfirmRevocationRequest>,
     ) -> ApiResult<pb::ConfirmRevocationResponse> {
-        Err(not_yet(
-            self,
-            &req,
-            Role::TjansteidService,
-            "ConfirmRevocation",
-        ))
+        let p = self.principal(&req, Role::TjansteidService)?;
+        let trace = trace_id(&req);
+        let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
+        let reference =
+            convert::reference("revocation_reference", &req.get_ref().revocation_reference)?;
+        let case = self
+            .gateway
+            .confirm_revocation(&p, &id, reference, trace)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "revocation confirmed");
+        ok(pb::ConfirmRevocationResponse {
+            deregistration: Some(convert::deregistration_out(&case)),
+        })
     }
 
     async fn reject_revocation(
         &self,
         req: Request<pb::RejectRevocationRequest>,
     ) -> ApiResult<pb::RejectRevocationResponse> {
-        Err(not_yet(
-            self,
-            &req,
-            Role::TjansteidService,
-            "RejectRevocation",
-        ))
+        let p = self.principal(&req, Role::TjansteidService)?;
+        let trace = trace_id(&req);
+        let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
+        let reason = convert::required_text("reason", &req.get_ref().reason)?;
+        let case = self
+            .gateway
+            .reject_revocation(&p, &id, reason, trace)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "revocation rejected");
+        ok(pb::RejectRevocationResponse {
+            deregistration: Some(convert::deregistration_out(&case)),
+        })
     }
 }
 
@@ -281,20 +378,67 @@ impl OperationsService for Api {
         &self,
         req: Request<pb::ListAttentionCasesRequest>,
     ) -> ApiResult<pb::ListAttentionCasesResponse> {
-        Err(not_yet(self, &req, Role::Operator, "ListAttentionCases"))
+        let p = self.principal(&req, Role::Operator)?;
+        let r = req.get_ref();
+        let size = self.page_size(r.page_size)?;
+        let after = self.page_token(&p, &r.page_token, "attention")?;
+        let page = self
+            .gateway
+            .list_attention(after, size)
+            .await
+            .map_err(ApiError::from)?;
+        ok(pb::ListAttentionCasesResponse {
+            deregistrations: page.cases.iter().map(convert::deregistration_out).collect(),
+            next_page_token: self.next_token(&p, page.last.as_ref(), "attention"),
+        })
     }
 
     async fn retry_deregistration(
         &self,
         req: Request<pb::RetryDeregistrationRequest>,
     ) -> ApiResult<pb::RetryDeregistrationResponse> {
-        Err(not_yet(self, &req, Role::Operator, "RetryDeregistration"))
+        let p = self.principal(&req, Role::Operator)?;
+        let trace = trace_id(&req);
+        let id = convert::case_id("id", &req.get_ref().id)?;
+        let case = self
+            .gateway
+            .retry(&p, &id, trace)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "operator retry");
+        ok(pb::RetryDeregistrationResponse {
+            deregistration: Some(convert::deregistration_out(&case)),
+        })
     }
 
     async fn resolve_deregistration(
         &self,
         req: Request<pb::ResolveDeregistrationRequest>,
     ) -> ApiResult<pb::ResolveDeregistrationResponse> {
-        Err(not_yet(self, &req, Role::Operator, "ResolveDeregistration"))
+        let p = self.principal(&req, Role::Operator)?;
+        let trace = trace_id(&req);
+        let r = req.get_ref();
+        let id = convert::case_id("id", &r.id)?;
+        let completed = match pb::Resolution::try_from(r.resolution) {
+            Ok(pb::Resolution::Completed) => true,
+            Ok(pb::Resolution::Cancelled) => false,
+            _ => {
+                return Err(ApiError::invalid(
+                    "resolution",
+                    "is required: RESOLUTION_COMPLETED or RESOLUTION_CANCELLED",
+                )
+                .into());
+            }
+        };
+        let justification = convert::required_text("justification", &r.justification)?;
+        let case = self
+            .gateway
+            .resolve(&p, &id, completed, justification, trace)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "operator resolved");
+        ok(pb::ResolveDeregistrationResponse {
+            deregistration: Some(convert::deregistration_out(&case)),
+        })
     }
 }

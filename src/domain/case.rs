@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::saga::{Saga, SnapshotState};
 use super::{CardNumber, Email, HsaId, Personnummer};
 
 /// Microseconds since the Unix epoch, UTC. Stored as a 64-bit integer on every backend.
@@ -202,6 +203,43 @@ pub struct Deregistration {
     pub revocation_reference: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Where a case in `NeedsAttention` stopped.
+    pub attention_from: Option<State>,
+    pub snapshot: SnapshotState,
+    /// When the report went out to TjänsteID-service.
+    pub reported_at: Option<Timestamp>,
+    /// When the revocation confirmation was recorded; never cleared.
+    pub revocation_confirmed_at: Option<Timestamp>,
+    /// The trace of the request that created the case; saga steps link to it.
+    pub trace_id: String,
+}
+
+impl Deregistration {
+    pub fn saga(&self) -> Saga {
+        Saga {
+            state: self.state,
+            route: self.report.route,
+            snapshot: self.snapshot,
+            attention_from: self.attention_from,
+            revocation_confirmed: self.revocation_confirmed_at.is_some(),
+        }
+    }
+}
+
+/// An employment entry as KIV holds it: its DN and every attribute. Personal data (it
+/// carries the personnummer): `Debug` prints only the attribute names.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Employment {
+    pub dn: String,
+    pub attributes: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl fmt::Debug for Employment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Employment")
+            .field("attributes", &self.attributes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One entry of a case's audit trail.

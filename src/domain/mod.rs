@@ -12,8 +12,8 @@ pub mod saga;
 
 pub use card_number::{CardNumber, CardNumberError};
 pub use case::{
-    CardHolder, CaseEvent, CaseId, Deregistration, KivRemovalRoute, NewDeregistration, PersonName,
-    PersonNameError, Reason, Reporter, State, Timestamp,
+    CardHolder, CaseEvent, CaseId, Deregistration, Employment, KivRemovalRoute, NewDeregistration,
+    PersonName, PersonNameError, Reason, Reporter, State, Timestamp,
 };
 pub use email::{Email, EmailError};
 pub use hsa_id::{HsaId, HsaIdError};

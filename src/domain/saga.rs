@@ -1,66 +1,525 @@
-//! The case's state machine: pure, closed, and the only place that decides which
-//! state may follow which. Storage applies its verdicts; it never decides on its own.
+//! The case's state machine: pure, closed, and the only place that decides which state may
+//! follow which and which side effects a change causes. Storage applies its verdicts in one
+//! transaction with the effects (the outbox); the engine executes the effects and feeds their
+//! results back as events. Nothing here does I/O.
+//!
+//! The central rule — revocation before KIV — is structural: `Effect::RemoveKiv` is produced
+//! only from `Revoked`, which is reachable only through `Event::RevocationConfirmed`, and the
+//! office's completion is refused unless the confirmation is recorded.
 
-use super::State;
+use super::{KivRemovalRoute, State};
 
-/// Something that asks a case to move.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// The care provider withdraws the report.
-    Cancel,
+/// A side effect to run later, at most once per idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Look up the employment in KIV and keep a snapshot (for compensation).
+    Snapshot,
+    /// Report the cut card to TjänsteID-service.
+    Report,
+    /// Ask TjänsteID-service for the outcome (only where the connector can).
+    PollOutcome,
+    /// Remind TjänsteID-service of a report without outcome (the n-th reminder).
+    Remind(u32),
+    /// Give up waiting for an outcome: the case needs attention.
+    Escalate,
+    /// Tell the head of operations and the card holder that the card is deregistered.
+    Notify,
+    /// Remove the employment from KIV (care-provider route only).
+    RemoveKiv,
+    /// Put back an employment removed from KIV too early, from the snapshot.
+    RestoreKiv,
 }
 
-/// Why a command does not apply to a case in its current state.
+impl Step {
+    /// Stable name for storage, keys and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Snapshot => "snapshot",
+            Step::Report => "report",
+            Step::PollOutcome => "poll_outcome",
+            Step::Remind(_) => "remind",
+            Step::Escalate => "escalate",
+            Step::Notify => "notify",
+            Step::RemoveKiv => "remove_kiv",
+            Step::RestoreKiv => "restore_kiv",
+        }
+    }
+
+    /// Steps that may legitimately run more than once per case get a distinguishing suffix in
+    /// their idempotency key (the audit sequence number of the event that scheduled them).
+    pub fn repeatable(self) -> bool {
+        matches!(self, Step::PollOutcome | Step::RestoreKiv)
+    }
+}
+
+/// When an effect becomes due, symbolically; the engine maps these to configured durations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delay {
+    Now,
+    PollInterval,
+    RemindAfter,
+    EscalateAfter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effect {
+    pub step: Step,
+    pub delay: Delay,
+}
+
+const fn now(step: Step) -> Effect {
+    Effect {
+        step,
+        delay: Delay::Now,
+    }
+}
+
+/// What the state machine knows of a case besides its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotState {
+    /// Not taken yet.
+    Pending,
+    /// Taken: the employment existed at acceptance and can be restored.
+    Taken,
+    /// Looked up at acceptance and not found: nothing to guard or restore.
+    Absent,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Pending => "pending",
+            SnapshotState::Taken => "taken",
+            SnapshotState::Absent => "absent",
+        }
+    }
+
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(SnapshotState::Pending),
+            "taken" => Some(SnapshotState::Taken),
+            "absent" => Some(SnapshotState::Absent),
+            _ => None,
+        }
+    }
+}
+
+/// The part of a case the state machine reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saga {
+    pub state: State,
+    pub route: KivRemovalRoute,
+    pub snapshot: SnapshotState,
+    /// The state a case in `NeedsAttention` came from.
+    pub attention_from: Option<State>,
+    /// True once a revocation confirmation is durably recorded. Never reset.
+    pub revocation_confirmed: bool,
+}
+
+impl Saga {
+    pub fn new(route: KivRemovalRoute) -> Self {
+        Self {
+            state: State::Accepted,
+            route,
+            snapshot: SnapshotState::Pending,
+            attention_from: None,
+            revocation_confirmed: false,
+        }
+    }
+
+    /// The state that decides behaviour: a case needing attention behaves like where it stopped.
+    fn effective(&self) -> State {
+        match (self.state, self.attention_from) {
+            (State::NeedsAttention, Some(from)) => from,
+            (s, _) => s,
+        }
+    }
+
+    /// Whether the employment must still be guarded against early removal.
+    pub fn guards_kiv(&self) -> bool {
+        !self.revocation_confirmed
+            && matches!(
+                self.effective(),
+                State::Accepted | State::RevocationRequested
+            )
+            && !self.state.is_terminal()
+    }
+
+    /// Whether the health-care office may see and complete the removal task.
+    pub fn office_task_open(&self) -> bool {
+        self.revocation_confirmed
+            && self.route == KivRemovalRoute::HealthCareOffice
+            && self.effective() == State::KivRemovalPending
+    }
+}
+
+/// Something that happened to a case: a caller's command or a step's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The care provider withdraws the report.
+    Cancel,
+    SnapshotTaken {
+        found: bool,
+    },
+    ReportSent,
+    OutcomePending,
+    RevocationConfirmed {
+        reference: String,
+    },
+    RevocationRejected {
+        reason: String,
+    },
+    ReminderSent {
+        n: u32,
+    },
+    EscalationDue,
+    NotificationsSent,
+    /// The gateway removed the employment through the KIV connector.
+    KivRemoved,
+    /// The health-care office reports it removed the employment.
+    OfficeCompleted,
+    /// Reconciliation found the employment gone from KIV.
+    EmploymentMissing,
+    EmploymentRestored,
+    /// A step failed terminally or exhausted its retries.
+    StepFailed {
+        step: Step,
+        reason: String,
+    },
+    OperatorRetry,
+    OperatorResolve {
+        completed: bool,
+    },
+}
+
+/// Why an event does not apply to a case in its current state.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     #[error(
         "the case is {state} and can no longer be cancelled: the report has gone out to TjänsteID-service"
     )]
     CancelTooLate { state: State },
+    #[error("the case has not been reported to TjänsteID-service yet")]
+    NotReported,
+    #[error("the case is {state}: its revocation outcome can no longer change")]
+    OutcomeSettled { state: State },
+    #[error("the card's revocation is not confirmed: the employment must stay in KIV until it is")]
+    RevocationNotConfirmed,
+    #[error(
+        "the case's employment is removed by the care provider route, not by the health-care office"
+    )]
+    WrongRoute,
+    #[error("the case is {state}, not waiting for the removal from KIV")]
+    NotAwaitingKivRemoval { state: State },
+    #[error("the case is {state}; only cases needing attention can be retried or resolved")]
+    NotNeedingAttention { state: State },
 }
 
-/// What a command does to a case: the next state, and the audit event kind to record.
-/// `None` for the state means the command is a repeat that changes nothing (idempotent).
+/// The verdict on one event.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
-    pub next: Option<State>,
-    pub event_kind: &'static str,
+pub struct Outcome {
+    /// The case after the event; equal to the input when nothing changed.
+    pub saga: Saga,
+    pub effects: Vec<Effect>,
+    /// Audit event kind; `None` for a repeat or stale event that changes nothing.
+    pub audit: Option<&'static str>,
 }
 
-pub fn transition(state: State, command: &Command) -> Result<Transition, TransitionError> {
-    match (state, command) {
-        (State::Accepted, Command::Cancel) => Ok(Transition {
-            next: Some(State::Cancelled),
-            event_kind: "cancelled",
-        }),
-        (State::Cancelled, Command::Cancel) => Ok(Transition {
-            next: None,
-            event_kind: "cancelled",
-        }),
-        (state, Command::Cancel) => Err(TransitionError::CancelTooLate { state }),
+impl Outcome {
+    fn unchanged(saga: Saga) -> Self {
+        Self {
+            saga,
+            effects: Vec::new(),
+            audit: None,
+        }
+    }
+
+    fn to(saga: Saga, state: State, audit: &'static str, effects: Vec<Effect>) -> Self {
+        let mut next = saga;
+        next.state = state;
+        if state != State::NeedsAttention {
+            next.attention_from = None;
+        }
+        Self {
+            saga: next,
+            effects,
+            audit: Some(audit),
+        }
+    }
+
+    fn attention(saga: Saga, audit: &'static str) -> Self {
+        let from = saga.effective();
+        let mut o = Self::to(saga, State::NeedsAttention, audit, Vec::new());
+        o.saga.attention_from = Some(from);
+        o
+    }
+
+    fn audit_only(saga: Saga, audit: &'static str, effects: Vec<Effect>) -> Self {
+        Self {
+            saga,
+            effects,
+            audit: Some(audit),
+        }
+    }
+}
+
+/// Effects that (re)start the work of a state, for the initial entry and operator retries.
+fn work_of(saga: &Saga, state: State) -> Vec<Effect> {
+    match state {
+        State::Accepted if saga.snapshot == SnapshotState::Pending => vec![now(Step::Snapshot)],
+        State::Accepted => vec![now(Step::Report)],
+        State::RevocationRequested => vec![
+            Effect {
+                step: Step::PollOutcome,
+                delay: Delay::PollInterval,
+            },
+            Effect {
+                step: Step::Escalate,
+                delay: Delay::EscalateAfter,
+            },
+        ],
+        State::Revoked => vec![now(Step::Notify)],
+        State::KivRemovalPending if saga.route == KivRemovalRoute::CareProvider => {
+            vec![now(Step::RemoveKiv)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The effects a new case starts with.
+pub fn initial_effects(saga: &Saga) -> Vec<Effect> {
+    work_of(saga, State::Accepted)
+}
+
+pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError> {
+    use State as S;
+    let state = saga.state;
+    let eff = saga.effective();
+    if state.is_terminal() {
+        return match event {
+            Event::Cancel if state == S::Cancelled => Ok(Outcome::unchanged(saga)),
+            Event::Cancel => Err(TransitionError::CancelTooLate { state }),
+            Event::RevocationConfirmed { .. } if state == S::Completed => {
+                Ok(Outcome::unchanged(saga))
+            }
+            Event::RevocationRejected { .. } if state == S::Rejected => {
+                Ok(Outcome::unchanged(saga))
+            }
+            Event::RevocationConfirmed { .. } | Event::RevocationRejected { .. } => {
+                Err(TransitionError::OutcomeSettled { state })
+            }
+            Event::OfficeCompleted if state == S::Completed => Ok(Outcome::unchanged(saga)),
+            Event::OfficeCompleted => Err(TransitionError::NotAwaitingKivRemoval { state }),
+            Event::OperatorRetry | Event::OperatorResolve { .. } => {
+                Err(TransitionError::NotNeedingAttention { state })
+            }
+            // Late results of steps are stale once a case has ended.
+            _ => Ok(Outcome::unchanged(saga)),
+        };
+    }
+    match event {
+        Event::Cancel => match state {
+            S::Accepted => Ok(Outcome::to(saga, S::Cancelled, "cancelled", Vec::new())),
+            _ => Err(TransitionError::CancelTooLate { state }),
+        },
+        Event::SnapshotTaken { found } => {
+            if saga.snapshot != SnapshotState::Pending || eff != S::Accepted {
+                return Ok(Outcome::unchanged(saga));
+            }
+            let mut next = saga;
+            next.snapshot = if *found {
+                SnapshotState::Taken
+            } else {
+                SnapshotState::Absent
+            };
+            let audit = if *found {
+                "kiv_snapshot_taken"
+            } else {
+                "kiv_employment_not_found"
+            };
+            if state == S::NeedsAttention {
+                return Ok(Outcome::audit_only(next, audit, Vec::new()));
+            }
+            Ok(Outcome::audit_only(next, audit, vec![now(Step::Report)]))
+        }
+        Event::ReportSent => match state {
+            S::Accepted => {
+                let mut effects = work_of(&saga, S::RevocationRequested);
+                effects.push(Effect {
+                    step: Step::Remind(1),
+                    delay: Delay::RemindAfter,
+                });
+                Ok(Outcome::to(
+                    saga,
+                    S::RevocationRequested,
+                    "revocation_requested",
+                    effects,
+                ))
+            }
+            _ => Ok(Outcome::unchanged(saga)),
+        },
+        Event::OutcomePending => match state {
+            S::RevocationRequested => Ok(Outcome {
+                saga,
+                effects: vec![Effect {
+                    step: Step::PollOutcome,
+                    delay: Delay::PollInterval,
+                }],
+                audit: None,
+            }),
+            _ => Ok(Outcome::unchanged(saga)),
+        },
+        Event::RevocationConfirmed { .. } => {
+            if saga.revocation_confirmed {
+                return Ok(Outcome::unchanged(saga));
+            }
+            match eff {
+                S::Accepted => Err(TransitionError::NotReported),
+                S::RevocationRequested => {
+                    let mut next = saga;
+                    next.revocation_confirmed = true;
+                    Ok(Outcome::to(
+                        next,
+                        S::Revoked,
+                        "revocation_confirmed",
+                        vec![now(Step::Notify)],
+                    ))
+                }
+                _ => Ok(Outcome::unchanged(saga)),
+            }
+        }
+        Event::RevocationRejected { .. } => {
+            if saga.revocation_confirmed {
+                return Err(TransitionError::OutcomeSettled { state: S::Revoked });
+            }
+            match eff {
+                S::Accepted => Err(TransitionError::NotReported),
+                S::RevocationRequested => Ok(Outcome::to(
+                    saga,
+                    S::Rejected,
+                    "revocation_rejected",
+                    Vec::new(),
+                )),
+                _ => Ok(Outcome::unchanged(saga)),
+            }
+        }
+        Event::ReminderSent { n } => match state {
+            S::RevocationRequested => Ok(Outcome::audit_only(
+                saga,
+                "reminder_sent",
+                vec![Effect {
+                    step: Step::Remind(n + 1),
+                    delay: Delay::RemindAfter,
+                }],
+            )),
+            _ => Ok(Outcome::unchanged(saga)),
+        },
+        Event::EscalationDue => match state {
+            S::RevocationRequested => Ok(Outcome::attention(saga, "no_outcome_in_time")),
+            _ => Ok(Outcome::unchanged(saga)),
+        },
+        Event::NotificationsSent => match state {
+            S::Revoked => {
+                let mut next = saga;
+                next.state = S::KivRemovalPending;
+                let effects = work_of(&next, S::KivRemovalPending);
+                Ok(Outcome::to(saga, S::KivRemovalPending, "notified", effects))
+            }
+            _ => Ok(Outcome::unchanged(saga)),
+        },
+        Event::KivRemoved => match state {
+            S::KivRemovalPending if saga.revocation_confirmed => {
+                Ok(Outcome::to(saga, S::Completed, "kiv_removed", Vec::new()))
+            }
+            _ => Ok(Outcome::unchanged(saga)),
+        },
+        Event::OfficeCompleted => {
+            if saga.route != KivRemovalRoute::HealthCareOffice {
+                return Err(TransitionError::WrongRoute);
+            }
+            if !saga.revocation_confirmed {
+                return Err(TransitionError::RevocationNotConfirmed);
+            }
+            match eff {
+                S::KivRemovalPending => Ok(Outcome::to(
+                    saga,
+                    S::Completed,
+                    "kiv_removed_by_office",
+                    Vec::new(),
+                )),
+                _ => Err(TransitionError::NotAwaitingKivRemoval { state }),
+            }
+        }
+        Event::EmploymentMissing => {
+            if !saga.guards_kiv() {
+                return Ok(Outcome::unchanged(saga));
+            }
+            match saga.snapshot {
+                SnapshotState::Taken => Ok(Outcome::audit_only(
+                    saga,
+                    "kiv_removed_too_early",
+                    vec![now(Step::RestoreKiv)],
+                )),
+                SnapshotState::Pending => Ok(Outcome::attention(
+                    saga,
+                    "kiv_removed_too_early_no_snapshot",
+                )),
+                SnapshotState::Absent => Ok(Outcome::unchanged(saga)),
+            }
+        }
+        Event::EmploymentRestored => Ok(Outcome::audit_only(
+            saga,
+            "kiv_employment_restored",
+            Vec::new(),
+        )),
+        Event::StepFailed { step, .. } => {
+            // A failed restore or reminder must not hide the case's main line of work, but an
+            // operator has to know: both park the case.
+            let _ = step;
+            if state == S::NeedsAttention {
+                return Ok(Outcome::unchanged(saga));
+            }
+            Ok(Outcome::attention(saga, "step_failed"))
+        }
+        Event::OperatorRetry => match (state, saga.attention_from) {
+            (S::NeedsAttention, Some(from)) => {
+                let effects = work_of(&saga, from);
+                Ok(Outcome::to(saga, from, "operator_retry", effects))
+            }
+            _ => Err(TransitionError::NotNeedingAttention { state }),
+        },
+        Event::OperatorResolve { completed } => match state {
+            S::NeedsAttention => {
+                let target = if *completed {
+                    S::Completed
+                } else {
+                    S::Cancelled
+                };
+                Ok(Outcome::to(saga, target, "operator_resolved", Vec::new()))
+            }
+            _ => Err(TransitionError::NotNeedingAttention { state }),
+        },
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn cancel_only_before_the_report_goes_out() {
-        assert_eq!(
-            transition(State::Accepted, &Command::Cancel).unwrap().next,
-            Some(State::Cancelled)
-        );
-        assert_eq!(
-            transition(State::Cancelled, &Command::Cancel).unwrap().next,
-            None
-        );
-        for s in State::ALL
-            .iter()
-            .copied()
-            .filter(|s| !matches!(s, State::Accepted | State::Cancelled))
-        {
-            assert!(transition(s, &Command::Cancel).is_err(), "{s}");
+/// Whether `step` is still the case's work. The engine skips (and retires) effects that a
+/// later event made stale, such as a reminder for a case already confirmed.
+pub fn step_applies(saga: &Saga, step: Step) -> bool {
+    match step {
+        Step::Snapshot => saga.state == State::Accepted && saga.snapshot == SnapshotState::Pending,
+        Step::Report => saga.state == State::Accepted,
+        Step::PollOutcome | Step::Remind(_) | Step::Escalate => {
+            saga.state == State::RevocationRequested
         }
+        Step::Notify => saga.state == State::Revoked,
+        Step::RemoveKiv => {
+            saga.state == State::KivRemovalPending
+                && saga.revocation_confirmed
+                && saga.route == KivRemovalRoute::CareProvider
+        }
+        Step::RestoreKiv => saga.guards_kiv() && saga.snapshot == SnapshotState::Taken,
     }
 }

@@ -24,6 +24,14 @@ pub(crate) mod cases {
         pub created_at: i64,
         pub updated_at: i64,
         pub version: i64,
+        pub attention_from: Option<String>,
+        pub snapshot_state: String,
+        pub kiv_snapshot: Option<Vec<u8>>,
+        pub reported_at: Option<i64>,
+        pub revocation_confirmed_at: Option<i64>,
+        pub trace_id: String,
+        pub last_seq: i64,
+        pub last_hash: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -71,6 +79,33 @@ pub(crate) mod idempotency_keys {
         pub fingerprint: String,
         pub case_id: String,
         pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub(crate) mod effects {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "effects")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        pub case_id: String,
+        pub step: String,
+        pub n: i64,
+        pub due_at: i64,
+        pub status: String,
+        pub attempts: i64,
+        pub lease_owner: Option<String>,
+        pub lease_until: Option<i64>,
+        pub last_error: Option<String>,
+        pub created_at: i64,
+        pub updated_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,16 +1,19 @@
-//! The case store: the port the API and engine use, and its sea-orm implementation for
-//! SQLite and PostgreSQL. Owns the schema's meaning (encryption at rest, the audit hash
-//! chain, the uniqueness constraints); must not decide business rules — those come from
-//! `domain::saga`.
+//! The case store: the port the API and the engine use, and its sea-orm implementation for
+//! SQLite and PostgreSQL. Owns the schema's meaning (encryption at rest, the audit hash chain,
+//! the uniqueness constraints, the outbox); must not decide business rules — every state
+//! change is `domain::saga::transition`'s verdict, applied with its effects in one transaction.
 
 mod entities;
 mod sea;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
-use crate::domain::saga::{Command, TransitionError};
+use crate::domain::saga::{Event, SnapshotState, Step, TransitionError};
 use crate::domain::{
-    CaseEvent, CaseId, Deregistration, HsaId, NewDeregistration, State, Timestamp,
+    CaseEvent, CaseId, Deregistration, Employment, HsaId, KivRemovalRoute, NewDeregistration,
+    State, Timestamp,
 };
 
 pub use sea::{SeaStore, verify_chain};
@@ -58,11 +61,71 @@ impl Created {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListQuery {
     pub care_provider: Option<HsaId>,
-    pub care_unit: Option<HsaId>,
-    pub state: Option<State>,
+    /// Only cases in one of these units (`None`: any).
+    pub care_units: Option<Vec<HsaId>>,
+    /// Only cases in one of these states (empty: any).
+    pub states: Vec<State>,
+    pub route: Option<KivRemovalRoute>,
+    pub revocation_confirmed: Option<bool>,
+    pub snapshot: Option<SnapshotState>,
     /// Keyset pagination: only cases with a greater id (ids are time-ordered).
     pub after: Option<CaseId>,
     pub limit: u32,
+}
+
+/// How the symbolic delays of `domain::saga::Delay` map to time.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub poll_interval: Duration,
+    pub remind_after: Duration,
+    pub escalate_after: Duration,
+    /// False when the TjänsteID connector cannot poll: no `PollOutcome` effects are stored.
+    pub poll_outcome: bool,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            remind_after: Duration::from_secs(3 * 86_400),
+            escalate_after: Duration::from_secs(10 * 86_400),
+            poll_outcome: true,
+        }
+    }
+}
+
+/// One claimed effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Work {
+    /// The idempotency key: case id + step (+ discriminator). Passed to the connector.
+    pub key: String,
+    pub case_id: CaseId,
+    pub step: Step,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What running an effect came to.
+#[derive(Clone, Debug)]
+pub enum WorkResult {
+    /// Done; `event` (if any) is applied to the case, `snapshot` stored.
+    Done {
+        event: Option<Event>,
+        snapshot: Option<Employment>,
+        detail: String,
+    },
+    /// Retryable failure: try again at `at`.
+    Retry { at: Timestamp, error: String },
+    /// Terminal failure or retries exhausted: the case needs attention.
+    Failed { error: String },
+    /// The effect no longer applies to the case (a later event made it stale).
+    Skipped,
+}
+
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub work: Work,
+    pub result: WorkResult,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +144,10 @@ pub enum StoreError {
     /// Stored data could not be read back (wrong key, corruption). Not retryable.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A safety check inside the transaction refused the change (e.g. a KIV removal for a case
+    /// without recorded revocation). Indicates a bug; nothing was changed.
+    #[error("invariant violated: {0}")]
+    Invariant(String),
     /// Internal: a concurrent request with the same request_id won the race; retry to replay it.
     #[error("a concurrent request with the same request_id is in progress")]
     ConcurrentRetry,
@@ -88,18 +155,21 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::ConcurrentRetry
+        )
     }
 }
 
-/// Durable storage of cases and their audit trail.
+/// Durable storage of cases, their audit trail and their outbox.
 #[async_trait]
 pub trait CaseStore: Send + Sync + std::fmt::Debug {
-    /// Stores a new case with its first audit event, atomically. Idempotent per
-    /// (principal, request_id): a repeat with the same fingerprint returns the stored case;
-    /// with another fingerprint it fails `RequestIdReused`. A second non-terminal case for
-    /// the same card number fails `ActiveCaseExists`. Both hold under concurrency because
-    /// the database's unique constraints decide, not a prior read.
+    /// Stores a new case with its first audit event and first effects, atomically. Idempotent
+    /// per (principal, request_id): a repeat with the same fingerprint returns the stored case;
+    /// with another fingerprint it fails `RequestIdReused`. A second non-terminal case for the
+    /// same card number fails `ActiveCaseExists`. Both hold under concurrency because the
+    /// database's unique constraints decide, not a prior read.
     async fn create(&self, cmd: CreateCase) -> Result<Created, StoreError>;
 
     async fn get(&self, id: &CaseId) -> Result<Option<Deregistration>, StoreError>;
@@ -107,19 +177,51 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// Cases matching the filters, in id (creation) order, at most `limit`.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Deregistration>, StoreError>;
 
-    /// Applies a command through `domain::saga::transition` under a row lock and appends the
-    /// audit event in the same transaction. `owner`, when given, must own the case (else
-    /// `NotFound`). A repeat that changes nothing returns the case unchanged.
+    /// Applies an event through `domain::saga::transition` under a row lock; the state change,
+    /// its audit event and its effects commit together. `owner`, when given, must own the case
+    /// (else `NotFound`). A repeat that changes nothing returns the case unchanged.
     async fn apply(
         &self,
         id: &CaseId,
         owner: Option<&HsaId>,
-        command: &Command,
+        event: &Event,
         meta: EventMeta,
     ) -> Result<Deregistration, StoreError>;
 
+    /// Appends an audit event that changes no state (e.g. a refused early KIV removal).
+    async fn audit(&self, id: &CaseId, kind: &str, meta: EventMeta) -> Result<(), StoreError>;
+
     /// The case's audit trail, in order.
     async fn events(&self, id: &CaseId) -> Result<Vec<CaseEvent>, StoreError>;
+
+    /// The KIV snapshot taken at acceptance, if any.
+    async fn snapshot(&self, id: &CaseId) -> Result<Option<Employment>, StoreError>;
+
+    /// Leases up to `limit` due effects to `owner` until `now + lease`. Effects leased by a
+    /// crashed worker become claimable again when their lease runs out.
+    async fn claim(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Work>, StoreError>;
+
+    /// Records results in one transaction. A result whose lease `owner` no longer holds is
+    /// dropped (another worker re-runs the effect under the same key).
+    async fn finish(&self, owner: &str, results: Vec<Finished>) -> Result<(), StoreError>;
+
+    /// When the earliest pending effect falls due, if any.
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Makes the case's pending effects due now (operator "retry now").
+    async fn expedite(&self, id: &CaseId) -> Result<(), StoreError>;
+
+    /// Live audit events committed by this process, for watchers.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CaseEvent>;
+
+    /// Signalled when effects are enqueued, so idle workers wake early.
+    fn work_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
 
     /// Cheap liveness probe for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -521,7 +521,8 @@ async fn a_store_outage_is_unavailable_and_a_retry_stores_once() {
         .expect("replay")
         .into_inner()
         .deregistration;
-    assert_eq!(again, stored);
+    // The engine may have moved the case on meanwhile; it is the same case.
+    assert_eq!(again.map(|d| d.id), stored.map(|d| d.id));
     let all = a
         .list_deregistrations(pb::ListDeregistrationsRequest::default())
         .await

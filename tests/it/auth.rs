@@ -79,8 +79,12 @@ async fn principals_are_denied_outside_their_grant() {
     let err = r
         .confirm_revocation(pb::ConfirmRevocationRequest::default())
         .await
-        .expect_err("not yet implemented");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .expect_err("empty request");
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "TjänsteID-service reaches the RPC"
+    );
 
     // A provider reporting for a care unit it does not hold.
     let mut a = app.provider("provider-a").await;

@@ -5,8 +5,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use etjanstekort_gateway::api::pb;
 use etjanstekort_gateway::config::{Config, Secret};
+use etjanstekort_gateway::connectors::Connectors;
+use etjanstekort_gateway::connectors::simulated::{
+    Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
+};
 use etjanstekort_gateway::devcerts::{self, DevCa, IssuedCert};
 use etjanstekort_gateway::startup::App;
 use pb::deregistration_service_client::DeregistrationServiceClient;
@@ -21,6 +27,9 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
+    pub tjansteid: Arc<SimulatedTjansteId>,
+    pub kiv: Arc<SimulatedKiv>,
+    pub notifier: Arc<LogNotifier>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -74,24 +83,98 @@ pub fn test_vault_key() -> String {
     "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned()
 }
 
+/// Knobs for the simulated registries and the engine's timing in a test.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub db: Option<String>,
+    /// Seconds until the simulated TjänsteID-service confirms; `None`: never (tests confirm).
+    pub confirm_after: Option<f64>,
+    pub failure_rate: f64,
+    pub reconcile_interval: f64,
+    pub remind_after: f64,
+    pub escalate_after: f64,
+    pub max_attempts: u32,
+    pub auto_employ: bool,
+    /// Run the saga engine (off: an API-only replica; cases stay where the API puts them).
+    pub engine: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            db: None,
+            confirm_after: None,
+            failure_rate: 0.0,
+            reconcile_interval: 0.0,
+            remind_after: 3600.0,
+            escalate_after: 7200.0,
+            max_attempts: 12,
+            auto_employ: true,
+            engine: true,
+        }
+    }
+}
+
+/// The API alone (no saga engine): cases stay `ACCEPTED` unless a call moves them.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(None).await
+    spawn_app_opts(Options {
+        engine: false,
+        ..Options::default()
+    })
+    .await
 }
 
 pub async fn spawn_app_with(db: Option<TestDb>) -> TestApp {
+    spawn_app_opts(Options {
+        db: db.map(|d| d.url),
+        engine: false,
+        ..Options::default()
+    })
+    .await
+}
+
+pub async fn spawn_app_opts(opts: Options) -> TestApp {
     install_crypto();
     let dir = tempfile::tempdir().expect("tempdir");
     let (paths, _) = devcerts::ensure(dir.path()).expect("dev environment");
-    let db = db.unwrap_or_else(|| TestDb::sqlite(dir.path()));
+    let db_url = opts
+        .db
+        .clone()
+        .unwrap_or_else(|| TestDb::sqlite(dir.path()).url);
     let mut cfg = Config::load_from(None, []).expect("defaults");
     cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
     cfg.tls.cert = paths.server_cert.clone();
     cfg.tls.key = paths.server_key.clone();
     cfg.tls.client_ca = paths.ca.clone();
     cfg.auth.principals_file = paths.principals.clone();
-    cfg.database.url = Secret::new(db.url.clone());
+    cfg.database.url = Secret::new(db_url);
     cfg.privacy.master_key = Secret::new(test_vault_key());
-    let app = App::build(cfg).await.expect("app builds");
+    cfg.engine.idle_poll_ms = 50;
+    cfg.engine.poll_interval_seconds = 0.05;
+    cfg.engine.backoff_base_ms = 20;
+    cfg.engine.backoff_max_seconds = 1;
+    cfg.engine.max_attempts = opts.max_attempts;
+    cfg.engine.workers = if opts.engine { 4 } else { 0 };
+    cfg.engine.remind_after_seconds = opts.remind_after;
+    cfg.engine.escalate_after_seconds = opts.escalate_after;
+    cfg.engine.reconcile_interval_seconds = opts.reconcile_interval;
+    let faults = Faults {
+        latency: std::time::Duration::ZERO,
+        failure_rate: opts.failure_rate,
+    };
+    let tjansteid = Arc::new(SimulatedTjansteId::new(
+        opts.confirm_after.map(std::time::Duration::from_secs_f64),
+        faults,
+        None,
+    ));
+    let kiv = Arc::new(SimulatedKiv::new(opts.auto_employ, faults, None));
+    let notifier = Arc::new(LogNotifier::new(faults, None));
+    let connectors = Connectors {
+        tjansteid: tjansteid.clone(),
+        kiv: kiv.clone(),
+        notifier: notifier.clone(),
+    };
+    let app = App::build_with(cfg, connectors).await.expect("app builds");
     let addr = app.local_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
@@ -102,6 +185,9 @@ pub async fn spawn_app_with(db: Option<TestDb>) -> TestApp {
         addr,
         dir,
         ca_pem,
+        tjansteid,
+        kiv,
+        notifier,
         shutdown: Some(tx),
     }
 }
@@ -211,4 +297,38 @@ pub fn violations(status: &tonic::Status) -> HashMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+impl TestApp {
+    pub async fn get(&self, id: &str) -> pb::Deregistration {
+        self.provider("provider-a")
+            .await
+            .get_deregistration(pb::GetDeregistrationRequest { id: id.to_owned() })
+            .await
+            .expect("get")
+            .into_inner()
+            .deregistration
+            .expect("case")
+    }
+
+    /// Polls provider-a's view of the case until it is in `state` (test helper; bounded).
+    pub async fn wait_for(&self, id: &str, state: pb::State) -> pb::Deregistration {
+        let mut client = self.provider("provider-a").await;
+        let mut last = None;
+        for _ in 0..400 {
+            let d = client
+                .get_deregistration(pb::GetDeregistrationRequest { id: id.to_owned() })
+                .await
+                .expect("get")
+                .into_inner()
+                .deregistration
+                .expect("case");
+            if d.state == state as i32 {
+                return d;
+            }
+            last = Some(d);
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("case {id} never reached {state:?}; last seen {last:?}");
+    }
 }

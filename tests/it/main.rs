@@ -4,4 +4,5 @@ mod api;
 mod auth;
 mod helpers;
 mod privacy;
+mod saga;
 mod store;

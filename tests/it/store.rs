@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etjanstekort_gateway::domain::saga::Command;
+use etjanstekort_gateway::domain::saga::Event;
 use etjanstekort_gateway::domain::{
     CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
     Personnummer, Reason, Reporter, State, Timestamp,
@@ -111,7 +111,7 @@ async fn contract(db: TestDb) {
         .apply(
             &case.id,
             Some(&case.care_provider),
-            &Command::Cancel,
+            &Event::Cancel,
             meta("SE1655999991-E1"),
         )
         .await
@@ -121,7 +121,7 @@ async fn contract(db: TestDb) {
         .apply(
             &case.id,
             Some(&case.care_provider),
-            &Command::Cancel,
+            &Event::Cancel,
             meta("SE1655999991-E1"),
         )
         .await
@@ -131,7 +131,7 @@ async fn contract(db: TestDb) {
             .apply(
                 &case.id,
                 Some(&hsa("SE1655999991-E2")),
-                &Command::Cancel,
+                &Event::Cancel,
                 meta("x")
             )
             .await,

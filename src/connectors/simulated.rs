@@ -1,0 +1,333 @@
+//! Simulated registries for dev mode and tests: real, configurable backends that keep state,
+//! inject latency and failures, and record every side effect with its idempotency key.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ring::rand::SecureRandom;
+
+use super::{ConnectorError, CutCardReport, Kiv, Notice, Notifier, RevocationOutcome, TjansteId};
+use crate::domain::{CaseId, Employment, HsaId, Personnummer, Timestamp};
+
+/// Latency and failure injection shared by the simulations.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    pub latency: Duration,
+    /// Probability (0.0–1.0) that a call fails with a retryable error.
+    pub failure_rate: f64,
+}
+
+impl Faults {
+    async fn apply(&self, what: &str) -> Result<(), ConnectorError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if self.failure_rate > 0.0 && random_unit() < self.failure_rate {
+            return Err(ConnectorError::Retryable(format!(
+                "simulated {what} failure"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Appends `kind key` lines to a file when configured: tests read it back after killing the
+/// process, to see which side effects ran and under which keys.
+#[derive(Debug, Default)]
+struct Journal(Option<Mutex<std::fs::File>>);
+
+impl Journal {
+    fn open(path: Option<&std::path::Path>) -> Self {
+        Self(path.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+                .map(Mutex::new)
+        }))
+    }
+
+    fn record(&self, kind: &str, key: &str) {
+        if let Some(f) = &self.0 {
+            use std::io::Write;
+            if let Ok(mut f) = f.lock() {
+                let _ = writeln!(f, "{kind} {key}");
+            }
+        }
+    }
+}
+
+/// Simulated TjänsteID-service. Confirms a report `confirm_after` after it was sent when
+/// polled, or never (then only `RevocationService` decides).
+#[derive(Debug)]
+pub struct SimulatedTjansteId {
+    confirm_after: Option<Duration>,
+    faults: Faults,
+    reports: Mutex<HashMap<String, u32>>,
+    journal: Journal,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl SimulatedTjansteId {
+    pub fn new(
+        confirm_after: Option<Duration>,
+        faults: Faults,
+        journal: Option<&std::path::Path>,
+    ) -> Self {
+        Self {
+            confirm_after,
+            faults,
+            reports: Mutex::new(HashMap::new()),
+            journal: Journal::open(journal),
+            refusing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// While set, reports are refused permanently (a terminal error, like an SMTP 5xx).
+    pub fn set_refusing(&self, refuse: bool) {
+        self.refusing
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times each key was delivered (a retry with the same key counts again).
+    pub fn deliveries(&self) -> HashMap<String, u32> {
+        self.reports.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn deliver(&self, kind: &str, key: &str) {
+        if let Ok(mut m) = self.reports.lock() {
+            *m.entry(key.to_owned()).or_default() += 1;
+        }
+        self.journal.record(kind, key);
+    }
+}
+
+#[async_trait]
+impl TjansteId for SimulatedTjansteId {
+    async fn report(&self, key: &str, _report: &CutCardReport) -> Result<(), ConnectorError> {
+        self.faults.apply("report").await?;
+        if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ConnectorError::Terminal(
+                "the service desk refused the report (simulated)".into(),
+            ));
+        }
+        self.deliver("report", key);
+        Ok(())
+    }
+
+    async fn remind(
+        &self,
+        key: &str,
+        _report: &CutCardReport,
+        _n: u32,
+    ) -> Result<(), ConnectorError> {
+        self.faults.apply("reminder").await?;
+        self.deliver("remind", key);
+        Ok(())
+    }
+
+    fn polls(&self) -> bool {
+        self.confirm_after.is_some()
+    }
+
+    async fn fetch_outcome(
+        &self,
+        case_id: &CaseId,
+        reported_at: Timestamp,
+    ) -> Result<RevocationOutcome, ConnectorError> {
+        self.faults.apply("outcome").await?;
+        let Some(after) = self.confirm_after else {
+            return Ok(RevocationOutcome::Pending);
+        };
+        let due = reported_at.0.saturating_add(after.as_micros() as i64);
+        Ok(if Timestamp::now().0 >= due {
+            RevocationOutcome::Confirmed {
+                reference: format!("SIM-{}", &case_id.to_string()[..8]),
+            }
+        } else {
+            RevocationOutcome::Pending
+        })
+    }
+}
+
+/// Simulated KIV: employments keyed by person and care unit, held in memory.
+#[derive(Debug)]
+pub struct SimulatedKiv {
+    /// When true, a look-up of an unknown person creates a plausible employment first
+    /// (dev mode: every reported person is employed where reported).
+    auto_employ: bool,
+    faults: Faults,
+    entries: Mutex<BTreeMap<(String, String), Employment>>,
+    removed_keys: Mutex<HashSet<String>>,
+    journal: Journal,
+}
+
+impl SimulatedKiv {
+    pub fn new(auto_employ: bool, faults: Faults, journal: Option<&std::path::Path>) -> Self {
+        Self {
+            auto_employ,
+            faults,
+            entries: Mutex::new(BTreeMap::new()),
+            removed_keys: Mutex::new(HashSet::new()),
+            journal: Journal::open(journal),
+        }
+    }
+
+    fn slot(person: &Personnummer, unit: &HsaId) -> (String, String) {
+        (person.expose_digits(), unit.to_string())
+    }
+
+    /// A KIV-shaped employment entry for a person at a unit.
+    pub fn employment_for(person: &Personnummer, unit: &HsaId) -> Employment {
+        let digits = person.expose_digits();
+        let mut attributes = BTreeMap::new();
+        attributes.insert(
+            "objectClass".to_owned(),
+            vec!["top".to_owned(), "vgrAnstallning".to_owned()],
+        );
+        attributes.insert("hsaPersonIdentityNumber".to_owned(), vec![digits.clone()]);
+        attributes.insert("vgrOrgRel".to_owned(), vec![unit.to_string()]);
+        attributes.insert(
+            "hsaStartDate".to_owned(),
+            vec!["20200101000000Z".to_owned()],
+        );
+        attributes.insert("title".to_owned(), vec!["Sjuksköterska".to_owned()]);
+        Employment {
+            dn: format!("cn={},cn={},ou=Personal,o=VGR", unit.as_str(), &digits[..8]),
+            attributes,
+        }
+    }
+
+    /// Puts an employment in place (tests, dev data).
+    pub fn employ(&self, person: &Personnummer, unit: &HsaId) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.insert(Self::slot(person, unit), Self::employment_for(person, unit));
+        }
+    }
+
+    /// Removes an employment behind the gateway's back, as a person in the admin tool would.
+    pub fn remove_out_of_band(&self, person: &Personnummer, unit: &HsaId) -> bool {
+        self.entries
+            .lock()
+            .map(|mut e| e.remove(&Self::slot(person, unit)).is_some())
+            .unwrap_or(false)
+    }
+
+    pub fn contains(&self, person: &Personnummer, unit: &HsaId) -> bool {
+        self.entries
+            .lock()
+            .map(|e| e.contains_key(&Self::slot(person, unit)))
+            .unwrap_or(false)
+    }
+
+    /// Idempotency keys under which the gateway removed employments.
+    pub fn removal_keys(&self) -> HashSet<String> {
+        self.removed_keys
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Kiv for SimulatedKiv {
+    async fn lookup(
+        &self,
+        person: &Personnummer,
+        unit: &HsaId,
+    ) -> Result<Option<Employment>, ConnectorError> {
+        self.faults.apply("KIV lookup").await?;
+        let mut e = self
+            .entries
+            .lock()
+            .map_err(|_| ConnectorError::Retryable("simulated KIV poisoned".into()))?;
+        let slot = Self::slot(person, unit);
+        if self.auto_employ && !e.contains_key(&slot) {
+            e.insert(slot.clone(), Self::employment_for(person, unit));
+        }
+        Ok(e.get(&slot).cloned())
+    }
+
+    async fn remove(
+        &self,
+        key: &str,
+        person: &Personnummer,
+        unit: &HsaId,
+    ) -> Result<(), ConnectorError> {
+        self.faults.apply("KIV removal").await?;
+        if let Ok(mut e) = self.entries.lock() {
+            e.remove(&Self::slot(person, unit));
+        }
+        if let Ok(mut k) = self.removed_keys.lock() {
+            k.insert(key.to_owned());
+        }
+        self.journal.record("remove_kiv", key);
+        Ok(())
+    }
+
+    async fn restore(&self, key: &str, snapshot: &Employment) -> Result<(), ConnectorError> {
+        self.faults.apply("KIV restore").await?;
+        let person = snapshot
+            .attributes
+            .get("hsaPersonIdentityNumber")
+            .and_then(|v| v.first())
+            .ok_or_else(|| {
+                ConnectorError::Terminal("snapshot has no hsaPersonIdentityNumber".into())
+            })?;
+        let unit = snapshot
+            .attributes
+            .get("vgrOrgRel")
+            .and_then(|v| v.first())
+            .ok_or_else(|| ConnectorError::Terminal("snapshot has no vgrOrgRel".into()))?;
+        if let Ok(mut e) = self.entries.lock() {
+            e.entry((person.clone(), unit.clone()))
+                .or_insert_with(|| snapshot.clone());
+        }
+        self.journal.record("restore_kiv", key);
+        Ok(())
+    }
+}
+
+/// Notifier that writes a log line per notice (no personal data) and keeps the notices.
+#[derive(Debug)]
+pub struct LogNotifier {
+    faults: Faults,
+    sent: Mutex<Vec<(String, Notice)>>,
+    journal: Journal,
+}
+
+impl LogNotifier {
+    pub fn new(faults: Faults, journal: Option<&std::path::Path>) -> Self {
+        Self {
+            faults,
+            sent: Mutex::new(Vec::new()),
+            journal: Journal::open(journal),
+        }
+    }
+
+    pub fn sent(&self) -> Vec<(String, Notice)> {
+        self.sent.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Notifier for LogNotifier {
+    async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError> {
+        self.faults.apply("notification").await?;
+        tracing::info!(case_id = %notice.case_id, recipient = ?notice.recipient, key, "notice: card deregistered");
+        if let Ok(mut s) = self.sent.lock() {
+            s.push((key.to_owned(), notice.clone()));
+        }
+        self.journal.record("notify", key);
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn any_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        Just(Event::Cancel),
+        any::<bool>().prop_map(|found| Event::SnapshotTaken { found }),
+        Just(Event::ReportSent),
+        Just(Event::OutcomePending),
+        Just(Event::RevocationConfirmed {
+            reference: "R-1".into()
+        }),
+        Just(Event::RevocationRejected {
+            reason: "no".into()
+        }),
+        (1u32..4).prop_map(|n| Event::ReminderSent { n }),
+        Just(Event::EscalationDue),
+        Just(Event::NotificationsSent),
+        Just(Event::KivRemoved),
+        Just(Event::OfficeCompleted),
+        Just(Event::EmploymentMissing),
+        Just(Event::EmploymentRestored),
+        Just(Event::StepFailed {
+            step: Step::Report,
+            reason: "x".into()
+        }),
+        Just(Event::StepFailed {
+            step: Step::Notify,
+            reason: "x".into()
+        }),
+        Just(Event::OperatorRetry),
+        any::<bool>().prop_map(|completed| Event::OperatorResolve { completed }),
+    ]
+}
+
+fn any_route() -> impl Strategy<Value = KivRemovalRoute> {
+    prop_oneof![
+        Just(KivRemovalRoute::CareProvider),
+        Just(KivRemovalRoute::HealthCareOffice)
+    ]
+}
+
+/// The result an engine would feed back after running `step` successfully.
+fn result_of(step: Step, confirm: bool) -> Event {
+    match step {
+        Step::Snapshot => Event::SnapshotTaken { found: true },
+        Step::Report => Event::ReportSent,
+        Step::PollOutcome if confirm => Event::RevocationConfirmed {
+            reference: "R".into(),
+        },
+        Step::PollOutcome => Event::OutcomePending,
+        Step::Remind(n) => Event::ReminderSent { n },
+        Step::Escalate => Event::EscalationDue,
+        Step::Notify => Event::NotificationsSent,
+        Step::RemoveKiv => Event::KivRemoved,
+        Step::RestoreKiv => Event::EmploymentRestored,
+    }
+}
+
+/// Checks every invariant across one step.
+fn check(
+    before: &Saga,
+    event: &Event,
+    outcome: &Outcome,
+    resolved_by_operator: bool,
+) -> Result<(), TestCaseError> {
+    let after = &outcome.saga;
+    for e in &outcome.effects {
+        if e.step == Step::RemoveKiv {
+            prop_assert!(
+                after.revocation_confirmed,
+                "RemoveKiv without confirmation after {:?} from {:?}",
+                event,
+                before
+            );
+            prop_assert_eq!(after.route, KivRemovalRoute::CareProvider);
+        }
+    }
+    prop_assert!(!after.office_task_open() || after.revocation_confirmed);
+    prop_assert!(
+        !before.revocation_confirmed || after.revocation_confirmed,
+        "confirmation lost"
+    );
+    if before.state.is_terminal() {
+        prop_assert_eq!(before.state, after.state, "left a terminal state");
+        prop_assert!(outcome.effects.is_empty(), "effects from a terminal state");
+    }
+    if after.state == State::Completed && !resolved_by_operator {
+        prop_assert!(after.revocation_confirmed, "completed without revocation");
+    }
+    if after.state == State::Rejected {
+        prop_assert!(!after.revocation_confirmed);
+    }
+    prop_assert_eq!(
+        after.state == State::NeedsAttention,
+        after.attention_from.is_some()
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Any events in any order, duplicated or out of place: invariants hold after every step,
+    /// and refused events change nothing.
+    #[test]
+    fn arbitrary_event_sequences_keep_every_invariant(
+        route in any_route(),
+        events in proptest::collection::vec(any_event(), 0..40),
+    ) {
+        let mut saga = Saga::new(route);
+        let mut resolved = false;
+        for e in &events {
+            match transition(saga, e) {
+                Ok(o) => {
+                    if matches!(e, Event::OperatorResolve { .. }) && o.audit.is_some() {
+                        resolved = true;
+                    }
+                    check(&saga, e, &o, resolved)?;
+                    if o.audit.is_none() {
+                        prop_assert_eq!(o.saga, saga, "a no-op changed the case");
+                    }
+                    saga = o.saga;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// An engine-like world: pending effects complete, fail, are delivered twice (a crash after
+    /// the side effect but before the commit, then a retry), while outside events interleave.
+    #[test]
+    fn a_simulated_engine_never_breaks_an_invariant(
+        route in any_route(),
+        script in proptest::collection::vec((0u8..10, any::<prop::sample::Index>(), any_event()), 0..60),
+    ) {
+        let mut saga = Saga::new(route);
+        let mut pending: Vec<Step> = initial_effects(&saga).iter().map(|e| e.step).collect();
+        let mut resolved = false;
+        for (kind, pick, outside) in script {
+            let event = match kind {
+                // Run a pending effect to success (maybe the poll says confirmed).
+                0..=4 if !pending.is_empty() => {
+                    let i = pick.index(pending.len());
+                    result_of(pending.remove(i), kind % 2 == 0)
+                }
+                // Redeliver a result without removing the effect: a restart re-runs it.
+                5 if !pending.is_empty() => result_of(pending[pick.index(pending.len())], false),
+                6 if !pending.is_empty() => {
+                    let i = pick.index(pending.len());
+                    Event::StepFailed { step: pending.remove(i), reason: "exhausted".into() }
+                }
+                _ => outside,
+            };
+            if let Ok(o) = transition(saga, &event) {
+                if matches!(event, Event::OperatorResolve { .. }) && o.audit.is_some() {
+                    resolved = true;
+                }
+                check(&saga, &event, &o, resolved)?;
+                pending.extend(o.effects.iter().map(|e| e.step));
+                saga = o.saga;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_routine_runs_in_order_on_both_routes() {
+    for route in [
+        KivRemovalRoute::CareProvider,
+        KivRemovalRoute::HealthCareOffice,
+    ] {
+        let mut s = Saga::new(route);
+        assert_eq!(initial_effects(&s), vec![now(Step::Snapshot)]);
+        let step = |s: &mut Saga, e: Event| {
+            let o = transition(*s, &e).expect("applies");
+            *s = o.saga;
+            o.effects
+        };
+        assert_eq!(
+            step(&mut s, Event::SnapshotTaken { found: true }),
+            vec![now(Step::Report)]
+        );
+        assert_eq!(
+            transition(s, &Event::OfficeCompleted)
+                .map(|_| ())
+                .err()
+                .is_some(),
+            true
+        );
+        let fx = step(&mut s, Event::ReportSent);
+        assert_eq!(s.state, State::RevocationRequested);
+        assert!(fx.iter().all(|e| e.step != Step::RemoveKiv));
+        assert_eq!(
+            transition(s, &Event::Cancel).err(),
+            Some(TransitionError::CancelTooLate {
+                state: State::RevocationRequested
+            })
+        );
+        assert_eq!(
+            step(
+                &mut s,
+                Event::RevocationConfirmed {
+                    reference: "R".into()
+                }
+            ),
+            vec![now(Step::Notify)]
+        );
+        assert_eq!(s.state, State::Revoked);
+        let fx = step(&mut s, Event::NotificationsSent);
+        assert_eq!(s.state, State::KivRemovalPending);
+        match route {
+            KivRemovalRoute::CareProvider => {
+                assert_eq!(fx, vec![now(Step::RemoveKiv)]);
+                assert_eq!(
+                    transition(s, &Event::OfficeCompleted).err(),
+                    Some(TransitionError::WrongRoute)
+                );
+                step(&mut s, Event::KivRemoved);
+            }
+            KivRemovalRoute::HealthCareOffice => {
+                assert!(fx.is_empty());
+                assert!(s.office_task_open());
+                step(&mut s, Event::OfficeCompleted);
+            }
+        }
+        assert_eq!(s.state, State::Completed);
+    }
+}
+
+#[test]
+fn early_removal_is_refused_and_compensated() {
+    let mut s = Saga::new(KivRemovalRoute::HealthCareOffice);
+    s = transition(s, &Event::SnapshotTaken { found: true })
+        .expect("ok")
+        .saga;
+    s = transition(s, &Event::ReportSent).expect("ok").saga;
+    assert_eq!(
+        transition(s, &Event::OfficeCompleted).err(),
+        Some(TransitionError::RevocationNotConfirmed)
+    );
+    let o = transition(s, &Event::EmploymentMissing).expect("ok");
+    assert_eq!(o.effects, vec![now(Step::RestoreKiv)]);
+    assert_eq!(o.audit, Some("kiv_removed_too_early"));
+    // Without a snapshot there is nothing to restore from: an operator must act.
+    let mut p = Saga::new(KivRemovalRoute::CareProvider);
+    p.state = State::Accepted;
+    let o = transition(p, &Event::EmploymentMissing).expect("ok");
+    assert_eq!(o.saga.state, State::NeedsAttention);
+    // After confirmation a missing employment is expected and ignored.
+    let c = transition(
+        s,
+        &Event::RevocationConfirmed {
+            reference: "R".into(),
+        },
+    )
+    .expect("ok")
+    .saga;
+    assert_eq!(
+        transition(c, &Event::EmploymentMissing).expect("ok").audit,
+        None
+    );
+}
+
+#[test]
+fn outcomes_are_idempotent_and_settled() {
+    let mut s = Saga::new(KivRemovalRoute::CareProvider);
+    s = transition(s, &Event::SnapshotTaken { found: false })
+        .expect("ok")
+        .saga;
+    assert_eq!(
+        transition(
+            s,
+            &Event::RevocationConfirmed {
+                reference: "R".into()
+            }
+        )
+        .err(),
+        Some(TransitionError::NotReported)
+    );
+    s = transition(s, &Event::ReportSent).expect("ok").saga;
+    let r = transition(s, &Event::RevocationRejected { reason: "x".into() })
+        .expect("ok")
+        .saga;
+    assert_eq!(r.state, State::Rejected);
+    assert_eq!(
+        transition(r, &Event::RevocationRejected { reason: "x".into() })
+            .expect("ok")
+            .audit,
+        None
+    );
+    assert!(
+        transition(
+            r,
+            &Event::RevocationConfirmed {
+                reference: "R".into()
+            }
+        )
+        .is_err()
+    );
+    let c = transition(
+        s,
+        &Event::RevocationConfirmed {
+            reference: "R".into(),
+        },
+    )
+    .expect("ok")
+    .saga;
+    assert_eq!(
+        transition(
+            c,
+            &Event::RevocationConfirmed {
+                reference: "R".into()
+            }
+        )
+        .expect("ok")
+        .audit,
+        None
+    );
+    assert!(transition(c, &Event::RevocationRejected { reason: "x".into() }).is_err());
+}
+
+#[test]
+fn attention_remembers_where_work_resumes() {
+    let mut s = Saga::new(KivRemovalRoute::CareProvider);
+    s = transition(s, &Event::SnapshotTaken { found: true })
+        .expect("ok")
+        .saga;
+    s = transition(s, &Event::ReportSent).expect("ok").saga;
+    let a = transition(s, &Event::EscalationDue).expect("ok").saga;
+    assert_eq!(
+        (a.state, a.attention_from),
+        (State::NeedsAttention, Some(State::RevocationRequested))
+    );
+    // A late confirmation still moves the case on.
+    let c = transition(
+        a,
+        &Event::RevocationConfirmed {
+            reference: "R".into(),
+        },
+    )
+    .expect("ok");
+    assert_eq!(c.saga.state, State::Revoked);
+    let r = transition(a, &Event::OperatorRetry).expect("ok");
+    assert_eq!(r.saga.state, State::RevocationRequested);
+    assert!(r.effects.iter().any(|e| e.step == Step::Escalate));
+}

@@ -1,0 +1,469 @@
+//! The saga engine: workers that claim due effects from the outbox with leases, run them
+//! through the connectors with the effect's idempotency key, and record the results — and a
+//! reconciliation pass that guards KIV until revocation is confirmed.
+//!
+//! A case waiting days for an outcome costs rows (the case, its timers), not a task: workers
+//! only hold what they have claimed, and sleep until the next effect falls due.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::rand::SecureRandom;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::connectors::{
+    ConnectorError, Connectors, CutCardReport, Notice, Recipient, RevocationOutcome,
+};
+use crate::domain::saga::{Event, SnapshotState, Step, step_applies};
+use crate::domain::{Deregistration, State, Timestamp};
+use crate::metrics;
+use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work, WorkResult};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub workers: usize,
+    pub batch_size: u32,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Longest sleep of an idle worker (work enqueued by other replicas, timers).
+    pub idle_poll: Duration,
+    pub escalate_after: Duration,
+    /// Zero disables reconciliation.
+    pub reconcile_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            batch_size: 128,
+            lease: Duration::from_secs(30),
+            max_attempts: 12,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+            idle_poll: Duration::from_secs(1),
+            escalate_after: Duration::from_secs(10 * 86_400),
+            reconcile_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    store: Arc<dyn CaseStore>,
+    connectors: Connectors,
+    cfg: EngineConfig,
+    /// Lease owner id of this process.
+    owner: String,
+}
+
+fn jitter_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn CaseStore>, connectors: Connectors, cfg: EngineConfig) -> Self {
+        Self {
+            store,
+            connectors,
+            cfg,
+            owner: format!("etk-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Starts the workers and the reconciliation pass; they stop when `shutdown` turns true.
+    pub fn spawn(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut set = JoinSet::new();
+        if self.cfg.workers == 0 {
+            return set;
+        }
+        for i in 0..self.cfg.workers {
+            let me = self.clone();
+            let stop = shutdown.clone();
+            set.spawn(async move { me.worker(i, stop).await });
+        }
+        if !self.cfg.reconcile_interval.is_zero() {
+            let me = self.clone();
+            set.spawn(async move { me.reconciler(shutdown).await });
+        }
+        set
+    }
+
+    async fn worker(self: Arc<Self>, index: usize, mut stop: watch::Receiver<bool>) {
+        let signal = self.store.work_signal();
+        let mut failures = 0u32;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            // Register for the signal before looking, so work enqueued meanwhile wakes us.
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.run_batch().await {
+                Ok(n) if n > 0 => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(worker = index, error = %e, "engine batch failed; backing off");
+                }
+            }
+            let wait = if failures > 0 {
+                self.backoff(failures.min(8))
+            } else {
+                match self.store.next_due().await {
+                    Ok(Some(due)) => {
+                        let us = (due.0 - Timestamp::now().0).max(0) as u64;
+                        Duration::from_micros(us).min(self.cfg.idle_poll)
+                    }
+                    _ => self.cfg.idle_poll,
+                }
+            };
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Claims one batch, runs it concurrently (latency is hidden by running many at once),
+    /// and records all results in one transaction. Returns how many effects it ran.
+    pub async fn run_batch(&self) -> Result<usize, StoreError> {
+        let work = self
+            .store
+            .claim(
+                &self.owner,
+                Timestamp::now(),
+                self.cfg.lease,
+                self.cfg.batch_size,
+            )
+            .await?;
+        if work.is_empty() {
+            return Ok(0);
+        }
+        let n = work.len();
+        let mut set = JoinSet::new();
+        for w in work {
+            let store = self.store.clone();
+            let connectors = self.connectors.clone();
+            let cfg = self.cfg.clone();
+            let span = tracing::info_span!("saga_step", case_id = %w.case_id, step = w.step.name(), attempt = w.attempts + 1);
+            set.spawn(
+                async move {
+                    let result = execute(&*store, &connectors, &cfg, &w).await;
+                    Finished { work: w, result }
+                }
+                .instrument(span),
+            );
+        }
+        let mut results = Vec::with_capacity(n);
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(f) => results.push(f),
+                // A panicking step leaves its lease to expire; it is retried then.
+                Err(e) => tracing::error!(error = %e, "saga step task failed"),
+            }
+        }
+        self.store.finish(&self.owner, results).await?;
+        Ok(n)
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        backoff(&self.cfg, attempts)
+    }
+
+    async fn reconciler(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.cfg.reconcile_interval) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!(error = %e, "reconciliation pass failed");
+            }
+        }
+    }
+
+    /// Checks every case whose revocation is unconfirmed: if its employment vanished from KIV,
+    /// the violation is recorded and the employment restored from the snapshot. Returns how
+    /// many violations it found.
+    pub async fn reconcile_once(&self) -> Result<usize, StoreError> {
+        let mut after = None;
+        let mut found = 0;
+        let grace = self.cfg.reconcile_interval.as_micros() as i64;
+        loop {
+            let page = self
+                .store
+                .list(&ListQuery {
+                    states: vec![
+                        State::Accepted,
+                        State::RevocationRequested,
+                        State::NeedsAttention,
+                    ],
+                    revocation_confirmed: Some(false),
+                    after: after.clone(),
+                    limit: 200,
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for case in &page {
+                let saga = case.saga();
+                let check = saga.guards_kiv()
+                    && match saga.snapshot {
+                        SnapshotState::Taken => true,
+                        // A snapshot still missing after a full interval means KIV look-ups fail;
+                        // an employment gone meanwhile cannot be restored.
+                        SnapshotState::Pending => Timestamp::now().0 - case.created_at.0 > grace,
+                        SnapshotState::Absent => false,
+                    };
+                if !check {
+                    continue;
+                }
+                let span = tracing::info_span!("reconcile", case_id = %case.id);
+                let r = self
+                    .connectors
+                    .kiv
+                    .lookup(
+                        &case.report.card_holder.personnummer,
+                        &case.report.care_unit,
+                    )
+                    .instrument(span)
+                    .await;
+                match r {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        found += 1;
+                        metrics::inc(metrics::KIV_EARLY_REMOVALS);
+                        tracing::warn!(case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
+                        let meta = EventMeta {
+                            actor: "system".into(),
+                            trace_id: case.trace_id.clone(),
+                            at: Timestamp::now(),
+                            detail:
+                                "employment removed from KIV before the revocation was confirmed"
+                                    .into(),
+                        };
+                        match self
+                            .store
+                            .apply(&case.id, None, &Event::EmploymentMissing, meta)
+                            .await
+                        {
+                            Ok(_) | Err(StoreError::Transition(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(case_id = %case.id, error = %e, "KIV look-up failed during reconciliation")
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+pub fn backoff(cfg: &EngineConfig, attempts: u32) -> Duration {
+    let exp = cfg.backoff_base.saturating_mul(1u32 << attempts.min(20));
+    let capped = exp.min(cfg.backoff_max);
+    // Jitter in [1/2, 1] of the delay spreads retries of many cases that failed together.
+    capped.mul_f64(0.5 + jitter_unit() / 2.0)
+}
+
+fn report_of(case: &Deregistration) -> CutCardReport {
+    let r = &case.report;
+    CutCardReport {
+        case_id: case.id.clone(),
+        personnummer: r.card_holder.personnummer.clone(),
+        card_number: r.card_number.clone(),
+        holder_name: r.card_holder.full_name.clone(),
+        care_unit: r.care_unit.clone(),
+        care_provider: case.care_provider.clone(),
+        reporter_name: r.reported_by.full_name.clone(),
+        reporter_email: r.reported_by.email.clone(),
+    }
+}
+
+fn done(event: Event) -> WorkResult {
+    WorkResult::Done {
+        event: Some(event),
+        snapshot: None,
+        detail: String::new(),
+    }
+}
+
+/// Runs one effect. Connector errors are classified where they arise; this only counts.
+async fn execute(
+    store: &dyn CaseStore,
+    c: &Connectors,
+    cfg: &EngineConfig,
+    w: &Work,
+) -> WorkResult {
+    let case = match store.get(&w.case_id).await {
+        Ok(Some(case)) => case,
+        Ok(None) => {
+            return WorkResult::Failed {
+                error: "case not found".into(),
+            };
+        }
+        Err(e) => {
+            return WorkResult::Retry {
+                at: later(cfg, w.attempts),
+                error: e.to_string(),
+            };
+        }
+    };
+    if !step_applies(&case.saga(), w.step) {
+        return WorkResult::Skipped;
+    }
+    let pnr = &case.report.card_holder.personnummer;
+    let unit = &case.report.care_unit;
+    let result: Result<WorkResult, ConnectorError> = async {
+        Ok(match w.step {
+            Step::Snapshot => {
+                let found = c.kiv.lookup(pnr, unit).await?;
+                WorkResult::Done {
+                    event: Some(Event::SnapshotTaken {
+                        found: found.is_some(),
+                    }),
+                    detail: if found.is_some() {
+                        String::new()
+                    } else {
+                        "no employment at the care unit in KIV at acceptance".into()
+                    },
+                    snapshot: found,
+                }
+            }
+            Step::Report => {
+                c.tjansteid.report(&w.key, &report_of(&case)).await?;
+                done(Event::ReportSent)
+            }
+            Step::PollOutcome => {
+                let reported = case.reported_at.unwrap_or(case.updated_at);
+                match c.tjansteid.fetch_outcome(&case.id, reported).await? {
+                    RevocationOutcome::Pending => done(Event::OutcomePending),
+                    RevocationOutcome::Confirmed { reference } => WorkResult::Done {
+                        detail: format!("revocation reference {reference}"),
+                        event: Some(Event::RevocationConfirmed { reference }),
+                        snapshot: None,
+                    },
+                    RevocationOutcome::Rejected { reason } => WorkResult::Done {
+                        detail: reason.clone(),
+                        event: Some(Event::RevocationRejected { reason }),
+                        snapshot: None,
+                    },
+                }
+            }
+            Step::Remind(n) => {
+                c.tjansteid.remind(&w.key, &report_of(&case), n).await?;
+                done(Event::ReminderSent { n })
+            }
+            Step::Escalate => WorkResult::Done {
+                event: Some(Event::EscalationDue),
+                snapshot: None,
+                detail: format!(
+                    "no outcome from TjänsteID-service within {} hours of the report",
+                    cfg.escalate_after.as_secs() / 3600
+                ),
+            },
+            Step::Notify => {
+                notify_all(c, &w.key, &case).await?;
+                done(Event::NotificationsSent)
+            }
+            Step::RemoveKiv => {
+                c.kiv.remove(&w.key, pnr, unit).await?;
+                done(Event::KivRemoved)
+            }
+            Step::RestoreKiv => match store.snapshot(&case.id).await {
+                Ok(Some(snapshot)) => {
+                    c.kiv.restore(&w.key, &snapshot).await?;
+                    done(Event::EmploymentRestored)
+                }
+                Ok(None) => {
+                    return Err(ConnectorError::Terminal(
+                        "no KIV snapshot to restore from".into(),
+                    ));
+                }
+                Err(e) => return Err(ConnectorError::Retryable(e.to_string())),
+            },
+        })
+    }
+    .await;
+    match result {
+        Ok(r) => {
+            metrics::inc(metrics::STEPS_SUCCEEDED);
+            r
+        }
+        Err(ConnectorError::Retryable(e)) if w.attempts + 1 < cfg.max_attempts => {
+            metrics::inc(metrics::STEPS_RETRIED);
+            tracing::info!(error = %e, "step failed; will retry");
+            WorkResult::Retry {
+                at: later(cfg, w.attempts),
+                error: e,
+            }
+        }
+        Err(e) => {
+            metrics::inc(metrics::STEPS_FAILED);
+            let error = match e {
+                ConnectorError::Retryable(m) => {
+                    format!("gave up after {} attempts: {m}", w.attempts + 1)
+                }
+                ConnectorError::Terminal(m) => m,
+            };
+            tracing::warn!(%error, "step failed for good; the case needs attention");
+            WorkResult::Failed { error }
+        }
+    }
+}
+
+fn later(cfg: &EngineConfig, attempts: u32) -> Timestamp {
+    Timestamp(Timestamp::now().0 + backoff(cfg, attempts).as_micros() as i64)
+}
+
+/// Tells the head of operations and, if an address is known, the card holder. Each notice has
+/// its own key, derived from the step's, so a retry repeats both with stable keys.
+async fn notify_all(
+    c: &Connectors,
+    key: &str,
+    case: &Deregistration,
+) -> Result<(), ConnectorError> {
+    let r = &case.report;
+    let base = |recipient, to: &crate::domain::Email| Notice {
+        recipient,
+        to: to.clone(),
+        case_id: case.id.clone(),
+        holder_name: r.card_holder.full_name.clone(),
+        holder_masked: r.card_holder.personnummer.masked(),
+        care_unit: r.care_unit.clone(),
+        revocation_reference: case.revocation_reference.clone().unwrap_or_default(),
+    };
+    c.notifier
+        .notify(
+            &format!("{key}:head"),
+            &base(Recipient::HeadOfOperations, &r.reported_by.email),
+        )
+        .await?;
+    if let Some(email) = &r.card_holder.email {
+        c.notifier
+            .notify(
+                &format!("{key}:holder"),
+                &base(Recipient::CardHolder, email),
+            )
+            .await?;
+    }
+    Ok(())
+}

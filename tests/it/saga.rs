@@ -1,0 +1,437 @@
+//! The routine end to end over mTLS with simulated registries: revocation first, then KIV.
+
+use etjanstekort_gateway::api::pb;
+use etjanstekort_gateway::connectors::Recipient;
+use etjanstekort_gateway::domain::{HsaId, Personnummer};
+use pb::deregistration_service_client::DeregistrationServiceClient;
+use pb::health_care_office_service_client::HealthCareOfficeServiceClient;
+use pb::operations_service_client::OperationsServiceClient;
+use pb::revocation_service_client::RevocationServiceClient;
+use tonic::Code;
+
+use crate::helpers::{Options, TestApp, create, report, spawn_app_opts, unit_a};
+
+fn holder() -> Personnummer {
+    Personnummer::parse("19121212-1212").expect("pnr")
+}
+
+fn unit() -> HsaId {
+    HsaId::parse(&unit_a()).expect("unit")
+}
+
+async fn create_case(app: &TestApp, route: pb::KivRemovalRoute, card: &str) -> String {
+    let mut d = report(&unit_a(), "19121212-1212", card);
+    d.kiv_removal_route = route as i32;
+    app.provider("provider-a")
+        .await
+        .create_deregistration(create(&format!("req-{card}"), d))
+        .await
+        .expect("created")
+        .into_inner()
+        .deregistration
+        .expect("case")
+        .id
+}
+
+async fn confirm(app: &TestApp, id: &str) -> Result<pb::Deregistration, tonic::Status> {
+    RevocationServiceClient::new(app.channel("tjansteid").await)
+        .confirm_revocation(pb::ConfirmRevocationRequest {
+            deregistration_id: id.to_owned(),
+            revocation_reference: "TJID-2026-0042".into(),
+            revoke_time: None,
+        })
+        .await
+        .map(|r| r.into_inner().deregistration.expect("case"))
+}
+
+async fn event_kinds(app: &TestApp, id: &str) -> Vec<(String, i32)> {
+    let mut client = app.provider("provider-a").await;
+    let mut stream = client
+        .watch_deregistration(pb::WatchDeregistrationRequest { id: id.to_owned() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut out = Vec::new();
+    // The stream ends at a terminal state; for a live case take what is there so far.
+    while let Ok(Ok(Some(m))) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await
+    {
+        let e = m.event.expect("event");
+        out.push((e.kind, e.state));
+    }
+    out
+}
+
+#[tokio::test]
+async fn nothing_reaches_kiv_before_the_confirmation_on_the_care_provider_route() {
+    let app = spawn_app_opts(Options::default()).await;
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5100001").await;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    // Give the engine every chance to do something wrong.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        app.get(&id).await.state,
+        pb::State::RevocationRequested as i32
+    );
+    assert!(
+        app.kiv.contains(&holder(), &unit()),
+        "employment touched before confirmation"
+    );
+    assert!(app.kiv.removal_keys().is_empty());
+    assert_eq!(
+        app.tjansteid.deliveries().get(&format!("{id}:report")),
+        Some(&1)
+    );
+
+    // TjänsteID-service sees the report with the full personnummer it needs.
+    let pending = RevocationServiceClient::new(app.channel("tjansteid").await)
+        .list_pending_revocations(pb::ListPendingRevocationsRequest::default())
+        .await
+        .expect("pending")
+        .into_inner()
+        .revocations;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0]
+            .card_holder
+            .as_ref()
+            .expect("holder")
+            .personal_identity_number,
+        "191212121212"
+    );
+
+    let confirmed = confirm(&app, &id).await.expect("confirm");
+    assert_eq!(confirmed.revocation_reference, "TJID-2026-0042");
+    let done = app.wait_for(&id, pb::State::Completed).await;
+    assert_eq!(done.revocation_reference, "TJID-2026-0042");
+    assert!(!app.kiv.contains(&holder(), &unit()));
+    assert_eq!(
+        app.kiv.removal_keys().into_iter().collect::<Vec<_>>(),
+        vec![format!("{id}:remove_kiv")]
+    );
+    // Confirming again is harmless.
+    assert_eq!(
+        confirm(&app, &id).await.expect("idempotent").state,
+        pb::State::Completed as i32
+    );
+
+    // Both people are told, and neither notice carries the full personnummer.
+    let sent = app.notifier.sent();
+    let recipients: Vec<_> = sent.iter().map(|(_, n)| n.recipient).collect();
+    assert_eq!(
+        recipients,
+        vec![Recipient::HeadOfOperations, Recipient::CardHolder]
+    );
+    for (_, n) in &sent {
+        assert_eq!(n.holder_masked, "19121212-****");
+        assert!(!format!("{n:?}").contains("1212121212"));
+    }
+
+    let kinds: Vec<String> = event_kinds(&app, &id)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "accepted",
+            "kiv_snapshot_taken",
+            "revocation_requested",
+            "revocation_confirmed",
+            "notified",
+            "kiv_removed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_office_route_opens_the_task_only_after_confirmation() {
+    let app = spawn_app_opts(Options::default()).await;
+    let id = create_case(&app, pb::KivRemovalRoute::HealthCareOffice, "5200001").await;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    let mut office = HealthCareOfficeServiceClient::new(app.channel("office").await);
+    let tasks = office
+        .list_kiv_removal_tasks(pb::ListKivRemovalTasksRequest::default())
+        .await
+        .expect("tasks")
+        .into_inner()
+        .tasks;
+    assert!(
+        tasks.is_empty(),
+        "a task is visible before the revocation is confirmed"
+    );
+    let early = office
+        .complete_kiv_removal_task(pb::CompleteKivRemovalTaskRequest {
+            deregistration_id: id.clone(),
+            comment: String::new(),
+        })
+        .await
+        .expect_err("too early");
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    let kinds = event_kinds(&app, &id).await;
+    assert!(
+        kinds.iter().any(|(k, _)| k == "early_kiv_removal_refused"),
+        "{kinds:?}"
+    );
+
+    confirm(&app, &id).await.expect("confirm");
+    app.wait_for(&id, pb::State::KivRemovalPending).await;
+    let tasks = office
+        .list_kiv_removal_tasks(pb::ListKivRemovalTasksRequest::default())
+        .await
+        .expect("tasks")
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].deregistration_id, id);
+    assert_eq!(
+        tasks[0]
+            .card_holder
+            .as_ref()
+            .expect("holder")
+            .personal_identity_number,
+        "191212121212"
+    );
+    let done = office
+        .complete_kiv_removal_task(pb::CompleteKivRemovalTaskRequest {
+            deregistration_id: id.clone(),
+            comment: "removed in the KIV admin tool".into(),
+        })
+        .await
+        .expect("complete")
+        .into_inner()
+        .deregistration
+        .expect("case");
+    assert_eq!(done.state, pb::State::Completed as i32);
+    // The gateway itself never removed anything on this route.
+    assert!(app.kiv.removal_keys().is_empty());
+}
+
+#[tokio::test]
+async fn a_rejection_is_terminal_and_kiv_is_never_touched() {
+    let app = spawn_app_opts(Options::default()).await;
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5300001").await;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    let mut cancel = DeregistrationServiceClient::new(app.channel("provider-a").await);
+    let late = cancel
+        .cancel_deregistration(pb::CancelDeregistrationRequest {
+            id: id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("late cancel");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+
+    let mut r = RevocationServiceClient::new(app.channel("tjansteid").await);
+    let rejected = r
+        .reject_revocation(pb::RejectRevocationRequest {
+            deregistration_id: id.clone(),
+            reason: "card number does not match the holder".into(),
+        })
+        .await
+        .expect("reject")
+        .into_inner()
+        .deregistration
+        .expect("case");
+    assert_eq!(rejected.state, pb::State::Rejected as i32);
+    assert_eq!(
+        rejected.state_reason,
+        "card number does not match the holder"
+    );
+    assert_eq!(
+        confirm(&app, &id).await.expect_err("settled").code(),
+        Code::FailedPrecondition
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(app.kiv.contains(&holder(), &unit()));
+    assert!(app.kiv.removal_keys().is_empty());
+    assert!(app.notifier.sent().is_empty());
+}
+
+#[tokio::test]
+async fn the_simulated_service_confirms_by_itself_and_watchers_see_every_state() {
+    let app = spawn_app_opts(Options {
+        confirm_after: Some(0.2),
+        ..Options::default()
+    })
+    .await;
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5400001").await;
+    // Two watchers from the start: both see the whole story, in order, and both streams end.
+    let mut watchers = Vec::new();
+    for _ in 0..2 {
+        let mut c = app.provider("provider-a").await;
+        let id = id.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut s = c
+                .watch_deregistration(pb::WatchDeregistrationRequest { id })
+                .await
+                .expect("watch")
+                .into_inner();
+            let mut states = Vec::new();
+            while let Some(m) = s.message().await.expect("stream") {
+                states.push(m.event.expect("event").state);
+            }
+            states
+        }));
+    }
+    for w in watchers {
+        let states = tokio::time::timeout(std::time::Duration::from_secs(10), w)
+            .await
+            .expect("stream ended")
+            .expect("join");
+        let mut distinct = states.clone();
+        distinct.dedup();
+        assert_eq!(
+            distinct,
+            [
+                pb::State::Accepted as i32,
+                pb::State::RevocationRequested as i32,
+                pb::State::Revoked as i32,
+                pb::State::KivRemovalPending as i32,
+                pb::State::Completed as i32,
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_employment_removed_too_early_is_restored_then_removed_properly() {
+    let app = spawn_app_opts(Options {
+        reconcile_interval: 0.1,
+        auto_employ: false,
+        ..Options::default()
+    })
+    .await;
+    app.kiv.employ(&holder(), &unit());
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5500001").await;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    assert!(app.kiv.remove_out_of_band(&holder(), &unit()));
+    let mut restored = false;
+    for _ in 0..200 {
+        if app.kiv.contains(&holder(), &unit()) {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(restored, "the gateway did not restore the employment");
+    let kinds: Vec<String> = event_kinds(&app, &id)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        kinds.contains(&"kiv_removed_too_early".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"kiv_employment_restored".to_owned()),
+        "{kinds:?}"
+    );
+    confirm(&app, &id).await.expect("confirm");
+    app.wait_for(&id, pb::State::Completed).await;
+    assert!(!app.kiv.contains(&holder(), &unit()));
+}
+
+#[tokio::test]
+async fn flaky_registries_delay_but_lose_nothing() {
+    let app = spawn_app_opts(Options {
+        confirm_after: Some(0.0),
+        failure_rate: 0.4,
+        max_attempts: 50,
+        ..Options::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            create_case(
+                &app,
+                pb::KivRemovalRoute::CareProvider,
+                &format!("560000{i}"),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        app.wait_for(id, pb::State::Completed).await;
+        // Retries reuse the step's key: one report key per case, however many attempts.
+        let d = app.tjansteid.deliveries();
+        assert!(
+            d.keys()
+                .filter(|k| k.starts_with(id.as_str()))
+                .all(|k| k == &format!("{id}:report"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_needs_attention_and_an_operator_can_resume() {
+    let app = spawn_app_opts(Options::default()).await;
+    app.tjansteid.set_refusing(true);
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5700001").await;
+    let parked = app.wait_for(&id, pb::State::NeedsAttention).await;
+    assert!(
+        parked.state_reason.contains("refused"),
+        "{}",
+        parked.state_reason
+    );
+    let mut ops = OperationsServiceClient::new(app.channel("operator").await);
+    let listed = ops
+        .list_attention_cases(pb::ListAttentionCasesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .deregistrations;
+    assert_eq!(
+        listed.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        vec![id.clone()]
+    );
+
+    app.tjansteid.set_refusing(false);
+    ops.retry_deregistration(pb::RetryDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("retry");
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    // The retried report carries the same key as the refused one.
+    assert_eq!(
+        app.tjansteid.deliveries().get(&format!("{id}:report")),
+        Some(&1)
+    );
+
+    let err = ops
+        .resolve_deregistration(pb::ResolveDeregistrationRequest {
+            id: id.clone(),
+            resolution: pb::Resolution::Cancelled as i32,
+            justification: String::new(),
+        })
+        .await
+        .expect_err("needs justification and attention");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn no_outcome_in_time_escalates_with_reminders_and_a_late_confirmation_still_counts() {
+    let app = spawn_app_opts(Options {
+        remind_after: 0.2,
+        escalate_after: 0.7,
+        ..Options::default()
+    })
+    .await;
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5800001").await;
+    let parked = app.wait_for(&id, pb::State::NeedsAttention).await;
+    assert!(
+        parked.state_reason.contains("no outcome"),
+        "{}",
+        parked.state_reason
+    );
+    assert!(
+        app.tjansteid
+            .deliveries()
+            .contains_key(&format!("{id}:remind:1"))
+    );
+    assert!(app.kiv.contains(&holder(), &unit()));
+    confirm(&app, &id).await.expect("late confirmation");
+    app.wait_for(&id, pb::State::Completed).await;
+}

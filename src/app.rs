@@ -364,7 +364,7 @@ impl Gateway {
                 meta(principal, trace_id, String::new()),
             )
             .await?;
-        Ok(self.store.get(id).await?.ok_or(AppError::NotFound)?)
+        self.store.get(id).await?.ok_or(AppError::NotFound)
     }
 
     pub async fn resolve(

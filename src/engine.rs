@@ -152,15 +152,26 @@ impl Engine {
             return Ok(0);
         }
         let n = work.len();
+        let mut ids: Vec<_> = work.iter().map(|w| w.case_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let cases: std::collections::HashMap<_, _> = self
+            .store
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
         let mut set = JoinSet::new();
         for w in work {
+            let case = cases.get(&w.case_id).cloned();
             let store = self.store.clone();
             let connectors = self.connectors.clone();
             let cfg = self.cfg.clone();
             let span = tracing::info_span!("saga_step", case_id = %w.case_id, step = w.step.name(), attempt = w.attempts + 1);
             set.spawn(
                 async move {
-                    let result = execute(&*store, &connectors, &cfg, &w).await;
+                    let result = execute(&*store, &connectors, &cfg, &w, case).await;
                     Finished { work: w, result }
                 }
                 .instrument(span),
@@ -312,20 +323,12 @@ async fn execute(
     c: &Connectors,
     cfg: &EngineConfig,
     w: &Work,
+    case: Option<Deregistration>,
 ) -> WorkResult {
-    let case = match store.get(&w.case_id).await {
-        Ok(Some(case)) => case,
-        Ok(None) => {
-            return WorkResult::Failed {
-                error: "case not found".into(),
-            };
-        }
-        Err(e) => {
-            return WorkResult::Retry {
-                at: later(cfg, w.attempts),
-                error: e.to_string(),
-            };
-        }
+    let Some(case) = case else {
+        return WorkResult::Failed {
+            error: "case not found".into(),
+        };
     };
     if !step_applies(&case.saga(), w.step) {
         return WorkResult::Skipped;

@@ -174,6 +174,9 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
 
     async fn get(&self, id: &CaseId) -> Result<Option<Deregistration>, StoreError>;
 
+    /// Several cases in one round trip (missing ids are left out).
+    async fn get_many(&self, ids: &[CaseId]) -> Result<Vec<Deregistration>, StoreError>;
+
     /// Cases matching the filters, in id (creation) order, at most `limit`.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Deregistration>, StoreError>;
 

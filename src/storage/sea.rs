@@ -1,5 +1,6 @@
 //! `CaseStore` on sea-orm: SQLite (embedded default) and PostgreSQL.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -308,39 +309,41 @@ impl SeaStore {
         if !card_free {
             return Err(StoreError::ActiveCaseExists);
         }
-        let model = self
-            .find_case(txn, &cmd.id, false)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let mut model = self.find_case(txn, &cmd.id, false).await?.ok_or(StoreError::NotFound)?;
         let saga = Saga::new(cmd.report.route);
-        let (model, event) = self
-            .write_change(
-                txn,
-                model,
-                saga,
-                "accepted",
-                &initial_effects(&saga),
-                &cmd.meta,
-                None,
-            )
-            .await?;
-        appended.push(event);
+        let mut cs = ChangeSet::default();
+        self.plan_change(&mut cs, &mut model, saga, "accepted", &initial_effects(&saga), &cmd.meta, None)?;
+        appended.extend(self.flush(txn, cs).await?);
         Ok(Created::New(self.to_domain(&model)?))
     }
 
-    /// Writes the case row for `saga`, appends the audit event and enqueues `effects` — the one
-    /// path every state change takes.
+    /// The saga fields of a row, without decrypting the personal data.
+    fn saga_of(m: &cases::Model) -> Result<Saga, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("case {}: {what}", m.id));
+        let state = |v: &str| State::from_str_opt(v).ok_or_else(|| corrupt("state"));
+        Ok(Saga {
+            state: state(&m.state)?,
+            route: KivRemovalRoute::from_str_opt(&m.kiv_removal_route).ok_or_else(|| corrupt("route"))?,
+            snapshot: SnapshotState::from_str_opt(&m.snapshot_state).ok_or_else(|| corrupt("snapshot state"))?,
+            attention_from: m.attention_from.as_deref().map(state).transpose()?,
+            revocation_confirmed: m.revocation_confirmed_at.is_some(),
+        })
+    }
+
+    /// Plans a state change on the in-memory row: the new row values, the audit event and the
+    /// effects go into `cs`, to be written together by `flush` — the one path every state change
+    /// takes.
     #[allow(clippy::too_many_arguments)]
-    async fn write_change(
+    fn plan_change(
         &self,
-        txn: &DatabaseTransaction,
-        model: cases::Model,
+        cs: &mut ChangeSet,
+        model: &mut cases::Model,
         saga: Saga,
         kind: &str,
         effects: &[Effect],
         meta: &EventMeta,
         event: Option<&Event>,
-    ) -> Result<(cases::Model, CaseEvent), StoreError> {
+    ) -> Result<(), StoreError> {
         let before = State::from_str_opt(&model.state);
         let seq = model.last_seq + 1;
         let prev = if model.last_hash.is_empty() {
@@ -348,49 +351,35 @@ impl SeaStore {
         } else {
             model.last_hash.clone()
         };
-        let case_id = model.id.clone();
-        let hash = event_hash(&prev, &case_id, seq, kind, saga.state.as_str(), meta);
+        let hash = event_hash(&prev, &model.id, seq, kind, saga.state.as_str(), meta);
 
-        let mut am: cases::ActiveModel = model.clone().into();
-        am.state = Set(saga.state.as_str().to_owned());
-        am.attention_from = Set(saga.attention_from.map(|s| s.as_str().to_owned()));
-        am.snapshot_state = Set(saga.snapshot.as_str().to_owned());
-        am.updated_at = Set(meta.at.0);
-        am.version = Set(model.version + 1);
-        am.last_seq = Set(seq);
-        am.last_hash = Set(hash.clone());
+        model.state = saga.state.as_str().to_owned();
+        model.attention_from = saga.attention_from.map(|s| s.as_str().to_owned());
+        model.snapshot_state = saga.snapshot.as_str().to_owned();
+        model.updated_at = meta.at.0;
+        model.version += 1;
+        model.last_seq = seq;
+        model.last_hash = hash.clone();
         if saga.state.is_terminal() {
             // Frees the card number for a new case.
-            am.active_card_number = Set(None);
+            model.active_card_number = None;
+            cs.terminal.push(model.id.clone());
         }
         if before != Some(saga.state) {
-            let explains = matches!(
-                saga.state,
-                State::NeedsAttention | State::Rejected | State::Cancelled
-            ) || kind == "operator_resolved";
-            am.state_reason = Set(if explains && !meta.detail.is_empty() {
-                Some(meta.detail.clone())
-            } else {
-                None
-            });
+            let explains = matches!(saga.state, State::NeedsAttention | State::Rejected | State::Cancelled)
+                || kind == "operator_resolved";
+            model.state_reason = (explains && !meta.detail.is_empty()).then(|| meta.detail.clone());
         }
         match event {
-            Some(Event::ReportSent) => am.reported_at = Set(Some(meta.at.0)),
-            Some(Event::RevocationConfirmed { reference })
-                if model.revocation_confirmed_at.is_none() =>
-            {
-                am.revocation_confirmed_at = Set(Some(meta.at.0));
-                am.revocation_reference = Set(Some(reference.clone()));
+            Some(Event::ReportSent) => model.reported_at = Some(meta.at.0),
+            Some(Event::RevocationConfirmed { reference }) if model.revocation_confirmed_at.is_none() => {
+                model.revocation_confirmed_at = Some(meta.at.0);
+                model.revocation_reference = Some(reference.clone());
             }
             _ => {}
         }
-        let updated = cases::Entity::update(am)
-            .exec(txn)
-            .await
-            .map_err(StoreError::Unavailable)?;
-
-        let row = case_events::ActiveModel {
-            case_id: Set(case_id.clone()),
+        cs.events.push(case_events::ActiveModel {
+            case_id: Set(model.id.clone()),
             seq: Set(seq),
             kind: Set(kind.to_owned()),
             state: Set(saga.state.as_str().to_owned()),
@@ -400,176 +389,202 @@ impl SeaStore {
             detail: Set(meta.detail.clone()),
             prev_hash: Set(prev),
             hash: Set(hash.clone()),
-        };
-        case_events::Entity::insert(row)
-            .exec_without_returning(txn)
-            .await
-            .map_err(StoreError::Unavailable)?;
+        });
+        cs.appended.push(CaseEvent {
+            case_id: CaseId::parse(&model.id).ok_or_else(|| StoreError::Corrupt("case id".into()))?,
+            sequence: seq,
+            kind: kind.to_owned(),
+            state: saga.state,
+            actor: meta.actor.clone(),
+            at: meta.at,
+            trace_id: meta.trace_id.clone(),
+            detail: meta.detail.clone(),
+            hash,
+        });
+        self.plan_effects(cs, model, effects, meta.at);
+        cs.touch(model);
+        Ok(())
+    }
 
+    fn plan_effects(&self, cs: &mut ChangeSet, model: &cases::Model, effects: &[Effect], now: Timestamp) {
         for effect in effects {
             if effect.step == Step::PollOutcome && !self.timing.poll_outcome {
                 continue;
             }
             if effect.step == Step::RemoveKiv {
-                self.assert_revocation_recorded(txn, &case_id).await?;
+                cs.removals.push(model.id.clone());
             }
-            self.enqueue(txn, &case_id, seq, effect, meta.at).await?;
+            let case_id = &model.id;
+            let key = match effect.step {
+                Step::Remind(n) => format!("{case_id}:remind:{n}"),
+                s if s.repeatable() => format!("{case_id}:{}:{}", s.name(), model.last_seq),
+                s => format!("{case_id}:{}", s.name()),
+            };
+            let delay = match effect.delay {
+                Delay::Now => 0,
+                Delay::PollInterval => micros(self.timing.poll_interval),
+                Delay::RemindAfter => micros(self.timing.remind_after),
+                Delay::EscalateAfter => micros(self.timing.escalate_after),
+            };
+            let n = match effect.step {
+                Step::Remind(n) => i64::from(n),
+                _ => 0,
+            };
+            cs.effects.push(EffectRow {
+                key,
+                case_id: case_id.clone(),
+                step: effect.step.name(),
+                n,
+                due_at: now.0.saturating_add(delay),
+                now: now.0,
+            });
         }
-        if saga.state.is_terminal() {
+    }
+
+    /// Writes a change set: case rows, audit events, then (after the invariant check) effects.
+    async fn flush(&self, txn: &DatabaseTransaction, cs: ChangeSet) -> Result<Vec<CaseEvent>, StoreError> {
+        for m in &cs.cases {
             self.db_exec(
                 txn,
-                "UPDATE effects SET status = 'cancelled', lease_owner = NULL, lease_until = NULL, updated_at = ? \
-                 WHERE case_id = ? AND status = 'pending'",
-                vec![meta.at.0.into(), case_id.clone().into()],
+                "UPDATE cases SET state = ?, attention_from = ?, snapshot_state = ?, kiv_snapshot = ?, \
+                 reported_at = ?, revocation_confirmed_at = ?, revocation_reference = ?, state_reason = ?, \
+                 active_card_number = ?, updated_at = ?, version = ?, last_seq = ?, last_hash = ? WHERE id = ?",
+                vec![
+                    m.state.clone().into(),
+                    m.attention_from.clone().into(),
+                    m.snapshot_state.clone().into(),
+                    m.kiv_snapshot.clone().into(),
+                    m.reported_at.into(),
+                    m.revocation_confirmed_at.into(),
+                    m.revocation_reference.clone().into(),
+                    m.state_reason.clone().into(),
+                    m.active_card_number.clone().into(),
+                    m.updated_at.into(),
+                    m.version.into(),
+                    m.last_seq.into(),
+                    m.last_hash.clone().into(),
+                    m.id.clone().into(),
+                ],
             )
             .await?;
         }
-        let id = CaseId::parse(&case_id).ok_or_else(|| StoreError::Corrupt("case id".into()))?;
-        Ok((
-            updated,
-            CaseEvent {
-                case_id: id,
-                sequence: seq,
-                kind: kind.to_owned(),
-                state: saga.state,
-                actor: meta.actor.clone(),
-                at: meta.at,
-                trace_id: meta.trace_id.clone(),
-                detail: meta.detail.clone(),
-                hash,
-            },
-        ))
+        if !cs.events.is_empty() {
+            case_events::Entity::insert_many(cs.events)
+                .exec_without_returning(txn)
+                .await
+                .map_err(StoreError::Unavailable)?;
+        }
+        if !cs.removals.is_empty() {
+            self.assert_revocation_recorded(txn, &cs.removals).await?;
+        }
+        for chunk in cs.effects.chunks(500) {
+            let mut sql = String::from(
+                "INSERT INTO effects (key, case_id, step, n, due_at, status, attempts, created_at, updated_at) VALUES ",
+            );
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
+            for (i, e) in chunk.iter().enumerate() {
+                sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, 'pending', 0, ?, ?)" } else { ", (?, ?, ?, ?, ?, 'pending', 0, ?, ?)" });
+                values.extend([
+                    e.key.clone().into(),
+                    e.case_id.clone().into(),
+                    e.step.to_owned().into(),
+                    e.n.into(),
+                    e.due_at.into(),
+                    e.now.into(),
+                    e.now.into(),
+                ]);
+            }
+            // A key seen before (an operator retry of a failed step, a repeated poll) is re-armed,
+            // not duplicated: the connector sees the same key again.
+            sql.push_str(
+                " ON CONFLICT (key) DO UPDATE SET status = 'pending', due_at = excluded.due_at, attempts = 0, \
+                 lease_owner = NULL, lease_until = NULL, last_error = NULL, updated_at = excluded.updated_at \
+                 WHERE effects.status <> 'pending'",
+            );
+            self.db_exec(txn, &sql, values).await?;
+        }
+        if !cs.terminal.is_empty() {
+            let marks = vec!["?"; cs.terminal.len()].join(", ");
+            let mut values: Vec<Value> = vec![Timestamp::now().0.into()];
+            values.extend(cs.terminal.iter().map(|id| Value::from(id.clone())));
+            self.db_exec(
+                txn,
+                &format!(
+                    "UPDATE effects SET status = 'cancelled', lease_owner = NULL, lease_until = NULL, updated_at = ? \
+                     WHERE status = 'pending' AND case_id IN ({marks})"
+                ),
+                values,
+            )
+            .await?;
+        }
+        Ok(cs.appended)
     }
 
-    /// Architecture invariant, checked where the removal is enqueued: the case's revocation
-    /// confirmation must already be durable in this transaction's view of the row.
-    async fn assert_revocation_recorded(
-        &self,
-        txn: &DatabaseTransaction,
-        case_id: &str,
-    ) -> Result<(), StoreError> {
+    /// Architecture invariant, checked where removals are enqueued: each case's revocation
+    /// confirmation must already be durable in this transaction's view of the rows.
+    async fn assert_revocation_recorded(&self, txn: &DatabaseTransaction, case_ids: &[String]) -> Result<(), StoreError> {
+        let mut ids: Vec<&String> = case_ids.iter().collect();
+        ids.sort();
+        ids.dedup();
+        let marks = vec!["?"; ids.len()].join(", ");
         let rows = txn
             .query_all_raw(self.stmt(
-                "SELECT revocation_confirmed_at FROM cases WHERE id = ?",
-                vec![case_id.to_owned().into()],
+                &format!("SELECT id FROM cases WHERE revocation_confirmed_at IS NOT NULL AND id IN ({marks})"),
+                ids.iter().map(|id| Value::from((*id).clone())).collect(),
             ))
             .await
             .map_err(StoreError::Unavailable)?;
-        let confirmed: Option<i64> = rows
-            .first()
-            .and_then(|r| r.try_get::<Option<i64>>("", "revocation_confirmed_at").ok())
-            .flatten();
-        if confirmed.is_none() {
-            return Err(StoreError::Invariant(format!(
-                "KIV removal for case {case_id} without a recorded revocation confirmation"
-            )));
+        if rows.len() != ids.len() {
+            return Err(StoreError::Invariant(
+                "KIV removal enqueued for a case without a recorded revocation confirmation".into(),
+            ));
         }
         Ok(())
     }
 
-    async fn enqueue(
-        &self,
-        txn: &DatabaseTransaction,
-        case_id: &str,
-        seq: i64,
-        effect: &Effect,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let n = match effect.step {
-            Step::Remind(n) => i64::from(n),
-            _ => 0,
-        };
-        let key = match effect.step {
-            Step::Remind(n) => format!("{case_id}:remind:{n}"),
-            s if s.repeatable() => format!("{case_id}:{}:{seq}", s.name()),
-            s => format!("{case_id}:{}", s.name()),
-        };
-        let delay = match effect.delay {
-            Delay::Now => 0,
-            Delay::PollInterval => micros(self.timing.poll_interval),
-            Delay::RemindAfter => micros(self.timing.remind_after),
-            Delay::EscalateAfter => micros(self.timing.escalate_after),
-        };
-        // A key seen before (an operator retry of a failed step) is re-armed, not duplicated:
-        // the connector sees the same key again.
-        self.db_exec(
-            txn,
-            "INSERT INTO effects (key, case_id, step, n, due_at, status, attempts, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?) \
-             ON CONFLICT (key) DO UPDATE SET status = 'pending', due_at = excluded.due_at, attempts = 0, \
-             lease_owner = NULL, lease_until = NULL, last_error = NULL, updated_at = excluded.updated_at \
-             WHERE effects.status <> 'pending'",
-            vec![
-                key.into(),
-                case_id.to_owned().into(),
-                effect.step.name().to_owned().into(),
-                n.into(),
-                now.0.saturating_add(delay).into(),
-                now.0.into(),
-                now.0.into(),
-            ],
-        )
-        .await
-    }
-
-    async fn db_exec(
-        &self,
-        txn: &DatabaseTransaction,
-        sql: &str,
-        values: Vec<Value>,
-    ) -> Result<(), StoreError> {
+    async fn db_exec(&self, txn: &DatabaseTransaction, sql: &str, values: Vec<Value>) -> Result<u64, StoreError> {
         txn.execute_raw(self.stmt(sql, values))
             .await
-            .map(|_| ())
+            .map(|r| r.rows_affected())
             .map_err(StoreError::Unavailable)
     }
 
-    /// Applies `event` to the case inside `txn`. Returns the case and the appended audit
-    /// event (none when the event changed nothing).
-    async fn apply_in(
+    /// Applies `event` to an in-memory row, planning the writes into `cs`. Returns whether
+    /// anything changed.
+    fn plan_event(
         &self,
-        txn: &DatabaseTransaction,
-        id: &CaseId,
-        owner: Option<&HsaId>,
+        cs: &mut ChangeSet,
+        model: &mut cases::Model,
         event: &Event,
         meta: &EventMeta,
-    ) -> Result<(Deregistration, Option<CaseEvent>), StoreError> {
-        let model = self
-            .find_case(txn, id, true)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
-            return Err(StoreError::NotFound);
-        }
-        let current = self.to_domain(&model)?;
-        let outcome = transition(current.saga(), event)?;
-        let Some(kind) = outcome.audit else {
-            // Nothing to record, but possibly work to schedule (a poll that found no outcome
-            // yet polls again).
-            for effect in &outcome.effects {
-                if effect.step == Step::PollOutcome && !self.timing.poll_outcome {
-                    continue;
-                }
-                if effect.step == Step::RemoveKiv {
-                    self.assert_revocation_recorded(txn, &model.id).await?;
-                }
-                self.enqueue(txn, &model.id, model.last_seq, effect, meta.at)
-                    .await?;
+    ) -> Result<bool, StoreError> {
+        let outcome = transition(Self::saga_of(model)?, event)?;
+        match outcome.audit {
+            Some(kind) => {
+                self.plan_change(cs, model, outcome.saga, kind, &outcome.effects, meta, Some(event))?;
+                Ok(true)
             }
-            return Ok((current, None));
-        };
-        let (model, appended) = self
-            .write_change(
-                txn,
-                model,
-                outcome.saga,
-                kind,
-                &outcome.effects,
-                meta,
-                Some(event),
-            )
-            .await?;
-        Ok((self.to_domain(&model)?, Some(appended)))
+            None => {
+                // Nothing to record, but possibly work to schedule (a poll that found no outcome
+                // yet polls again).
+                self.plan_effects(cs, model, &outcome.effects, meta.at);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn load_many(
+        &self,
+        conn: &impl ConnectionTrait,
+        ids: &[&CaseId],
+        lock: bool,
+    ) -> Result<HashMap<String, cases::Model>, StoreError> {
+        let mut q = cases::Entity::find().filter(cases::Column::Id.is_in(ids.iter().map(|i| i.to_string())));
+        if lock && self.is_postgres() {
+            q = q.lock_exclusive();
+        }
+        let rows = q.all(conn).await.map_err(StoreError::Unavailable)?;
+        Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
     }
 
     fn publish(&self, events: Vec<CaseEvent>, new_work: bool) {
@@ -582,99 +597,179 @@ impl SeaStore {
         }
     }
 
-    async fn finish_one(
+    /// Records a batch of results inside `txn`. Fencing first: only results whose lease this
+    /// owner still holds count; the rest are dropped (another worker re-runs them).
+    async fn finish_in(
         &self,
         txn: &DatabaseTransaction,
         owner: &str,
-        f: &Finished,
+        results: &[Finished],
         now: Timestamp,
-        appended: &mut Vec<CaseEvent>,
-    ) -> Result<(), StoreError> {
-        let (status, due, error): (&str, Option<i64>, Option<String>) = match &f.result {
-            WorkResult::Done { .. } => ("done", None, None),
-            WorkResult::Retry { at, error } => ("pending", Some(at.0), Some(error.clone())),
-            WorkResult::Failed { error } => ("failed", None, Some(error.clone())),
-            WorkResult::Skipped => ("cancelled", None, None),
-        };
-        // Fencing: only the lease holder may record a result.
-        let fenced = txn
-            .execute_raw(self.stmt(
-                "UPDATE effects SET status = ?, attempts = attempts + 1, due_at = COALESCE(?, due_at), \
-                 lease_owner = NULL, lease_until = NULL, last_error = ?, updated_at = ? \
-                 WHERE key = ? AND lease_owner = ? AND status = 'pending'",
-                vec![
-                    status.to_owned().into(),
-                    due.into(),
-                    error.into(),
-                    now.0.into(),
-                    f.work.key.clone().into(),
-                    owner.to_owned().into(),
-                ],
-            ))
-            .await
-            .map_err(StoreError::Unavailable)?;
-        if fenced.rows_affected() != 1 {
-            tracing::warn!(key = %f.work.key, "lease lost before the result was recorded; dropped");
-            return Ok(());
-        }
-        let case = self
-            .find_case(txn, &f.work.case_id, false)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let trace_id = case.trace_id.clone();
-        let meta = |detail: String| EventMeta {
-            actor: "system".into(),
-            trace_id: trace_id.clone(),
-            at: now,
-            detail,
-        };
-        let event = match &f.result {
-            WorkResult::Done {
-                event,
-                snapshot,
-                detail,
-            } => {
-                if let Some(snap) = snapshot {
-                    let json =
-                        serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let sealed = self
-                        .vault
-                        .seal(&Self::snapshot_context(&case.id), &json)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    self.db_exec(
-                        txn,
-                        "UPDATE cases SET kiv_snapshot = ? WHERE id = ?",
-                        vec![sealed.into(), case.id.clone().into()],
-                    )
-                    .await?;
+    ) -> Result<Vec<CaseEvent>, StoreError> {
+        let mut fenced: HashSet<String> = HashSet::new();
+        let mut done_keys: Vec<&str> = Vec::new();
+        let mut skipped_keys: Vec<&str> = Vec::new();
+        for f in results {
+            match &f.result {
+                WorkResult::Done { .. } => done_keys.push(&f.work.key),
+                WorkResult::Skipped => skipped_keys.push(&f.work.key),
+                WorkResult::Retry { at, error } => {
+                    let n = self
+                        .db_exec(
+                            txn,
+                            "UPDATE effects SET attempts = attempts + 1, due_at = ?, lease_owner = NULL, \
+                             lease_until = NULL, last_error = ?, updated_at = ? \
+                             WHERE key = ? AND lease_owner = ? AND status = 'pending'",
+                            vec![
+                                at.0.into(),
+                                error.clone().into(),
+                                now.0.into(),
+                                f.work.key.clone().into(),
+                                owner.to_owned().into(),
+                            ],
+                        )
+                        .await?;
+                    if n == 1 {
+                        fenced.insert(f.work.key.clone());
+                    }
                 }
-                event.clone().map(|e| (e, detail.clone()))
+                WorkResult::Failed { error } => {
+                    let n = self
+                        .db_exec(
+                            txn,
+                            "UPDATE effects SET status = 'failed', attempts = attempts + 1, lease_owner = NULL, \
+                             lease_until = NULL, last_error = ?, updated_at = ? \
+                             WHERE key = ? AND lease_owner = ? AND status = 'pending'",
+                            vec![
+                                error.clone().into(),
+                                now.0.into(),
+                                f.work.key.clone().into(),
+                                owner.to_owned().into(),
+                            ],
+                        )
+                        .await?;
+                    if n == 1 {
+                        fenced.insert(f.work.key.clone());
+                    }
+                }
             }
-            WorkResult::Failed { error } => Some((
-                Event::StepFailed {
-                    step: f.work.step,
-                    reason: error.clone(),
-                },
-                format!("{} failed: {error}", f.work.step.name()),
-            )),
-            WorkResult::Retry { .. } | WorkResult::Skipped => None,
-        };
-        if let Some((event, detail)) = event {
-            match self
-                .apply_in(txn, &f.work.case_id, None, &event, &meta(detail))
+        }
+        for (status, keys) in [("done", &done_keys), ("cancelled", &skipped_keys)] {
+            if keys.is_empty() {
+                continue;
+            }
+            let marks = vec!["?"; keys.len()].join(", ");
+            let mut values: Vec<Value> = vec![status.to_owned().into(), now.0.into(), owner.to_owned().into()];
+            values.extend(keys.iter().map(|k| Value::from((*k).to_owned())));
+            let rows = txn
+                .query_all_raw(self.stmt(
+                    &format!(
+                        "UPDATE effects SET status = ?, attempts = attempts + 1, lease_owner = NULL, \
+                         lease_until = NULL, last_error = NULL, updated_at = ? \
+                         WHERE lease_owner = ? AND status = 'pending' AND key IN ({marks}) RETURNING key"
+                    ),
+                    values,
+                ))
                 .await
-            {
-                Ok((_, Some(e))) => appended.push(e),
-                Ok((_, None)) => {}
+                .map_err(StoreError::Unavailable)?;
+            for r in rows {
+                if let Ok(k) = r.try_get::<String>("", "key") {
+                    fenced.insert(k);
+                }
+            }
+        }
+
+        let mut events: Vec<(&Finished, Event, String)> = Vec::new();
+        for f in results.iter().filter(|f| fenced.contains(&f.work.key)) {
+            match &f.result {
+                WorkResult::Done { event: Some(e), detail, .. } => events.push((f, e.clone(), detail.clone())),
+                WorkResult::Done { event: None, snapshot: Some(_), .. } => {}
+                WorkResult::Failed { error } => events.push((
+                    f,
+                    Event::StepFailed {
+                        step: f.work.step,
+                        reason: error.clone(),
+                    },
+                    format!("{} failed: {error}", f.work.step.name()),
+                )),
+                _ => {}
+            }
+            if !fenced.contains(&f.work.key) {
+                tracing::warn!(key = %f.work.key, "lease lost before the result was recorded; dropped");
+            }
+        }
+        let ids: Vec<&CaseId> = events.iter().map(|(f, _, _)| &f.work.case_id).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut models = self.load_many(txn, &ids, true).await?;
+        let mut cs = ChangeSet::default();
+        for (f, event, detail) in events {
+            let Some(model) = models.get_mut(&f.work.case_id.to_string()) else {
+                continue;
+            };
+            if let WorkResult::Done { snapshot: Some(snap), .. } = &f.result {
+                let json = serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                model.kiv_snapshot = Some(
+                    self.vault
+                        .seal(&Self::snapshot_context(&model.id), &json)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+                cs.touch(model);
+            }
+            let meta = EventMeta {
+                actor: "system".into(),
+                trace_id: model.trace_id.clone(),
+                at: now,
+                detail,
+            };
+            match self.plan_event(&mut cs, model, &event, &meta) {
+                Ok(_) => {}
                 // A result the case no longer accepts (it moved on meanwhile) is recorded as done
-                // and otherwise ignored; storage errors abort the whole batch.
+                // and otherwise ignored.
                 Err(StoreError::Transition(t)) => {
                     tracing::info!(case_id = %f.work.case_id, step = f.work.step.name(), reason = %t, "stale step result ignored");
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        self.flush(txn, cs).await
+    }
+}
+
+/// Row effect to insert or re-arm.
+#[derive(Debug)]
+struct EffectRow {
+    key: String,
+    case_id: String,
+    step: &'static str,
+    n: i64,
+    due_at: i64,
+    now: i64,
+}
+
+/// Writes gathered in memory during one transaction and flushed together.
+#[derive(Debug, Default)]
+struct ChangeSet {
+    /// Final versions of touched case rows, in first-touch order.
+    cases: Vec<cases::Model>,
+    index: HashMap<String, usize>,
+    events: Vec<case_events::ActiveModel>,
+    effects: Vec<EffectRow>,
+    removals: Vec<String>,
+    terminal: Vec<String>,
+    appended: Vec<CaseEvent>,
+}
+
+impl ChangeSet {
+    fn touch(&mut self, model: &cases::Model) {
+        match self.index.get(&model.id) {
+            Some(&i) => self.cases[i] = model.clone(),
+            None => {
+                self.index.insert(model.id.clone(), self.cases.len());
+                self.cases.push(model.clone());
+            }
+        }
     }
 }
 
@@ -784,6 +879,12 @@ impl CaseStore for SeaStore {
             .transpose()
     }
 
+    async fn get_many(&self, ids: &[CaseId]) -> Result<Vec<Deregistration>, StoreError> {
+        let refs: Vec<&CaseId> = ids.iter().collect();
+        let rows = self.load_many(&self.db, &refs, false).await?;
+        rows.values().map(|m| self.to_domain(m)).collect()
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Vec<Deregistration>, StoreError> {
         let mut q = cases::Entity::find();
         if let Some(p) = &query.care_provider {
@@ -826,10 +927,16 @@ impl CaseStore for SeaStore {
         meta: EventMeta,
     ) -> Result<Deregistration, StoreError> {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
-        let (case, appended) = self.apply_in(&txn, id, owner, event, &meta).await?;
+        let mut model = self.find_case(&txn, id, true).await?.ok_or(StoreError::NotFound)?;
+        if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
+            return Err(StoreError::NotFound);
+        }
+        let mut cs = ChangeSet::default();
+        self.plan_event(&mut cs, &mut model, event, &meta)?;
+        let appended = self.flush(&txn, cs).await?;
         txn.commit().await.map_err(StoreError::Unavailable)?;
-        self.publish(appended.into_iter().collect(), true);
-        Ok(case)
+        self.publish(appended, true);
+        self.to_domain(&model)
     }
 
     async fn audit(&self, id: &CaseId, kind: &str, meta: EventMeta) -> Result<(), StoreError> {
@@ -838,12 +945,13 @@ impl CaseStore for SeaStore {
             .find_case(&txn, id, true)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let saga = self.to_domain(&model)?.saga();
-        let (_, event) = self
-            .write_change(&txn, model, saga, kind, &[], &meta, None)
-            .await?;
+        let mut model = model;
+        let saga = Self::saga_of(&model)?;
+        let mut cs = ChangeSet::default();
+        self.plan_change(&mut cs, &mut model, saga, kind, &[], &meta, None)?;
+        let appended = self.flush(&txn, cs).await?;
         txn.commit().await.map_err(StoreError::Unavailable)?;
-        self.publish(vec![event], false);
+        self.publish(appended, false);
         Ok(())
     }
 
@@ -953,10 +1061,7 @@ impl CaseStore for SeaStore {
         }
         let now = Timestamp::now();
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
-        let mut appended = Vec::new();
-        for f in &results {
-            self.finish_one(&txn, owner, f, now, &mut appended).await?;
-        }
+        let appended = self.finish_in(&txn, owner, &results, now).await?;
         txn.commit().await.map_err(StoreError::Unavailable)?;
         self.publish(appended, true);
         Ok(())

@@ -4,5 +4,6 @@ mod api;
 mod auth;
 mod helpers;
 mod privacy;
+mod process;
 mod saga;
 mod store;

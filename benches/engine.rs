@@ -1,0 +1,213 @@
+//! Engine throughput and footprint on SQLite with simulated connectors.
+//!
+//! `cargo bench --bench engine` — prints figures; `docs/benchmarks.md` records a run.
+//! Env: ETK_BENCH_CASES (default 5000), ETK_BENCH_WAITING (default 10000).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etjanstekort_gateway::connectors::Connectors;
+use etjanstekort_gateway::connectors::simulated::{Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId};
+use etjanstekort_gateway::domain::saga::SnapshotState;
+use etjanstekort_gateway::domain::{
+    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName, Personnummer,
+    Reason, Reporter, State, Timestamp,
+};
+use etjanstekort_gateway::engine::{Engine, EngineConfig};
+use etjanstekort_gateway::privacy::Vault;
+use etjanstekort_gateway::storage::{CaseStore, CreateCase, EventMeta, ListQuery, SeaStore, Timing};
+
+fn report(i: usize) -> NewDeregistration {
+    let pnr = Personnummer::synthetic(1950 + (i % 50) as i32, 1 + (i % 12) as u8, 1 + (i % 28) as u8, 1 + (i % 998) as u16)
+        .unwrap();
+    NewDeregistration {
+        care_unit: HsaId::parse("SE1655999991-S000000000011").unwrap(),
+        card_holder: CardHolder {
+            personnummer: pnr,
+            full_name: PersonName::parse("Bench Person").unwrap(),
+            email: Some(Email::parse("holder@example.se").unwrap()),
+        },
+        card_number: CardNumber::parse(&format!("{:012}", 900_000_000 + i)).unwrap(),
+        reason: Reason::EmploymentEnded,
+        card_received_at: Timestamp::now(),
+        reported_by: Reporter {
+            hsa_id: HsaId::parse("SE1655999991-P000000000099").unwrap(),
+            full_name: PersonName::parse("Bench Chef").unwrap(),
+            email: Email::parse("chef@example.se").unwrap(),
+        },
+        route: KivRemovalRoute::CareProvider,
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn store(dir: &std::path::Path, poll: bool) -> Arc<SeaStore> {
+    let vault = Arc::new(Vault::from_master_key(&[5u8; 32]).unwrap());
+    let url = format!("sqlite://{}?mode=rwc", dir.join("bench.sqlite").display());
+    let s = SeaStore::connect(&url, 1, Duration::from_secs(30), vault)
+        .await
+        .unwrap()
+        .with_timing(Timing {
+            poll_interval: Duration::ZERO,
+            remind_after: Duration::from_secs(86_400),
+            escalate_after: Duration::from_secs(864_000),
+            poll_outcome: poll,
+        });
+    s.migrate().await.unwrap();
+    Arc::new(s)
+}
+
+async fn create_cases(store: &Arc<SeaStore>, n: usize, offset: usize) -> f64 {
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let per = n.div_ceil(16);
+    for t in 0..16 {
+        let store = store.clone();
+        set.spawn(async move {
+            for i in (t * per)..((t + 1) * per).min(n) {
+                let p = HsaId::parse("SE1655999991-E000000000001").unwrap();
+                store
+                    .create(CreateCase {
+                        id: CaseId::new(),
+                        principal: p.clone(),
+                        care_provider: p,
+                        request_id: None,
+                        fingerprint: String::new(),
+                        report: report(offset + i),
+                        meta: EventMeta {
+                            actor: "bench".into(),
+                            trace_id: "0".repeat(32),
+                            at: Timestamp::now(),
+                            detail: String::new(),
+                        },
+                    })
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn remaining(store: &Arc<SeaStore>, states: Vec<State>) -> bool {
+    !store
+        .list(&ListQuery {
+            states,
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+}
+
+fn connectors(latency: Duration, confirm: Option<Duration>) -> Connectors {
+    let f = Faults {
+        latency,
+        failure_rate: 0.0,
+    };
+    Connectors {
+        tjansteid: Arc::new(SimulatedTjansteId::new(confirm, f, None)),
+        kiv: Arc::new(SimulatedKiv::new(true, f, None)),
+        notifier: Arc::new(LogNotifier::new(f, None)),
+    }
+}
+
+fn engine_cfg(workers: usize, batch: u32) -> EngineConfig {
+    EngineConfig {
+        workers,
+        batch_size: batch,
+        idle_poll: Duration::from_millis(20),
+        reconcile_interval: Duration::ZERO,
+        ..EngineConfig::default()
+    }
+}
+
+async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), true).await;
+    let created = create_cases(&store, n, 0).await;
+    let engine = Arc::new(Engine::new(store.clone(), connectors(latency, Some(Duration::ZERO)), engine_cfg(workers, batch)));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let mut set = engine.spawn(rx);
+    let open = vec![State::Accepted, State::RevocationRequested, State::Revoked, State::KivRemovalPending, State::NeedsAttention];
+    while remaining(&store, open.clone()).await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    while set.join_next().await.is_some() {}
+    let attention = remaining(&store, vec![State::NeedsAttention]).await;
+    println!(
+        "completions  cases={n} latency={}ms workers={workers} batch={batch}: {:.0} cases/s ({secs:.2} s; {} effects/case){}; creation {created:.0} cases/s",
+        latency.as_millis(),
+        n as f64 / secs,
+        5,
+        if attention { " SOME NEED ATTENTION" } else { "" }
+    );
+}
+
+async fn waiting(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path(), false).await;
+    let engine = Arc::new(Engine::new(store.clone(), connectors(Duration::ZERO, None), engine_cfg(4, 128)));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut set = engine.spawn(rx);
+    let settle = |store: Arc<SeaStore>| async move {
+        while remaining(&store, vec![State::Accepted]).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let base = rss_kib();
+    let mut rows = Vec::new();
+    let mut total = 0;
+    for step in [1_000, n / 2, n] {
+        let add = step - total;
+        create_cases(&store, add, total).await;
+        total = step;
+        settle(store.clone()).await;
+        rows.push((total, rss_kib()));
+    }
+    let _ = stop.send(true);
+    while set.join_next().await.is_some() {}
+    let waiting = store
+        .list(&ListQuery {
+            states: vec![State::RevocationRequested],
+            snapshot: Some(SnapshotState::Taken),
+            limit: u32::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
+    for (cases, rss) in rows {
+        println!("waiting      cases={cases}: RSS {} KiB (+{} KiB over start)", rss, rss.saturating_sub(base));
+    }
+    println!("waiting      {waiting} cases in REVOCATION_REQUESTED, engine idle");
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let n: usize = std::env::var("ETK_BENCH_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let w: usize = std::env::var("ETK_BENCH_WAITING").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        completions(n, Duration::ZERO, 4, 128).await;
+        completions(n / 2, Duration::from_millis(100), 8, 256).await;
+        waiting(w).await;
+    });
+}

@@ -1,0 +1,266 @@
+//! The real binary as a child process: dev mode, crash (SIGKILL) and restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etjanstekort_gateway::api::pb;
+use pb::deregistration_service_client::DeregistrationServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::helpers::{create, install_crypto, report, unit_a};
+
+/// A running server; killed (SIGKILL) on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn start(dir: &Path, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etjanstekort-gateway"));
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn server");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut buf);
+            if let Ok(mut o) = sink.lock() {
+                o.push_str(&buf);
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let addr = loop {
+            let mut line = String::new();
+            assert!(stdout.read_line(&mut line).expect("read") > 0, "server exited early");
+            if let Some(a) = line.trim().strip_prefix("etjanstekort-gateway listening on ") {
+                break a.to_owned();
+            }
+        };
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut buf);
+            if let Ok(mut o) = sink.lock() {
+                o.push_str(&buf);
+            }
+        });
+        Self { child, addr, output }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill(); // SIGKILL: no shutdown, no drain
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(mut self) -> String {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    pub async fn channel(&self, dir: &Path, who: &str) -> Channel {
+        install_crypto();
+        let certs = dir.join("certs");
+        let read = |f: String| std::fs::read_to_string(certs.join(f)).expect("cert file");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+            .identity(Identity::from_pem(read(format!("{who}.pem")), read(format!("{who}.key"))))
+            .domain_name("localhost");
+        Endpoint::from_shared(format!("https://{}", self.addr))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect")
+    }
+}
+
+async fn states(client: &mut DeregistrationServiceClient<Channel>) -> BTreeMap<String, i32> {
+    let mut out = BTreeMap::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_deregistrations(pb::ListDeregistrationsRequest {
+                page_size: 100,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        for d in page.deregistrations {
+            out.insert(d.id, d.state);
+        }
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn journal(path: &PathBuf) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+#[tokio::test]
+async fn dev_mode_completes_a_case_by_itself() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &[]);
+    let mut client = DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
+    let id = client
+        .create_deregistration(create("dev-1", report(&unit_a(), "19121212-1212", "8100001")))
+        .await
+        .expect("create")
+        .into_inner()
+        .deregistration
+        .expect("case")
+        .id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = states(&mut client).await;
+        if s.get(&id) == Some(&(pb::State::Completed as i32)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dev mode did not complete the case: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Later starts reuse the generated identities.
+    drop(client);
+    let ca_before = std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca");
+    server.terminate();
+    let again = Server::start(dir.path(), &[]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca"), ca_before);
+    let ids: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev-identities.json")).expect("json"))
+            .expect("valid json");
+    for who in ["provider-a", "provider-b", "office", "tjansteid", "operator"] {
+        let c = &ids["clients"][who];
+        assert!(dir.path().join(c["cert"].as_str().expect("cert")).exists(), "{who}");
+        assert!(c["hsa_id"].as_str().is_some_and(|h| h.starts_with("SE")), "{who}");
+    }
+    assert_eq!(ids["ca"], "certs/ca.pem");
+    let mut client = DeregistrationServiceClient::new(again.channel(dir.path(), "provider-a").await);
+    assert_eq!(states(&mut client).await.get(&id), Some(&(pb::State::Completed as i32)));
+}
+
+#[tokio::test]
+async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let journal_path = dir.path().join("journal.log");
+    let env = vec![
+        ("ETK_SIMULATED__CONFIRM_AFTER_SECONDS", "0.3".to_owned()),
+        ("ETK_SIMULATED__LATENCY_MS", "30".to_owned()),
+        ("ETK_SIMULATED__JOURNAL", journal_path.display().to_string()),
+        ("ETK_ENGINE__LEASE_SECONDS", "1".to_owned()),
+        ("ETK_ENGINE__IDLE_POLL_MS", "50".to_owned()),
+        ("ETK_ENGINE__POLL_INTERVAL_SECONDS", "0.1".to_owned()),
+        ("ETK_ENGINE__BATCH_SIZE", "8".to_owned()),
+    ];
+    let server = Server::start(dir.path(), &env);
+    let channel = server.channel(dir.path(), "provider-a").await;
+    const CASES: usize = 60;
+    let mut tasks = Vec::new();
+    for i in 0..CASES {
+        let mut c = DeregistrationServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            c.create_deregistration(create(&format!("crash-{i}"), report(&unit_a(), "19121212-1212", &format!("82{i:05}"))))
+                .await
+                .map(|r| r.into_inner().deregistration.expect("case").id)
+        }));
+    }
+    let mut ids = BTreeSet::new();
+    for t in tasks {
+        ids.insert(t.await.expect("join").expect("created before the crash"));
+    }
+    // Let the engine get some way, then pull the plug mid-flight.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut client = DeregistrationServiceClient::new(channel);
+    let before = states(&mut client).await;
+    let completed_before = before.values().filter(|s| **s == pb::State::Completed as i32).count();
+    server.kill9();
+    assert!(completed_before < CASES, "the crash came too late to mean anything");
+
+    let server = Server::start(dir.path(), &env);
+    let mut client = DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let s = states(&mut client).await;
+        if s.len() == CASES && s.values().all(|st| *st == pb::State::Completed as i32) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not every case completed after the restart: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.keys().cloned().collect::<BTreeSet<_>>(), ids);
+
+    // Every side effect ran under its stable key: retries after the crash reuse it.
+    let entries = journal(&journal_path);
+    for id in &ids {
+        let keys = |kind: &str| -> BTreeSet<String> {
+            entries
+                .iter()
+                .filter(|(k, v)| k == kind && v.starts_with(id.as_str()))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(keys("report"), BTreeSet::from([format!("{id}:report")]));
+        assert_eq!(keys("remove_kiv"), BTreeSet::from([format!("{id}:remove_kiv")]));
+        assert_eq!(
+            keys("notify"),
+            BTreeSet::from([format!("{id}:notify:head"), format!("{id}:notify:holder")])
+        );
+    }
+    // And the audit trail has each step exactly once, in order, without gaps.
+    let id = ids.iter().next().expect("a case").clone();
+    let mut stream = client
+        .watch_deregistration(pb::WatchDeregistrationRequest { id })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut kinds = Vec::new();
+    let mut seqs = Vec::new();
+    while let Some(m) = stream.message().await.expect("stream") {
+        let e = m.event.expect("event");
+        seqs.push(e.sequence);
+        kinds.push(e.kind);
+    }
+    assert_eq!(seqs, (1..=kinds.len() as i64).collect::<Vec<_>>());
+    assert_eq!(
+        kinds,
+        ["accepted", "kiv_snapshot_taken", "revocation_requested", "revocation_confirmed", "notified", "kiv_removed"]
+    );
+}

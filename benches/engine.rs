@@ -113,14 +113,16 @@ async fn remaining(store: &Arc<SeaStore>, states: Vec<State>) -> bool {
         .is_empty()
 }
 
-fn connectors(latency: Duration, confirm: Option<Duration>) -> Connectors {
+/// `employ`: the simulated KIV keeps an employment per person in this process's memory —
+/// registry state, not gateway state — so the footprint run leaves it off.
+fn connectors(latency: Duration, confirm: Option<Duration>, employ: bool) -> Connectors {
     let f = Faults {
         latency,
         failure_rate: 0.0,
     };
     Connectors {
         tjansteid: Arc::new(SimulatedTjansteId::new(confirm, f, None)),
-        kiv: Arc::new(SimulatedKiv::new(true, f, None)),
+        kiv: Arc::new(SimulatedKiv::new(employ, f, None)),
         notifier: Arc::new(LogNotifier::new(f, None)),
     }
 }
@@ -139,7 +141,7 @@ async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
     let created = create_cases(&store, n, 0).await;
-    let engine = Arc::new(Engine::new(store.clone(), connectors(latency, Some(Duration::ZERO)), engine_cfg(workers, batch)));
+    let engine = Arc::new(Engine::new(store.clone(), connectors(latency, Some(Duration::ZERO), true), engine_cfg(workers, batch)));
     let (stop, rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let mut set = engine.spawn(rx);
@@ -163,7 +165,7 @@ async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
 async fn waiting(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), false).await;
-    let engine = Arc::new(Engine::new(store.clone(), connectors(Duration::ZERO, None), engine_cfg(4, 128)));
+    let engine = Arc::new(Engine::new(store.clone(), connectors(Duration::ZERO, None, false), engine_cfg(4, 128)));
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut set = engine.spawn(rx);
     let settle = |store: Arc<SeaStore>| async move {
@@ -173,9 +175,10 @@ async fn waiting(n: usize) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let base = rss_kib();
+    println!("waiting      start: RSS {base} KiB");
     let mut rows = Vec::new();
     let mut total = 0;
-    for step in [1_000, n / 2, n] {
+    for step in [n / 10, n / 2, n] {
         let add = step - total;
         create_cases(&store, add, total).await;
         total = step;
@@ -187,7 +190,7 @@ async fn waiting(n: usize) {
     let waiting = store
         .list(&ListQuery {
             states: vec![State::RevocationRequested],
-            snapshot: Some(SnapshotState::Taken),
+            snapshot: Some(SnapshotState::Absent),
             limit: u32::MAX,
             ..Default::default()
         })
@@ -205,9 +208,16 @@ fn main() {
     let n: usize = std::env::var("ETK_BENCH_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
     let w: usize = std::env::var("ETK_BENCH_WAITING").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // `cargo bench --bench engine -- waiting` measures memory in a fresh process, before any
+    // other run has grown the heap.
+    let only = std::env::args().skip(1).find(|a| a == "waiting" || a == "completions");
     rt.block_on(async {
-        completions(n, Duration::ZERO, 4, 128).await;
-        completions(n / 2, Duration::from_millis(100), 8, 256).await;
-        waiting(w).await;
+        if only.as_deref() != Some("completions") {
+            waiting(w).await;
+        }
+        if only.as_deref() != Some("waiting") {
+            completions(n, Duration::ZERO, 4, 128).await;
+            completions(n / 2, Duration::from_millis(100), 8, 256).await;
+        }
     });
 }

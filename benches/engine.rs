@@ -9,19 +9,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etjanstekort_gateway::connectors::Connectors;
-use etjanstekort_gateway::connectors::simulated::{Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId};
+use etjanstekort_gateway::connectors::simulated::{
+    Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
+};
 use etjanstekort_gateway::domain::saga::SnapshotState;
 use etjanstekort_gateway::domain::{
-    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName, Personnummer,
-    Reason, Reporter, State, Timestamp,
+    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
+    Personnummer, Reason, Reporter, State, Timestamp,
 };
 use etjanstekort_gateway::engine::{Engine, EngineConfig};
 use etjanstekort_gateway::privacy::Vault;
-use etjanstekort_gateway::storage::{CaseStore, CreateCase, EventMeta, ListQuery, SeaStore, Timing};
+use etjanstekort_gateway::storage::{
+    CaseStore, CreateCase, EventMeta, ListQuery, SeaStore, Timing,
+};
 
 fn report(i: usize) -> NewDeregistration {
-    let pnr = Personnummer::synthetic(1950 + (i % 50) as i32, 1 + (i % 12) as u8, 1 + (i % 28) as u8, 1 + (i % 998) as u16)
-        .unwrap();
+    let pnr = Personnummer::synthetic(
+        1950 + (i % 50) as i32,
+        1 + (i % 12) as u8,
+        1 + (i % 28) as u8,
+        1 + (i % 998) as u16,
+    )
+    .unwrap();
     NewDeregistration {
         care_unit: HsaId::parse("SE1655999991-S000000000011").unwrap(),
         card_holder: CardHolder {
@@ -141,11 +150,21 @@ async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), true).await;
     let created = create_cases(&store, n, 0).await;
-    let engine = Arc::new(Engine::new(store.clone(), connectors(latency, Some(Duration::ZERO), true), engine_cfg(workers, batch)));
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        connectors(latency, Some(Duration::ZERO), true),
+        engine_cfg(workers, batch),
+    ));
     let (stop, rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let mut set = engine.spawn(rx);
-    let open = vec![State::Accepted, State::RevocationRequested, State::Revoked, State::KivRemovalPending, State::NeedsAttention];
+    let open = vec![
+        State::Accepted,
+        State::RevocationRequested,
+        State::Revoked,
+        State::KivRemovalPending,
+        State::NeedsAttention,
+    ];
     while remaining(&store, open.clone()).await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -158,14 +177,22 @@ async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
         latency.as_millis(),
         n as f64 / secs,
         5,
-        if attention { " SOME NEED ATTENTION" } else { "" }
+        if attention {
+            " SOME NEED ATTENTION"
+        } else {
+            ""
+        }
     );
 }
 
 async fn waiting(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path(), false).await;
-    let engine = Arc::new(Engine::new(store.clone(), connectors(Duration::ZERO, None, false), engine_cfg(4, 128)));
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        connectors(Duration::ZERO, None, false),
+        engine_cfg(4, 128),
+    ));
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut set = engine.spawn(rx);
     let settle = |store: Arc<SeaStore>| async move {
@@ -198,19 +225,34 @@ async fn waiting(n: usize) {
         .unwrap()
         .len();
     for (cases, rss) in rows {
-        println!("waiting      cases={cases}: RSS {} KiB (+{} KiB over start)", rss, rss.saturating_sub(base));
+        println!(
+            "waiting      cases={cases}: RSS {} KiB (+{} KiB over start)",
+            rss,
+            rss.saturating_sub(base)
+        );
     }
     println!("waiting      {waiting} cases in REVOCATION_REQUESTED, engine idle");
 }
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let n: usize = std::env::var("ETK_BENCH_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
-    let w: usize = std::env::var("ETK_BENCH_WAITING").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let n: usize = std::env::var("ETK_BENCH_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let w: usize = std::env::var("ETK_BENCH_WAITING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // `cargo bench --bench engine -- waiting` measures memory in a fresh process, before any
     // other run has grown the heap.
-    let only = std::env::args().skip(1).find(|a| a == "waiting" || a == "completions");
+    let only = std::env::args()
+        .skip(1)
+        .find(|a| a == "waiting" || a == "completions");
     rt.block_on(async {
         if only.as_deref() != Some("completions") {
             waiting(w).await;

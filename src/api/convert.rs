@@ -5,8 +5,9 @@ use base64::Engine;
 use prost_types::Timestamp as PbTimestamp;
 use tonic_types::FieldViolation;
 
-use super::error::ApiError;
+use super::error::{ApiError, violation};
 use super::pb;
+use crate::domain::Rule;
 use crate::domain::{
     CardHolder, CardNumber, CaseEvent, CaseId, Deregistration, Email, HsaId, KivRemovalRoute,
     NewDeregistration, PersonName, Personnummer, Reason, Reporter, State, Timestamp,
@@ -19,18 +20,18 @@ const FUTURE_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
 struct Violations(Vec<FieldViolation>);
 
 impl Violations {
-    fn take<T, E: std::fmt::Display>(&mut self, field: &str, r: Result<T, E>) -> Option<T> {
+    fn take<T, E: Rule>(&mut self, field: &str, r: Result<T, E>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
             Err(e) => {
-                self.0.push(FieldViolation::new(field, e.to_string()));
+                self.0.push(violation(field, e.code(), &e));
                 None
             }
         }
     }
 
-    fn push(&mut self, field: &str, rule: &str) {
-        self.0.push(FieldViolation::new(field, rule));
+    fn push(&mut self, field: &str, code: &str, rule: &str) {
+        self.0.push(violation(field, code, rule));
     }
 }
 
@@ -47,6 +48,7 @@ pub fn request_id(raw: &str) -> Result<Option<String>, ApiError> {
     {
         return Err(ApiError::invalid(
             "request_id",
+            "FORMAT",
             "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
         ));
     }
@@ -66,7 +68,7 @@ pub fn new_deregistration(
         Err(e) => return Err(e),
     };
     let Some(d) = &req.deregistration else {
-        v.push("deregistration", "is required");
+        v.push("deregistration", "REQUIRED", "is required");
         return Err(ApiError::InvalidArgument(v.0));
     };
     let p = "deregistration";
@@ -77,7 +79,7 @@ pub fn new_deregistration(
 
     let holder = match &d.card_holder {
         None => {
-            v.push(&format!("{p}.card_holder"), "is required");
+            v.push(&format!("{p}.card_holder"), "REQUIRED", "is required");
             None
         }
         Some(h) => {
@@ -115,6 +117,7 @@ pub fn new_deregistration(
         _ => {
             v.push(
                 &format!("{p}.reason"),
+                "REQUIRED",
                 "is required: REASON_EMPLOYMENT_ENDED or REASON_AGREEMENT_ENDED",
             );
             None
@@ -125,21 +128,25 @@ pub fn new_deregistration(
         Ok(pb::KivRemovalRoute::HealthCareOffice) => Some(KivRemovalRoute::HealthCareOffice),
         _ => {
             v.push(
-                &format!("{p}.kiv_removal_route"),
-                "is required: KIV_REMOVAL_ROUTE_CARE_PROVIDER or KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE",
+                &format!("{p}.kiv_removal_route"), "REQUIRED", "is required: KIV_REMOVAL_ROUTE_CARE_PROVIDER or KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE",
             );
             None
         }
     };
     let received = match &d.card_received_time {
         None => {
-            v.push(&format!("{p}.card_received_time"), "is required");
+            v.push(
+                &format!("{p}.card_received_time"),
+                "REQUIRED",
+                "is required",
+            );
             None
         }
         Some(t) => match timestamp_in(t) {
             None => {
                 v.push(
                     &format!("{p}.card_received_time"),
+                    "INVALID_TIMESTAMP",
                     "is not a valid timestamp",
                 );
                 None
@@ -147,6 +154,7 @@ pub fn new_deregistration(
             Some(ts) if ts.0 > Timestamp::now().0 + FUTURE_SKEW_MICROS => {
                 v.push(
                     &format!("{p}.card_received_time"),
+                    "IN_FUTURE",
                     "must not be in the future",
                 );
                 None
@@ -157,12 +165,13 @@ pub fn new_deregistration(
     if !d.card_cut_across_chip {
         v.push(
             &format!("{p}.card_cut_across_chip"),
+            "MUST_BE_TRUE",
             "must be true: the card must be cut straight across the chip before it is reported",
         );
     }
     let reporter = match &d.reported_by {
         None => {
-            v.push(&format!("{p}.reported_by"), "is required");
+            v.push(&format!("{p}.reported_by"), "REQUIRED", "is required");
             None
         }
         Some(r) => {
@@ -217,10 +226,10 @@ pub fn new_deregistration(
 
 pub fn case_id(field: &str, raw: &str) -> Result<CaseId, ApiError> {
     if raw.trim().is_empty() {
-        return Err(ApiError::invalid(field, "is required"));
+        return Err(ApiError::invalid(field, "REQUIRED", "is required"));
     }
     CaseId::parse(raw)
-        .ok_or_else(|| ApiError::invalid(field, "must be a deregistration id (a UUID)"))
+        .ok_or_else(|| ApiError::invalid(field, "FORMAT", "must be a deregistration id (a UUID)"))
 }
 
 pub fn optional_hsa_id(field: &str, raw: &str) -> Result<Option<HsaId>, ApiError> {
@@ -229,21 +238,25 @@ pub fn optional_hsa_id(field: &str, raw: &str) -> Result<Option<HsaId>, ApiError
     }
     HsaId::parse(raw)
         .map(Some)
-        .map_err(|e| ApiError::invalid(field, e))
+        .map_err(|e| ApiError::invalid(field, e.code(), e))
 }
 
 pub fn optional_state(field: &str, raw: i32) -> Result<Option<State>, ApiError> {
     match pb::State::try_from(raw) {
         Ok(pb::State::Unspecified) => Ok(None),
         Ok(s) => Ok(Some(state_in(s))),
-        Err(_) => Err(ApiError::invalid(field, "is not a known State value")),
+        Err(_) => Err(ApiError::invalid(
+            field,
+            "UNKNOWN_ENUM",
+            "is not a known State value",
+        )),
     }
 }
 
 pub fn page_size(field: &str, raw: i32, default: u32, max: u32) -> Result<u32, ApiError> {
     match raw {
         0 => Ok(default),
-        n if n < 0 => Err(ApiError::invalid(field, "must not be negative")),
+        n if n < 0 => Err(ApiError::invalid(field, "NEGATIVE", "must not be negative")),
         n => Ok((n as u32).min(max)),
     }
 }
@@ -269,7 +282,13 @@ pub fn decode_page_token(
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || ApiError::invalid(field, "is not a page token returned by this list call");
+    let bad = || {
+        ApiError::invalid(
+            field,
+            "PAGE_TOKEN",
+            "is not a page token returned by this list call",
+        )
+    };
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;
@@ -283,6 +302,7 @@ pub fn decode_page_token(
     if mac != token_mac(vault, scope, filters, id) {
         return Err(ApiError::invalid(
             field,
+            "PAGE_TOKEN_MISMATCH",
             "was not issued for this caller and these filters; repeat the list call with the filters it was issued for",
         ));
     }
@@ -435,11 +455,12 @@ pub fn pending_revocation_out(c: &Deregistration) -> pb::PendingRevocation {
 pub fn reference(field: &str, raw: &str) -> Result<String, ApiError> {
     let s = raw.trim();
     if s.is_empty() {
-        return Err(ApiError::invalid(field, "is required"));
+        return Err(ApiError::invalid(field, "REQUIRED", "is required"));
     }
     if s.chars().count() > 64 || !s.chars().all(|c| c.is_ascii_graphic()) {
         return Err(ApiError::invalid(
             field,
+            "FORMAT",
             "must be 1 to 64 printable ASCII characters without spaces",
         ));
     }
@@ -451,6 +472,7 @@ pub fn reference(field: &str, raw: &str) -> Result<String, ApiError> {
     }) {
         return Err(ApiError::invalid(
             field,
+            "CONTAINS_IDENTITY_NUMBER",
             "must not contain a personal identity number",
         ));
     }
@@ -460,7 +482,7 @@ pub fn reference(field: &str, raw: &str) -> Result<String, ApiError> {
 pub fn required_text(field: &str, raw: &str) -> Result<String, ApiError> {
     let s = free_text(field, raw)?;
     if s.is_empty() {
-        return Err(ApiError::invalid(field, "is required"));
+        return Err(ApiError::invalid(field, "REQUIRED", "is required"));
     }
     Ok(s)
 }
@@ -471,12 +493,14 @@ pub fn free_text(field: &str, raw: &str) -> Result<String, ApiError> {
     if s.chars().count() > 500 || s.chars().any(|c| c.is_control() && c != '\n') {
         return Err(ApiError::invalid(
             field,
+            "TOO_LONG",
             "must be at most 500 characters without control characters",
         ));
     }
     if contains_identity_number(s) {
         return Err(ApiError::invalid(
             field,
+            "CONTAINS_IDENTITY_NUMBER",
             "must not contain eight or more digits in a row, even with separators (no personal identity numbers in the audit trail)",
         ));
     }

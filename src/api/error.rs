@@ -22,15 +22,28 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(field: &str, rule: impl std::fmt::Display) -> Self {
-        ApiError::InvalidArgument(vec![FieldViolation::new(field, rule.to_string())])
+    /// One field violation: the field path, a stable rule code and the rule in words.
+    pub fn invalid(field: &str, code: &str, rule: impl std::fmt::Display) -> Self {
+        ApiError::InvalidArgument(vec![violation(field, code, rule)])
     }
+}
+
+pub fn violation(field: &str, code: &str, rule: impl std::fmt::Display) -> FieldViolation {
+    let mut v = FieldViolation::new(field, rule.to_string());
+    v.reason = code.to_owned();
+    v
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::InvalidArgument(v) => {
+                // Field paths and rule codes only: never the rejected values.
+                let fields: Vec<String> = v
+                    .iter()
+                    .map(|f| format!("{}={}", f.field, f.reason))
+                    .collect();
+                tracing::info!(violations = ?fields, "request rejected: invalid argument");
                 let summary = v
                     .iter()
                     .map(|f| format!("{}: {}", f.field, f.description))
@@ -43,7 +56,10 @@ impl From<ApiError> for Status {
                 )
             }
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),
-            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::PermissionDenied(m) => {
+                tracing::info!(reason = %m, "request denied");
+                Status::permission_denied(m)
+            }
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::AlreadyExists(m) => Status::already_exists(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),

@@ -425,6 +425,7 @@ impl OperationsService for Api {
             _ => {
                 return Err(ApiError::invalid(
                     "resolution",
+                    "REQUIRED",
                     "is required: RESOLUTION_COMPLETED or RESOLUTION_CANCELLED",
                 )
                 .into());

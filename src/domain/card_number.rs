@@ -16,6 +16,16 @@ pub enum CardNumberError {
     Length,
 }
 
+impl super::Rule for CardNumberError {
+    fn code(&self) -> &'static str {
+        match self {
+            CardNumberError::Empty => "REQUIRED",
+            CardNumberError::NotDigits => "NOT_DIGITS",
+            CardNumberError::Length => "LENGTH",
+        }
+    }
+}
+
 impl CardNumber {
     pub const MIN_DIGITS: usize = 6;
     pub const MAX_DIGITS: usize = 32;

@@ -77,6 +77,15 @@ pub enum PersonNameError {
     Format,
 }
 
+impl super::Rule for PersonNameError {
+    fn code(&self) -> &'static str {
+        match self {
+            PersonNameError::Empty => "REQUIRED",
+            PersonNameError::Format => "FORMAT",
+        }
+    }
+}
+
 impl PersonName {
     pub fn parse(input: &str) -> Result<Self, PersonNameError> {
         let s = input.trim();

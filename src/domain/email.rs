@@ -16,6 +16,15 @@ pub enum EmailError {
     Format,
 }
 
+impl super::Rule for EmailError {
+    fn code(&self) -> &'static str {
+        match self {
+            EmailError::Empty => "REQUIRED",
+            EmailError::Format => "FORMAT",
+        }
+    }
+}
+
 impl Email {
     pub fn parse(input: &str) -> Result<Self, EmailError> {
         let s = input.trim();

@@ -25,6 +25,19 @@ pub enum HsaIdError {
     Suffix,
 }
 
+impl super::Rule for HsaIdError {
+    fn code(&self) -> &'static str {
+        match self {
+            HsaIdError::Empty => "REQUIRED",
+            HsaIdError::TooLong => "TOO_LONG",
+            HsaIdError::Prefix => "FORMAT",
+            HsaIdError::OrganisationCheckDigit => "ORGANISATION_CHECK_DIGIT",
+            HsaIdError::OrganisationThirdDigit => "ORGANISATION_THIRD_DIGIT",
+            HsaIdError::Suffix => "FORMAT",
+        }
+    }
+}
+
 impl HsaId {
     pub const MAX_LEN: usize = 31;
 

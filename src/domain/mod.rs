@@ -18,3 +18,9 @@ pub use case::{
 pub use email::{Email, EmailError};
 pub use hsa_id::{HsaId, HsaIdError};
 pub use personnummer::{IdentityKind, Personnummer, PersonnummerError};
+
+/// A validation rule's stable code (for `google.rpc.BadRequest` field violations' `reason`),
+/// next to its human-readable description (`Display`).
+pub trait Rule: std::fmt::Display {
+    fn code(&self) -> &'static str;
+}

@@ -29,12 +29,29 @@ pub enum PersonnummerError {
     InvalidDate,
     #[error("the date of birth is in the future")]
     FutureDate,
+    #[error("the year of birth must be 1880 or later")]
+    ImplausibleYear,
     #[error("birth number 000 is not valid")]
     BirthNumberZero,
     #[error(
         "check digit does not match (Luhn mod 10 over the first nine digits of the ten-digit form)"
     )]
     CheckDigit,
+}
+
+impl super::Rule for PersonnummerError {
+    fn code(&self) -> &'static str {
+        match self {
+            PersonnummerError::Empty => "REQUIRED",
+            PersonnummerError::Format => "FORMAT",
+            PersonnummerError::ReserveNumber => "RESERVE_NUMBER",
+            PersonnummerError::InvalidDate => "INVALID_DATE",
+            PersonnummerError::FutureDate => "FUTURE_DATE",
+            PersonnummerError::ImplausibleYear => "IMPLAUSIBLE_YEAR",
+            PersonnummerError::BirthNumberZero => "BIRTH_NUMBER_ZERO",
+            PersonnummerError::CheckDigit => "CHECK_DIGIT",
+        }
+    }
 }
 
 /// Whether the number is a personnummer or a samordningsnummer (day + 60).
@@ -50,8 +67,9 @@ impl Personnummer {
         Self::parse_at(input, Date::today_utc())
     }
 
-    /// Parses relative to `today`, which decides the century of the ten-digit forms:
-    /// `-` or no separator means younger than 100, `+` means 100 or older.
+    /// Parses relative to `today`, which decides the century of the ten-digit forms. As the
+    /// Swedish Tax Agency writes them, `-` (or no separator) is used until the calendar year the
+    /// holder turns 100, and `+` from that year on.
     pub fn parse_at(input: &str, today: Date) -> Result<Self, PersonnummerError> {
         let s = input.trim();
         if s.is_empty() {
@@ -108,11 +126,14 @@ impl Personnummer {
             )
         } else {
             let yy = i32::from(d[0]) * 10 + i32::from(d[1]);
-            (century_for(yy, &d[2..6], sep == Some(b'+'), today), &d[2..])
+            (century_for(yy, sep == Some(b'+'), today), &d[2..])
         };
         let month = rest[0] * 10 + rest[1];
         let raw_day = rest[2] * 10 + rest[3];
         let day = if raw_day > 60 { raw_day - 60 } else { raw_day };
+        if year < 1880 {
+            return Err(PersonnummerError::ImplausibleYear);
+        }
         let birth = Date::new(year, month, day).ok_or(PersonnummerError::InvalidDate)?;
         if birth > today {
             return Err(PersonnummerError::FutureDate);
@@ -166,17 +187,16 @@ impl Personnummer {
     }
 }
 
-fn century_for(yy: i32, mmdd: &[u8], plus: bool, today: Date) -> i32 {
-    let base = today.year() - today.year().rem_euclid(100);
-    let mut year = base + yy;
-    let month = mmdd[0] * 10 + mmdd[1];
-    let day = (mmdd[2] * 10 + mmdd[3]) % 60;
-    // Compare (month, day) without building a date: an invalid one is rejected later anyway.
-    let after_today = (year, month, day) > (today.year(), today.month(), today.day());
-    if after_today {
-        year -= 100;
-    }
-    if plus {
+/// The birth year of a ten-digit form by calendar year: without `+` the latest year not after
+/// this one, with `+` the latest year at least 100 years back.
+fn century_for(yy: i32, plus: bool, today: Date) -> i32 {
+    let latest = if plus {
+        today.year() - 100
+    } else {
+        today.year()
+    };
+    let mut year = latest - latest.rem_euclid(100) + yy;
+    if year > latest {
         year -= 100;
     }
     year
@@ -265,6 +285,16 @@ mod tests {
         assert_eq!(parse("19121212+1212"), Err(PersonnummerError::Format));
         assert_eq!(parse("1212-121212"), Err(PersonnummerError::Format));
         assert_eq!(parse("12121212121"), Err(PersonnummerError::Format));
+        assert_eq!(
+            parse("18001212-1216"),
+            Err(PersonnummerError::ImplausibleYear)
+        );
+        // By calendar year: someone born in 1926 writes `+` all through 2026.
+        assert_eq!(
+            parse("261212+1216").map(|p| p.expose_digits()),
+            Ok("192612121216".into())
+        );
+        assert_eq!(parse("261130-1215"), Err(PersonnummerError::FutureDate));
         assert_eq!(parse("121212–1212"), Err(PersonnummerError::Format));
         // Birth number 000 with a matching check digit is still invalid.
         let zero = format!(
@@ -299,7 +329,7 @@ mod tests {
         fn generated_numbers_round_trip_through_every_form(p in valid_number()) {
             let p = p.expect("synthetic numbers are valid");
             let d = p.expose_digits();
-            let age_100 = d[..4].parse::<i32>().unwrap() <= today().year() - 100;
+            let age_100 = d[..4].parse::<i32>().unwrap() <= today().year() - 100; // by calendar year
             let sep = if age_100 { '+' } else { '-' };
             let mut forms = vec![d.clone(), format!("{}-{}", &d[..8], &d[8..]),
                                  format!("{}{sep}{}", &d[2..8], &d[8..])];

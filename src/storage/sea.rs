@@ -309,10 +309,21 @@ impl SeaStore {
         if !card_free {
             return Err(StoreError::ActiveCaseExists);
         }
-        let mut model = self.find_case(txn, &cmd.id, false).await?.ok_or(StoreError::NotFound)?;
+        let mut model = self
+            .find_case(txn, &cmd.id, false)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let saga = Saga::new(cmd.report.route);
         let mut cs = ChangeSet::default();
-        self.plan_change(&mut cs, &mut model, saga, "accepted", &initial_effects(&saga), &cmd.meta, None)?;
+        self.plan_change(
+            &mut cs,
+            &mut model,
+            saga,
+            "accepted",
+            &initial_effects(&saga),
+            &cmd.meta,
+            None,
+        )?;
         appended.extend(self.flush(txn, cs).await?);
         Ok(Created::New(self.to_domain(&model)?))
     }
@@ -323,8 +334,10 @@ impl SeaStore {
         let state = |v: &str| State::from_str_opt(v).ok_or_else(|| corrupt("state"));
         Ok(Saga {
             state: state(&m.state)?,
-            route: KivRemovalRoute::from_str_opt(&m.kiv_removal_route).ok_or_else(|| corrupt("route"))?,
-            snapshot: SnapshotState::from_str_opt(&m.snapshot_state).ok_or_else(|| corrupt("snapshot state"))?,
+            route: KivRemovalRoute::from_str_opt(&m.kiv_removal_route)
+                .ok_or_else(|| corrupt("route"))?,
+            snapshot: SnapshotState::from_str_opt(&m.snapshot_state)
+                .ok_or_else(|| corrupt("snapshot state"))?,
             attention_from: m.attention_from.as_deref().map(state).transpose()?,
             revocation_confirmed: m.revocation_confirmed_at.is_some(),
         })
@@ -366,13 +379,17 @@ impl SeaStore {
             cs.terminal.push(model.id.clone());
         }
         if before != Some(saga.state) {
-            let explains = matches!(saga.state, State::NeedsAttention | State::Rejected | State::Cancelled)
-                || kind == "operator_resolved";
+            let explains = matches!(
+                saga.state,
+                State::NeedsAttention | State::Rejected | State::Cancelled
+            ) || kind == "operator_resolved";
             model.state_reason = (explains && !meta.detail.is_empty()).then(|| meta.detail.clone());
         }
         match event {
             Some(Event::ReportSent) => model.reported_at = Some(meta.at.0),
-            Some(Event::RevocationConfirmed { reference }) if model.revocation_confirmed_at.is_none() => {
+            Some(Event::RevocationConfirmed { reference })
+                if model.revocation_confirmed_at.is_none() =>
+            {
                 model.revocation_confirmed_at = Some(meta.at.0);
                 model.revocation_reference = Some(reference.clone());
             }
@@ -391,7 +408,8 @@ impl SeaStore {
             hash: Set(hash.clone()),
         });
         cs.appended.push(CaseEvent {
-            case_id: CaseId::parse(&model.id).ok_or_else(|| StoreError::Corrupt("case id".into()))?,
+            case_id: CaseId::parse(&model.id)
+                .ok_or_else(|| StoreError::Corrupt("case id".into()))?,
             sequence: seq,
             kind: kind.to_owned(),
             state: saga.state,
@@ -406,7 +424,13 @@ impl SeaStore {
         Ok(())
     }
 
-    fn plan_effects(&self, cs: &mut ChangeSet, model: &cases::Model, effects: &[Effect], now: Timestamp) {
+    fn plan_effects(
+        &self,
+        cs: &mut ChangeSet,
+        model: &cases::Model,
+        effects: &[Effect],
+        now: Timestamp,
+    ) {
         for effect in effects {
             if effect.step == Step::PollOutcome && !self.timing.poll_outcome {
                 continue;
@@ -442,7 +466,11 @@ impl SeaStore {
     }
 
     /// Writes a change set: case rows, audit events, then (after the invariant check) effects.
-    async fn flush(&self, txn: &DatabaseTransaction, cs: ChangeSet) -> Result<Vec<CaseEvent>, StoreError> {
+    async fn flush(
+        &self,
+        txn: &DatabaseTransaction,
+        cs: ChangeSet,
+    ) -> Result<Vec<CaseEvent>, StoreError> {
         for m in &cs.cases {
             self.db_exec(
                 txn,
@@ -483,7 +511,11 @@ impl SeaStore {
             );
             let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
             for (i, e) in chunk.iter().enumerate() {
-                sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, 'pending', 0, ?, ?)" } else { ", (?, ?, ?, ?, ?, 'pending', 0, ?, ?)" });
+                sql.push_str(if i == 0 {
+                    "(?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+                } else {
+                    ", (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+                });
                 values.extend([
                     e.key.clone().into(),
                     e.case_id.clone().into(),
@@ -522,7 +554,11 @@ impl SeaStore {
 
     /// Architecture invariant, checked where removals are enqueued: each case's revocation
     /// confirmation must already be durable in this transaction's view of the rows.
-    async fn assert_revocation_recorded(&self, txn: &DatabaseTransaction, case_ids: &[String]) -> Result<(), StoreError> {
+    async fn assert_revocation_recorded(
+        &self,
+        txn: &DatabaseTransaction,
+        case_ids: &[String],
+    ) -> Result<(), StoreError> {
         let mut ids: Vec<&String> = case_ids.iter().collect();
         ids.sort();
         ids.dedup();
@@ -542,7 +578,12 @@ impl SeaStore {
         Ok(())
     }
 
-    async fn db_exec(&self, txn: &DatabaseTransaction, sql: &str, values: Vec<Value>) -> Result<u64, StoreError> {
+    async fn db_exec(
+        &self,
+        txn: &DatabaseTransaction,
+        sql: &str,
+        values: Vec<Value>,
+    ) -> Result<u64, StoreError> {
         txn.execute_raw(self.stmt(sql, values))
             .await
             .map(|r| r.rows_affected())
@@ -561,7 +602,15 @@ impl SeaStore {
         let outcome = transition(Self::saga_of(model)?, event)?;
         match outcome.audit {
             Some(kind) => {
-                self.plan_change(cs, model, outcome.saga, kind, &outcome.effects, meta, Some(event))?;
+                self.plan_change(
+                    cs,
+                    model,
+                    outcome.saga,
+                    kind,
+                    &outcome.effects,
+                    meta,
+                    Some(event),
+                )?;
                 Ok(true)
             }
             None => {
@@ -579,7 +628,8 @@ impl SeaStore {
         ids: &[&CaseId],
         lock: bool,
     ) -> Result<HashMap<String, cases::Model>, StoreError> {
-        let mut q = cases::Entity::find().filter(cases::Column::Id.is_in(ids.iter().map(|i| i.to_string())));
+        let mut q = cases::Entity::find()
+            .filter(cases::Column::Id.is_in(ids.iter().map(|i| i.to_string())));
         if lock && self.is_postgres() {
             q = q.lock_exclusive();
         }
@@ -659,7 +709,11 @@ impl SeaStore {
                 continue;
             }
             let marks = vec!["?"; keys.len()].join(", ");
-            let mut values: Vec<Value> = vec![status.to_owned().into(), now.0.into(), owner.to_owned().into()];
+            let mut values: Vec<Value> = vec![
+                status.to_owned().into(),
+                now.0.into(),
+                owner.to_owned().into(),
+            ];
             values.extend(keys.iter().map(|k| Value::from((*k).to_owned())));
             let rows = txn
                 .query_all_raw(self.stmt(
@@ -682,8 +736,16 @@ impl SeaStore {
         let mut events: Vec<(&Finished, Event, String)> = Vec::new();
         for f in results.iter().filter(|f| fenced.contains(&f.work.key)) {
             match &f.result {
-                WorkResult::Done { event: Some(e), detail, .. } => events.push((f, e.clone(), detail.clone())),
-                WorkResult::Done { event: None, snapshot: Some(_), .. } => {}
+                WorkResult::Done {
+                    event: Some(e),
+                    detail,
+                    ..
+                } => events.push((f, e.clone(), detail.clone())),
+                WorkResult::Done {
+                    event: None,
+                    snapshot: Some(_),
+                    ..
+                } => {}
                 WorkResult::Failed { error } => events.push((
                     f,
                     Event::StepFailed {
@@ -708,8 +770,13 @@ impl SeaStore {
             let Some(model) = models.get_mut(&f.work.case_id.to_string()) else {
                 continue;
             };
-            if let WorkResult::Done { snapshot: Some(snap), .. } = &f.result {
-                let json = serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let WorkResult::Done {
+                snapshot: Some(snap),
+                ..
+            } = &f.result
+            {
+                let json =
+                    serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 model.kiv_snapshot = Some(
                     self.vault
                         .seal(&Self::snapshot_context(&model.id), &json)
@@ -927,7 +994,10 @@ impl CaseStore for SeaStore {
         meta: EventMeta,
     ) -> Result<Deregistration, StoreError> {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
-        let mut model = self.find_case(&txn, id, true).await?.ok_or(StoreError::NotFound)?;
+        let mut model = self
+            .find_case(&txn, id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
             return Err(StoreError::NotFound);
         }

@@ -7,7 +7,7 @@ use etjanstekort_gateway::domain::Personnummer;
 use tonic::Code;
 
 use crate::helpers::{
-    TestDb, create, report, spawn_app, spawn_app_with, unit_a, unit_b, violations,
+    TestDb, create, reasons, report, spawn_app, spawn_app_with, unit_a, unit_b, violations,
 };
 
 const PNR_FIELD: &str = "deregistration.card_holder.personal_identity_number";
@@ -87,18 +87,19 @@ async fn invalid_identities_are_refused_with_the_rule_and_nothing_is_stored() {
     let mut client = app.provider("provider-a").await;
     let zero = "121212-0008"; // birth number 000, check digit valid
     let cases = [
-        ("19121212-1213", "check digit"),
-        ("19810829M071", "reserve numbers"),
-        ("810829-M071", "reserve numbers"),
-        ("19121312-1212", "does not exist"),
-        ("19121292-1212", "does not exist"),
-        ("20991212-1212", "future"),
-        ("19121212+1212", "must be"),
-        ("12121212", "must be"),
-        ("", "is required"),
-        (zero, "000"),
+        ("19121212-1213", "check digit", "CHECK_DIGIT"),
+        ("19810829M071", "reserve numbers", "RESERVE_NUMBER"),
+        ("810829-M071", "reserve numbers", "RESERVE_NUMBER"),
+        ("19121312-1212", "does not exist", "INVALID_DATE"),
+        ("19121292-1212", "does not exist", "INVALID_DATE"),
+        ("20991212-1212", "future", "FUTURE_DATE"),
+        ("17991212-1212", "1880", "IMPLAUSIBLE_YEAR"),
+        ("19121212+1212", "must be", "FORMAT"),
+        ("12121212", "must be", "FORMAT"),
+        ("", "is required", "REQUIRED"),
+        (zero, "000", "BIRTH_NUMBER_ZERO"),
     ];
-    for (input, rule) in cases {
+    for (input, rule, code) in cases {
         let err = client
             .create_deregistration(create("", report(&unit_a(), input, "11112222")))
             .await
@@ -107,6 +108,11 @@ async fn invalid_identities_are_refused_with_the_rule_and_nothing_is_stored() {
         let v = violations(&err);
         let description = v.get(PNR_FIELD).unwrap_or_else(|| panic!("{input}: {v:?}"));
         assert!(description.contains(rule), "{input}: {description}");
+        assert_eq!(
+            reasons(&err).get(PNR_FIELD).map(String::as_str),
+            Some(code),
+            "{input}"
+        );
         let digits: String = input.chars().filter(char::is_ascii_digit).collect();
         if digits.len() >= 6 {
             assert!(

@@ -332,3 +332,17 @@ impl TestApp {
         panic!("case {id} never reached {state:?}; last seen {last:?}");
     }
 }
+
+/// The BadRequest rule codes of a status, as (field, reason).
+pub fn reasons(status: &tonic::Status) -> HashMap<String, String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.reason))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -51,8 +51,14 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let addr = loop {
             let mut line = String::new();
-            assert!(stdout.read_line(&mut line).expect("read") > 0, "server exited early");
-            if let Some(a) = line.trim().strip_prefix("etjanstekort-gateway listening on ") {
+            assert!(
+                stdout.read_line(&mut line).expect("read") > 0,
+                "server exited early"
+            );
+            if let Some(a) = line
+                .trim()
+                .strip_prefix("etjanstekort-gateway listening on ")
+            {
                 break a.to_owned();
             }
         };
@@ -64,7 +70,11 @@ impl Server {
                 o.push_str(&buf);
             }
         });
-        Self { child, addr, output }
+        Self {
+            child,
+            addr,
+            output,
+        }
     }
 
     pub fn kill9(mut self) {
@@ -73,7 +83,9 @@ impl Server {
     }
 
     pub fn terminate(mut self) -> String {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -93,7 +105,10 @@ impl Server {
         let read = |f: String| std::fs::read_to_string(certs.join(f)).expect("cert file");
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
-            .identity(Identity::from_pem(read(format!("{who}.pem")), read(format!("{who}.key"))))
+            .identity(Identity::from_pem(
+                read(format!("{who}.pem")),
+                read(format!("{who}.key")),
+            ))
             .domain_name("localhost");
         Endpoint::from_shared(format!("https://{}", self.addr))
             .expect("endpoint")
@@ -140,9 +155,13 @@ fn journal(path: &PathBuf) -> Vec<(String, String)> {
 async fn dev_mode_completes_a_case_by_itself() {
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::start(dir.path(), &[]);
-    let mut client = DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
+    let mut client =
+        DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
     let id = client
-        .create_deregistration(create("dev-1", report(&unit_a(), "19121212-1212", "8100001")))
+        .create_deregistration(create(
+            "dev-1",
+            report(&unit_a(), "19121212-1212", "8100001"),
+        ))
         .await
         .expect("create")
         .into_inner()
@@ -155,7 +174,10 @@ async fn dev_mode_completes_a_case_by_itself() {
         if s.get(&id) == Some(&(pb::State::Completed as i32)) {
             break;
         }
-        assert!(Instant::now() < deadline, "dev mode did not complete the case: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "dev mode did not complete the case: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Later starts reuse the generated identities.
@@ -163,18 +185,38 @@ async fn dev_mode_completes_a_case_by_itself() {
     let ca_before = std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca");
     server.terminate();
     let again = Server::start(dir.path(), &[]);
-    assert_eq!(std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca"), ca_before);
-    let ids: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev-identities.json")).expect("json"))
-            .expect("valid json");
-    for who in ["provider-a", "provider-b", "office", "tjansteid", "operator"] {
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca"),
+        ca_before
+    );
+    let ids: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("dev-identities.json")).expect("json"),
+    )
+    .expect("valid json");
+    for who in [
+        "provider-a",
+        "provider-b",
+        "office",
+        "tjansteid",
+        "operator",
+    ] {
         let c = &ids["clients"][who];
-        assert!(dir.path().join(c["cert"].as_str().expect("cert")).exists(), "{who}");
-        assert!(c["hsa_id"].as_str().is_some_and(|h| h.starts_with("SE")), "{who}");
+        assert!(
+            dir.path().join(c["cert"].as_str().expect("cert")).exists(),
+            "{who}"
+        );
+        assert!(
+            c["hsa_id"].as_str().is_some_and(|h| h.starts_with("SE")),
+            "{who}"
+        );
     }
     assert_eq!(ids["ca"], "certs/ca.pem");
-    let mut client = DeregistrationServiceClient::new(again.channel(dir.path(), "provider-a").await);
-    assert_eq!(states(&mut client).await.get(&id), Some(&(pb::State::Completed as i32)));
+    let mut client =
+        DeregistrationServiceClient::new(again.channel(dir.path(), "provider-a").await);
+    assert_eq!(
+        states(&mut client).await.get(&id),
+        Some(&(pb::State::Completed as i32))
+    );
 }
 
 #[tokio::test]
@@ -197,9 +239,12 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
     for i in 0..CASES {
         let mut c = DeregistrationServiceClient::new(channel.clone());
         tasks.push(tokio::spawn(async move {
-            c.create_deregistration(create(&format!("crash-{i}"), report(&unit_a(), "19121212-1212", &format!("82{i:05}"))))
-                .await
-                .map(|r| r.into_inner().deregistration.expect("case").id)
+            c.create_deregistration(create(
+                &format!("crash-{i}"),
+                report(&unit_a(), "19121212-1212", &format!("82{i:05}")),
+            ))
+            .await
+            .map(|r| r.into_inner().deregistration.expect("case").id)
         }));
     }
     let mut ids = BTreeSet::new();
@@ -210,19 +255,29 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut client = DeregistrationServiceClient::new(channel);
     let before = states(&mut client).await;
-    let completed_before = before.values().filter(|s| **s == pb::State::Completed as i32).count();
+    let completed_before = before
+        .values()
+        .filter(|s| **s == pb::State::Completed as i32)
+        .count();
     server.kill9();
-    assert!(completed_before < CASES, "the crash came too late to mean anything");
+    assert!(
+        completed_before < CASES,
+        "the crash came too late to mean anything"
+    );
 
     let server = Server::start(dir.path(), &env);
-    let mut client = DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
+    let mut client =
+        DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
         let s = states(&mut client).await;
         if s.len() == CASES && s.values().all(|st| *st == pb::State::Completed as i32) {
             break s;
         }
-        assert!(Instant::now() < deadline, "not every case completed after the restart: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not every case completed after the restart: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(after.keys().cloned().collect::<BTreeSet<_>>(), ids);
@@ -238,7 +293,10 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
                 .collect()
         };
         assert_eq!(keys("report"), BTreeSet::from([format!("{id}:report")]));
-        assert_eq!(keys("remove_kiv"), BTreeSet::from([format!("{id}:remove_kiv")]));
+        assert_eq!(
+            keys("remove_kiv"),
+            BTreeSet::from([format!("{id}:remove_kiv")])
+        );
         assert_eq!(
             keys("notify"),
             BTreeSet::from([format!("{id}:notify:head"), format!("{id}:notify:holder")])
@@ -261,6 +319,13 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
     assert_eq!(seqs, (1..=kinds.len() as i64).collect::<Vec<_>>());
     assert_eq!(
         kinds,
-        ["accepted", "kiv_snapshot_taken", "revocation_requested", "revocation_confirmed", "notified", "kiv_removed"]
+        [
+            "accepted",
+            "kiv_snapshot_taken",
+            "revocation_requested",
+            "revocation_confirmed",
+            "notified",
+            "kiv_removed"
+        ]
     );
 }

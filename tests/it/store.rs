@@ -224,3 +224,132 @@ async fn unreadable_data_is_reported_not_guessed() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+async fn outbox_contract(db: TestDb) {
+    use etjanstekort_gateway::domain::saga::Step;
+    use etjanstekort_gateway::storage::{Finished, WorkResult};
+    let store = open(&db).await;
+    let lease = Duration::from_secs(30);
+    let case = store
+        .create(cmd(None, "f", "3000001"))
+        .await
+        .expect("create")
+        .into_case();
+
+    // The new case's first effect is its KIV snapshot, claimable once.
+    let a = store
+        .claim("owner-a", Timestamp::now(), lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].step, a[0].key.clone()),
+        (Step::Snapshot, format!("{}:snapshot", case.id))
+    );
+    assert!(
+        store
+            .claim("owner-b", Timestamp::now(), lease, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+
+    // A result from a worker that does not hold the lease is dropped.
+    let done = |w: &etjanstekort_gateway::storage::Work| Finished {
+        work: w.clone(),
+        result: WorkResult::Done {
+            event: Some(Event::SnapshotTaken { found: false }),
+            snapshot: None,
+            detail: String::new(),
+        },
+    };
+    store
+        .finish("owner-b", vec![done(&a[0])])
+        .await
+        .expect("finish");
+    assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
+
+    // After the lease runs out, another worker takes the effect over under the same key.
+    let later = Timestamp(Timestamp::now().0 + 60_000_000);
+    let b = store
+        .claim("owner-b", later, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        b.iter().map(|w| w.key.clone()).collect::<Vec<_>>(),
+        vec![a[0].key.clone()]
+    );
+    store
+        .finish("owner-b", vec![done(&b[0])])
+        .await
+        .expect("finish");
+    let events = store.events(&case.id).await.expect("events");
+    assert_eq!(
+        events.last().map(|e| e.kind.as_str()),
+        Some("kiv_employment_not_found")
+    );
+    assert!(verify_chain(&events));
+    // ... and the original owner's late result changes nothing.
+    store
+        .finish("owner-a", vec![done(&a[0])])
+        .await
+        .expect("late finish");
+    assert_eq!(
+        store.events(&case.id).await.expect("events").len(),
+        events.len()
+    );
+
+    // The result enqueued the next step, in the same transaction.
+    let next = store
+        .claim("owner-a", later, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        next.iter().map(|w| w.step).collect::<Vec<_>>(),
+        vec![Step::Report]
+    );
+
+    // Concurrent claimers never get the same effect.
+    for i in 0..40 {
+        store
+            .create(cmd(None, "f", &format!("31{i:05}")))
+            .await
+            .expect("create");
+    }
+    let mut claims = Vec::new();
+    for o in 0..4 {
+        let s = store.clone();
+        claims.push(tokio::spawn(async move {
+            s.claim(
+                &format!("c{o}"),
+                Timestamp::now(),
+                Duration::from_secs(30),
+                15,
+            )
+            .await
+            .expect("claim")
+        }));
+    }
+    let mut keys = Vec::new();
+    for c in claims {
+        keys.extend(c.await.expect("join").into_iter().map(|w| w.key));
+    }
+    let unique: std::collections::HashSet<_> = keys.iter().cloned().collect();
+    assert_eq!(unique.len(), keys.len(), "an effect was claimed twice");
+    assert_eq!(keys.len(), 40);
+}
+
+#[tokio::test]
+async fn outbox_contract_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    outbox_contract(TestDb::sqlite(dir.path())).await;
+}
+
+#[tokio::test]
+async fn outbox_contract_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("ETK_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    outbox_contract(db).await;
+}

@@ -133,6 +133,7 @@ fn connectors(latency: Duration, confirm: Option<Duration>, employ: bool) -> Con
         tjansteid: Arc::new(SimulatedTjansteId::new(confirm, f, None)),
         kiv: Arc::new(SimulatedKiv::new(employ, f, None)),
         notifier: Arc::new(LogNotifier::new(f, None)),
+        gateway_removes_kiv: true,
     }
 }
 

@@ -19,6 +19,8 @@ pub enum AppError {
     PermissionDenied(String),
     #[error("deregistration not found")]
     NotFound,
+    #[error("{0}")]
+    Precondition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -33,6 +35,7 @@ impl From<TransitionError> for AppError {
 pub struct Gateway {
     store: Arc<dyn CaseStore>,
     vault: Arc<Vault>,
+    removes_kiv: bool,
 }
 
 /// A page of cases and the id to continue after, if there may be more.
@@ -53,7 +56,17 @@ fn meta(principal: &Principal, trace_id: String, detail: String) -> EventMeta {
 
 impl Gateway {
     pub fn new(store: Arc<dyn CaseStore>, vault: Arc<Vault>) -> Self {
-        Self { store, vault }
+        Self {
+            store,
+            vault,
+            removes_kiv: true,
+        }
+    }
+
+    /// Whether this gateway can remove employments from KIV itself (care-provider route).
+    pub fn removing_kiv(mut self, removes_kiv: bool) -> Self {
+        self.removes_kiv = removes_kiv;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn CaseStore> {
@@ -77,6 +90,12 @@ impl Gateway {
                 "principal {} holds no grant for the care unit in deregistration.care_unit_hsa_id",
                 principal.hsa_id
             )));
+        }
+        if !self.removes_kiv && report.route == KivRemovalRoute::CareProvider {
+            return Err(AppError::Precondition(
+                "this gateway has no access to KIV: use KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE"
+                    .into(),
+            ));
         }
         let fingerprint = self.fingerprint(&report);
         let cmd = CreateCase {

@@ -23,6 +23,41 @@ pub struct Config {
     pub engine: EngineSettings,
     pub connectors: ConnectorsConfig,
     pub simulated: SimulatedConfig,
+    pub ldap: LdapConfig,
+    pub smtp: SmtpConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    pub url: String,
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    pub base_dn: String,
+    pub object_class: String,
+    pub person_attribute: String,
+    pub unit_attribute: String,
+    pub end_date_attribute: String,
+    pub removal: String,
+    pub ca_file: PathBuf,
+    pub allow_plain: bool,
+    pub timeout_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Secret,
+    pub ca_file: PathBuf,
+    pub allow_plain: bool,
+    pub hello_name: String,
+    pub from: String,
+    pub service_desk: String,
+    pub reply_instructions: String,
+    pub timeout_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -47,6 +82,7 @@ pub struct ConnectorsConfig {
     pub tjansteid: String,
     pub kiv: String,
     pub notifier: String,
+    pub require_reachable_at_start: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -247,21 +283,86 @@ impl Config {
                 "api.default_page_size must be between 1 and api.max_page_size".into(),
             ));
         }
-        for (name, v) in [
-            ("connectors.tjansteid", &self.connectors.tjansteid),
-            ("connectors.kiv", &self.connectors.kiv),
+        for (name, v, allowed) in [
+            (
+                "connectors.tjansteid",
+                &self.connectors.tjansteid,
+                &["simulated", "smtp"][..],
+            ),
+            (
+                "connectors.kiv",
+                &self.connectors.kiv,
+                &["simulated", "ldap", "office"][..],
+            ),
+            (
+                "connectors.notifier",
+                &self.connectors.notifier,
+                &["log", "smtp"][..],
+            ),
         ] {
-            if v != "simulated" {
+            if !allowed.contains(&v.as_str()) {
                 return Err(ConfigError::Invalid(format!(
-                    "{name} = \"{v}\": only \"simulated\" is available"
+                    "{name} = \"{v}\": choose one of {}",
+                    allowed.join(", ")
                 )));
             }
         }
-        if self.connectors.notifier != "log" {
-            return Err(ConfigError::Invalid(format!(
-                "connectors.notifier = \"{}\": only \"log\" is available",
-                self.connectors.notifier
-            )));
+        if self.connectors.kiv == "ldap" {
+            let l = &self.ldap;
+            let mut missing = Vec::new();
+            for (n, empty) in [
+                ("ldap.url", l.url.trim().is_empty()),
+                ("ldap.base_dn", l.base_dn.trim().is_empty()),
+                (
+                    "ldap.person_attribute",
+                    l.person_attribute.trim().is_empty(),
+                ),
+                ("ldap.unit_attribute", l.unit_attribute.trim().is_empty()),
+            ] {
+                if empty {
+                    missing.push(n);
+                }
+            }
+            if !l.bind_dn.is_empty() && l.bind_password.is_empty() {
+                missing.push("ldap.bind_password (ldap.bind_dn is set)");
+            }
+            if !missing.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "connectors.kiv = \"ldap\" needs: {}",
+                    missing.join(", ")
+                )));
+            }
+            if !["delete", "end_date"].contains(&l.removal.as_str()) {
+                return Err(ConfigError::Invalid(
+                    "ldap.removal must be \"delete\" or \"end_date\"".into(),
+                ));
+            }
+        }
+        let uses_smtp = self.connectors.tjansteid == "smtp" || self.connectors.notifier == "smtp";
+        if uses_smtp {
+            let m = &self.smtp;
+            let mut missing = Vec::new();
+            for (n, empty) in [
+                ("smtp.host", m.host.trim().is_empty()),
+                ("smtp.from", m.from.trim().is_empty()),
+                (
+                    "smtp.service_desk",
+                    self.connectors.tjansteid == "smtp" && m.service_desk.trim().is_empty(),
+                ),
+            ] {
+                if empty {
+                    missing.push(n);
+                }
+            }
+            if !m.username.is_empty() && m.password.is_empty() {
+                missing.push("smtp.password (smtp.username is set)");
+            }
+            if !missing.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "the SMTP connectors need: {}",
+                    missing.join(", ")
+                )));
+            }
         }
         if !(0.0..=1.0).contains(&self.simulated.failure_rate) {
             return Err(ConfigError::Invalid(

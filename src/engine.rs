@@ -214,7 +214,6 @@ impl Engine {
     pub async fn reconcile_once(&self) -> Result<usize, StoreError> {
         let mut after = None;
         let mut found = 0;
-        let grace = self.cfg.reconcile_interval.as_micros() as i64;
         loop {
             let page = self
                 .store
@@ -234,14 +233,10 @@ impl Engine {
             after = Some(last.id.clone());
             for case in &page {
                 let saga = case.saga();
-                let check = saga.guards_kiv()
-                    && match saga.snapshot {
-                        SnapshotState::Taken => true,
-                        // A snapshot still missing after a full interval means KIV look-ups fail;
-                        // an employment gone meanwhile cannot be restored.
-                        SnapshotState::Pending => Timestamp::now().0 - case.created_at.0 > grace,
-                        SnapshotState::Absent => false,
-                    };
+                // Only a taken snapshot proves there was an employment to guard. Before the snapshot
+                // step has run (KIV down at acceptance), a missing entry proves nothing: the step
+                // itself will record whether the person was employed.
+                let check = saga.guards_kiv() && saga.snapshot == SnapshotState::Taken;
                 if !check {
                     continue;
                 }

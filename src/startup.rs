@@ -50,6 +50,8 @@ pub enum StartError {
     },
     #[error("TLS configuration: {0}")]
     Tls(#[from] tonic::transport::Error),
+    #[error("connector: {0}")]
+    Connector(String),
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError> {
@@ -90,6 +92,7 @@ pub struct App {
     router: tonic::transport::server::Router,
     store: Arc<dyn CaseStore>,
     engine: Arc<Engine>,
+    probes: Connectors,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
 }
@@ -97,7 +100,10 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         config.validate_for_serve()?;
-        let connectors = Connectors::from_config(&config);
+        let connectors = Connectors::from_config(&config).map_err(StartError::Connector)?;
+        if config.connectors.require_reachable_at_start {
+            connectors.probe().await.map_err(StartError::Connector)?;
+        }
         Self::build_with(config, connectors).await
     }
 
@@ -115,6 +121,8 @@ impl App {
         .with_timing(config.timing(connectors.tjansteid.polls()));
         store.migrate().await?;
         let store: Arc<dyn CaseStore> = Arc::new(store);
+        let probes = connectors.clone();
+        let gateway_removes_kiv = connectors.gateway_removes_kiv;
         let engine = Arc::new(Engine::new(
             store.clone(),
             connectors,
@@ -146,7 +154,7 @@ impl App {
         })?;
 
         let api = Api::new(
-            Arc::new(Gateway::new(store.clone(), vault)),
+            Arc::new(Gateway::new(store.clone(), vault).removing_kiv(gateway_removes_kiv)),
             auth,
             Paging {
                 default_size: config.api.default_page_size,
@@ -187,6 +195,7 @@ impl App {
             router,
             store,
             engine,
+            probes,
             health,
             grace: Duration::from_secs(config.server.shutdown_grace_seconds),
         })
@@ -201,7 +210,11 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
-        let prober = tokio::spawn(probe_health(self.store.clone(), self.health.clone()));
+        let prober = tokio::spawn(probe_health(
+            self.store.clone(),
+            self.probes.clone(),
+            self.health.clone(),
+        ));
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -239,8 +252,13 @@ impl App {
     }
 }
 
-/// Health follows the database: NOT_SERVING while the store cannot be reached.
-async fn probe_health(store: Arc<dyn CaseStore>, health: tonic_health::server::HealthReporter) {
+/// Health follows the database and the connectors' servers: NOT_SERVING while any cannot be
+/// reached (cases still wait safely; this is readiness, for load balancers and operators).
+async fn probe_health(
+    store: Arc<dyn CaseStore>,
+    connectors: Connectors,
+    health: tonic_health::server::HealthReporter,
+) {
     let services = [
         "",
         "etjanstekort.v1.DeregistrationService",
@@ -250,13 +268,19 @@ async fn probe_health(store: Arc<dyn CaseStore>, health: tonic_health::server::H
     ];
     let mut last = None;
     loop {
-        let status = match store.ping().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(_) => ServingStatus::NotServing,
+        let problem = match store.ping().await {
+            Err(e) => Some(format!("database: {e}")),
+            Ok(()) => connectors.probe().await.err(),
+        };
+        let status = if problem.is_some() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
         };
         if last != Some(status) {
-            if status == ServingStatus::NotServing {
-                tracing::warn!("database unreachable: health is NOT_SERVING");
+            match &problem {
+                Some(p) => tracing::warn!(problem = %p, "not ready: health is NOT_SERVING"),
+                None => tracing::info!("ready: health is SERVING"),
             }
             for s in services {
                 health.set_service_status(s, status).await;

@@ -118,6 +118,7 @@ impl From<AppError> for ApiError {
         match e {
             AppError::PermissionDenied(m) => ApiError::PermissionDenied(m),
             AppError::NotFound => ApiError::NotFound("deregistration not found".into()),
+            AppError::Precondition(m) => ApiError::FailedPrecondition(m),
             AppError::Store(s) => s.into(),
         }
     }

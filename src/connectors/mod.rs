@@ -2,7 +2,9 @@
 //! implementations. Each error is classified retryable or terminal where it arises; the engine's
 //! retry logic reads only that classification.
 
+pub mod ldap;
 pub mod simulated;
+pub mod smtp;
 
 use std::fmt;
 use std::sync::Arc;
@@ -72,6 +74,11 @@ pub trait TjansteId: Send + Sync + fmt::Debug {
         case_id: &CaseId,
         reported_at: Timestamp,
     ) -> Result<RevocationOutcome, ConnectorError>;
+
+    /// Whether the service can be reached now (readiness).
+    async fn probe(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// KIV (Katalog i Väst): the employment of a person at a care unit.
@@ -95,6 +102,11 @@ pub trait Kiv: Send + Sync + fmt::Debug {
     /// Re-creates the employment exactly from `snapshot`. Idempotent: restoring an entry that
     /// is present succeeds.
     async fn restore(&self, key: &str, snapshot: &Employment) -> Result<(), ConnectorError>;
+
+    /// Whether the directory can be reached now (readiness).
+    async fn probe(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// Who is told that the card is deregistered.
@@ -122,6 +134,11 @@ pub struct Notice {
 pub trait Notifier: Send + Sync + fmt::Debug {
     /// Sends one notice. Idempotent by `key`: a retry reuses the key (e-mail: the Message-ID).
     async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError>;
+
+    /// Whether notices can be sent now (readiness).
+    async fn probe(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// The connectors a running gateway uses.
@@ -130,11 +147,13 @@ pub struct Connectors {
     pub tjansteid: Arc<dyn TjansteId>,
     pub kiv: Arc<dyn Kiv>,
     pub notifier: Arc<dyn Notifier>,
+    /// False when KIV is left to the health-care office (`connectors.kiv = "office"`).
+    pub gateway_removes_kiv: bool,
 }
 
 impl Connectors {
     /// The connectors named in the configuration (validated by `Config::validate_for_serve`).
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
         let sim = &cfg.simulated;
         let faults = simulated::Faults {
             latency: std::time::Duration::from_millis(sim.latency_ms),
@@ -143,18 +162,156 @@ impl Connectors {
         let journal = (!sim.journal.as_os_str().is_empty()).then_some(sim.journal.as_path());
         let confirm_after = (sim.confirm_after_seconds >= 0.0)
             .then(|| std::time::Duration::from_secs_f64(sim.confirm_after_seconds));
-        Self {
-            tjansteid: Arc::new(simulated::SimulatedTjansteId::new(
+        let smtp = if cfg.connectors.tjansteid == "smtp" || cfg.connectors.notifier == "smtp" {
+            let m = &cfg.smtp;
+            let ca_pem = read_optional(&m.ca_file, "smtp.ca_file")?;
+            Some(smtp::Smtp::new(&smtp::SmtpSettings {
+                host: m.host.clone(),
+                port: m.port,
+                allow_plain: m.allow_plain,
+                username: m.username.clone(),
+                password: m.password.clone(),
+                ca_pem,
+                hello_name: m.hello_name.clone(),
+                from: m.from.clone(),
+                timeout: std::time::Duration::from_secs(m.timeout_seconds.max(1)),
+            })?)
+        } else {
+            None
+        };
+        let tjansteid: Arc<dyn TjansteId> = match (cfg.connectors.tjansteid.as_str(), &smtp) {
+            ("smtp", Some(s)) => Arc::new(smtp::SmtpTjansteId::new(
+                s.clone(),
+                cfg.smtp.service_desk.clone(),
+                cfg.smtp.reply_instructions.clone(),
+            )?),
+            _ => Arc::new(simulated::SimulatedTjansteId::new(
                 confirm_after,
                 faults,
                 journal,
             )),
-            kiv: Arc::new(simulated::SimulatedKiv::new(
-                sim.kiv_auto_employ,
-                faults,
-                journal,
-            )),
-            notifier: Arc::new(simulated::LogNotifier::new(faults, journal)),
+        };
+        let notifier: Arc<dyn Notifier> = match (cfg.connectors.notifier.as_str(), &smtp) {
+            ("smtp", Some(s)) => Arc::new(smtp::SmtpNotifier::new(s.clone())),
+            _ => Arc::new(simulated::LogNotifier::new(faults, journal)),
+        };
+        let (kiv, gateway_removes_kiv): (Arc<dyn Kiv>, bool) = match cfg.connectors.kiv.as_str() {
+            "ldap" => {
+                let l = &cfg.ldap;
+                let tls = tls_client_config(read_optional(&l.ca_file, "ldap.ca_file")?.as_deref())?;
+                (
+                    Arc::new(ldap::LdapKiv::new(ldap::LdapSettings {
+                        url: l.url.clone(),
+                        bind_dn: l.bind_dn.clone(),
+                        bind_password: l.bind_password.clone(),
+                        base_dn: l.base_dn.clone(),
+                        object_class: l.object_class.clone(),
+                        person_attribute: l.person_attribute.clone(),
+                        unit_attribute: l.unit_attribute.clone(),
+                        end_date_attribute: l.end_date_attribute.clone(),
+                        removal: if l.removal == "end_date" {
+                            ldap::Removal::EndDate
+                        } else {
+                            ldap::Removal::Delete
+                        },
+                        allow_plain: l.allow_plain,
+                        tls: Arc::new(tls),
+                        timeout: std::time::Duration::from_secs(l.timeout_seconds.max(1)),
+                    })?),
+                    true,
+                )
+            }
+            "office" => (Arc::new(OfficeOnly), false),
+            _ => (
+                Arc::new(simulated::SimulatedKiv::new(
+                    sim.kiv_auto_employ,
+                    faults,
+                    journal,
+                )),
+                true,
+            ),
+        };
+        Ok(Self {
+            tjansteid,
+            kiv,
+            notifier,
+            gateway_removes_kiv,
+        })
+    }
+
+    /// Probes every connector; the first failure, named.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.tjansteid
+            .probe()
+            .await
+            .map_err(|e| format!("TjänsteID-service: {e}"))?;
+        self.kiv.probe().await.map_err(|e| format!("KIV: {e}"))?;
+        self.notifier
+            .probe()
+            .await
+            .map_err(|e| format!("notifier: {e}"))?;
+        Ok(())
+    }
+}
+
+fn read_optional(path: &std::path::Path, what: &str) -> Result<Option<Vec<u8>>, String> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+/// A rustls client configuration trusting `ca_pem`, or the system's roots when `None`.
+pub fn tls_client_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("CA bundle: {e}"))?;
+                roots.add(cert).map_err(|e| format!("CA bundle: {e}"))?;
+            }
         }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificates (set a ca_file)".into());
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// KIV when the gateway has no access to it: the health-care office removes employments, and
+/// there is nothing to snapshot or guard.
+#[derive(Debug)]
+pub struct OfficeOnly;
+
+#[async_trait]
+impl Kiv for OfficeOnly {
+    async fn lookup(
+        &self,
+        _: &Personnummer,
+        _: &HsaId,
+    ) -> Result<Option<Employment>, ConnectorError> {
+        Ok(None)
+    }
+
+    async fn remove(&self, _: &str, _: &Personnummer, _: &HsaId) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Terminal(
+            "this gateway has no KIV access; the health-care office removes employments".into(),
+        ))
+    }
+
+    async fn restore(&self, _: &str, _: &Employment) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Terminal(
+            "this gateway has no KIV access".into(),
+        ))
     }
 }

@@ -97,6 +97,8 @@ pub struct Options {
     pub auto_employ: bool,
     /// Run the saga engine (off: an API-only replica; cases stay where the API puts them).
     pub engine: bool,
+    /// Real connectors instead of the simulated ones.
+    pub connectors: Option<Connectors>,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             max_attempts: 12,
             auto_employ: true,
             engine: true,
+            connectors: None,
         }
     }
 }
@@ -173,7 +176,9 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         tjansteid: tjansteid.clone(),
         kiv: kiv.clone(),
         notifier: notifier.clone(),
+        gateway_removes_kiv: true,
     };
+    let connectors = opts.connectors.clone().unwrap_or(connectors);
     let app = App::build_with(cfg, connectors).await.expect("app builds");
     let addr = app.local_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,5 +5,7 @@ mod auth;
 mod helpers;
 mod privacy;
 mod process;
+mod real;
 mod saga;
+mod servers;
 mod store;

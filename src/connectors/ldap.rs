@@ -1,0 +1,379 @@
+//! KIV over LDAP: an employment is its own entry carrying the person's identity number and the
+//! employing unit's HSA-id. Each operation opens a connection (StartTLS or LDAPS through
+//! rustls), binds, acts and unbinds — the rate is a few operations per case, and a fresh
+//! connection never carries a broken one's state into a retry.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry, ldap_escape};
+
+use super::{ConnectorError, Kiv};
+use crate::config::Secret;
+use crate::domain::{Employment, HsaId, Personnummer, Timestamp};
+
+/// Suffix marking a binary attribute's values as base64 in a snapshot.
+const BINARY: &str = ";base64";
+
+/// How the gateway removes an employment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Delete the entry.
+    Delete,
+    /// Keep the entry and set its end date to now.
+    EndDate,
+}
+
+#[derive(Clone, Debug)]
+pub struct LdapSettings {
+    /// `ldap://host:port` (StartTLS unless `allow_plain`) or `ldaps://host:port`.
+    pub url: String,
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    pub base_dn: String,
+    /// Object class of employment entries; empty: any entry with the two attributes.
+    pub object_class: String,
+    pub person_attribute: String,
+    pub unit_attribute: String,
+    pub end_date_attribute: String,
+    pub removal: Removal,
+    /// Plain `ldap://` without StartTLS; for tests only.
+    pub allow_plain: bool,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct LdapKiv {
+    s: LdapSettings,
+}
+
+/// Result codes worth retrying: the server is busy, unavailable or timed out.
+fn retryable_rc(rc: u32) -> bool {
+    matches!(rc, 3 | 51 | 52 | 80 | 81 | 85 | 91)
+}
+
+fn classify(what: &str, e: LdapError) -> ConnectorError {
+    match e {
+        LdapError::LdapResult { result } => {
+            let msg = format!("{what}: LDAP result {} {}", result.rc, result.text);
+            if retryable_rc(result.rc) {
+                ConnectorError::Retryable(msg)
+            } else {
+                ConnectorError::Terminal(msg)
+            }
+        }
+        // Everything below the protocol — sockets, TLS handshakes, timeouts — may heal.
+        other => ConnectorError::Retryable(format!("{what}: {other}")),
+    }
+}
+
+fn check(
+    what: &str,
+    r: Result<ldap3::LdapResult, LdapError>,
+    ok: &[u32],
+) -> Result<u32, ConnectorError> {
+    let r = r.map_err(|e| classify(what, e))?;
+    if r.rc == 0 || ok.contains(&r.rc) {
+        Ok(r.rc)
+    } else {
+        Err(classify(what, LdapError::LdapResult { result: r }))
+    }
+}
+
+/// `yyyyMMddHHmmssZ`, as KIV writes dates.
+pub fn kiv_time(t: Timestamp) -> String {
+    let secs = t.unix_seconds();
+    let d = crate::domain::date::Date::from_unix_seconds(secs);
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+        d.year(),
+        d.month(),
+        d.day(),
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
+impl LdapKiv {
+    pub fn new(settings: LdapSettings) -> Result<Self, String> {
+        let u = &settings.url;
+        if !(u.starts_with("ldap://") || u.starts_with("ldaps://")) {
+            return Err(format!(
+                "ldap.url must start with ldap:// or ldaps://, got {u:?}"
+            ));
+        }
+        for (name, v) in [
+            ("ldap.base_dn", &settings.base_dn),
+            ("ldap.person_attribute", &settings.person_attribute),
+            ("ldap.unit_attribute", &settings.unit_attribute),
+        ] {
+            if v.trim().is_empty() {
+                return Err(format!("{name} is required"));
+            }
+        }
+        if settings.removal == Removal::EndDate && settings.end_date_attribute.trim().is_empty() {
+            return Err("ldap.end_date_attribute is required with removal = \"end_date\"".into());
+        }
+        Ok(Self { s: settings })
+    }
+
+    async fn connect(&self) -> Result<ldap3::Ldap, ConnectorError> {
+        let starttls = self.s.url.starts_with("ldap://") && !self.s.allow_plain;
+        let settings = LdapConnSettings::new()
+            .set_config(self.s.tls.clone())
+            .set_starttls(starttls)
+            .set_conn_timeout(self.s.timeout);
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.s.url)
+            .await
+            .map_err(|e| classify("connect", e))?;
+        ldap3::drive!(conn);
+        if !self.s.bind_dn.is_empty() {
+            let r = ldap
+                .simple_bind(&self.s.bind_dn, self.s.bind_password.expose())
+                .await;
+            check("bind", r, &[])?;
+        }
+        Ok(ldap)
+    }
+
+    fn filter(&self, person: &Personnummer, unit: &HsaId) -> String {
+        let digits = person.expose_digits();
+        let mut f = format!(
+            "(&({}={})({}={}))",
+            self.s.person_attribute,
+            ldap_escape(digits.as_str()),
+            self.s.unit_attribute,
+            ldap_escape(unit.as_str())
+        );
+        if !self.s.object_class.is_empty() {
+            f = format!(
+                "(&(objectClass={}){f})",
+                ldap_escape(self.s.object_class.as_str())
+            );
+        }
+        f
+    }
+
+    async fn find(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        person: &Personnummer,
+        unit: &HsaId,
+    ) -> Result<Option<Employment>, ConnectorError> {
+        let r = ldap
+            .search(
+                &self.s.base_dn,
+                Scope::Subtree,
+                &self.filter(person, unit),
+                vec!["*"],
+            )
+            .await
+            .map_err(|e| classify("search", e))?;
+        let (entries, res) = r.success().map_err(|e| classify("search", e))?;
+        let _ = res;
+        let mut found: Vec<Employment> = entries
+            .into_iter()
+            .map(|e| {
+                let e = SearchEntry::construct(e);
+                let mut attributes: BTreeMap<String, Vec<String>> = e.attrs.into_iter().collect();
+                for (name, values) in e.bin_attrs {
+                    attributes.insert(
+                        format!("{name}{BINARY}"),
+                        values
+                            .iter()
+                            .map(|v| base64::engine::general_purpose::STANDARD.encode(v))
+                            .collect(),
+                    );
+                }
+                Employment {
+                    dn: e.dn,
+                    attributes,
+                }
+            })
+            .collect();
+        if found.len() > 1 {
+            return Err(ConnectorError::Terminal(format!(
+                "{} employment entries match the person at the unit; an operator must decide",
+                found.len()
+            )));
+        }
+        let found = found.pop();
+        // In end-date mode an entry whose end date has passed is no longer an employment.
+        if self.s.removal == Removal::EndDate
+            && let Some(e) = &found
+            && e.attributes
+                .get(&self.s.end_date_attribute)
+                .and_then(|v| v.first())
+                .is_some_and(|end| end.as_str() <= kiv_time(Timestamp::now()).as_str())
+        {
+            return Ok(None);
+        }
+        Ok(found)
+    }
+
+    /// Connects and binds: for readiness checks.
+    pub async fn probe(&self) -> Result<(), ConnectorError> {
+        let mut ldap = self.connect().await?;
+        let _ = ldap.unbind().await;
+        Ok(())
+    }
+}
+
+fn values_of(name: &str, values: &[String]) -> Result<(Vec<u8>, HashSet<Vec<u8>>), ConnectorError> {
+    match name.strip_suffix(BINARY) {
+        Some(plain) => {
+            let decoded = values
+                .iter()
+                .map(|v| base64::engine::general_purpose::STANDARD.decode(v))
+                .collect::<Result<HashSet<_>, _>>()
+                .map_err(|_| {
+                    ConnectorError::Terminal(format!(
+                        "snapshot attribute {plain} is not valid base64"
+                    ))
+                })?;
+            Ok((plain.as_bytes().to_vec(), decoded))
+        }
+        None => Ok((
+            name.as_bytes().to_vec(),
+            values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+        )),
+    }
+}
+
+#[async_trait]
+impl Kiv for LdapKiv {
+    async fn lookup(
+        &self,
+        person: &Personnummer,
+        unit: &HsaId,
+    ) -> Result<Option<Employment>, ConnectorError> {
+        self.bounded("lookup", async {
+            let mut ldap = self.connect().await?;
+            let r = self.find(&mut ldap, person, unit).await;
+            let _ = ldap.unbind().await;
+            r
+        })
+        .await
+    }
+
+    async fn remove(
+        &self,
+        _key: &str,
+        person: &Personnummer,
+        unit: &HsaId,
+    ) -> Result<(), ConnectorError> {
+        self.bounded("remove", self.remove_inner(person, unit))
+            .await
+    }
+
+    async fn restore(&self, _key: &str, snapshot: &Employment) -> Result<(), ConnectorError> {
+        self.bounded("restore", self.restore_inner(snapshot)).await
+    }
+
+    async fn probe(&self) -> Result<(), ConnectorError> {
+        self.bounded("probe", LdapKiv::probe(self)).await
+    }
+}
+
+impl LdapKiv {
+    /// Bounds a whole operation (connect, bind, act) by the configured timeout.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, ConnectorError>>,
+    ) -> Result<T, ConnectorError> {
+        tokio::time::timeout(self.s.timeout, f)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectorError::Retryable(format!(
+                    "{what}: timed out after {:?}",
+                    self.s.timeout
+                )))
+            })
+    }
+
+    async fn remove_inner(
+        &self,
+        person: &Personnummer,
+        unit: &HsaId,
+    ) -> Result<(), ConnectorError> {
+        let mut ldap = self.connect().await?;
+        let result = async {
+            let Some(entry) = self.find(&mut ldap, person, unit).await? else {
+                return Ok(()); // Already gone: removal is idempotent.
+            };
+            match self.s.removal {
+                // 32 noSuchObject: someone removed it between our search and delete.
+                Removal::Delete => check("delete", ldap.delete(&entry.dn).await, &[32]).map(|_| ()),
+                Removal::EndDate => {
+                    let now = kiv_time(Timestamp::now());
+                    let m = vec![Mod::Replace(
+                        self.s.end_date_attribute.clone(),
+                        HashSet::from([now]),
+                    )];
+                    check("modify", ldap.modify(&entry.dn, m).await, &[32]).map(|_| ())
+                }
+            }
+        }
+        .await;
+        let _ = ldap.unbind().await;
+        result
+    }
+
+    async fn restore_inner(&self, snapshot: &Employment) -> Result<(), ConnectorError> {
+        let mut ldap = self.connect().await?;
+        let result = async {
+            let attrs = snapshot
+                .attributes
+                .iter()
+                .map(|(k, v)| values_of(k, v))
+                .collect::<Result<Vec<_>, _>>()?;
+            // 68 entryAlreadyExists: it is there, so restoring succeeded (idempotent).
+            let rc = check("add", ldap.add(&snapshot.dn, attrs).await, &[68])?;
+            if rc == 68 && self.s.removal == Removal::EndDate {
+                // The entry survived with an end date set: put the end date back as it was.
+                let before: HashSet<String> = snapshot
+                    .attributes
+                    .get(&self.s.end_date_attribute)
+                    .map(|v| v.iter().cloned().collect())
+                    .unwrap_or_default();
+                let m = vec![Mod::Replace(self.s.end_date_attribute.clone(), before)];
+                check("modify", ldap.modify(&snapshot.dn, m).await, &[16])?;
+            }
+            Ok(())
+        }
+        .await;
+        let _ = ldap.unbind().await;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kiv_time_format() {
+        assert_eq!(
+            kiv_time(Timestamp(1_790_000_000 * 1_000_000)),
+            "20260920141320Z"
+        );
+        assert_eq!(kiv_time(Timestamp(0)), "19700101000000Z");
+    }
+
+    #[test]
+    fn result_codes_are_classified() {
+        for rc in [51, 52, 80, 3] {
+            assert!(retryable_rc(rc), "{rc}");
+        }
+        for rc in [49, 50, 34, 65, 32, 53] {
+            assert!(!retryable_rc(rc), "{rc}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! TjänsteID-service and notifications over SMTP — today's real channel to the service desk.
+//! STARTTLS is required unless the configuration explicitly allows plain SMTP. Every message's
+//! `Message-ID` derives from the effect's idempotency key, so a retried send carries the same id
+//! and the desk (or any mail system) can see it is a duplicate.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use super::{
+    ConnectorError, CutCardReport, Notice, Notifier, Recipient, RevocationOutcome, TjansteId,
+};
+use crate::config::Secret;
+use crate::domain::{CaseId, Timestamp};
+
+#[derive(Clone, Debug)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    /// Plain SMTP without STARTTLS; only for tests on loopback.
+    pub allow_plain: bool,
+    pub username: String,
+    pub password: Secret,
+    /// PEM CA bundle to trust instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    pub hello_name: String,
+    pub from: String,
+    pub timeout: Duration,
+}
+
+/// One SMTP relay, shared by the TjänsteID connector and the notifier.
+#[derive(Clone)]
+pub struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    id_domain: String,
+}
+
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smtp")
+            .field("from", &self.from.email.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+fn classify(what: &str, e: lettre::transport::smtp::Error) -> ConnectorError {
+    let msg = format!("{what}: {e}");
+    if e.is_permanent() {
+        ConnectorError::Terminal(msg)
+    } else {
+        // Transient replies (4xx), timeouts, refused connections and TLS trouble may heal.
+        ConnectorError::Retryable(msg)
+    }
+}
+
+impl Smtp {
+    pub fn new(s: &SmtpSettings) -> Result<Self, String> {
+        if s.host.trim().is_empty() {
+            return Err("smtp.host is required".into());
+        }
+        let from: Mailbox = s
+            .from
+            .parse()
+            .map_err(|e| format!("smtp.from is not a mailbox ({e})"))?;
+        let tls = if s.allow_plain {
+            Tls::None
+        } else {
+            let mut b = TlsParameters::builder(s.host.clone());
+            if let Some(pem) = &s.ca_pem {
+                b = b
+                    .certificate_store(CertificateStore::None)
+                    .add_root_certificate(
+                        Certificate::from_pem(pem).map_err(|e| format!("smtp.ca_file: {e}"))?,
+                    );
+            }
+            Tls::Required(b.build_rustls().map_err(|e| format!("smtp TLS: {e}"))?)
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.clone())
+            .port(s.port)
+            .tls(tls)
+            .timeout(Some(s.timeout))
+            .hello_name(ClientId::Domain(s.hello_name.clone()));
+        if !s.username.is_empty() {
+            builder = builder.credentials(Credentials::new(
+                s.username.clone(),
+                s.password.expose().to_owned(),
+            ));
+        }
+        let id_domain = from.email.domain().to_owned();
+        Ok(Self {
+            transport: builder.build(),
+            from,
+            id_domain,
+        })
+    }
+
+    /// `<key@domain>` with the key's `:` made dots (not allowed in a Message-ID's left part).
+    pub fn message_id(&self, key: &str) -> String {
+        format!("<{}@{}>", key.replace(':', "."), self.id_domain)
+    }
+
+    async fn send(
+        &self,
+        key: &str,
+        to: &str,
+        subject: String,
+        body: String,
+    ) -> Result<(), ConnectorError> {
+        let to: Mailbox = to
+            .parse()
+            .map_err(|e| ConnectorError::Terminal(format!("recipient address: {e}")))?;
+        let message = Message::builder()
+            .message_id(Some(self.message_id(key)))
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .map_err(|e| ConnectorError::Terminal(format!("message: {e}")))?;
+        self.transport
+            .send(message)
+            .await
+            .map_err(|e| classify("send", e))?;
+        Ok(())
+    }
+
+    pub async fn probe(&self) -> Result<(), ConnectorError> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ConnectorError::Retryable(
+                "SMTP server did not answer NOOP".into(),
+            )),
+            Err(e) => Err(classify("connect", e)),
+        }
+    }
+}
+
+/// Reports cut cards to TjänsteID-service's service desk by e-mail. The outcome comes back
+/// through `RevocationService`; this connector does not poll.
+#[derive(Debug)]
+pub struct SmtpTjansteId {
+    smtp: Smtp,
+    service_desk: String,
+    reply_instructions: String,
+}
+
+impl SmtpTjansteId {
+    pub fn new(
+        smtp: Smtp,
+        service_desk: String,
+        reply_instructions: String,
+    ) -> Result<Self, String> {
+        service_desk
+            .parse::<Mailbox>()
+            .map_err(|e| format!("smtp.service_desk is not an address ({e})"))?;
+        Ok(Self {
+            smtp,
+            service_desk,
+            reply_instructions,
+        })
+    }
+
+    /// The report as the routine asks for it: personnummer, card number, holder's name, care
+    /// unit — plus the case reference and how to answer.
+    pub fn report_body(&self, r: &CutCardReport, reminder: Option<u32>) -> String {
+        let pnr = r.personnummer.expose_digits();
+        let mut b = String::new();
+        if let Some(n) = reminder {
+            b.push_str(&format!(
+                "PÅMINNELSE {n}: vi har ännu inte fått besked om anmälan nedan.\n\n"
+            ));
+        }
+        b.push_str("Anmälan om klippt eTjänstekort – begäran om avregistrering\n\n");
+        b.push_str(&format!("Ärende: {}\n", r.case_id));
+        b.push_str(&format!("Personnummer: {}-{}\n", &pnr[..8], &pnr[8..]));
+        b.push_str(&format!("Kortnummer: {}\n", r.card_number));
+        b.push_str(&format!(
+            "Kortinnehavarens namn: {}\n",
+            r.holder_name.as_str()
+        ));
+        b.push_str(&format!("Vårdenhet: {}\n", r.care_unit));
+        b.push_str(&format!("Vårdgivare: {}\n", r.care_provider));
+        b.push_str(&format!(
+            "Anmält av (verksamhetschef): {} <{}>\n\n",
+            r.reporter_name.as_str(),
+            r.reporter_email
+        ));
+        b.push_str("Kortet är mottaget och klippt rakt över chipet.\n\n");
+        b.push_str("Så lämnar ni besked:\n");
+        b.push_str(&format!(
+            "  Bekräfta avregistreringen: etjanstekort.v1.RevocationService/ConfirmRevocation \
+             med deregistration_id = {} och er referens.\n",
+            r.case_id
+        ));
+        b.push_str(&format!(
+            "  Avslå: etjanstekort.v1.RevocationService/RejectRevocation med deregistration_id = {} och skäl.\n",
+            r.case_id
+        ));
+        if !self.reply_instructions.is_empty() {
+            b.push_str(&format!("  {}\n", self.reply_instructions));
+        }
+        b.push_str("\nAnställningen i KIV tas bort först när avregistreringen är bekräftad.\n");
+        b
+    }
+}
+
+#[async_trait]
+impl TjansteId for SmtpTjansteId {
+    async fn report(&self, key: &str, report: &CutCardReport) -> Result<(), ConnectorError> {
+        let subject = format!(
+            "Avregistrering av klippt eTjänstekort – ärende {}",
+            report.case_id
+        );
+        self.smtp
+            .send(
+                key,
+                &self.service_desk,
+                subject,
+                self.report_body(report, None),
+            )
+            .await
+    }
+
+    async fn remind(
+        &self,
+        key: &str,
+        report: &CutCardReport,
+        n: u32,
+    ) -> Result<(), ConnectorError> {
+        let subject = format!(
+            "Påminnelse {n}: avregistrering av eTjänstekort – ärende {}",
+            report.case_id
+        );
+        self.smtp
+            .send(
+                key,
+                &self.service_desk,
+                subject,
+                self.report_body(report, Some(n)),
+            )
+            .await
+    }
+
+    fn polls(&self) -> bool {
+        false
+    }
+
+    async fn fetch_outcome(
+        &self,
+        _case_id: &CaseId,
+        _reported_at: Timestamp,
+    ) -> Result<RevocationOutcome, ConnectorError> {
+        Ok(RevocationOutcome::Pending)
+    }
+
+    async fn probe(&self) -> Result<(), ConnectorError> {
+        self.smtp.probe().await
+    }
+}
+
+/// Tells the head of operations and the card holder, in Swedish, that the card is deregistered.
+#[derive(Debug)]
+pub struct SmtpNotifier {
+    smtp: Smtp,
+}
+
+impl SmtpNotifier {
+    pub fn new(smtp: Smtp) -> Self {
+        Self { smtp }
+    }
+
+    /// Subject and body; the personnummer appears only masked.
+    pub fn compose(n: &Notice) -> (String, String) {
+        match n.recipient {
+            Recipient::HeadOfOperations => (
+                format!("eTjänstekort avregistrerat – ärende {}", n.case_id),
+                format!(
+                    "Hej!\n\nTjänsteID-service har avregistrerat eTjänstekortet för {} ({}) vid vårdenhet {}.\n\
+                     Referens: {}\nÄrende: {}\n\nAnställningen i KIV tas nu bort enligt rutinen.\n",
+                    n.holder_name.as_str(),
+                    n.holder_masked,
+                    n.care_unit,
+                    n.revocation_reference,
+                    n.case_id
+                ),
+            ),
+            Recipient::CardHolder => (
+                "Ditt eTjänstekort är avregistrerat".to_owned(),
+                format!(
+                    "Hej {}!\n\nDitt eTjänstekort är nu avregistrerat och kan inte längre användas.\n\
+                     Referens: {}\n\nHar du frågor, kontakta din verksamhetschef.\n",
+                    n.holder_name.as_str(),
+                    n.revocation_reference
+                ),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Notifier for SmtpNotifier {
+    async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError> {
+        let (subject, body) = Self::compose(notice);
+        self.smtp.send(key, notice.to.as_str(), subject, body).await
+    }
+
+    async fn probe(&self) -> Result<(), ConnectorError> {
+        self.smtp.probe().await
+    }
+}

@@ -362,7 +362,7 @@ mod tests {
     fn kiv_time_format() {
         assert_eq!(
             kiv_time(Timestamp(1_790_000_000 * 1_000_000)),
-            "20260920141320Z"
+            "20260921141320Z"
         );
         assert_eq!(kiv_time(Timestamp(0)), "19700101000000Z");
     }

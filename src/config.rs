@@ -102,6 +102,7 @@ pub struct ServerConfig {
     pub concurrency_per_connection: usize,
     pub request_timeout_seconds: u64,
     pub shutdown_grace_seconds: u64,
+    pub health_probe_seconds: f64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -451,6 +452,56 @@ mod tests {
         assert_eq!(c.database.url.expose(), "postgres://u:pw@h/db");
         assert_eq!(c.api.max_page_size, 50);
         assert!(!format!("{c:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn incomplete_connector_settings_are_named() {
+        let env = |pairs: &[(&str, &str)]| {
+            let mut v: Vec<(String, String)> = vec![
+                ("ETK_TLS__CERT".into(), "c".into()),
+                ("ETK_TLS__KEY".into(), "k".into()),
+                ("ETK_TLS__CLIENT_CA".into(), "ca".into()),
+                ("ETK_AUTH__PRINCIPALS_FILE".into(), "p".into()),
+                ("ETK_DATABASE__URL".into(), "sqlite://x".into()),
+                ("ETK_PRIVACY__MASTER_KEY".into(), "k".into()),
+            ];
+            v.extend(
+                pairs
+                    .iter()
+                    .map(|(k, val)| ((*k).to_owned(), (*val).to_owned())),
+            );
+            Config::load_from(None, v).unwrap()
+        };
+        assert!(env(&[]).validate_for_serve().is_ok());
+        let e = env(&[("ETK_CONNECTORS__KIV", "ldap")])
+            .validate_for_serve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ldap.url"), "{e}");
+        let e = env(&[
+            ("ETK_CONNECTORS__TJANSTEID", "smtp"),
+            ("ETK_SMTP__HOST", "h"),
+        ])
+        .validate_for_serve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("smtp.from") && e.contains("smtp.service_desk") && !e.contains("smtp.host"),
+            "{e}"
+        );
+        let e = env(&[("ETK_CONNECTORS__KIV", "carrier-pigeon")])
+            .validate_for_serve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("simulated, ldap, office"), "{e}");
+        let c = env(&[
+            ("ETK_CONNECTORS__KIV", "ldap"),
+            ("ETK_LDAP__URL", "ldap://h"),
+            ("ETK_LDAP__BIND_DN", "cn=x"),
+            ("ETK_LDAP__BIND_PASSWORD", "hunter2"),
+        ]);
+        assert!(c.validate_for_serve().is_ok());
+        assert!(!format!("{c:?}").contains("hunter2"), "secret printed");
     }
 
     #[test]

@@ -24,9 +24,6 @@ use crate::engine::Engine;
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, SeaStore};
 
-/// How often the health check probes the database.
-const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -95,6 +92,7 @@ pub struct App {
     probes: Connectors,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    probe_every: Duration,
 }
 
 impl App {
@@ -198,6 +196,9 @@ impl App {
             probes,
             health,
             grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+            probe_every: Duration::from_secs_f64(
+                config.server.health_probe_seconds.clamp(0.05, 3600.0),
+            ),
         })
     }
 
@@ -214,6 +215,7 @@ impl App {
             self.store.clone(),
             self.probes.clone(),
             self.health.clone(),
+            self.probe_every,
         ));
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
@@ -258,6 +260,7 @@ async fn probe_health(
     store: Arc<dyn CaseStore>,
     connectors: Connectors,
     health: tonic_health::server::HealthReporter,
+    every: Duration,
 ) {
     let services = [
         "",
@@ -287,6 +290,6 @@ async fn probe_health(
             }
             last = Some(status);
         }
-        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+        tokio::time::sleep(every).await;
     }
 }

@@ -153,6 +153,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.database.url = Secret::new(db_url);
     cfg.privacy.master_key = Secret::new(test_vault_key());
     cfg.engine.idle_poll_ms = 50;
+    cfg.server.health_probe_seconds = 0.1;
     cfg.engine.poll_interval_seconds = 0.05;
     cfg.engine.backoff_base_ms = 20;
     cfg.engine.backoff_max_seconds = 1;

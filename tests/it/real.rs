@@ -630,3 +630,38 @@ async fn a_permanent_smtp_rejection_needs_attention_with_the_reason() {
         parked.state_reason
     );
 }
+
+#[tokio::test]
+async fn readiness_follows_the_registries() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (Some(mut slapd), Some(mail)) = (Slapd::start(), SmtpServer::start()) else {
+        return;
+    };
+    let app = real_app(&slapd, &mail, 12).await;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(app.channel("operator").await);
+    let mut status = async || {
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+    };
+    let mut wait_for = async |want: ServingStatus| {
+        for _ in 0..100 {
+            if status().await == want as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("health never became {want:?}");
+    };
+    wait_for(ServingStatus::Serving).await;
+    slapd.stop();
+    wait_for(ServingStatus::NotServing).await;
+    slapd.resume();
+    wait_for(ServingStatus::Serving).await;
+}

@@ -284,8 +284,18 @@ impl Gateway {
         after: Option<CaseId>,
         limit: u32,
     ) -> Result<Page, AppError> {
+        self.in_state(State::RevocationRequested, after, limit)
+            .await
+    }
+
+    async fn in_state(
+        &self,
+        state: State,
+        after: Option<CaseId>,
+        limit: u32,
+    ) -> Result<Page, AppError> {
         self.page(ListQuery {
-            states: vec![State::RevocationRequested],
+            states: vec![state],
             after,
             limit,
             ..Default::default()
@@ -298,9 +308,16 @@ impl Gateway {
         principal: &Principal,
         id: &CaseId,
         reference: String,
+        revoked_at: Option<Timestamp>,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
-        let detail = format!("revocation reference {reference}");
+        let detail = match revoked_at {
+            Some(t) => format!(
+                "revocation reference {reference}, revoked at {} (unix time)",
+                t.unix_seconds()
+            ),
+            None => format!("revocation reference {reference}"),
+        };
         self.apply_any(
             id,
             &Event::RevocationConfirmed { reference },
@@ -345,13 +362,7 @@ impl Gateway {
         after: Option<CaseId>,
         limit: u32,
     ) -> Result<Page, AppError> {
-        self.page(ListQuery {
-            states: vec![State::NeedsAttention],
-            after,
-            limit,
-            ..Default::default()
-        })
-        .await
+        self.in_state(State::NeedsAttention, after, limit).await
     }
 
     /// A case needing attention resumes where it stopped; any other case has its pending

@@ -327,6 +327,24 @@ fn timestamp_in(t: &PbTimestamp) -> Option<Timestamp> {
     Timestamp::from_unix(t.seconds, t.nanos)
 }
 
+/// An optional time that must be valid and not in the future (with the usual skew).
+pub fn optional_past_time(
+    field: &str,
+    t: Option<&PbTimestamp>,
+) -> Result<Option<Timestamp>, ApiError> {
+    let Some(t) = t else { return Ok(None) };
+    let ts = timestamp_in(t)
+        .ok_or_else(|| ApiError::invalid(field, "INVALID_TIMESTAMP", "is not a valid timestamp"))?;
+    if ts.0 > Timestamp::now().0 + FUTURE_SKEW_MICROS {
+        return Err(ApiError::invalid(
+            field,
+            "IN_FUTURE",
+            "must not be in the future",
+        ));
+    }
+    Ok(Some(ts))
+}
+
 pub fn timestamp_out(t: Timestamp) -> PbTimestamp {
     PbTimestamp {
         seconds: t.unix_seconds(),

@@ -341,9 +341,11 @@ impl RevocationService for Api {
         let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
         let reference =
             convert::reference("revocation_reference", &req.get_ref().revocation_reference)?;
+        let revoked_at =
+            convert::optional_past_time("revoke_time", req.get_ref().revoke_time.as_ref())?;
         let case = self
             .gateway
-            .confirm_revocation(&p, &id, reference, trace)
+            .confirm_revocation(&p, &id, reference, revoked_at, trace)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "revocation confirmed");

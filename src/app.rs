@@ -311,6 +311,14 @@ impl Gateway {
         revoked_at: Option<Timestamp>,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
+        if let Some(case) = self.store.get(id).await?
+            && let Some(recorded) = &case.revocation_reference
+            && recorded != &reference
+        {
+            return Err(AppError::Precondition(format!(
+                "the revocation is already confirmed with another revocation_reference ({recorded})"
+            )));
+        }
         let detail = match revoked_at {
             Some(t) => format!(
                 "revocation reference {reference}, revoked at {} (unix time)",

@@ -374,12 +374,23 @@ async fn execute(
                 event: Some(Event::EscalationDue),
                 snapshot: None,
                 detail: format!(
-                    "no outcome from TjänsteID-service within {} hours of the report",
-                    cfg.escalate_after.as_secs() / 3600
+                    "no outcome from TjänsteID-service within {} of the report",
+                    human(cfg.escalate_after)
                 ),
             },
-            Step::Notify => {
-                notify_all(c, &w.key, &case).await?;
+            Step::NotifyHead => {
+                let to = case.report.reported_by.email.clone();
+                c.notifier
+                    .notify(&w.key, &notice(&case, Recipient::HeadOfOperations, to))
+                    .await?;
+                done(Event::HeadNotified)
+            }
+            Step::NotifyHolder => {
+                if let Some(to) = case.report.card_holder.email.clone() {
+                    c.notifier
+                        .notify(&w.key, &notice(&case, Recipient::CardHolder, to))
+                        .await?;
+                }
                 done(Event::NotificationsSent)
             }
             Step::RemoveKiv => {
@@ -432,36 +443,30 @@ fn later(cfg: &EngineConfig, attempts: u32) -> Timestamp {
     Timestamp(Timestamp::now().0 + backoff(cfg, attempts).as_micros() as i64)
 }
 
-/// Tells the head of operations and, if an address is known, the card holder. Each notice has
-/// its own key, derived from the step's, so a retry repeats both with stable keys.
-async fn notify_all(
-    c: &Connectors,
-    key: &str,
-    case: &Deregistration,
-) -> Result<(), ConnectorError> {
+fn notice(case: &Deregistration, recipient: Recipient, to: crate::domain::Email) -> Notice {
     let r = &case.report;
-    let base = |recipient, to: &crate::domain::Email| Notice {
+    Notice {
         recipient,
-        to: to.clone(),
+        to,
         case_id: case.id.clone(),
         holder_name: r.card_holder.full_name.clone(),
         holder_masked: r.card_holder.personnummer.masked(),
         care_unit: r.care_unit.clone(),
         revocation_reference: case.revocation_reference.clone().unwrap_or_default(),
-    };
-    c.notifier
-        .notify(
-            &format!("{key}:head"),
-            &base(Recipient::HeadOfOperations, &r.reported_by.email),
-        )
-        .await?;
-    if let Some(email) = &r.card_holder.email {
-        c.notifier
-            .notify(
-                &format!("{key}:holder"),
-                &base(Recipient::CardHolder, email),
-            )
-            .await?;
     }
-    Ok(())
+}
+
+/// "10 days", "3 hours", "5 minutes", "30 seconds": for messages people read.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = if s >= 2 * 86_400 {
+        (s / 86_400, "days")
+    } else if s >= 2 * 3600 {
+        (s / 3600, "hours")
+    } else if s >= 120 {
+        (s / 60, "minutes")
+    } else {
+        (s, "seconds")
+    };
+    format!("{n} {unit}")
 }

@@ -221,7 +221,7 @@ impl App {
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = self.router.serve_with_incoming_shutdown(
-            TcpIncoming::from(self.listener),
+            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
             async move {
                 let _ = stop_rx.await;
             },

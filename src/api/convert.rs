@@ -52,6 +52,13 @@ pub fn request_id(raw: &str) -> Result<Option<String>, ApiError> {
             "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
         ));
     }
+    if crate::domain::personnummer_appears_in(s) {
+        return Err(ApiError::invalid(
+            "request_id",
+            "CONTAINS_IDENTITY_NUMBER",
+            "must not contain a personal identity number",
+        ));
+    }
     Ok(Some(s.to_owned()))
 }
 

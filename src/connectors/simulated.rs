@@ -59,8 +59,10 @@ impl Journal {
     fn record(&self, kind: &str, key: &str) {
         if let Some(f) = &self.0 {
             use std::io::Write;
+            // One write per line: appends from the three connectors' handles never interleave.
+            let line = format!("{kind} {key}\n");
             if let Ok(mut f) = f.lock() {
-                let _ = writeln!(f, "{kind} {key}");
+                let _ = f.write_all(line.as_bytes());
             }
         }
     }

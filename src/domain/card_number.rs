@@ -14,6 +14,8 @@ pub enum CardNumberError {
     NotDigits,
     #[error("must be 6 to 32 digits long")]
     Length,
+    #[error("is a valid personal identity number, not a card number")]
+    IdentityNumber,
 }
 
 impl super::Rule for CardNumberError {
@@ -22,6 +24,7 @@ impl super::Rule for CardNumberError {
             CardNumberError::Empty => "REQUIRED",
             CardNumberError::NotDigits => "NOT_DIGITS",
             CardNumberError::Length => "LENGTH",
+            CardNumberError::IdentityNumber => "CONTAINS_IDENTITY_NUMBER",
         }
     }
 }
@@ -40,6 +43,11 @@ impl CardNumber {
         }
         if !(Self::MIN_DIGITS..=Self::MAX_DIGITS).contains(&digits.len()) {
             return Err(CardNumberError::Length);
+        }
+        // A personnummer typed into the card-number field would be stored and shown in clear.
+        if (digits.len() == 10 || digits.len() == 12) && super::Personnummer::parse(&digits).is_ok()
+        {
+            return Err(CardNumberError::IdentityNumber);
         }
         Ok(Self(digits))
     }

@@ -75,6 +75,8 @@ pub enum PersonNameError {
     Empty,
     #[error("must be at most 200 characters without control characters")]
     Format,
+    #[error("must not contain digits that could be a personal identity number")]
+    ContainsIdentityNumber,
 }
 
 impl super::Rule for PersonNameError {
@@ -82,6 +84,7 @@ impl super::Rule for PersonNameError {
         match self {
             PersonNameError::Empty => "REQUIRED",
             PersonNameError::Format => "FORMAT",
+            PersonNameError::ContainsIdentityNumber => "CONTAINS_IDENTITY_NUMBER",
         }
     }
 }
@@ -94,6 +97,10 @@ impl PersonName {
         }
         if s.chars().count() > 200 || s.chars().any(char::is_control) {
             return Err(PersonNameError::Format);
+        }
+        // Names carry no long numbers; six digits in all is already a birth date.
+        if s.chars().filter(|c| c.is_numeric()).count() >= 6 {
+            return Err(PersonNameError::ContainsIdentityNumber);
         }
         Ok(Self(s.to_owned()))
     }

@@ -14,6 +14,8 @@ pub enum EmailError {
         "must be an address like name@example.se (one @, a dotted domain, no spaces, at most 254 characters)"
     )]
     Format,
+    #[error("must not contain a personal identity number")]
+    ContainsIdentityNumber,
 }
 
 impl super::Rule for EmailError {
@@ -21,6 +23,7 @@ impl super::Rule for EmailError {
         match self {
             EmailError::Empty => "REQUIRED",
             EmailError::Format => "FORMAT",
+            EmailError::ContainsIdentityNumber => "CONTAINS_IDENTITY_NUMBER",
         }
     }
 }
@@ -43,11 +46,13 @@ impl Email {
                 }
                 None => false,
             };
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(EmailError::Format)
+        if !ok {
+            return Err(EmailError::Format);
         }
+        if super::personnummer_appears_in(s) {
+            return Err(EmailError::ContainsIdentityNumber);
+        }
+        Ok(Self(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -17,7 +17,9 @@ pub use case::{
 };
 pub use email::{Email, EmailError};
 pub use hsa_id::{HsaId, HsaIdError};
-pub use personnummer::{IdentityKind, Personnummer, PersonnummerError};
+pub use personnummer::{
+    IdentityKind, Personnummer, PersonnummerError, appears_in as personnummer_appears_in,
+};
 
 /// A validation rule's stable code (for `google.rpc.BadRequest` field violations' `reason`),
 /// next to its human-readable description (`Display`).

@@ -187,6 +187,16 @@ impl Personnummer {
     }
 }
 
+/// True if some run of digits in `text` (with its `-`/`+` separators) is a valid personnummer or
+/// samordningsnummer: for fields where numbers are legitimate but identity numbers are not.
+pub fn appears_in(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '-' || c == '+'))
+        .any(|run| {
+            let digits = run.trim_matches(['-', '+']);
+            (10..=13).contains(&digits.len()) && Personnummer::parse(digits).is_ok()
+        })
+}
+
 /// The birth year of a ten-digit form by calendar year: without `+` the latest year not after
 /// this one, with `+` the latest year at least 100 years back.
 fn century_for(yy: i32, plus: bool, today: Date) -> i32 {

@@ -22,8 +22,11 @@ pub enum Step {
     Remind(u32),
     /// Give up waiting for an outcome: the case needs attention.
     Escalate,
-    /// Tell the head of operations and the card holder that the card is deregistered.
-    Notify,
+    /// Tell the head of operations that the card is deregistered.
+    NotifyHead,
+    /// Then the card holder (a no-op when no address is known). Separate steps, so a failure
+    /// to reach one person never makes the other get the notice twice.
+    NotifyHolder,
     /// Remove the employment from KIV (care-provider route only).
     RemoveKiv,
     /// Put back an employment removed from KIV too early, from the snapshot.
@@ -39,7 +42,8 @@ impl Step {
             Step::PollOutcome => "poll_outcome",
             Step::Remind(_) => "remind",
             Step::Escalate => "escalate",
-            Step::Notify => "notify",
+            Step::NotifyHead => "notify_head",
+            Step::NotifyHolder => "notify_holder",
             Step::RemoveKiv => "remove_kiv",
             Step::RestoreKiv => "restore_kiv",
         }
@@ -47,8 +51,9 @@ impl Step {
 
     /// Steps that may legitimately run more than once per case get a distinguishing suffix in
     /// their idempotency key (the audit sequence number of the event that scheduled them).
+    /// Reminders count too: an operator's retry starts a new round of them.
     pub fn repeatable(self) -> bool {
-        matches!(self, Step::PollOutcome | Step::RestoreKiv)
+        matches!(self, Step::PollOutcome | Step::RestoreKiv | Step::Remind(_))
     }
 }
 
@@ -173,6 +178,9 @@ pub enum Event {
         n: u32,
     },
     EscalationDue,
+    /// The head of operations has been told.
+    HeadNotified,
+    /// Everyone has been told (the card holder last).
     NotificationsSent,
     /// The gateway removed the employment through the KIV connector.
     KivRemoved,
@@ -274,11 +282,15 @@ fn work_of(saga: &Saga, state: State) -> Vec<Effect> {
                 delay: Delay::PollInterval,
             },
             Effect {
+                step: Step::Remind(1),
+                delay: Delay::RemindAfter,
+            },
+            Effect {
                 step: Step::Escalate,
                 delay: Delay::EscalateAfter,
             },
         ],
-        State::Revoked => vec![now(Step::Notify)],
+        State::Revoked => vec![now(Step::NotifyHead)],
         State::KivRemovalPending if saga.route == KivRemovalRoute::CareProvider => {
             vec![now(Step::RemoveKiv)]
         }
@@ -299,7 +311,9 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
         return match event {
             Event::Cancel if state == S::Cancelled => Ok(Outcome::unchanged(saga)),
             Event::Cancel => Err(TransitionError::CancelTooLate { state }),
-            Event::RevocationConfirmed { .. } if state == S::Completed => {
+            // A repeat of a recorded confirmation is harmless; a case an operator closed without
+            // one cannot take one afterwards.
+            Event::RevocationConfirmed { .. } if saga.revocation_confirmed => {
                 Ok(Outcome::unchanged(saga))
             }
             Event::RevocationRejected { .. } if state == S::Rejected => {
@@ -382,7 +396,7 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
                         next,
                         S::Revoked,
                         "revocation_confirmed",
-                        vec![now(Step::Notify)],
+                        vec![now(Step::NotifyHead)],
                     ))
                 }
                 _ => Ok(Outcome::unchanged(saga)),
@@ -416,6 +430,14 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
         },
         Event::EscalationDue => match state {
             S::RevocationRequested => Ok(Outcome::attention(saga, "no_outcome_in_time")),
+            _ => Ok(Outcome::unchanged(saga)),
+        },
+        Event::HeadNotified => match state {
+            S::Revoked => Ok(Outcome::audit_only(
+                saga,
+                "head_notified",
+                vec![now(Step::NotifyHolder)],
+            )),
             _ => Ok(Outcome::unchanged(saga)),
         },
         Event::NotificationsSent => match state {
@@ -514,7 +536,7 @@ pub fn step_applies(saga: &Saga, step: Step) -> bool {
         Step::PollOutcome | Step::Remind(_) | Step::Escalate => {
             saga.state == State::RevocationRequested
         }
-        Step::Notify => saga.state == State::Revoked,
+        Step::NotifyHead | Step::NotifyHolder => saga.state == State::Revoked,
         Step::RemoveKiv => {
             saga.state == State::KivRemovalPending
                 && saga.revocation_confirmed

@@ -68,6 +68,9 @@ pub struct ListQuery {
     pub route: Option<KivRemovalRoute>,
     pub revocation_confirmed: Option<bool>,
     pub snapshot: Option<SnapshotState>,
+    /// Also cases needing attention that stopped in one of `states` (e.g. an escalated case
+    /// still awaits TjänsteID-service's outcome).
+    pub include_attention_from: bool,
     /// Keyset pagination: only cases with a greater id (ids are time-ordered).
     pub after: Option<CaseId>,
     pub limit: u32,

@@ -440,7 +440,7 @@ impl SeaStore {
             }
             let case_id = &model.id;
             let key = match effect.step {
-                Step::Remind(n) => format!("{case_id}:remind:{n}"),
+                Step::Remind(n) => format!("{case_id}:remind:{n}:{}", model.last_seq),
                 s if s.repeatable() => format!("{case_id}:{}:{}", s.name(), model.last_seq),
                 s => format!("{case_id}:{}", s.name()),
             };
@@ -902,7 +902,9 @@ fn parse_step(name: &str, n: i64) -> Option<Step> {
         "poll_outcome" => Step::PollOutcome,
         "remind" => Step::Remind(u32::try_from(n).ok()?),
         "escalate" => Step::Escalate,
-        "notify" => Step::Notify,
+        // "notify" is the combined step of earlier releases: resume it as the first notice.
+        "notify" | "notify_head" => Step::NotifyHead,
+        "notify_holder" => Step::NotifyHolder,
         "remove_kiv" => Step::RemoveKiv,
         "restore_kiv" => Step::RestoreKiv,
         _ => return None,
@@ -961,7 +963,16 @@ impl CaseStore for SeaStore {
             q = q.filter(cases::Column::CareUnitHsaId.is_in(units.iter().map(ToString::to_string)));
         }
         if !query.states.is_empty() {
-            q = q.filter(cases::Column::State.is_in(query.states.iter().map(|s| s.as_str())));
+            let names: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
+            let mut cond = sea_orm::Condition::any().add(cases::Column::State.is_in(names.clone()));
+            if query.include_attention_from {
+                cond = cond.add(
+                    sea_orm::Condition::all()
+                        .add(cases::Column::State.eq(State::NeedsAttention.as_str()))
+                        .add(cases::Column::AttentionFrom.is_in(names)),
+                );
+            }
+            q = q.filter(cond);
         }
         if let Some(r) = query.route {
             q = q.filter(cases::Column::KivRemovalRoute.eq(r.as_str()));

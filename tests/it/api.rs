@@ -170,6 +170,29 @@ async fn all_violations_are_reported_in_one_answer() {
             .unwrap_or_else(|| panic!("no violation for {field}: {v:?}"));
         assert!(got.contains(rule), "{field}: {got}");
     }
+    // Identity numbers typed into the wrong field are refused there too.
+    let mut d = report(&unit_a(), "19121212-1212", "191212121212");
+    d.card_holder.as_mut().expect("holder").full_name = "Kalle 19121212-1212".into();
+    d.card_holder.as_mut().expect("holder").email = "191212121212@example.se".into();
+    let err = client
+        .create_deregistration(create("19121212-1212", d))
+        .await
+        .expect_err("misplaced");
+    let r = reasons(&err);
+    for field in [
+        "request_id",
+        "deregistration.card_number",
+        "deregistration.card_holder.full_name",
+        "deregistration.card_holder.email",
+    ] {
+        assert_eq!(
+            r.get(field).map(String::as_str),
+            Some("CONTAINS_IDENTITY_NUMBER"),
+            "{field}: {r:?}"
+        );
+    }
+    assert!(!err.message().contains("1212-1212") && !err.message().contains("191212121212"));
+
     let missing = client
         .create_deregistration(pb::CreateDeregistrationRequest::default())
         .await

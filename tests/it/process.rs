@@ -299,7 +299,7 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
         );
         assert_eq!(
             keys("notify"),
-            BTreeSet::from([format!("{id}:notify:head"), format!("{id}:notify:holder")])
+            BTreeSet::from([format!("{id}:notify_head"), format!("{id}:notify_holder")])
         );
     }
     // And the audit trail has each step exactly once, in order, without gaps.
@@ -324,6 +324,7 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
             "kiv_snapshot_taken",
             "revocation_requested",
             "revocation_confirmed",
+            "head_notified",
             "notified",
             "kiv_removed"
         ]

@@ -139,6 +139,7 @@ async fn nothing_reaches_kiv_before_the_confirmation_on_the_care_provider_route(
             "kiv_snapshot_taken",
             "revocation_requested",
             "revocation_confirmed",
+            "head_notified",
             "notified",
             "kiv_removed"
         ]
@@ -426,12 +427,64 @@ async fn no_outcome_in_time_escalates_with_reminders_and_a_late_confirmation_sti
         "{}",
         parked.state_reason
     );
+    let reminder = format!("{id}:remind:1:");
     assert!(
         app.tjansteid
             .deliveries()
-            .contains_key(&format!("{id}:remind:1"))
+            .keys()
+            .any(|k| k.starts_with(&reminder)),
+        "no reminder was sent"
     );
     assert!(app.kiv.contains(&holder(), &unit()));
     confirm(&app, &id).await.expect("late confirmation");
     app.wait_for(&id, pb::State::Completed).await;
+    // The same confirmation again is fine; a different reference is not.
+    confirm(&app, &id).await.expect("repeat");
+    let other = RevocationServiceClient::new(app.channel("tjansteid").await)
+        .confirm_revocation(pb::ConfirmRevocationRequest {
+            deregistration_id: id.clone(),
+            revocation_reference: "TJID-OTHER".into(),
+            revoke_time: None,
+        })
+        .await
+        .expect_err("conflicting reference");
+    assert_eq!(other.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn an_operator_retry_of_an_escalated_case_starts_reminding_again() {
+    let app = spawn_app_opts(Options {
+        remind_after: 0.3,
+        escalate_after: 0.5,
+        ..Options::default()
+    })
+    .await;
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5900001").await;
+    app.wait_for(&id, pb::State::NeedsAttention).await;
+    let reminders = |app: &TestApp| {
+        app.tjansteid
+            .deliveries()
+            .keys()
+            .filter(|k| k.starts_with(&format!("{id}:remind:")))
+            .count()
+    };
+    let before = reminders(&app);
+    let mut ops = OperationsServiceClient::new(app.channel("operator").await);
+    ops.retry_deregistration(pb::RetryDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("retry");
+    app.wait_for(&id, pb::State::NeedsAttention).await;
+    assert!(reminders(&app) > before, "no reminder in the new round");
+    // A case an operator closed without a confirmation cannot take one afterwards.
+    ops.resolve_deregistration(pb::ResolveDeregistrationRequest {
+        id: id.clone(),
+        resolution: pb::Resolution::Completed as i32,
+        justification: "revoked by phone, reference lost".into(),
+    })
+    .await
+    .expect("resolve");
+    assert_eq!(
+        confirm(&app, &id).await.expect_err("closed").code(),
+        Code::FailedPrecondition
+    );
 }

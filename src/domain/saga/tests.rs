@@ -16,6 +16,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         }),
         (1u32..4).prop_map(|n| Event::ReminderSent { n }),
         Just(Event::EscalationDue),
+        Just(Event::HeadNotified),
         Just(Event::NotificationsSent),
         Just(Event::KivRemoved),
         Just(Event::OfficeCompleted),
@@ -26,9 +27,10 @@ fn any_event() -> impl Strategy<Value = Event> {
             reason: "x".into()
         }),
         Just(Event::StepFailed {
-            step: Step::Notify,
+            step: Step::NotifyHead,
             reason: "x".into()
         }),
+        Just(Event::HeadNotified),
         Just(Event::OperatorRetry),
         any::<bool>().prop_map(|completed| Event::OperatorResolve { completed }),
     ]
@@ -52,7 +54,8 @@ fn result_of(step: Step, confirm: bool) -> Event {
         Step::PollOutcome => Event::OutcomePending,
         Step::Remind(n) => Event::ReminderSent { n },
         Step::Escalate => Event::EscalationDue,
-        Step::Notify => Event::NotificationsSent,
+        Step::NotifyHead => Event::HeadNotified,
+        Step::NotifyHolder => Event::NotificationsSent,
         Step::RemoveKiv => Event::KivRemoved,
         Step::RestoreKiv => Event::EmploymentRestored,
     }
@@ -200,7 +203,12 @@ fn the_routine_runs_in_order_on_both_routes() {
                     reference: "R".into()
                 }
             ),
-            vec![now(Step::Notify)]
+            vec![now(Step::NotifyHead)]
+        );
+        assert_eq!(s.state, State::Revoked);
+        assert_eq!(
+            step(&mut s, Event::HeadNotified),
+            vec![now(Step::NotifyHolder)]
         );
         assert_eq!(s.state, State::Revoked);
         let fx = step(&mut s, Event::NotificationsSent);

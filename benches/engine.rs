@@ -50,6 +50,9 @@ fn report(i: usize) -> NewDeregistration {
     }
 }
 
+/// Snapshot, report, outcome poll, notify head, notify holder, KIV removal.
+const EFFECTS_PER_CASE: usize = 6;
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -177,7 +180,7 @@ async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
         "completions  cases={n} latency={}ms workers={workers} batch={batch}: {:.0} cases/s ({secs:.2} s; {} effects/case){}; creation {created:.0} cases/s",
         latency.as_millis(),
         n as f64 / secs,
-        5,
+        EFFECTS_PER_CASE,
         if attention {
             " SOME NEED ATTENTION"
         } else {

@@ -471,13 +471,24 @@ impl SeaStore {
         txn: &DatabaseTransaction,
         cs: ChangeSet,
     ) -> Result<Vec<CaseEvent>, StoreError> {
-        for m in &cs.cases {
-            self.db_exec(
-                txn,
-                "UPDATE cases SET state = ?, attention_from = ?, snapshot_state = ?, kiv_snapshot = ?, \
-                 reported_at = ?, revocation_confirmed_at = ?, revocation_reference = ?, state_reason = ?, \
-                 active_card_number = ?, updated_at = ?, version = ?, last_seq = ?, last_hash = ? WHERE id = ?",
-                vec![
+        // One statement per chunk of rows (UPDATE … FROM VALUES works on SQLite ≥ 3.33 and
+        // PostgreSQL alike; VALUES columns are column1…column14 on both).
+        for chunk in cs.cases.chunks(64) {
+            let mut sql = String::from(
+                "UPDATE cases SET state = v.column2, attention_from = v.column3, snapshot_state = v.column4, \
+                 kiv_snapshot = v.column5, reported_at = v.column6, revocation_confirmed_at = v.column7, \
+                 revocation_reference = v.column8, state_reason = v.column9, active_card_number = v.column10, \
+                 updated_at = v.column11, version = v.column12, last_seq = v.column13, last_hash = v.column14 \
+                 FROM (VALUES ",
+            );
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 14);
+            for (i, m) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                values.extend([
+                    m.id.clone().into(),
                     m.state.clone().into(),
                     m.attention_from.clone().into(),
                     m.snapshot_state.clone().into(),
@@ -491,10 +502,10 @@ impl SeaStore {
                     m.version.into(),
                     m.last_seq.into(),
                     m.last_hash.clone().into(),
-                    m.id.clone().into(),
-                ],
-            )
-            .await?;
+                ]);
+            }
+            sql.push_str(") AS v WHERE cases.id = v.column1");
+            self.db_exec(txn, &sql, values).await?;
         }
         if !cs.events.is_empty() {
             case_events::Entity::insert_many(cs.events)

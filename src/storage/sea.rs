@@ -745,18 +745,18 @@ impl SeaStore {
         }
 
         let mut events: Vec<(&Finished, Event, String)> = Vec::new();
-        for f in results.iter().filter(|f| fenced.contains(&f.work.key)) {
+        for f in results {
+            if !fenced.contains(&f.work.key) {
+                // Another worker took the effect over; it re-runs it under the same key.
+                tracing::warn!(key = %f.work.key, "lease lost before the result was recorded; dropped");
+                continue;
+            }
             match &f.result {
                 WorkResult::Done {
                     event: Some(e),
                     detail,
                     ..
                 } => events.push((f, e.clone(), detail.clone())),
-                WorkResult::Done {
-                    event: None,
-                    snapshot: Some(_),
-                    ..
-                } => {}
                 WorkResult::Failed { error } => events.push((
                     f,
                     Event::StepFailed {
@@ -766,9 +766,6 @@ impl SeaStore {
                     format!("{} failed: {error}", f.work.step.name()),
                 )),
                 _ => {}
-            }
-            if !fenced.contains(&f.work.key) {
-                tracing::warn!(key = %f.work.key, "lease lost before the result was recorded; dropped");
             }
         }
         let ids: Vec<&CaseId> = events.iter().map(|(f, _, _)| &f.work.case_id).collect();

@@ -248,9 +248,10 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
     }
 
-    /// Checks what `serve` needs, naming each missing setting.
+    /// Checks what `serve` needs, naming every missing or invalid setting at once.
     pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
-        let mut missing = Vec::new();
+        let mut missing: Vec<&str> = Vec::new();
+        let mut invalid: Vec<String> = Vec::new();
         for (name, empty) in [
             ("tls.cert", self.tls.cert.as_os_str().is_empty()),
             ("tls.key", self.tls.key.as_os_str().is_empty()),
@@ -270,19 +271,11 @@ impl Config {
                 missing.push(name);
             }
         }
-        if !missing.is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "missing settings: {} (or run `serve --dev`)",
-                missing.join(", ")
-            )));
-        }
         if self.api.max_page_size == 0
             || self.api.default_page_size == 0
             || self.api.default_page_size > self.api.max_page_size
         {
-            return Err(ConfigError::Invalid(
-                "api.default_page_size must be between 1 and api.max_page_size".into(),
-            ));
+            invalid.push("api.default_page_size must be between 1 and api.max_page_size".into());
         }
         for (name, v, allowed) in [
             (
@@ -302,15 +295,14 @@ impl Config {
             ),
         ] {
             if !allowed.contains(&v.as_str()) {
-                return Err(ConfigError::Invalid(format!(
+                invalid.push(format!(
                     "{name} = \"{v}\": choose one of {}",
                     allowed.join(", ")
-                )));
+                ));
             }
         }
         if self.connectors.kiv == "ldap" {
             let l = &self.ldap;
-            let mut missing = Vec::new();
             for (n, empty) in [
                 ("ldap.url", l.url.trim().is_empty()),
                 ("ldap.base_dn", l.base_dn.trim().is_empty()),
@@ -319,30 +311,21 @@ impl Config {
                     l.person_attribute.trim().is_empty(),
                 ),
                 ("ldap.unit_attribute", l.unit_attribute.trim().is_empty()),
+                (
+                    "ldap.bind_password (ldap.bind_dn is set)",
+                    !l.bind_dn.is_empty() && l.bind_password.is_empty(),
+                ),
             ] {
                 if empty {
                     missing.push(n);
                 }
             }
-            if !l.bind_dn.is_empty() && l.bind_password.is_empty() {
-                missing.push("ldap.bind_password (ldap.bind_dn is set)");
-            }
-            if !missing.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "connectors.kiv = \"ldap\" needs: {}",
-                    missing.join(", ")
-                )));
-            }
             if !["delete", "end_date"].contains(&l.removal.as_str()) {
-                return Err(ConfigError::Invalid(
-                    "ldap.removal must be \"delete\" or \"end_date\"".into(),
-                ));
+                invalid.push("ldap.removal must be \"delete\" or \"end_date\"".into());
             }
         }
-        let uses_smtp = self.connectors.tjansteid == "smtp" || self.connectors.notifier == "smtp";
-        if uses_smtp {
+        if self.connectors.tjansteid == "smtp" || self.connectors.notifier == "smtp" {
             let m = &self.smtp;
-            let mut missing = Vec::new();
             for (n, empty) in [
                 ("smtp.host", m.host.trim().is_empty()),
                 ("smtp.from", m.from.trim().is_empty()),
@@ -350,25 +333,18 @@ impl Config {
                     "smtp.service_desk",
                     self.connectors.tjansteid == "smtp" && m.service_desk.trim().is_empty(),
                 ),
+                (
+                    "smtp.password (smtp.username is set)",
+                    !m.username.is_empty() && m.password.is_empty(),
+                ),
             ] {
                 if empty {
                     missing.push(n);
                 }
             }
-            if !m.username.is_empty() && m.password.is_empty() {
-                missing.push("smtp.password (smtp.username is set)");
-            }
-            if !missing.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "the SMTP connectors need: {}",
-                    missing.join(", ")
-                )));
-            }
         }
         if !(0.0..=1.0).contains(&self.simulated.failure_rate) {
-            return Err(ConfigError::Invalid(
-                "simulated.failure_rate must be between 0.0 and 1.0".into(),
-            ));
+            invalid.push("simulated.failure_rate must be between 0.0 and 1.0".into());
         }
         let e = &self.engine;
         for (name, v) in [
@@ -381,17 +357,26 @@ impl Config {
             ),
         ] {
             if !(0.0..=1e9).contains(&v) {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be between 0 and 1e9"
-                )));
+                invalid.push(format!("{name} must be between 0 and 1e9"));
             }
         }
         if e.batch_size == 0 || e.max_attempts == 0 {
-            return Err(ConfigError::Invalid(
-                "engine.batch_size and engine.max_attempts must be at least 1".into(),
-            ));
+            invalid.push("engine.batch_size and engine.max_attempts must be at least 1".into());
         }
-        Ok(())
+        if !missing.is_empty() {
+            invalid.insert(
+                0,
+                format!(
+                    "missing settings: {} (or run `serve --dev`)",
+                    missing.join(", ")
+                ),
+            );
+        }
+        if invalid.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(invalid.join("; ")))
+        }
     }
 
     pub fn engine_config(&self) -> crate::engine::EngineConfig {

@@ -171,7 +171,25 @@ impl Engine {
             let span = tracing::info_span!("saga_step", case_id = %w.case_id, step = w.step.name(), attempt = w.attempts + 1);
             set.spawn(
                 async move {
-                    let result = execute(&*store, &connectors, &cfg, &w, case).await;
+                    // A step must end well inside its lease, or another worker would take it
+                    // over while it still runs and do it twice.
+                    let limit = cfg.lease.mul_f64(0.8);
+                    let result = match tokio::time::timeout(
+                        limit,
+                        execute(&*store, &connectors, &cfg, &w, case),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            metrics::inc(metrics::STEPS_RETRIED);
+                            tracing::warn!(
+                                limit_seconds = limit.as_secs_f64(),
+                                "step timed out; will retry"
+                            );
+                            retry_or_give_up(&cfg, &w, format!("timed out after {}", human(limit)))
+                        }
+                    };
                     Finished { work: w, result }
                 }
                 .instrument(span),
@@ -252,6 +270,11 @@ impl Engine {
                     .await;
                 match r {
                     Ok(Some(_)) => {}
+                    Ok(None) if self.store.kiv_removed_by_other_case(&case.id).await? => {
+                        // Another case of this person at this unit was confirmed and removed
+                        // the employment: its absence is the routine, not a violation.
+                        tracing::info!(case_id = %case.id, "employment removed by another confirmed case; not restored");
+                    }
                     Ok(None) => {
                         found += 1;
                         metrics::inc(metrics::KIV_EARLY_REMOVALS);
@@ -420,10 +443,7 @@ async fn execute(
         Err(ConnectorError::Retryable(e)) if w.attempts + 1 < cfg.max_attempts => {
             metrics::inc(metrics::STEPS_RETRIED);
             tracing::info!(error = %e, "step failed; will retry");
-            WorkResult::Retry {
-                at: later(cfg, w.attempts),
-                error: e,
-            }
+            retry_or_give_up(cfg, w, e)
         }
         Err(e) => {
             metrics::inc(metrics::STEPS_FAILED);
@@ -435,6 +455,19 @@ async fn execute(
             };
             tracing::warn!(%error, "step failed for good; the case needs attention");
             WorkResult::Failed { error }
+        }
+    }
+}
+
+fn retry_or_give_up(cfg: &EngineConfig, w: &Work, error: String) -> WorkResult {
+    if w.attempts + 1 < cfg.max_attempts {
+        WorkResult::Retry {
+            at: later(cfg, w.attempts),
+            error,
+        }
+    } else {
+        WorkResult::Failed {
+            error: format!("gave up after {} attempts: {error}", w.attempts + 1),
         }
     }
 }

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m0001_cases;
 mod m0002_saga;
+mod m0003_head_notified;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_cases::Migration),
             Box::new(m0002_saga::Migration),
+            Box::new(m0003_head_notified::Migration),
         ]
     }
 }

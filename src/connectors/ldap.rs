@@ -56,10 +56,38 @@ fn retryable_rc(rc: u32) -> bool {
     matches!(rc, 3 | 51 | 52 | 80 | 81 | 85 | 91)
 }
 
+/// The names of the result codes an operator is likely to meet.
+fn rc_name(rc: u32) -> &'static str {
+    match rc {
+        3 => "timeLimitExceeded",
+        16 => "noSuchAttribute",
+        17 => "undefinedAttributeType",
+        21 => "invalidAttributeSyntax",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        64 => "namingViolation",
+        65 => "objectClassViolation",
+        68 => "entryAlreadyExists",
+        80 => "other",
+        _ => "",
+    }
+}
+
 fn classify(what: &str, e: LdapError) -> ConnectorError {
     match e {
         LdapError::LdapResult { result } => {
-            let msg = format!("{what}: LDAP result {} {}", result.rc, result.text);
+            // Server texts can quote DNs and values: keep them out of audit and log.
+            let msg = super::redact(&format!(
+                "{what}: LDAP result {} {} {}",
+                result.rc,
+                rc_name(result.rc),
+                result.text
+            ));
             if retryable_rc(result.rc) {
                 ConnectorError::Retryable(msg)
             } else {
@@ -67,7 +95,7 @@ fn classify(what: &str, e: LdapError) -> ConnectorError {
             }
         }
         // Everything below the protocol — sockets, TLS handshakes, timeouts — may heal.
-        other => ConnectorError::Retryable(format!("{what}: {other}")),
+        other => ConnectorError::Retryable(super::redact(&format!("{what}: {other}"))),
     }
 }
 
@@ -365,6 +393,20 @@ mod tests {
             "20260921141320Z"
         );
         assert_eq!(kiv_time(Timestamp(0)), "19700101000000Z");
+    }
+
+    #[test]
+    fn server_texts_lose_addresses_and_numbers() {
+        assert_eq!(
+            super::super::redact(
+                "send: permanent error (550): 5.1.1 <p8@x.se>: Recipient rejected"
+            ),
+            "send: permanent error (550): 5.1.1 <address>: Recipient rejected"
+        );
+        assert_eq!(
+            super::super::redact("no such entry cn=P19121212,ou=Personal 191212121212"),
+            "no such entry cn=P<number>,ou=Personal <number>"
+        );
     }
 
     #[test]

@@ -32,6 +32,52 @@ impl ConnectorError {
     }
 }
 
+/// Makes a remote server's text safe to keep: servers echo addresses and names back
+/// ("550 <holder@example.se>: rejected"), and the message ends up in `state_reason`, the
+/// append-only audit trail and the log. E-mail addresses become `<address>`, and any run of
+/// six or more digits (a birth date, an identity number) becomes `<number>`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_inclusive(char::is_whitespace) {
+        let (core, tail) = word.split_at(word.trim_end().len());
+        if core.contains('@') {
+            let open = core.starts_with('<');
+            let close = core.ends_with(['>', ':', ',', ';', '.']);
+            out.push_str("<address>");
+            if close && !open {
+                out.push_str(&core[core.len() - 1..]);
+            } else if let Some(c) = core.chars().last().filter(|c| matches!(c, ':' | ',' | ';')) {
+                out.push(c);
+            }
+        } else {
+            let mut digits = 0;
+            let mut buf = String::new();
+            for c in core.chars() {
+                if c.is_ascii_digit() {
+                    digits += 1;
+                    buf.push(c);
+                } else {
+                    if digits >= 6 {
+                        out.push_str("<number>");
+                    } else {
+                        out.push_str(&buf);
+                    }
+                    buf.clear();
+                    digits = 0;
+                    out.push(c);
+                }
+            }
+            if digits >= 6 {
+                out.push_str("<number>");
+            } else {
+                out.push_str(&buf);
+            }
+        }
+        out.push_str(tail);
+    }
+    out
+}
+
 /// What the routine asks the head of operations to report to TjänsteID-service.
 #[derive(Clone, Debug)]
 pub struct CutCardReport {

@@ -40,6 +40,7 @@ pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     id_domain: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Smtp {
@@ -51,7 +52,7 @@ impl std::fmt::Debug for Smtp {
 }
 
 fn classify(what: &str, e: lettre::transport::smtp::Error) -> ConnectorError {
-    let msg = format!("{what}: {e}");
+    let msg = super::redact(&format!("{what}: {e}"));
     if e.is_permanent() {
         ConnectorError::Terminal(msg)
     } else {
@@ -98,6 +99,7 @@ impl Smtp {
             transport: builder.build(),
             from,
             id_domain,
+            timeout: s.timeout,
         })
     }
 
@@ -124,20 +126,26 @@ impl Smtp {
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .map_err(|e| ConnectorError::Terminal(format!("message: {e}")))?;
-        self.transport
-            .send(message)
-            .await
-            .map_err(|e| classify("send", e))?;
-        Ok(())
+        // lettre's own timeout does not cover every wait (e.g. the reply to DATA): bound the
+        // whole send, so a stalled server is a retryable failure, not a hung step.
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| classify("send", e)),
+            Err(_) => Err(ConnectorError::Retryable(format!(
+                "send: no answer from the SMTP server within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
+    /// Connects, negotiates STARTTLS, authenticates (if configured) and says NOOP.
     pub async fn probe(&self) -> Result<(), ConnectorError> {
-        match self.transport.test_connection().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ConnectorError::Retryable(
+        match tokio::time::timeout(self.timeout, self.transport.test_connection()).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(ConnectorError::Retryable(
                 "SMTP server did not answer NOOP".into(),
             )),
-            Err(e) => Err(classify("connect", e)),
+            Ok(Err(e)) => Err(classify("connect", e)),
+            Err(_) => Err(ConnectorError::Retryable("connect: timed out".into())),
         }
     }
 }

@@ -226,6 +226,8 @@ pub struct Deregistration {
     pub reported_at: Option<Timestamp>,
     /// When the revocation confirmation was recorded; never cleared.
     pub revocation_confirmed_at: Option<Timestamp>,
+    /// When the head of operations was told.
+    pub head_notified_at: Option<Timestamp>,
     /// The trace of the request that created the case; saga steps link to it.
     pub trace_id: String,
 }
@@ -238,6 +240,7 @@ impl Deregistration {
             snapshot: self.snapshot,
             attention_from: self.attention_from,
             revocation_confirmed: self.revocation_confirmed_at.is_some(),
+            head_notified: self.head_notified_at.is_some(),
         }
     }
 }

@@ -119,6 +119,9 @@ pub struct Saga {
     pub attention_from: Option<State>,
     /// True once a revocation confirmation is durably recorded. Never reset.
     pub revocation_confirmed: bool,
+    /// True once the head of operations has been told. Never reset: a retry must not tell
+    /// them twice.
+    pub head_notified: bool,
 }
 
 impl Saga {
@@ -129,6 +132,7 @@ impl Saga {
             snapshot: SnapshotState::Pending,
             attention_from: None,
             revocation_confirmed: false,
+            head_notified: false,
         }
     }
 
@@ -274,7 +278,11 @@ impl Outcome {
 /// Effects that (re)start the work of a state, for the initial entry and operator retries.
 fn work_of(saga: &Saga, state: State) -> Vec<Effect> {
     match state {
-        State::Accepted if saga.snapshot == SnapshotState::Pending => vec![now(Step::Snapshot)],
+        // The snapshot and the report go out side by side: a KIV outage must not hold back
+        // the revocation, which matters more.
+        State::Accepted if saga.snapshot == SnapshotState::Pending => {
+            vec![now(Step::Snapshot), now(Step::Report)]
+        }
         State::Accepted => vec![now(Step::Report)],
         State::RevocationRequested => vec![
             Effect {
@@ -290,6 +298,7 @@ fn work_of(saga: &Saga, state: State) -> Vec<Effect> {
                 delay: Delay::EscalateAfter,
             },
         ],
+        State::Revoked if saga.head_notified => vec![now(Step::NotifyHolder)],
         State::Revoked => vec![now(Step::NotifyHead)],
         State::KivRemovalPending if saga.route == KivRemovalRoute::CareProvider => {
             vec![now(Step::RemoveKiv)]
@@ -337,7 +346,10 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             _ => Err(TransitionError::CancelTooLate { state }),
         },
         Event::SnapshotTaken { found } => {
-            if saga.snapshot != SnapshotState::Pending || eff != S::Accepted {
+            if saga.snapshot != SnapshotState::Pending
+                || saga.revocation_confirmed
+                || !matches!(eff, S::Accepted | S::RevocationRequested)
+            {
                 return Ok(Outcome::unchanged(saga));
             }
             let mut next = saga;
@@ -351,18 +363,11 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             } else {
                 "kiv_employment_not_found"
             };
-            if state == S::NeedsAttention {
-                return Ok(Outcome::audit_only(next, audit, Vec::new()));
-            }
-            Ok(Outcome::audit_only(next, audit, vec![now(Step::Report)]))
+            Ok(Outcome::audit_only(next, audit, Vec::new()))
         }
         Event::ReportSent => match state {
             S::Accepted => {
-                let mut effects = work_of(&saga, S::RevocationRequested);
-                effects.push(Effect {
-                    step: Step::Remind(1),
-                    delay: Delay::RemindAfter,
-                });
+                let effects = work_of(&saga, S::RevocationRequested);
                 Ok(Outcome::to(
                     saga,
                     S::RevocationRequested,
@@ -433,11 +438,15 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             _ => Ok(Outcome::unchanged(saga)),
         },
         Event::HeadNotified => match state {
-            S::Revoked => Ok(Outcome::audit_only(
-                saga,
-                "head_notified",
-                vec![now(Step::NotifyHolder)],
-            )),
+            S::Revoked if !saga.head_notified => {
+                let mut next = saga;
+                next.head_notified = true;
+                Ok(Outcome::audit_only(
+                    next,
+                    "head_notified",
+                    vec![now(Step::NotifyHolder)],
+                ))
+            }
             _ => Ok(Outcome::unchanged(saga)),
         },
         Event::NotificationsSent => match state {
@@ -494,15 +503,30 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             "kiv_employment_restored",
             Vec::new(),
         )),
-        Event::StepFailed { step, .. } => {
-            // A failed restore or reminder must not hide the case's main line of work, but an
-            // operator has to know: both park the case.
-            let _ = step;
-            if state == S::NeedsAttention {
-                return Ok(Outcome::unchanged(saga));
+        Event::StepFailed { step, .. } => match (step, state) {
+            (_, S::NeedsAttention) => Ok(Outcome::unchanged(saga)),
+            // Without a snapshot the case goes on unguarded; the revocation must not wait on KIV.
+            (Step::Snapshot, _) if saga.snapshot == SnapshotState::Pending => {
+                let mut next = saga;
+                next.snapshot = SnapshotState::Absent;
+                Ok(Outcome::audit_only(next, "kiv_snapshot_failed", Vec::new()))
             }
-            Ok(Outcome::attention(saga, "step_failed"))
-        }
+            // An undeliverable notice to the card holder is recorded, not allowed to keep the
+            // employment in KIV: the routine goes on.
+            (Step::NotifyHolder, S::Revoked) => {
+                let mut next = saga;
+                next.state = S::KivRemovalPending;
+                let effects = work_of(&next, S::KivRemovalPending);
+                Ok(Outcome::to(
+                    saga,
+                    S::KivRemovalPending,
+                    "holder_not_notified",
+                    effects,
+                ))
+            }
+            // Anything else parks the case: an operator has to know.
+            _ => Ok(Outcome::attention(saga, "step_failed")),
+        },
         Event::OperatorRetry => match (state, saga.attention_from) {
             (S::NeedsAttention, Some(from)) => {
                 let effects = work_of(&saga, from);
@@ -531,12 +555,17 @@ mod tests;
 /// later event made stale, such as a reminder for a case already confirmed.
 pub fn step_applies(saga: &Saga, step: Step) -> bool {
     match step {
-        Step::Snapshot => saga.state == State::Accepted && saga.snapshot == SnapshotState::Pending,
+        Step::Snapshot => {
+            matches!(saga.state, State::Accepted | State::RevocationRequested)
+                && saga.snapshot == SnapshotState::Pending
+                && !saga.revocation_confirmed
+        }
         Step::Report => saga.state == State::Accepted,
         Step::PollOutcome | Step::Remind(_) | Step::Escalate => {
             saga.state == State::RevocationRequested
         }
-        Step::NotifyHead | Step::NotifyHolder => saga.state == State::Revoked,
+        Step::NotifyHead => saga.state == State::Revoked && !saga.head_notified,
+        Step::NotifyHolder => saga.state == State::Revoked,
         Step::RemoveKiv => {
             saga.state == State::KivRemovalPending
                 && saga.revocation_confirmed

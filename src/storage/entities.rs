@@ -32,6 +32,7 @@ pub(crate) mod cases {
         pub trace_id: String,
         pub last_seq: i64,
         pub last_hash: String,
+        pub head_notified_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -200,6 +200,11 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// The case's audit trail, in order.
     async fn events(&self, id: &CaseId) -> Result<Vec<CaseEvent>, StoreError>;
 
+    /// Whether another case of the same person at the same care unit has a confirmed
+    /// revocation and is removing (or has removed) the employment: then its absence from KIV is
+    /// legitimate and must not be "repaired".
+    async fn kiv_removed_by_other_case(&self, id: &CaseId) -> Result<bool, StoreError>;
+
     /// The KIV snapshot taken at acceptance, if any.
     async fn snapshot(&self, id: &CaseId) -> Result<Option<Employment>, StoreError>;
 

@@ -200,6 +200,7 @@ impl SeaStore {
                 .ok_or_else(|| corrupt("snapshot state"))?,
             reported_at: m.reported_at.map(Timestamp),
             revocation_confirmed_at: m.revocation_confirmed_at.map(Timestamp),
+            head_notified_at: m.head_notified_at.map(Timestamp),
             trace_id: m.trace_id.clone(),
         })
     }
@@ -253,6 +254,7 @@ impl SeaStore {
             trace_id: Set(cmd.meta.trace_id.clone()),
             last_seq: Set(0),
             last_hash: Set(GENESIS_HASH.to_owned()),
+            head_notified_at: Set(None),
         };
         let inserted = cases::Entity::insert(case)
             .on_conflict(
@@ -340,6 +342,7 @@ impl SeaStore {
                 .ok_or_else(|| corrupt("snapshot state"))?,
             attention_from: m.attention_from.as_deref().map(state).transpose()?,
             revocation_confirmed: m.revocation_confirmed_at.is_some(),
+            head_notified: m.head_notified_at.is_some(),
         })
     }
 
@@ -387,6 +390,9 @@ impl SeaStore {
         }
         match event {
             Some(Event::ReportSent) => model.reported_at = Some(meta.at.0),
+            Some(Event::HeadNotified) if model.head_notified_at.is_none() => {
+                model.head_notified_at = Some(meta.at.0)
+            }
             Some(Event::RevocationConfirmed { reference })
                 if model.revocation_confirmed_at.is_none() =>
             {
@@ -472,21 +478,21 @@ impl SeaStore {
         cs: ChangeSet,
     ) -> Result<Vec<CaseEvent>, StoreError> {
         // One statement per chunk of rows (UPDATE … FROM VALUES works on SQLite ≥ 3.33 and
-        // PostgreSQL alike; VALUES columns are column1…column14 on both).
+        // PostgreSQL alike; VALUES columns are column1…column15 on both).
         for chunk in cs.cases.chunks(64) {
             let mut sql = String::from(
                 "UPDATE cases SET state = v.column2, attention_from = v.column3, snapshot_state = v.column4, \
                  kiv_snapshot = v.column5, reported_at = v.column6, revocation_confirmed_at = v.column7, \
                  revocation_reference = v.column8, state_reason = v.column9, active_card_number = v.column10, \
-                 updated_at = v.column11, version = v.column12, last_seq = v.column13, last_hash = v.column14 \
-                 FROM (VALUES ",
+                 updated_at = v.column11, version = v.column12, last_seq = v.column13, last_hash = v.column14, \
+                 head_notified_at = v.column15 FROM (VALUES ",
             );
-            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 14);
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 15);
             for (i, m) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
                 values.extend([
                     m.id.clone().into(),
                     m.state.clone().into(),
@@ -502,6 +508,7 @@ impl SeaStore {
                     m.version.into(),
                     m.last_seq.into(),
                     m.last_hash.clone().into(),
+                    m.head_notified_at.into(),
                 ]);
             }
             sql.push_str(") AS v WHERE cases.id = v.column1");
@@ -1067,6 +1074,21 @@ impl CaseStore for SeaStore {
                 })
             })
             .collect()
+    }
+
+    async fn kiv_removed_by_other_case(&self, id: &CaseId) -> Result<bool, StoreError> {
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(
+                "SELECT o.id FROM cases o JOIN cases c ON o.holder_pseudonym = c.holder_pseudonym \
+                 AND o.care_unit_hsa_id = c.care_unit_hsa_id \
+                 WHERE c.id = ? AND o.id <> c.id AND o.revocation_confirmed_at IS NOT NULL \
+                 AND o.state IN ('kiv_removal_pending', 'completed') LIMIT 1",
+                vec![id.to_string().into()],
+            ))
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(!rows.is_empty())
     }
 
     async fn snapshot(&self, id: &CaseId) -> Result<Option<Employment>, StoreError> {

@@ -100,7 +100,11 @@ impl KivWorld for Slapd {
 }
 
 fn ldap_kiv(slapd: &Slapd, removal: Removal) -> LdapKiv {
-    LdapKiv::new(LdapSettings {
+    LdapKiv::new(ldap_settings(slapd, removal)).expect("settings")
+}
+
+fn ldap_settings(slapd: &Slapd, removal: Removal) -> LdapSettings {
+    LdapSettings {
         url: slapd.url(),
         bind_dn: LDAP_ADMIN.into(),
         bind_password: Secret::new(LDAP_PASSWORD),
@@ -113,12 +117,15 @@ fn ldap_kiv(slapd: &Slapd, removal: Removal) -> LdapKiv {
         allow_plain: false,
         tls: Arc::new(tls_client_config(Some(slapd.ca_pem.as_bytes())).expect("tls")),
         timeout: Duration::from_secs(5),
-    })
-    .expect("settings")
+    }
 }
 
 fn smtp(server: &SmtpServer) -> Smtp {
-    Smtp::new(&SmtpSettings {
+    Smtp::new(&smtp_settings(server)).expect("smtp settings")
+}
+
+fn smtp_settings(server: &SmtpServer) -> SmtpSettings {
+    SmtpSettings {
         host: "127.0.0.1".into(),
         port: server.port,
         allow_plain: false,
@@ -128,8 +135,7 @@ fn smtp(server: &SmtpServer) -> Smtp {
         hello_name: "gateway.test".into(),
         from: "eTjänstekort-gateway <noreply@gateway.test>".into(),
         timeout: Duration::from_secs(5),
-    })
-    .expect("smtp settings")
+    }
 }
 
 fn sorted(e: &Employment) -> BTreeMap<String, Vec<String>> {
@@ -432,13 +438,21 @@ async fn notifier_contract_over_smtp() {
 // ---- end to end over mTLS ----------------------------------------------------------------------
 
 async fn real_app(slapd: &Slapd, mail: &SmtpServer, max_attempts: u32) -> crate::helpers::TestApp {
+    real_app_with(ldap_kiv(slapd, Removal::Delete), mail, max_attempts).await
+}
+
+async fn real_app_with(
+    kiv: LdapKiv,
+    mail: &SmtpServer,
+    max_attempts: u32,
+) -> crate::helpers::TestApp {
     let relay = smtp(mail);
     let connectors = Connectors {
         tjansteid: Arc::new(
             SmtpTjansteId::new(relay.clone(), "tjansteid@desk.test".into(), String::new())
                 .expect("desk"),
         ),
-        kiv: Arc::new(ldap_kiv(slapd, Removal::Delete)),
+        kiv: Arc::new(kiv),
         notifier: Arc::new(SmtpNotifier::new(relay)),
         gateway_removes_kiv: true,
     };
@@ -664,4 +678,152 @@ async fn readiness_follows_the_registries() {
     wait_for(ServingStatus::NotServing).await;
     slapd.resume();
     wait_for(ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn a_wrong_bind_password_keeps_readiness_false() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (Some(slapd), Some(mail)) = (Slapd::start(), SmtpServer::start()) else {
+        return;
+    };
+    let mut bad = ldap_settings(&slapd, Removal::Delete);
+    bad.bind_password = Secret::new("not-the-password");
+    let app = real_app_with(LdapKiv::new(bad).expect("settings"), &mail, 12).await;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(app.channel("operator").await);
+    // Give the prober several rounds: it must never report SERVING.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1);
+        assert_ne!(
+            status,
+            ServingStatus::Serving as i32,
+            "ready with a wrong LDAP password"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_case_for_the_same_employment_does_not_bring_it_back() {
+    let (Some(slapd), Some(mail)) = (Slapd::start(), SmtpServer::start()) else {
+        return;
+    };
+    slapd.employ(&person(), &unit()).await;
+    let app = real_app(&slapd, &mail, 12).await;
+    let kiv = ldap_kiv(&slapd, Removal::Delete);
+    let mut c = app.provider("provider-a").await;
+    let mut ids = Vec::new();
+    for card in ["9300001", "9300002"] {
+        ids.push(
+            c.create_deregistration(create(card, report(&unit_a(), "19121212-1212", card)))
+                .await
+                .expect("create")
+                .into_inner()
+                .deregistration
+                .expect("case")
+                .id,
+        );
+    }
+    for id in &ids {
+        app.wait_for(id, pb::State::RevocationRequested).await;
+    }
+    confirm(&app, &ids[0]).await;
+    app.wait_for(&ids[0], pb::State::Completed).await;
+    // Several reconciliation rounds: the other, unconfirmed case must not restore what the
+    // confirmed one removed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        kiv.lookup(&person(), &unit()).await.expect("lookup"),
+        None,
+        "employment brought back"
+    );
+    confirm(&app, &ids[1]).await;
+    app.wait_for(&ids[1], pb::State::Completed).await;
+    assert_eq!(kiv.lookup(&person(), &unit()).await.expect("lookup"), None);
+}
+
+#[tokio::test]
+async fn an_undeliverable_holder_address_is_recorded_and_kiv_still_cleaned() {
+    let (Some(slapd), Some(mail)) = (Slapd::start(), SmtpServer::start()) else {
+        return;
+    };
+    mail.reject_addresses(&["tolvan@example.se"]);
+    slapd.employ(&person(), &unit()).await;
+    let app = real_app(&slapd, &mail, 12).await;
+    let mut c = app.provider("provider-a").await;
+    let id = c
+        .create_deregistration(create(
+            "holder-550",
+            report(&unit_a(), "19121212-1212", "9400001"),
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .deregistration
+        .expect("case")
+        .id;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    confirm(&app, &id).await;
+    let done = app.wait_for(&id, pb::State::Completed).await;
+    let mut stream = c
+        .watch_deregistration(pb::WatchDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = stream.message().await.expect("stream") {
+        events.push(m.event.expect("event"));
+    }
+    let failed = events
+        .iter()
+        .find(|e| e.kind == "holder_not_notified")
+        .expect("the failure is recorded");
+    assert!(failed.detail.contains("550"), "{}", failed.detail);
+    for text in events
+        .iter()
+        .map(|e| e.detail.as_str())
+        .chain([done.state_reason.as_str()])
+    {
+        assert!(
+            !text.contains("tolvan@"),
+            "an address reached the audit trail: {text}"
+        );
+    }
+    let heads = mail
+        .messages()
+        .into_iter()
+        .filter(|m| m.contains(&format!("<{id}.notify_head@")))
+        .count();
+    assert_eq!(heads, 1, "the head of operations is told once");
+}
+
+#[tokio::test]
+async fn a_stalled_smtp_server_is_a_retryable_timeout() {
+    let Some(server) = SmtpServer::start() else {
+        return;
+    };
+    server.stall(5.0);
+    let mut settings = smtp_settings(&server);
+    settings.timeout = Duration::from_millis(800);
+    let desk = SmtpTjansteId::new(
+        Smtp::new(&settings).expect("smtp"),
+        "tjansteid@desk.test".into(),
+        String::new(),
+    )
+    .expect("desk");
+    let started = std::time::Instant::now();
+    let r = desk.report("k:report", &cut_card()).await;
+    assert!(matches!(&r, Err(ConnectorError::Retryable(_))), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout did not bound the send"
+    );
+    server.stall(0.0);
 }

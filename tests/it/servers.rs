@@ -294,6 +294,21 @@ impl SmtpServer {
         self.child = Some(child);
     }
 
+    /// Fault injection: these recipients refused permanently (550).
+    pub fn reject_addresses(&self, addresses: &[&str]) {
+        std::fs::write(self.mail_dir().join("REJECT"), addresses.join("\n")).expect("write");
+    }
+
+    /// Fault injection: the reply to DATA is held for `seconds` (0 ends it).
+    pub fn stall(&self, seconds: f64) {
+        let f = self.mail_dir().join("STALL");
+        if seconds > 0.0 {
+            std::fs::write(f, seconds.to_string()).expect("write");
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
     /// Fault injection: every recipient refused permanently (550) while set.
     pub fn set_rejecting(&self, on: bool) {
         let f = self.mail_dir().join("REJECT");

@@ -236,15 +236,19 @@ async fn outbox_contract(db: TestDb) {
         .expect("create")
         .into_case();
 
-    // The new case's first effect is its KIV snapshot, claimable once.
+    // A new case starts with its KIV snapshot and its report, side by side; each claimable once.
     let a = store
         .claim("owner-a", Timestamp::now(), lease, 10)
         .await
         .expect("claim");
-    assert_eq!(a.len(), 1);
+    let mut steps: Vec<_> = a.iter().map(|w| (w.step, w.key.clone())).collect();
+    steps.sort_by_key(|(s, _)| s.name());
     assert_eq!(
-        (a[0].step, a[0].key.clone()),
-        (Step::Snapshot, format!("{}:snapshot", case.id))
+        steps,
+        vec![
+            (Step::Report, format!("{}:report", case.id)),
+            (Step::Snapshot, format!("{}:snapshot", case.id))
+        ]
     );
     assert!(
         store
@@ -253,45 +257,75 @@ async fn outbox_contract(db: TestDb) {
             .expect("claim")
             .is_empty()
     );
-
-    // A result from a worker that does not hold the lease is dropped.
-    let done = |w: &etjanstekort_gateway::storage::Work| Finished {
-        work: w.clone(),
+    let work = |batch: &[etjanstekort_gateway::storage::Work], step: Step| {
+        batch
+            .iter()
+            .find(|w| w.step == step)
+            .cloned()
+            .expect("claimed")
+    };
+    let done = |w: etjanstekort_gateway::storage::Work, event: Event| Finished {
+        work: w,
         result: WorkResult::Done {
-            event: Some(Event::SnapshotTaken { found: false }),
+            event: Some(event),
             snapshot: None,
             detail: String::new(),
         },
     };
+
+    // A result from a worker that does not hold the lease is dropped.
     store
-        .finish("owner-b", vec![done(&a[0])])
+        .finish(
+            "owner-b",
+            vec![done(
+                work(&a, Step::Snapshot),
+                Event::SnapshotTaken { found: false },
+            )],
+        )
         .await
         .expect("finish");
     assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
 
-    // After the lease runs out, another worker takes the effect over under the same key.
+    // After the lease runs out, another worker takes the effects over under the same keys.
     let later = Timestamp(Timestamp::now().0 + 60_000_000);
     let b = store
         .claim("owner-b", later, lease, 10)
         .await
         .expect("claim");
-    assert_eq!(
-        b.iter().map(|w| w.key.clone()).collect::<Vec<_>>(),
-        vec![a[0].key.clone()]
-    );
+    let mut keys: Vec<_> = b.iter().map(|w| w.key.clone()).collect();
+    keys.sort();
+    let mut expected: Vec<_> = a.iter().map(|w| w.key.clone()).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
     store
-        .finish("owner-b", vec![done(&b[0])])
+        .finish(
+            "owner-b",
+            vec![
+                done(
+                    work(&b, Step::Snapshot),
+                    Event::SnapshotTaken { found: false },
+                ),
+                done(work(&b, Step::Report), Event::ReportSent),
+            ],
+        )
         .await
         .expect("finish");
     let events = store.events(&case.id).await.expect("events");
     assert_eq!(
-        events.last().map(|e| e.kind.as_str()),
-        Some("kiv_employment_not_found")
+        events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        [
+            "accepted",
+            "kiv_employment_not_found",
+            "revocation_requested"
+        ]
     );
     assert!(verify_chain(&events));
     // ... and the original owner's late result changes nothing.
     store
-        .finish("owner-a", vec![done(&a[0])])
+        .finish(
+            "owner-a",
+            vec![done(work(&a, Step::Report), Event::ReportSent)],
+        )
         .await
         .expect("late finish");
     assert_eq!(
@@ -299,14 +333,14 @@ async fn outbox_contract(db: TestDb) {
         events.len()
     );
 
-    // The result enqueued the next step, in the same transaction.
+    // The result enqueued the next step (the outcome poll, a second on), in the same transaction.
     let next = store
-        .claim("owner-a", later, lease, 10)
+        .claim("owner-a", Timestamp(later.0 + 2_000_000), lease, 10)
         .await
         .expect("claim");
     assert_eq!(
         next.iter().map(|w| w.step).collect::<Vec<_>>(),
-        vec![Step::Report]
+        vec![Step::PollOutcome]
     );
 
     // Concurrent claimers never get the same effect.
@@ -336,7 +370,7 @@ async fn outbox_contract(db: TestDb) {
     }
     let unique: std::collections::HashSet<_> = keys.iter().cloned().collect();
     assert_eq!(unique.len(), keys.len(), "an effect was claimed twice");
-    assert_eq!(keys.len(), 40);
+    assert_eq!(keys.len(), 60, "4 claimers × 15 out of 80 due effects");
 }
 
 #[tokio::test]

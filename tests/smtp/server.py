@@ -1,11 +1,14 @@
 """A real SMTP server for the tests: aiosmtpd with STARTTLS required.
 
 Every accepted message is written to OUT as <time>-<n>.eml. Fault injection by files in OUT:
-REJECT makes every recipient fail permanently (550), TEMPFAIL makes DATA fail transiently (451).
+REJECT makes recipients fail permanently (550) — every recipient if the file is empty, else the
+addresses it lists, one a line; TEMPFAIL makes DATA fail transiently (451); STALL holds the reply
+to DATA for the number of seconds it contains.
 Prints "READY <port>" once listening; runs until stdin closes or it is killed.
 """
 
 import argparse
+import asyncio
 import os
 import ssl
 import sys
@@ -20,14 +23,22 @@ class Handler:
         self.n = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if os.path.exists(os.path.join(self.out, "REJECT")):
-            return "550 5.1.1 Mailbox unavailable (test rejection)"
+        reject = os.path.join(self.out, "REJECT")
+        if os.path.exists(reject):
+            with open(reject) as f:
+                listed = [line.strip() for line in f if line.strip()]
+            if not listed or address in listed:
+                return f"550 5.1.1 <{address}>: Recipient address rejected (test)"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if os.path.exists(os.path.join(self.out, "TEMPFAIL")):
             return "451 4.3.0 Try again later (test)"
+        stall = os.path.join(self.out, "STALL")
+        if os.path.exists(stall):
+            with open(stall) as f:
+                await asyncio.sleep(float(f.read().strip() or "0"))
         self.n += 1
         name = f"{time.time_ns()}-{self.n}.eml"
         tmp = os.path.join(self.out, "." + name)

@@ -95,6 +95,18 @@ fn check(
     if after.state == State::Rejected {
         prop_assert!(!after.revocation_confirmed);
     }
+    prop_assert!(
+        !before.head_notified || after.head_notified,
+        "head notice forgotten"
+    );
+    for e in &outcome.effects {
+        // Once the head of operations is told, nothing asks to tell them again.
+        prop_assert!(
+            !(after.head_notified && e.step == Step::NotifyHead),
+            "head told twice after {:?}",
+            event
+        );
+    }
     prop_assert_eq!(
         after.state == State::NeedsAttention,
         after.attention_from.is_some()
@@ -173,16 +185,16 @@ fn the_routine_runs_in_order_on_both_routes() {
         KivRemovalRoute::HealthCareOffice,
     ] {
         let mut s = Saga::new(route);
-        assert_eq!(initial_effects(&s), vec![now(Step::Snapshot)]);
+        assert_eq!(
+            initial_effects(&s),
+            vec![now(Step::Snapshot), now(Step::Report)]
+        );
         let step = |s: &mut Saga, e: Event| {
             let o = transition(*s, &e).expect("applies");
             *s = o.saga;
             o.effects
         };
-        assert_eq!(
-            step(&mut s, Event::SnapshotTaken { found: true }),
-            vec![now(Step::Report)]
-        );
+        assert_eq!(step(&mut s, Event::SnapshotTaken { found: true }), vec![]);
         assert!(
             transition(s, &Event::OfficeCompleted).is_err(),
             "office completion before confirmation"
@@ -348,4 +360,71 @@ fn attention_remembers_where_work_resumes() {
     let r = transition(a, &Event::OperatorRetry).expect("ok");
     assert_eq!(r.saga.state, State::RevocationRequested);
     assert!(r.effects.iter().any(|e| e.step == Step::Escalate));
+}
+
+#[test]
+fn a_retry_never_tells_the_head_of_operations_twice() {
+    let mut s = Saga::new(KivRemovalRoute::CareProvider);
+    for e in [
+        Event::ReportSent,
+        Event::RevocationConfirmed {
+            reference: "R".into(),
+        },
+        Event::HeadNotified,
+    ] {
+        s = transition(s, &e).expect("applies").saga;
+    }
+    // The holder's notice fails for good: the routine goes on to KIV and the head is not
+    // told again.
+    let o = transition(
+        s,
+        &Event::StepFailed {
+            step: Step::NotifyHolder,
+            reason: "550".into(),
+        },
+    )
+    .expect("applies");
+    assert_eq!(o.saga.state, State::KivRemovalPending);
+    assert_eq!(o.effects, vec![now(Step::RemoveKiv)]);
+    // A failure of the head's notice parks the case; resuming it does not repeat a notice
+    // already given.
+    let mut p = s;
+    p.head_notified = true;
+    let parked = transition(
+        p,
+        &Event::StepFailed {
+            step: Step::NotifyHead,
+            reason: "x".into(),
+        },
+    )
+    .expect("applies")
+    .saga;
+    let resumed = transition(parked, &Event::OperatorRetry).expect("applies");
+    assert_eq!(resumed.effects, vec![now(Step::NotifyHolder)]);
+    assert!(!step_applies(&resumed.saga, Step::NotifyHead));
+}
+
+#[test]
+fn kiv_trouble_never_holds_back_the_report() {
+    let s = Saga::new(KivRemovalRoute::CareProvider);
+    assert!(initial_effects(&s).contains(&now(Step::Report)));
+    let o = transition(
+        s,
+        &Event::StepFailed {
+            step: Step::Snapshot,
+            reason: "down".into(),
+        },
+    )
+    .expect("applies");
+    assert_eq!(o.saga.state, State::Accepted);
+    assert_eq!(o.saga.snapshot, SnapshotState::Absent);
+    // A snapshot arriving after the report went out is still kept.
+    let r = transition(s, &Event::ReportSent).expect("applies").saga;
+    let t = transition(r, &Event::SnapshotTaken { found: true })
+        .expect("applies")
+        .saga;
+    assert_eq!(
+        (t.state, t.snapshot),
+        (State::RevocationRequested, SnapshotState::Taken)
+    );
 }

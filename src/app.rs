@@ -284,8 +284,15 @@ impl Gateway {
         after: Option<CaseId>,
         limit: u32,
     ) -> Result<Page, AppError> {
-        self.in_state(State::RevocationRequested, after, limit)
-            .await
+        // Escalated cases still await the outcome: TjänsteID-service must keep seeing them.
+        self.page(ListQuery {
+            states: vec![State::RevocationRequested],
+            include_attention_from: true,
+            after,
+            limit,
+            ..Default::default()
+        })
+        .await
     }
 
     async fn in_state(
@@ -311,14 +318,6 @@ impl Gateway {
         revoked_at: Option<Timestamp>,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
-        if let Some(case) = self.store.get(id).await?
-            && let Some(recorded) = &case.revocation_reference
-            && recorded != &reference
-        {
-            return Err(AppError::Precondition(format!(
-                "the revocation is already confirmed with another revocation_reference ({recorded})"
-            )));
-        }
         let detail = match revoked_at {
             Some(t) => format!(
                 "revocation reference {reference}, revoked at {} (unix time)",
@@ -394,13 +393,8 @@ impl Gateway {
         if case.state.is_terminal() {
             return Err(TransitionError::NotNeedingAttention { state: case.state }.into());
         }
-        self.store.expedite(id).await?;
         self.store
-            .audit(
-                id,
-                "operator_expedited",
-                meta(principal, trace_id, String::new()),
-            )
+            .expedite(id, meta(principal, trace_id, String::new()))
             .await?;
         self.store.get(id).await?.ok_or(AppError::NotFound)
     }

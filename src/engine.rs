@@ -59,6 +59,9 @@ pub struct Engine {
     cfg: EngineConfig,
     /// Lease owner id of this process.
     owner: String,
+    /// Numbers this process's claims: each claim's lease token is unique, so a result is
+    /// recorded only by the claim that still holds the effect, even within one process.
+    claims: std::sync::atomic::AtomicU64,
 }
 
 fn jitter_unit() -> f64 {
@@ -74,6 +77,7 @@ impl Engine {
             connectors,
             cfg,
             owner: format!("etk-{}", uuid::Uuid::new_v4().simple()),
+            claims: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -139,10 +143,15 @@ impl Engine {
     /// Claims one batch, runs it concurrently (latency is hidden by running many at once),
     /// and records all results in one transaction. Returns how many effects it ran.
     pub async fn run_batch(&self) -> Result<usize, StoreError> {
+        let n_claim = self
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = format!("{}-{n_claim}", self.owner);
+        let claimed_at = std::time::Instant::now();
         let work = self
             .store
             .claim(
-                &self.owner,
+                &token,
                 Timestamp::now(),
                 self.cfg.lease,
                 self.cfg.batch_size,
@@ -173,7 +182,8 @@ impl Engine {
                 async move {
                     // A step must end well inside its lease, or another worker would take it
                     // over while it still runs and do it twice.
-                    let limit = cfg.lease.mul_f64(0.8);
+                    // Counted from the claim, so loading the cases eats into it too.
+                    let limit = cfg.lease.mul_f64(0.8).saturating_sub(claimed_at.elapsed());
                     let result = match tokio::time::timeout(
                         limit,
                         execute(&*store, &connectors, &cfg, &w, case),
@@ -203,7 +213,7 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "saga step task failed"),
             }
         }
-        self.store.finish(&self.owner, results).await?;
+        self.store.finish(&token, results).await?;
         Ok(n)
     }
 
@@ -345,7 +355,7 @@ async fn execute(
 ) -> WorkResult {
     let Some(case) = case else {
         return WorkResult::Failed {
-            error: "case not found".into(),
+            error: "case not found or unreadable (see the log)".into(),
         };
     };
     if !step_applies(&case.saga(), w.step) {
@@ -377,16 +387,24 @@ async fn execute(
                 let reported = case.reported_at.unwrap_or(case.updated_at);
                 match c.tjansteid.fetch_outcome(&case.id, reported).await? {
                     RevocationOutcome::Pending => done(Event::OutcomePending),
-                    RevocationOutcome::Confirmed { reference } => WorkResult::Done {
-                        detail: format!("revocation reference {reference}"),
-                        event: Some(Event::RevocationConfirmed { reference }),
-                        snapshot: None,
-                    },
-                    RevocationOutcome::Rejected { reason } => WorkResult::Done {
-                        detail: reason.clone(),
-                        event: Some(Event::RevocationRejected { reason }),
-                        snapshot: None,
-                    },
+                    // Outside text goes through the same filter as server errors before it
+                    // reaches the case and its append-only trail.
+                    RevocationOutcome::Confirmed { reference } => {
+                        let reference = crate::connectors::redact(&reference);
+                        WorkResult::Done {
+                            detail: format!("revocation reference {reference}"),
+                            event: Some(Event::RevocationConfirmed { reference }),
+                            snapshot: None,
+                        }
+                    }
+                    RevocationOutcome::Rejected { reason } => {
+                        let reason = crate::connectors::redact(&reason);
+                        WorkResult::Done {
+                            detail: reason.clone(),
+                            event: Some(Event::RevocationRejected { reason }),
+                            snapshot: None,
+                        }
+                    }
                 }
             }
             Step::Remind(n) => {

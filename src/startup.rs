@@ -161,7 +161,9 @@ impl App {
         );
         let (health, health_service) = tonic_health::server::health_reporter();
         // Not ready until the first probe has seen the database and the connectors' servers.
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         let reflection_builder = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -545,7 +545,7 @@ fn contains_identity_number(s: &str) -> bool {
             if digits >= 8 {
                 return true;
             }
-        } else if digits > 0 && !c.is_alphabetic() && gap < 2 {
+        } else if digits > 0 && !c.is_alphabetic() && gap < 3 {
             gap += 1;
         } else {
             digits = 0;

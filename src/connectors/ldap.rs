@@ -81,13 +81,9 @@ fn rc_name(rc: u32) -> &'static str {
 fn classify(what: &str, e: LdapError) -> ConnectorError {
     match e {
         LdapError::LdapResult { result } => {
-            // Server texts can quote DNs and values: keep them out of audit and log.
-            let msg = super::redact(&format!(
-                "{what}: LDAP result {} {} {}",
-                result.rc,
-                rc_name(result.rc),
-                result.text
-            ));
+            // Server diagnostics can quote DNs, names and values ("best match of: 'cn=Anna…'"):
+            // only the code and its name are kept for the audit trail and the log.
+            let msg = format!("{what}: LDAP result {} {}", result.rc, rc_name(result.rc));
             if retryable_rc(result.rc) {
                 ConnectorError::Retryable(msg)
             } else {
@@ -407,6 +403,12 @@ mod tests {
             super::super::redact("no such entry cn=P19121212,ou=Personal 191212121212"),
             "no such entry cn=P<number>,ou=Personal <number>"
         );
+        // A birth date must not survive next to a masked form: the whole number goes.
+        assert_eq!(
+            super::super::redact("id 19121212-1212 and 121212 1212."),
+            "id <number> and <number> 1212."
+        );
+        assert_eq!(super::super::redact("code 550 5.1.1"), "code 550 5.1.1");
     }
 
     #[test]

@@ -50,30 +50,48 @@ pub fn redact(text: &str) -> String {
                 out.push(c);
             }
         } else {
-            let mut digits = 0;
-            let mut buf = String::new();
-            for c in core.chars() {
-                if c.is_ascii_digit() {
-                    digits += 1;
-                    buf.push(c);
-                } else {
-                    if digits >= 6 {
-                        out.push_str("<number>");
-                    } else {
-                        out.push_str(&buf);
-                    }
-                    buf.clear();
-                    digits = 0;
-                    out.push(c);
-                }
-            }
-            if digits >= 6 {
-                out.push_str("<number>");
-            } else {
-                out.push_str(&buf);
-            }
+            out.push_str(core);
         }
         out.push_str(tail);
+    }
+    redact_numbers(&out)
+}
+
+/// Replaces every run of digits holding six or more with `<number>`; groups joined by `-` or `+`
+/// count as one run, so no birth date survives next to its last four digits. (Spaces and dots do
+/// not join: "550 5.1.1" must stay readable, and a six-digit group alone is replaced anyway.)
+fn redact_numbers(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // Extend over digits and single joiners that are followed by a digit.
+        let start = i;
+        let mut end = i;
+        let mut digits = 0;
+        while end < chars.len() {
+            if chars[end].is_ascii_digit() {
+                digits += 1;
+                end += 1;
+            } else if matches!(chars[end], '-' | '+')
+                && chars.get(end + 1).is_some_and(char::is_ascii_digit)
+            {
+                end += 1;
+            } else {
+                break;
+            }
+        }
+        if digits >= 6 {
+            out.push_str("<number>");
+        } else {
+            out.extend(&chars[start..end]);
+        }
+        i = end;
     }
     out
 }

@@ -55,6 +55,11 @@ impl CardNumber {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A card number read back from storage (validated when stored).
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
 }
 
 impl fmt::Display for CardNumber {

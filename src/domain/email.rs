@@ -58,6 +58,11 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An address read back from storage (validated when stored; see `PersonName::from_stored`).
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
 }
 
 impl fmt::Display for Email {

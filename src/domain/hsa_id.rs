@@ -23,6 +23,8 @@ pub enum HsaIdError {
     OrganisationThirdDigit,
     #[error("the part after \"-\" must be one or more of A-Z, a-z, 0-9")]
     Suffix,
+    #[error("must not contain a personal identity number")]
+    ContainsIdentityNumber,
 }
 
 impl super::Rule for HsaIdError {
@@ -34,6 +36,7 @@ impl super::Rule for HsaIdError {
             HsaIdError::OrganisationCheckDigit => "ORGANISATION_CHECK_DIGIT",
             HsaIdError::OrganisationThirdDigit => "ORGANISATION_THIRD_DIGIT",
             HsaIdError::Suffix => "FORMAT",
+            HsaIdError::ContainsIdentityNumber => "CONTAINS_IDENTITY_NUMBER",
         }
     }
 }
@@ -67,6 +70,10 @@ impl HsaId {
         let suffix = &b[13..];
         if suffix.is_empty() || !suffix.iter().all(u8::is_ascii_alphanumeric) {
             return Err(HsaIdError::Suffix);
+        }
+        // The suffix is free-form and stored in clear: it must not carry an identity number.
+        if super::personnummer_appears_in(&s[13..]) {
+            return Err(HsaIdError::ContainsIdentityNumber);
         }
         Ok(Self(s.to_owned()))
     }
@@ -131,6 +138,10 @@ mod tests {
             Err(HsaIdError::OrganisationThirdDigit)
         );
         assert_eq!(HsaId::parse("DK2321000131-E1"), Err(HsaIdError::Prefix));
+        assert_eq!(
+            HsaId::parse("SE2321000131-P191212121212"),
+            Err(HsaIdError::ContainsIdentityNumber)
+        );
         assert_eq!(HsaId::parse("SE232100013-E1"), Err(HsaIdError::Prefix));
         assert_eq!(
             HsaId::parse("SE2321000131-E0000000000000000001"),

@@ -152,6 +152,20 @@ impl Personnummer {
         Ok(Self { digits })
     }
 
+    /// A number read back from storage in its canonical 12-digit form. Only the shape is
+    /// checked: it passed every rule when it was stored.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 12 || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut digits = [0u8; 12];
+        for (d, c) in digits.iter_mut().zip(b) {
+            *d = c - b'0';
+        }
+        Some(Self { digits })
+    }
+
     /// The canonical 12-digit form. Named so that every use is visible in review:
     /// call it only where the full number must leave the process (encryption, the
     /// report to TjänsteID-service, the office's task).
@@ -190,11 +204,27 @@ impl Personnummer {
 /// True if some run of digits in `text` (with its `-`/`+` separators) is a valid personnummer or
 /// samordningsnummer: for fields where numbers are legitimate but identity numbers are not.
 pub fn appears_in(text: &str) -> bool {
-    text.split(|c: char| !(c.is_ascii_digit() || c == '-' || c == '+'))
-        .any(|run| {
-            let digits = run.trim_matches(['-', '+']);
-            (10..=13).contains(&digits.len()) && Personnummer::parse(digits).is_ok()
-        })
+    // Digit groups joined by single separators ("19121212_1212", "1912.1212.1212") are read
+    // as one number; letters and other characters end a run.
+    let joiner = |c: char| matches!(c, '-' | '+' | ' ' | '_' | '.' | '/' | '–');
+    let mut runs: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut last_sep = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            current.push(c);
+            last_sep = false;
+        } else if joiner(c) && !current.is_empty() && !last_sep {
+            last_sep = true;
+        } else {
+            runs.push(std::mem::take(&mut current));
+            last_sep = false;
+        }
+    }
+    runs.push(current);
+    runs.iter().any(|digits| {
+        (digits.len() == 10 || digits.len() == 12) && Personnummer::parse(digits).is_ok()
+    })
 }
 
 /// The birth year of a ten-digit form by calendar year: without `+` the latest year not after

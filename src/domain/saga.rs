@@ -217,6 +217,8 @@ pub enum TransitionError {
     OutcomeSettled { state: State },
     #[error("the card's revocation is not confirmed: the employment must stay in KIV until it is")]
     RevocationNotConfirmed,
+    #[error("the revocation is already confirmed with another revocation_reference")]
+    ConflictingReference,
     #[error(
         "the case's employment is removed by the care provider route, not by the health-care office"
     )]
@@ -331,7 +333,12 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             Event::RevocationConfirmed { .. } | Event::RevocationRejected { .. } => {
                 Err(TransitionError::OutcomeSettled { state })
             }
-            Event::OfficeCompleted if state == S::Completed => Ok(Outcome::unchanged(saga)),
+            Event::OfficeCompleted if state == S::Completed && saga.revocation_confirmed => {
+                Ok(Outcome::unchanged(saga))
+            }
+            Event::OfficeCompleted if !saga.revocation_confirmed => {
+                Err(TransitionError::RevocationNotConfirmed)
+            }
             Event::OfficeCompleted => Err(TransitionError::NotAwaitingKivRemoval { state }),
             Event::OperatorRetry | Event::OperatorResolve { .. } => {
                 Err(TransitionError::NotNeedingAttention { state })

@@ -225,8 +225,9 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// When the earliest pending effect falls due, if any.
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Makes the case's pending effects due now (operator "retry now").
-    async fn expedite(&self, id: &CaseId) -> Result<(), StoreError>;
+    /// Makes the case's pending effects due now (operator "retry now") and records who did, in
+    /// one transaction.
+    async fn expedite(&self, id: &CaseId, meta: EventMeta) -> Result<(), StoreError>;
 
     /// Live audit events committed by this process, for watchers.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CaseEvent>;

@@ -164,8 +164,9 @@ impl SeaStore {
         let s: Sensitive =
             serde_json::from_slice(&plain).map_err(|_| corrupt("personal data is malformed"))?;
         let hsa = |v: &str, what: &str| HsaId::parse(v).map_err(|_| corrupt(what));
-        let name = |v: &str| PersonName::parse(v).map_err(|_| corrupt("name"));
-        let email = |v: &str| Email::parse(v).map_err(|_| corrupt("e-mail"));
+        // Stored values passed the rules of their day: read them back as they are.
+        let name = |v: &str| Ok::<_, StoreError>(PersonName::from_stored(v.to_owned()));
+        let email = |v: &str| Ok::<_, StoreError>(Email::from_stored(v.to_owned()));
         let state = |v: &str| State::from_str_opt(v).ok_or_else(|| corrupt("state"));
         Ok(Deregistration {
             id: CaseId::parse(&m.id).ok_or_else(|| corrupt("id"))?,
@@ -173,13 +174,12 @@ impl SeaStore {
             report: NewDeregistration {
                 care_unit: hsa(&m.care_unit_hsa_id, "care unit")?,
                 card_holder: CardHolder {
-                    personnummer: Personnummer::parse(&s.pnr)
-                        .map_err(|_| corrupt("personnummer"))?,
+                    personnummer: Personnummer::from_stored(&s.pnr)
+                        .ok_or_else(|| corrupt("personnummer"))?,
                     full_name: name(&s.holder_name)?,
                     email: s.holder_email.as_deref().map(email).transpose()?,
                 },
-                card_number: CardNumber::parse(&m.card_number)
-                    .map_err(|_| corrupt("card number"))?,
+                card_number: CardNumber::from_stored(m.card_number.clone()),
                 reason: Reason::from_str_opt(&m.reason).ok_or_else(|| corrupt("reason"))?,
                 card_received_at: Timestamp(m.card_received_at),
                 reported_by: Reporter {
@@ -203,6 +203,18 @@ impl SeaStore {
             head_notified_at: m.head_notified_at.map(Timestamp),
             trace_id: m.trace_id.clone(),
         })
+    }
+
+    /// One unreadable row (wrong key, corruption) must not take every other case with it:
+    /// it is logged and left out; the engine then fails just that case's step.
+    fn readable(&self, m: &cases::Model) -> Option<Deregistration> {
+        match self.to_domain(m) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(case_id = %m.id, error = %e, "case row unreadable; skipped");
+                None
+            }
+        }
     }
 
     async fn find_case<C: ConnectionTrait>(
@@ -545,11 +557,14 @@ impl SeaStore {
                 ]);
             }
             // A key seen before (an operator retry of a failed step, a repeated poll) is re-armed,
-            // not duplicated: the connector sees the same key again.
+            // not duplicated: the connector sees the same key again. Re-arming an effect that is
+            // pending but claimed takes it back: its worker loses the lease (its result is
+            // dropped) and the effect runs again under the same key — rather than the re-arm
+            // being lost if that worker finds the step stale and skips it.
             sql.push_str(
                 " ON CONFLICT (key) DO UPDATE SET status = 'pending', due_at = excluded.due_at, attempts = 0, \
                  lease_owner = NULL, lease_until = NULL, last_error = NULL, updated_at = excluded.updated_at \
-                 WHERE effects.status <> 'pending'",
+                 WHERE effects.status <> 'pending' OR effects.lease_owner IS NOT NULL",
             );
             self.db_exec(txn, &sql, values).await?;
         }
@@ -617,6 +632,16 @@ impl SeaStore {
         event: &Event,
         meta: &EventMeta,
     ) -> Result<bool, StoreError> {
+        // Decided under the row lock: of two concurrent confirmations with different
+        // references, the second is refused rather than silently dropped.
+        if let Event::RevocationConfirmed { reference } = event
+            && model
+                .revocation_reference
+                .as_ref()
+                .is_some_and(|r| r != reference)
+        {
+            return Err(crate::domain::saga::TransitionError::ConflictingReference.into());
+        }
         let outcome = transition(Self::saga_of(model)?, event)?;
         match outcome.audit {
             Some(kind) => {
@@ -646,8 +671,11 @@ impl SeaStore {
         ids: &[&CaseId],
         lock: bool,
     ) -> Result<HashMap<String, cases::Model>, StoreError> {
+        // Locks are taken in id order, and before any effect row (see `finish_in`), so two
+        // transactions never wait for each other in a circle.
         let mut q = cases::Entity::find()
-            .filter(cases::Column::Id.is_in(ids.iter().map(|i| i.to_string())));
+            .filter(cases::Column::Id.is_in(ids.iter().map(|i| i.to_string())))
+            .order_by_asc(cases::Column::Id);
         if lock && self.is_postgres() {
             q = q.lock_exclusive();
         }
@@ -674,6 +702,11 @@ impl SeaStore {
         results: &[Finished],
         now: Timestamp,
     ) -> Result<Vec<CaseEvent>, StoreError> {
+        // Lock order: case rows first (as `apply` does), then effect rows.
+        let mut case_ids: Vec<&CaseId> = results.iter().map(|f| &f.work.case_id).collect();
+        case_ids.sort();
+        case_ids.dedup();
+        let mut models = self.load_many(txn, &case_ids, true).await?;
         let mut fenced: HashSet<String> = HashSet::new();
         let mut done_keys: Vec<&str> = Vec::new();
         let mut skipped_keys: Vec<&str> = Vec::new();
@@ -775,30 +808,14 @@ impl SeaStore {
                 _ => {}
             }
         }
-        let ids: Vec<&CaseId> = events.iter().map(|(f, _, _)| &f.work.case_id).collect();
-        if ids.is_empty() {
+        if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut models = self.load_many(txn, &ids, true).await?;
         let mut cs = ChangeSet::default();
         for (f, event, detail) in events {
             let Some(model) = models.get_mut(&f.work.case_id.to_string()) else {
                 continue;
             };
-            if let WorkResult::Done {
-                snapshot: Some(snap),
-                ..
-            } = &f.result
-            {
-                let json =
-                    serde_json::to_vec(snap).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                model.kiv_snapshot = Some(
-                    self.vault
-                        .seal(&Self::snapshot_context(&model.id), &json)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
-                cs.touch(model);
-            }
             let meta = EventMeta {
                 actor: "system".into(),
                 trace_id: model.trace_id.clone(),
@@ -806,7 +823,26 @@ impl SeaStore {
                 detail,
             };
             match self.plan_event(&mut cs, model, &event, &meta) {
-                Ok(_) => {}
+                Ok(recorded) => {
+                    // The snapshot is kept only with the event that records it.
+                    if let (
+                        true,
+                        WorkResult::Done {
+                            snapshot: Some(snap),
+                            ..
+                        },
+                    ) = (recorded, &f.result)
+                    {
+                        let json = serde_json::to_vec(snap)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        model.kiv_snapshot = Some(
+                            self.vault
+                                .seal(&Self::snapshot_context(&model.id), &json)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        );
+                        cs.touch(model);
+                    }
+                }
                 // A result the case no longer accepts (it moved on meanwhile) is recorded as done
                 // and otherwise ignored.
                 Err(StoreError::Transition(t)) => {
@@ -966,7 +1002,7 @@ impl CaseStore for SeaStore {
     async fn get_many(&self, ids: &[CaseId]) -> Result<Vec<Deregistration>, StoreError> {
         let refs: Vec<&CaseId> = ids.iter().collect();
         let rows = self.load_many(&self.db, &refs, false).await?;
-        rows.values().map(|m| self.to_domain(m)).collect()
+        Ok(rows.values().filter_map(|m| self.readable(m)).collect())
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Deregistration>, StoreError> {
@@ -1009,7 +1045,7 @@ impl CaseStore for SeaStore {
             .all(&self.db)
             .await
             .map_err(StoreError::Unavailable)?;
-        rows.iter().map(|m| self.to_domain(m)).collect()
+        Ok(rows.iter().filter_map(|m| self.readable(m)).collect())
     }
 
     async fn apply(
@@ -1188,16 +1224,32 @@ impl CaseStore for SeaStore {
         Ok(row.map(|r| Timestamp(r.due_at.max(r.lease_until.unwrap_or(0)))))
     }
 
-    async fn expedite(&self, id: &CaseId) -> Result<(), StoreError> {
+    async fn expedite(&self, id: &CaseId, meta: EventMeta) -> Result<(), StoreError> {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
+        let mut model = self
+            .find_case(&txn, id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         self.db_exec(
             &txn,
             "UPDATE effects SET due_at = ? WHERE case_id = ? AND status = 'pending' AND step <> 'escalate'",
-            vec![Timestamp::now().0.into(), id.to_string().into()],
+            vec![meta.at.0.into(), id.to_string().into()],
         )
         .await?;
+        let saga = Self::saga_of(&model)?;
+        let mut cs = ChangeSet::default();
+        self.plan_change(
+            &mut cs,
+            &mut model,
+            saga,
+            "operator_expedited",
+            &[],
+            &meta,
+            None,
+        )?;
+        let appended = self.flush(&txn, cs).await?;
         txn.commit().await.map_err(StoreError::Unavailable)?;
-        self.work.notify_waiters();
+        self.publish(appended, true);
         Ok(())
     }
 

@@ -370,6 +370,18 @@ async fn flaky_registries_delay_but_lose_nothing() {
                 .filter(|k| k.starts_with(id.as_str()))
                 .all(|k| k == &format!("{id}:report"))
         );
+        // Each person is told once: a failure to reach one never repeats the other's notice.
+        let sent: Vec<String> = app
+            .notifier
+            .sent()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(id.as_str()))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![format!("{id}:notify_head"), format!("{id}:notify_holder")]
+        );
     }
 }
 
@@ -433,6 +445,20 @@ async fn no_outcome_in_time_escalates_with_reminders_and_a_late_confirmation_sti
         "{}",
         parked.state_reason
     );
+    // TjänsteID-service still sees the overdue case among those awaiting its answer.
+    let pending = RevocationServiceClient::new(app.channel("tjansteid").await)
+        .list_pending_revocations(pb::ListPendingRevocationsRequest::default())
+        .await
+        .expect("pending")
+        .into_inner()
+        .revocations;
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| p.deregistration_id.clone())
+            .collect::<Vec<_>>(),
+        vec![id.clone()]
+    );
     let reminder = format!("{id}:remind:1:");
     assert!(
         app.tjansteid
@@ -493,4 +519,35 @@ async fn an_operator_retry_of_an_escalated_case_starts_reminding_again() {
         confirm(&app, &id).await.expect_err("closed").code(),
         Code::FailedPrecondition
     );
+}
+
+#[tokio::test]
+async fn of_two_conflicting_confirmations_one_wins() {
+    let app = spawn_app_opts(Options::default()).await;
+    let id = create_case(&app, pb::KivRemovalRoute::HealthCareOffice, "6100001").await;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    let mut tasks = Vec::new();
+    for reference in ["TJID-A", "TJID-B"] {
+        let mut r = RevocationServiceClient::new(app.channel("tjansteid").await);
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            r.confirm_revocation(pb::ConfirmRevocationRequest {
+                deregistration_id: id,
+                revocation_reference: reference.into(),
+                revoke_time: None,
+            })
+            .await
+            .map(|_| reference)
+            .map_err(|e| e.code())
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(r) => won.push(r),
+            Err(code) => assert_eq!(code, Code::FailedPrecondition),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(app.get(&id).await.revocation_reference, won[0]);
 }

@@ -387,3 +387,47 @@ async fn outbox_contract_on_postgres() {
     };
     outbox_contract(db).await;
 }
+
+#[tokio::test]
+async fn one_unreadable_row_does_not_take_the_others_with_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = TestDb::sqlite(dir.path());
+    let store = open(&db).await;
+    let good = store
+        .create(cmd(None, "f", "4000001"))
+        .await
+        .expect("create")
+        .into_case();
+    let bad = store
+        .create(cmd(None, "f", "4000002"))
+        .await
+        .expect("create")
+        .into_case();
+    let conn = Database::connect(&db.url).await.expect("raw");
+    conn.execute_unprepared(&format!(
+        "UPDATE cases SET sensitive = x'00' WHERE id = '{}'",
+        bad.id
+    ))
+    .await
+    .expect("corrupt one row");
+    let many = store
+        .get_many(&[good.id.clone(), bad.id.clone()])
+        .await
+        .expect("get_many");
+    assert_eq!(
+        many.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        vec![good.id.clone()]
+    );
+    let listed = store
+        .list(&ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(matches!(
+        store.get(&bad.id).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}

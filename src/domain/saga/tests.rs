@@ -405,6 +405,21 @@ fn a_retry_never_tells_the_head_of_operations_twice() {
 }
 
 #[test]
+fn an_operator_closed_case_takes_no_late_office_completion() {
+    let mut s = Saga::new(KivRemovalRoute::HealthCareOffice);
+    s = transition(s, &Event::ReportSent).expect("ok").saga;
+    s = transition(s, &Event::EscalationDue).expect("ok").saga;
+    s = transition(s, &Event::OperatorResolve { completed: true })
+        .expect("ok")
+        .saga;
+    assert_eq!(s.state, State::Completed);
+    assert_eq!(
+        transition(s, &Event::OfficeCompleted).err(),
+        Some(TransitionError::RevocationNotConfirmed)
+    );
+}
+
+#[test]
 fn kiv_trouble_never_holds_back_the_report() {
     let s = Saga::new(KivRemovalRoute::CareProvider);
     assert!(initial_effects(&s).contains(&now(Step::Report)));

@@ -486,8 +486,8 @@ async fn no_outcome_in_time_escalates_with_reminders_and_a_late_confirmation_sti
 #[tokio::test]
 async fn an_operator_retry_of_an_escalated_case_starts_reminding_again() {
     let app = spawn_app_opts(Options {
-        remind_after: 0.3,
-        escalate_after: 0.5,
+        remind_after: 0.2,
+        escalate_after: 1.0,
         ..Options::default()
     })
     .await;

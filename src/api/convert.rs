@@ -490,11 +490,7 @@ pub fn reference(field: &str, raw: &str) -> Result<String, ApiError> {
         ));
     }
     // References are often long ticket numbers, so only actual identity numbers are refused.
-    let runs = s.split(|c: char| !(c.is_ascii_digit() || c == '-' || c == '+'));
-    if runs.into_iter().any(|run| {
-        let digits = run.trim_matches(['-', '+']);
-        (10..=13).contains(&digits.len()) && Personnummer::parse(digits).is_ok()
-    }) {
+    if crate::domain::personnummer_appears_in(s) {
         return Err(ApiError::invalid(
             field,
             "CONTAINS_IDENTITY_NUMBER",

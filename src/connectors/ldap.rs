@@ -60,6 +60,15 @@ fn retryable_rc(rc: u32) -> bool {
 fn rc_name(rc: u32) -> &'static str {
     match rc {
         3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        7 => "authMethodNotSupported",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        13 => "confidentialityRequired",
+        19 => "constraintViolation",
+        20 => "attributeOrValueExists",
+        48 => "inappropriateAuthentication",
         16 => "noSuchAttribute",
         17 => "undefinedAttributeType",
         21 => "invalidAttributeSyntax",
@@ -72,7 +81,10 @@ fn rc_name(rc: u32) -> &'static str {
         53 => "unwillingToPerform",
         64 => "namingViolation",
         65 => "objectClassViolation",
+        66 => "notAllowedOnNonLeaf",
+        67 => "notAllowedOnRDN",
         68 => "entryAlreadyExists",
+        69 => "objectClassModsProhibited",
         80 => "other",
         _ => "",
     }
@@ -83,7 +95,10 @@ fn classify(what: &str, e: LdapError) -> ConnectorError {
         LdapError::LdapResult { result } => {
             // Server diagnostics can quote DNs, names and values ("best match of: 'cn=Anna…'"):
             // only the code and its name are kept for the audit trail and the log.
-            let msg = format!("{what}: LDAP result {} {}", result.rc, rc_name(result.rc));
+            let msg = match rc_name(result.rc) {
+                "" => format!("{what}: LDAP result {}", result.rc),
+                name => format!("{what}: LDAP result {} {name}", result.rc),
+            };
             if retryable_rc(result.rc) {
                 ConnectorError::Retryable(msg)
             } else {

@@ -37,12 +37,23 @@ impl Email {
         let ok = s.len() <= 254
             && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             && match s.split_once('@') {
+                // The dot-atom form every mail system delivers to; quoted local parts and
+                // address literals are refused because notices could not reach them.
                 Some((local, domain)) => {
+                    let atext =
+                        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
                     !local.is_empty()
                         && local.len() <= 64
-                        && !domain.contains('@')
+                        && local
+                            .split('.')
+                            .all(|part| !part.is_empty() && part.chars().all(atext))
                         && domain.contains('.')
-                        && domain.split('.').all(|label| !label.is_empty())
+                        && domain.split('.').all(|label| {
+                            !label.is_empty()
+                                && !label.starts_with('-')
+                                && !label.ends_with('-')
+                                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+                        })
                 }
                 None => false,
             };
@@ -75,5 +86,37 @@ impl fmt::Debug for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Addresses are personal data too; keep them out of debug output.
         f.write_str("Email(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_deliverable_addresses() {
+        for ok in [
+            "vera@example.se",
+            "a.b+c@mail.example.se",
+            "o'neil@example.se",
+            "x@bäck.se",
+        ] {
+            assert!(Email::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "a,b@example.se",
+            "t<x@example.se",
+            "t\"x\"@example.se",
+            "t;x@example.se",
+            "t:x@example.se",
+            "t(x)@example.se",
+            ".a@example.se",
+            "a..b@example.se",
+            "a@-example.se",
+            "a@example",
+            "a@b@example.se",
+        ] {
+            assert_eq!(Email::parse(bad), Err(EmailError::Format), "{bad}");
+        }
     }
 }

@@ -551,3 +551,46 @@ async fn of_two_conflicting_confirmations_one_wins() {
     assert_eq!(won.len(), 1, "{won:?}");
     assert_eq!(app.get(&id).await.revocation_reference, won[0]);
 }
+
+#[tokio::test]
+async fn references_carrying_an_identity_number_are_refused() {
+    let app = spawn_app_opts(Options::default()).await;
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "6200001").await;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    let mut r = RevocationServiceClient::new(app.channel("tjansteid").await);
+    for reference in [
+        "TJ-1912-1212-1212",
+        "R-19121212.1212",
+        "R_121212_1212",
+        "19121212/1212",
+        "R-1912-12-12-1212",
+    ] {
+        let err = r
+            .confirm_revocation(pb::ConfirmRevocationRequest {
+                deregistration_id: id.clone(),
+                revocation_reference: reference.into(),
+                revoke_time: None,
+            })
+            .await
+            .expect_err(reference);
+        assert_eq!(err.code(), Code::InvalidArgument, "{reference}");
+    }
+    // Long ticket numbers that are not identity numbers are fine.
+    confirm(&app, &id).await.expect("a plain reference");
+    r.confirm_revocation(pb::ConfirmRevocationRequest {
+        deregistration_id: id.clone(),
+        revocation_reference: "TJID-2026-0042".into(),
+        revoke_time: None,
+    })
+    .await
+    .expect("same reference again");
+    let other = create_case(&app, pb::KivRemovalRoute::CareProvider, "6200002").await;
+    app.wait_for(&other, pb::State::RevocationRequested).await;
+    r.confirm_revocation(pb::ConfirmRevocationRequest {
+        deregistration_id: other,
+        revocation_reference: "INC0012345678".into(),
+        revoke_time: None,
+    })
+    .await
+    .expect("a long ticket number");
+}

@@ -77,6 +77,19 @@ impl fmt::Debug for CardNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn separators_never_change_the_number(digits in "[0-9]{13,32}", cuts in proptest::collection::vec(0usize..13, 0..4)) {
+            // 13+ digits can never be read as a personnummer, so only the separators matter.
+            let mut typed = digits.clone();
+            for (i, c) in cuts.iter().enumerate() {
+                typed.insert(*c + i, if i % 2 == 0 { ' ' } else { '-' });
+            }
+            prop_assert_eq!(CardNumber::parse(&typed).map(|c| c.to_string()), Ok(digits));
+        }
+    }
 
     #[test]
     fn strips_separators_and_bounds_length() {

@@ -111,6 +111,38 @@ impl fmt::Debug for HsaId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::date::luhn_check_digit;
+    use proptest::prelude::*;
+
+    prop_compose! {
+        /// A Luhn-valid organisation number with third digit ≥ 2, and an alphanumeric suffix.
+        fn valid_hsa()(head in proptest::collection::vec(0u8..10, 9), third in 2u8..10,
+                       suffix in "[A-Z][A-Za-z0-9]{0,17}") -> (String, String) {
+            let mut body = head;
+            body[2] = third;
+            let check = luhn_check_digit(&body);
+            let org: String = body.iter().chain(std::iter::once(&check)).map(|d| char::from(b'0' + d)).collect();
+            (org, suffix)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn generated_hsa_ids_round_trip((org, suffix) in valid_hsa()) {
+            let s = format!("SE{org}-{suffix}");
+            prop_assert_eq!(HsaId::parse(&s).map(|h| h.to_string()), Ok(s.clone()));
+        }
+
+        #[test]
+        fn any_single_digit_change_in_the_organisation_number_is_refused(
+            (org, suffix) in valid_hsa(), pos in 0usize..10, delta in 1u8..=9,
+        ) {
+            let mut d = org.into_bytes();
+            d[pos] = b'0' + (d[pos] - b'0' + delta) % 10;
+            let s = format!("SE{}-{suffix}", String::from_utf8(d).unwrap());
+            prop_assert!(HsaId::parse(&s).is_err(), "{} accepted", s);
+        }
+    }
 
     #[test]
     fn accepts_the_brief_examples() {

@@ -69,10 +69,6 @@ impl Gateway {
         self
     }
 
-    pub fn store(&self) -> &Arc<dyn CaseStore> {
-        &self.store
-    }
-
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
     }
@@ -157,10 +153,9 @@ impl Gateway {
         after: Option<CaseId>,
         limit: u32,
     ) -> Result<Page, AppError> {
-        let care_units = match care_unit {
-            Some(u) => Some(Self::units_filter(principal, Some(u))?),
-            None => None,
-        };
+        let care_units = care_unit
+            .map(|u| Self::units_filter(principal, Some(u)))
+            .transpose()?;
         self.page(ListQuery {
             care_provider: Some(principal.care_provider.clone()),
             care_units,
@@ -295,21 +290,6 @@ impl Gateway {
         .await
     }
 
-    async fn in_state(
-        &self,
-        state: State,
-        after: Option<CaseId>,
-        limit: u32,
-    ) -> Result<Page, AppError> {
-        self.page(ListQuery {
-            states: vec![state],
-            after,
-            limit,
-            ..Default::default()
-        })
-        .await
-    }
-
     pub async fn confirm_revocation(
         &self,
         principal: &Principal,
@@ -369,7 +349,13 @@ impl Gateway {
         after: Option<CaseId>,
         limit: u32,
     ) -> Result<Page, AppError> {
-        self.in_state(State::NeedsAttention, after, limit).await
+        self.page(ListQuery {
+            states: vec![State::NeedsAttention],
+            after,
+            limit,
+            ..Default::default()
+        })
+        .await
     }
 
     /// A case needing attention resumes where it stopped; any other case has its pending

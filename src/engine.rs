@@ -192,11 +192,6 @@ impl Engine {
                     {
                         Ok(r) => r,
                         Err(_) => {
-                            metrics::inc(metrics::STEPS_RETRIED);
-                            tracing::warn!(
-                                limit_seconds = limit.as_secs_f64(),
-                                "step timed out; will retry"
-                            );
                             retry_or_give_up(&cfg, &w, format!("timed out after {}", human(limit)))
                         }
                     };
@@ -458,36 +453,32 @@ async fn execute(
             metrics::inc(metrics::STEPS_SUCCEEDED);
             r
         }
-        Err(ConnectorError::Retryable(e)) if w.attempts + 1 < cfg.max_attempts => {
-            metrics::inc(metrics::STEPS_RETRIED);
-            tracing::info!(error = %e, "step failed; will retry");
-            retry_or_give_up(cfg, w, e)
-        }
-        Err(e) => {
-            metrics::inc(metrics::STEPS_FAILED);
-            let error = match e {
-                ConnectorError::Retryable(m) => {
-                    format!("gave up after {} attempts: {m}", w.attempts + 1)
-                }
-                ConnectorError::Terminal(m) => m,
-            };
-            tracing::warn!(%error, "step failed for good; the case needs attention");
-            WorkResult::Failed { error }
-        }
+        Err(ConnectorError::Retryable(e)) => retry_or_give_up(cfg, w, e),
+        Err(ConnectorError::Terminal(error)) => give_up(error),
     }
 }
 
+/// A retryable failure: again after a backoff, or — attempts exhausted — for good.
 fn retry_or_give_up(cfg: &EngineConfig, w: &Work, error: String) -> WorkResult {
     if w.attempts + 1 < cfg.max_attempts {
+        metrics::inc(metrics::STEPS_RETRIED);
+        tracing::info!(%error, "step failed; will retry");
         WorkResult::Retry {
             at: later(cfg, w.attempts),
             error,
         }
     } else {
-        WorkResult::Failed {
-            error: format!("gave up after {} attempts: {error}", w.attempts + 1),
-        }
+        give_up(format!(
+            "gave up after {} attempts: {error}",
+            w.attempts + 1
+        ))
     }
+}
+
+fn give_up(error: String) -> WorkResult {
+    metrics::inc(metrics::STEPS_FAILED);
+    tracing::warn!(%error, "step failed for good; the case needs attention");
+    WorkResult::Failed { error }
 }
 
 fn later(cfg: &EngineConfig, attempts: u32) -> Timestamp {

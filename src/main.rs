@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use etjanstekort_gateway::config::{Config, Secret};
-use etjanstekort_gateway::startup::{App, open_store};
+use etjanstekort_gateway::startup::{App, load_vault, open_store};
 use etjanstekort_gateway::{devcerts, telemetry};
 
 #[derive(Debug, Parser)]
@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if cfg.database.url.is_empty() {
                 return Err("database.url is not set (or use --dev)".into());
             }
-            open_store(&cfg).await?;
+            open_store(&cfg, std::sync::Arc::new(load_vault(&cfg)?)).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

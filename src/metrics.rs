@@ -1,5 +1,5 @@
 //! Process counters. Names are constants here, in one place; labels never carry personal data.
-//! Exposed through the log today; a Prometheus endpoint is future work.
+//! Read in-process with `get` (the tests do); exporting them (Prometheus) is future work.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

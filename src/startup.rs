@@ -60,8 +60,7 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError
 }
 
 /// Opens the store from configuration and runs pending migrations.
-pub async fn open_store(config: &Config) -> Result<SeaStore, StartError> {
-    let vault = Arc::new(load_vault(config)?);
+pub async fn open_store(config: &Config, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
     let store = SeaStore::connect(
         config.database.url.expose(),
         config.database.max_connections,
@@ -109,15 +108,9 @@ impl App {
     pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
         config.validate_for_serve()?;
         let vault = Arc::new(load_vault(&config)?);
-        let store = SeaStore::connect(
-            config.database.url.expose(),
-            config.database.max_connections,
-            Duration::from_secs(config.database.acquire_timeout_seconds),
-            vault.clone(),
-        )
-        .await?
-        .with_timing(config.timing(connectors.tjansteid.polls()));
-        store.migrate().await?;
+        let store = open_store(&config, vault.clone())
+            .await?
+            .with_timing(config.timing(connectors.tjansteid.polls()));
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;

@@ -156,15 +156,6 @@ pub enum StoreError {
     ConcurrentRetry,
 }
 
-impl StoreError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::ConcurrentRetry
-        )
-    }
-}
-
 /// Durable storage of cases, their audit trail and their outbox.
 #[async_trait]
 pub trait CaseStore: Send + Sync + std::fmt::Debug {

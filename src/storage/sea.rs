@@ -205,6 +205,37 @@ impl SeaStore {
         })
     }
 
+    /// The case row, locked for the rest of `txn` (PostgreSQL; SQLite has one writer anyway).
+    async fn lock_case(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &CaseId,
+    ) -> Result<cases::Model, StoreError> {
+        self.find_case(txn, id, true)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Writes `cs`, commits, and only then tells watchers and idle workers.
+    async fn commit(&self, txn: DatabaseTransaction, cs: ChangeSet) -> Result<(), StoreError> {
+        let appended = self.flush(&txn, cs).await?;
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        self.publish(appended);
+        Ok(())
+    }
+
+    /// An audit event that changes no state.
+    fn plan_audit(
+        &self,
+        cs: &mut ChangeSet,
+        model: &mut cases::Model,
+        kind: &str,
+        meta: &EventMeta,
+    ) -> Result<(), StoreError> {
+        let saga = Self::saga_of(model)?;
+        self.plan_change(cs, model, saga, kind, &[], meta, None)
+    }
+
     /// One unreadable row (wrong key, corruption) must not take every other case with it:
     /// it is logged and left out; the engine then fails just that case's step.
     fn readable(&self, m: &cases::Model) -> Option<Deregistration> {
@@ -683,14 +714,14 @@ impl SeaStore {
         Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
     }
 
-    fn publish(&self, events: Vec<CaseEvent>, new_work: bool) {
+    /// After a commit: events to watchers, and a wake-up for idle workers (the change may have
+    /// enqueued effects).
+    fn publish(&self, events: Vec<CaseEvent>) {
         for e in events {
             // No receivers is fine: nobody is watching.
             let _ = self.events_tx.send(e);
         }
-        if new_work {
-            self.work.notify_waiters();
-        }
+        self.work.notify_waiters();
     }
 
     /// Records a batch of results inside `txn`. Fencing first: only results whose lease this
@@ -973,7 +1004,7 @@ impl CaseStore for SeaStore {
             match self.create_in(&txn, &cmd, &mut appended).await {
                 Ok(Created::New(case)) => {
                     txn.commit().await.map_err(StoreError::Unavailable)?;
-                    self.publish(appended, true);
+                    self.publish(appended);
                     return Ok(Created::New(case));
                 }
                 Ok(replayed) => {
@@ -1056,35 +1087,22 @@ impl CaseStore for SeaStore {
         meta: EventMeta,
     ) -> Result<Deregistration, StoreError> {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
-        let mut model = self
-            .find_case(&txn, id, true)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let mut model = self.lock_case(&txn, id).await?;
         if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
             return Err(StoreError::NotFound);
         }
         let mut cs = ChangeSet::default();
         self.plan_event(&mut cs, &mut model, event, &meta)?;
-        let appended = self.flush(&txn, cs).await?;
-        txn.commit().await.map_err(StoreError::Unavailable)?;
-        self.publish(appended, true);
+        self.commit(txn, cs).await?;
         self.to_domain(&model)
     }
 
     async fn audit(&self, id: &CaseId, kind: &str, meta: EventMeta) -> Result<(), StoreError> {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
-        let model = self
-            .find_case(&txn, id, true)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let mut model = model;
-        let saga = Self::saga_of(&model)?;
+        let mut model = self.lock_case(&txn, id).await?;
         let mut cs = ChangeSet::default();
-        self.plan_change(&mut cs, &mut model, saga, kind, &[], &meta, None)?;
-        let appended = self.flush(&txn, cs).await?;
-        txn.commit().await.map_err(StoreError::Unavailable)?;
-        self.publish(appended, false);
-        Ok(())
+        self.plan_audit(&mut cs, &mut model, kind, &meta)?;
+        self.commit(txn, cs).await
     }
 
     async fn events(&self, id: &CaseId) -> Result<Vec<CaseEvent>, StoreError> {
@@ -1210,7 +1228,7 @@ impl CaseStore for SeaStore {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
         let appended = self.finish_in(&txn, owner, &results, now).await?;
         txn.commit().await.map_err(StoreError::Unavailable)?;
-        self.publish(appended, true);
+        self.publish(appended);
         Ok(())
     }
 
@@ -1226,31 +1244,16 @@ impl CaseStore for SeaStore {
 
     async fn expedite(&self, id: &CaseId, meta: EventMeta) -> Result<(), StoreError> {
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
-        let mut model = self
-            .find_case(&txn, id, true)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let mut model = self.lock_case(&txn, id).await?;
         self.db_exec(
             &txn,
             "UPDATE effects SET due_at = ? WHERE case_id = ? AND status = 'pending' AND step <> 'escalate'",
             vec![meta.at.0.into(), id.to_string().into()],
         )
         .await?;
-        let saga = Self::saga_of(&model)?;
         let mut cs = ChangeSet::default();
-        self.plan_change(
-            &mut cs,
-            &mut model,
-            saga,
-            "operator_expedited",
-            &[],
-            &meta,
-            None,
-        )?;
-        let appended = self.flush(&txn, cs).await?;
-        txn.commit().await.map_err(StoreError::Unavailable)?;
-        self.publish(appended, true);
-        Ok(())
+        self.plan_audit(&mut cs, &mut model, "operator_expedited", &meta)?;
+        self.commit(txn, cs).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<CaseEvent> {

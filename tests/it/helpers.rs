@@ -317,6 +317,19 @@ impl TestApp {
             .expect("case")
     }
 
+    /// Reports a case as provider-a; returns its id.
+    pub async fn create_case(&self, request_id: &str, d: pb::Deregistration) -> String {
+        self.provider("provider-a")
+            .await
+            .create_deregistration(create(request_id, d))
+            .await
+            .expect("created")
+            .into_inner()
+            .deregistration
+            .expect("case")
+            .id
+    }
+
     /// Polls provider-a's view of the case until it is in `state` (test helper; bounded).
     pub async fn wait_for(&self, id: &str, state: pb::State) -> pb::Deregistration {
         let mut client = self.provider("provider-a").await;

@@ -502,18 +502,12 @@ async fn the_routine_against_real_registries() {
     slapd.employ(&person(), &unit()).await;
     let app = real_app(&slapd, &mail, 12).await;
     let kiv = ldap_kiv(&slapd, Removal::Delete);
-    let mut c = app.provider("provider-a").await;
-    let id = c
-        .create_deregistration(create(
+    let id = app
+        .create_case(
             "real-1",
             report(&unit_a(), "19121212-1212", "9752270000123456"),
-        ))
-        .await
-        .expect("create")
-        .into_inner()
-        .deregistration
-        .expect("case")
-        .id;
+        )
+        .await;
     app.wait_for(&id, pb::State::RevocationRequested).await;
     assert_eq!(reports_for(&mail, &id), 1, "the report arrives once");
     assert!(
@@ -625,18 +619,9 @@ async fn a_permanent_smtp_rejection_needs_attention_with_the_reason() {
     };
     mail.set_rejecting(true);
     let app = real_app(&slapd, &mail, 12).await;
-    let mut c = app.provider("provider-a").await;
-    let id = c
-        .create_deregistration(create(
-            "rej-1",
-            report(&unit_a(), "19121212-1212", "9200001"),
-        ))
-        .await
-        .expect("create")
-        .into_inner()
-        .deregistration
-        .expect("case")
-        .id;
+    let id = app
+        .create_case("rej-1", report(&unit_a(), "19121212-1212", "9200001"))
+        .await;
     let parked = app.wait_for(&id, pb::State::NeedsAttention).await;
     assert!(
         parked.state_reason.contains("550"),
@@ -758,17 +743,9 @@ async fn an_undeliverable_holder_address_is_recorded_and_kiv_still_cleaned() {
     slapd.employ(&person(), &unit()).await;
     let app = real_app(&slapd, &mail, 12).await;
     let mut c = app.provider("provider-a").await;
-    let id = c
-        .create_deregistration(create(
-            "holder-550",
-            report(&unit_a(), "19121212-1212", "9400001"),
-        ))
-        .await
-        .expect("create")
-        .into_inner()
-        .deregistration
-        .expect("case")
-        .id;
+    let id = app
+        .create_case("holder-550", report(&unit_a(), "19121212-1212", "9400001"))
+        .await;
     app.wait_for(&id, pb::State::RevocationRequested).await;
     confirm(&app, &id).await;
     let done = app.wait_for(&id, pb::State::Completed).await;

@@ -9,7 +9,7 @@ use pb::operations_service_client::OperationsServiceClient;
 use pb::revocation_service_client::RevocationServiceClient;
 use tonic::Code;
 
-use crate::helpers::{Options, TestApp, create, report, spawn_app_opts, unit_a};
+use crate::helpers::{Options, TestApp, report, spawn_app_opts, unit_a};
 
 fn holder() -> Personnummer {
     Personnummer::parse("19121212-1212").expect("pnr")
@@ -22,15 +22,7 @@ fn unit() -> HsaId {
 async fn create_case(app: &TestApp, route: pb::KivRemovalRoute, card: &str) -> String {
     let mut d = report(&unit_a(), "19121212-1212", card);
     d.kiv_removal_route = route as i32;
-    app.provider("provider-a")
-        .await
-        .create_deregistration(create(&format!("req-{card}"), d))
-        .await
-        .expect("created")
-        .into_inner()
-        .deregistration
-        .expect("case")
-        .id
+    app.create_case(&format!("req-{card}"), d).await
 }
 
 async fn confirm(app: &TestApp, id: &str) -> Result<pb::Deregistration, tonic::Status> {
@@ -323,6 +315,10 @@ async fn an_employment_removed_too_early_is_restored_then_removed_properly() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert!(restored, "the gateway did not restore the employment");
+    assert!(
+        etjanstekort_gateway::metrics::get(etjanstekort_gateway::metrics::KIV_EARLY_REMOVALS) >= 1,
+        "the violation is counted"
+    );
     let kinds: Vec<String> = event_kinds(&app, &id)
         .await
         .into_iter()

@@ -11,6 +11,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
+    // Tests that need PostgreSQL or the real LDAP/SMTP servers are compiled as ignored (and
+    // reported as such by the runner, with the reason) unless their servers are configured.
+    println!("cargo::rustc-check-cfg=cfg(etk_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(etk_real_servers)");
+    println!("cargo:rerun-if-env-changed=ETK_TEST_POSTGRES_URL");
+    println!("cargo:rerun-if-env-changed=ETK_REQUIRE_REAL_SERVERS");
+    if std::env::var("ETK_TEST_POSTGRES_URL").is_ok_and(|u| !u.is_empty()) {
+        println!("cargo:rustc-cfg=etk_postgres");
+    }
+    if std::env::var("ETK_REQUIRE_REAL_SERVERS").is_ok_and(|v| v == "1") {
+        println!("cargo:rustc-cfg=etk_real_servers");
+    }
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     // The encoded set feeds gRPC server reflection.

@@ -58,11 +58,13 @@ impl TestDb {
         }
     }
 
-    /// `None` when PostgreSQL tests are not enabled on this machine.
-    pub async fn postgres() -> Option<Self> {
+    /// A new PostgreSQL database. The tests that call this are compiled as ignored unless
+    /// `ETK_TEST_POSTGRES_URL` is set (see `build.rs`), so an unset variable here is a failure.
+    pub async fn postgres() -> Self {
         let base = std::env::var("ETK_TEST_POSTGRES_URL")
             .ok()
-            .filter(|u| !u.is_empty())?;
+            .filter(|u| !u.is_empty())
+            .expect("ETK_TEST_POSTGRES_URL is set");
         use sea_orm::{ConnectionTrait, Database};
         let admin = Database::connect(&base)
             .await
@@ -74,7 +76,7 @@ impl TestDb {
             .expect("create test database");
         let (prefix, _) = base.rsplit_once('/').expect("URL ends in /database");
         let url = format!("{prefix}/{name}");
-        Some(Self { url, name })
+        Self { url, name }
     }
 }
 
@@ -328,6 +330,28 @@ impl TestApp {
             .deregistration
             .expect("case")
             .id
+    }
+
+    /// The kinds of the case's audit events that its watch stream delivers within `window`
+    /// (the past ones first). A test proves that something does not happen by watching the
+    /// stream up to a deadline, not by sleeping and then looking once.
+    pub async fn events_within(&self, id: &str, window: std::time::Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut stream = self
+            .provider("provider-a")
+            .await
+            .watch_deregistration(pb::WatchDeregistrationRequest { id: id.to_owned() })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut kinds = Vec::new();
+        while let Ok(next) = tokio::time::timeout_at(deadline, stream.message()).await {
+            match next.expect("stream") {
+                Some(m) => kinds.push(m.event.expect("event").kind),
+                None => break,
+            }
+        }
+        kinds
     }
 
     /// Polls provider-a's view of the case until it is in `state` (test helper; bounded).

@@ -3,6 +3,8 @@
 mod api;
 mod auth;
 mod helpers;
+mod invariants;
+mod launcher;
 mod privacy;
 mod process;
 mod real;

@@ -1,124 +1,15 @@
 //! The real binary as a child process: dev mode, crash (SIGKILL) and restart.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use etjanstekort_gateway::api::pb;
 use pb::deregistration_service_client::DeregistrationServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
-use crate::helpers::{create, install_crypto, report, unit_a};
-
-/// A running server; killed (SIGKILL) on drop.
-pub struct Server {
-    child: Child,
-    pub addr: String,
-    pub output: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    pub fn start(dir: &Path, env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etjanstekort-gateway"));
-        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn server");
-        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().expect("stderr");
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut buf);
-            if let Ok(mut o) = sink.lock() {
-                o.push_str(&buf);
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                stdout.read_line(&mut line).expect("read") > 0,
-                "server exited early"
-            );
-            if let Some(a) = line
-                .trim()
-                .strip_prefix("etjanstekort-gateway listening on ")
-            {
-                break a.to_owned();
-            }
-        };
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut buf);
-            if let Ok(mut o) = sink.lock() {
-                o.push_str(&buf);
-            }
-        });
-        Self {
-            child,
-            addr,
-            output,
-        }
-    }
-
-    pub fn kill9(mut self) {
-        let _ = self.child.kill(); // SIGKILL: no shutdown, no drain
-        let _ = self.child.wait();
-    }
-
-    pub fn terminate(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
-        self.output.lock().map(|o| o.clone()).unwrap_or_default()
-    }
-
-    pub async fn channel(&self, dir: &Path, who: &str) -> Channel {
-        install_crypto();
-        let certs = dir.join("certs");
-        let read = |f: String| std::fs::read_to_string(certs.join(f)).expect("cert file");
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
-            .identity(Identity::from_pem(
-                read(format!("{who}.pem")),
-                read(format!("{who}.key")),
-            ))
-            .domain_name("localhost");
-        Endpoint::from_shared(format!("https://{}", self.addr))
-            .expect("endpoint")
-            .tls_config(tls)
-            .expect("tls")
-            .connect()
-            .await
-            .expect("connect")
-    }
-}
+use crate::helpers::{create, report, unit_a};
+use crate::launcher::Server;
 
 async fn states(client: &mut DeregistrationServiceClient<Channel>) -> BTreeMap<String, i32> {
     let mut out = BTreeMap::new();

@@ -59,11 +59,15 @@ async fn nothing_reaches_kiv_before_the_confirmation_on_the_care_provider_route(
     let app = spawn_app_opts(Options::default()).await;
     let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5100001").await;
     app.wait_for(&id, pb::State::RevocationRequested).await;
-    // Give the engine every chance to do something wrong.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(
-        app.get(&id).await.state,
-        pb::State::RevocationRequested as i32
+    // Give the engine every chance to do something wrong, watching the case meanwhile.
+    let kinds = app
+        .events_within(&id, std::time::Duration::from_millis(500))
+        .await;
+    assert!(
+        kinds.iter().all(
+            |k| ["accepted", "kiv_snapshot_taken", "revocation_requested"].contains(&k.as_str())
+        ),
+        "{kinds:?}"
     );
     assert!(
         app.kiv.contains(&holder(), &unit()),
@@ -242,7 +246,15 @@ async fn a_rejection_is_terminal_and_kiv_is_never_touched() {
         confirm(&app, &id).await.expect_err("settled").code(),
         Code::FailedPrecondition
     );
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The stream ends at the terminal state; nothing may follow the rejection.
+    let kinds = app
+        .events_within(&id, std::time::Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("revocation_rejected"),
+        "{kinds:?}"
+    );
     assert!(app.kiv.contains(&holder(), &unit()));
     assert!(app.kiv.removal_keys().is_empty());
     assert!(app.notifier.sent().is_empty());

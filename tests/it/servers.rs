@@ -1,7 +1,7 @@
 //! Real servers for the connector tests: OpenLDAP `slapd` (Debian package `slapd`) and an SMTP
 //! server (Python `aiosmtpd`, with STARTTLS), both on loopback, both installed by `.ci/run`.
-//! Where they are missing the tests skip with a note — unless `ETK_REQUIRE_REAL_SERVERS=1`
-//! (CI), where a missing server fails the test.
+//! The tests that use them are compiled as ignored unless `ETK_REQUIRE_REAL_SERVERS=1` (see
+//! `build.rs`); a test that runs and finds a server missing fails, it never passes silently.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -16,18 +16,9 @@ const SLAPADD: &str = "/usr/sbin/slapadd";
 pub const LDAP_ADMIN: &str = "cn=admin,o=VGR";
 pub const LDAP_PASSWORD: &str = "test-secret-not-for-production";
 
-fn required() -> bool {
-    std::env::var("ETK_REQUIRE_REAL_SERVERS").is_ok_and(|v| v == "1")
-}
-
-/// `None` (and a note) when `what` is unavailable and not required.
-fn unavailable<T>(what: &str) -> Option<T> {
-    assert!(
-        !required(),
-        "{what} is required (ETK_REQUIRE_REAL_SERVERS=1) but not installed"
-    );
-    eprintln!("{what} not installed: skipped (bash .ci/run installs it)");
-    None
+/// Fails the test: a test that asked for a real server must not pass without one.
+fn unavailable(what: &str) -> ! {
+    panic!("{what} is not installed (`bash .ci/run` installs it)")
 }
 
 fn free_port() -> u16 {
@@ -117,9 +108,9 @@ pub struct Slapd {
 }
 
 impl Slapd {
-    pub fn start() -> Option<Self> {
+    pub fn start() -> Self {
         if !Path::new(SLAPD).exists() {
-            return unavailable("slapd");
+            unavailable("slapd");
         }
         let pki = Pki::new();
         let dir = tempfile::tempdir().expect("dir");
@@ -164,7 +155,7 @@ impl Slapd {
             user,
         };
         me.resume();
-        Some(me)
+        me
     }
 
     pub fn url(&self) -> String {
@@ -232,14 +223,14 @@ pub struct SmtpServer {
 }
 
 impl SmtpServer {
-    pub fn start() -> Option<Self> {
+    pub fn start() -> Self {
         let ok = Command::new("python3")
             .args(["-c", "import aiosmtpd"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            return unavailable("python3 with aiosmtpd");
+            unavailable("python3 with aiosmtpd");
         }
         let pki = Pki::new();
         let dir = tempfile::tempdir().expect("dir");
@@ -253,7 +244,7 @@ impl SmtpServer {
             child: None,
         };
         me.resume();
-        Some(me)
+        me
     }
 
     pub fn mail_dir(&self) -> PathBuf {

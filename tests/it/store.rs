@@ -194,12 +194,13 @@ async fn store_contract_on_sqlite() {
     contract(TestDb::sqlite(dir.path())).await;
 }
 
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
 #[tokio::test]
 async fn store_contract_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        eprintln!("ETK_TEST_POSTGRES_URL not set: skipped");
-        return;
-    };
+    let db = TestDb::postgres().await;
     contract(db).await;
 }
 
@@ -379,12 +380,13 @@ async fn outbox_contract_on_sqlite() {
     outbox_contract(TestDb::sqlite(dir.path())).await;
 }
 
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
 #[tokio::test]
 async fn outbox_contract_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        eprintln!("ETK_TEST_POSTGRES_URL not set: skipped");
-        return;
-    };
+    let db = TestDb::postgres().await;
     outbox_contract(db).await;
 }
 

@@ -1,0 +1,134 @@
+//! The one launcher for tests that run the real binary as a child process: `serve --dev` on
+//! port 0, everything it prints captured, SIGTERM or SIGKILL to stop it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::helpers::install_crypto;
+
+/// A running server; killed (SIGKILL) on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    /// Everything written to stdout and stderr so far.
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn capture(mut from: impl Read + Send + 'static, sink: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut o) = sink.lock() {
+                o.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    })
+}
+
+impl Server {
+    /// Starts `serve --dev` with its data in `dir` and the extra environment `env`; returns once
+    /// the server has printed its address.
+    pub fn start(dir: &Path, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etjanstekort-gateway"));
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn server");
+        let output = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let mut readers = vec![capture(stderr, output.clone())];
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).expect("read") > 0,
+                "server exited early: {}",
+                output.lock().map(|o| o.clone()).unwrap_or_default()
+            );
+            if let Ok(mut o) = output.lock() {
+                o.push_str(&line);
+            }
+            if let Some(a) = line
+                .trim()
+                .strip_prefix("etjanstekort-gateway listening on ")
+            {
+                break a.to_owned();
+            }
+        };
+        readers.push(capture(stdout, output.clone()));
+        Self {
+            child,
+            addr,
+            output,
+            readers,
+        }
+    }
+
+    /// SIGKILL: no shutdown, no drain.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit (SIGKILL after 15 s) and returns everything
+    /// it printed.
+    pub fn terminate(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The pipes close with the process, so the readers end having read everything.
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// An mTLS channel as the dev identity `who`.
+    pub async fn channel(&self, dir: &Path, who: &str) -> Channel {
+        install_crypto();
+        let certs = dir.join("certs");
+        let read = |f: String| std::fs::read_to_string(certs.join(f)).expect("cert file");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+            .identity(Identity::from_pem(
+                read(format!("{who}.pem")),
+                read(format!("{who}.key")),
+            ))
+            .domain_name("localhost");
+        Endpoint::from_shared(format!("https://{}", self.addr))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect")
+    }
+}

@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::{Expr, ExprTrait, IntoIden, OnConflict, Query, TableRef, ValueTuple};
+use sea_orm::sea_query::{
+    Expr, ExprTrait, InsertStatement, IntoIden, OnConflict, Query, TableRef, UpdateStatement,
+    ValueTuple,
+};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, Value,
 };
@@ -282,6 +285,10 @@ impl ChangeSet {
 /// …)` works on SQLite ≥ 3.33 and PostgreSQL alike, whose VALUES columns are both named
 /// `column1`, `column2`, ….
 async fn update_cases(txn: &DatabaseTransaction, rows: &[cases::Model]) -> Result<(), StoreError> {
+    exec(txn, &update_cases_statement(rows)).await.map(|_| ())
+}
+
+fn update_cases_statement(rows: &[cases::Model]) -> UpdateStatement {
     use cases::Column as C;
     // Column 1 is the id; the rest in this order.
     let columns = [
@@ -326,7 +333,7 @@ async fn update_cases(txn: &DatabaseTransaction, rows: &[cases::Model]) -> Resul
         .values(columns.iter().enumerate().map(|(i, c)| (*c, v(i + 2))))
         .from(TableRef::ValuesList(values.collect(), "v".into_iden()))
         .and_where(Expr::col((cases::Entity, C::Id)).eq(v(1)));
-    exec(txn, &update).await.map(|_| ())
+    update
 }
 
 /// Inserts effect rows. A key seen before (an operator retry of a failed step, a repeated poll)
@@ -335,6 +342,10 @@ async fn update_cases(txn: &DatabaseTransaction, rows: &[cases::Model]) -> Resul
 /// the effect runs again under the same key — rather than the re-arm being lost if that worker
 /// finds the step stale and skips it.
 async fn enqueue(txn: &DatabaseTransaction, rows: &[EffectRow]) -> Result<(), StoreError> {
+    exec(txn, &enqueue_statement(rows)?).await.map(|_| ())
+}
+
+fn enqueue_statement(rows: &[EffectRow]) -> Result<InsertStatement, StoreError> {
     use effects::Column as C;
     let mut insert = Query::insert();
     insert.into_table(effects::Entity).columns([
@@ -379,7 +390,7 @@ async fn enqueue(txn: &DatabaseTransaction, rows: &[EffectRow]) -> Result<(), St
             )
             .to_owned(),
     );
-    exec(txn, &insert).await.map(|_| ())
+    Ok(insert)
 }
 
 /// Architecture invariant, checked where removals are enqueued: each case's revocation

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Order, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, Value,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    UpdateMany, Value,
 };
 
 use super::changes::ChangeSet;
@@ -30,6 +31,19 @@ pub(crate) async fn claim(
     lease: Duration,
     limit: u32,
 ) -> Result<Vec<Work>, StoreError> {
+    let rows = claim_statement(owner, now, lease, limit)
+        .exec_with_returning(conn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    rows.iter().map(work_of).collect()
+}
+
+fn claim_statement(
+    owner: &str,
+    now: Timestamp,
+    lease: Duration,
+    limit: u32,
+) -> UpdateMany<effects::Entity> {
     use effects::Column as C;
     let mut due = Query::select();
     due.column(C::Key)
@@ -46,17 +60,13 @@ pub(crate) async fn claim(
         // PostgreSQL: replicas skip rows another replica is claiming. SQLite has one writer, so
         // the statement is atomic as it stands (sea-query leaves the clause out there).
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-    let rows = effects::Entity::update_many()
+    effects::Entity::update_many()
         .col_expr(C::LeaseOwner, Expr::value(owner))
         .col_expr(
             C::LeaseUntil,
             Expr::value(now.0.saturating_add(micros(lease))),
         )
         .filter(C::Key.in_subquery(due))
-        .exec_with_returning(conn)
-        .await
-        .map_err(StoreError::Unavailable)?;
-    rows.iter().map(work_of).collect()
 }
 
 /// When the earliest pending effect falls due (or its lease runs out), if any.
@@ -240,4 +250,21 @@ async fn fence(
         fenced.extend(rows.into_iter().map(|r| r.key));
     }
     Ok(fenced)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, QueryTrait};
+
+    use super::*;
+
+    #[test]
+    fn concurrent_claimers_skip_each_others_rows_on_postgresql_only() {
+        let claim = claim_statement("w", Timestamp(0), Duration::from_secs(1), 10);
+        let postgres = claim.build(DbBackend::Postgres).to_string();
+        assert!(postgres.contains("FOR UPDATE SKIP LOCKED"), "{postgres}");
+        // SQLite knows no row locks (and needs none: one writer).
+        let sqlite = claim.build(DbBackend::Sqlite).to_string();
+        assert!(!sqlite.contains("FOR UPDATE"), "{sqlite}");
+    }
 }

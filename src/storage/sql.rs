@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, StatementBuilder,
+    QueryFilter, QueryOrder, QuerySelect, Select, StatementBuilder,
 };
 
 use super::StoreError;
@@ -72,11 +72,18 @@ pub(crate) async fn find_case(
     id: &CaseId,
     lock: Lock,
 ) -> Result<Option<cases::Model>, StoreError> {
-    let mut q = cases::Entity::find_by_id(id.to_string());
-    if lock == Lock::ForUpdate {
-        q = q.lock_exclusive();
+    find_case_query(id, lock)
+        .one(conn)
+        .await
+        .map_err(StoreError::Unavailable)
+}
+
+fn find_case_query(id: &CaseId, lock: Lock) -> Select<cases::Entity> {
+    let q = cases::Entity::find_by_id(id.to_string());
+    match lock {
+        Lock::ForUpdate => q.lock_exclusive(),
+        Lock::No => q,
     }
-    q.one(conn).await.map_err(StoreError::Unavailable)
 }
 
 /// The case row, locked for the rest of the transaction.
@@ -105,4 +112,31 @@ pub(crate) async fn load_cases(
     }
     let rows = q.all(conn).await.map_err(StoreError::Unavailable)?;
     Ok(rows.into_iter().map(|m| (m.id.clone(), m)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, QueryTrait};
+
+    use super::*;
+
+    #[test]
+    fn a_case_read_for_a_change_is_locked_on_postgresql() {
+        let id = CaseId::new();
+        let locked = find_case_query(&id, Lock::ForUpdate);
+        assert!(
+            locked
+                .build(DbBackend::Postgres)
+                .to_string()
+                .ends_with("FOR UPDATE")
+        );
+        assert!(
+            !locked
+                .build(DbBackend::Sqlite)
+                .to_string()
+                .contains("FOR UPDATE")
+        );
+        let plain = find_case_query(&id, Lock::No).build(DbBackend::Postgres);
+        assert!(!plain.to_string().contains("FOR UPDATE"));
+    }
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use etjanstekort_gateway::bus::EventBus;
 use etjanstekort_gateway::connectors::Connectors;
 use etjanstekort_gateway::connectors::simulated::{
     Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
@@ -64,7 +65,7 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn store(dir: &std::path::Path, poll: bool) -> Arc<SeaStore> {
+async fn store(dir: &std::path::Path, poll: bool, bus: EventBus) -> Arc<SeaStore> {
     let vault = Arc::new(Vault::from_master_key(&[5u8; 32]).unwrap());
     let url = format!("sqlite://{}?mode=rwc", dir.join("bench.sqlite").display());
     let s = SeaStore::connect(&url, 1, Duration::from_secs(30), vault)
@@ -75,7 +76,8 @@ async fn store(dir: &std::path::Path, poll: bool) -> Arc<SeaStore> {
             remind_after: Duration::from_secs(86_400),
             escalate_after: Duration::from_secs(864_000),
             poll_outcome: poll,
-        });
+        })
+        .with_bus(bus);
     s.migrate().await.unwrap();
     Arc::new(s)
 }
@@ -152,10 +154,12 @@ fn engine_cfg(workers: usize, batch: u32) -> EngineConfig {
 
 async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path(), true).await;
+    let bus = EventBus::new();
+    let store = store(dir.path(), true, bus.clone()).await;
     let created = create_cases(&store, n, 0).await;
     let engine = Arc::new(Engine::new(
         store.clone(),
+        bus,
         connectors(latency, Some(Duration::ZERO), true),
         engine_cfg(workers, batch),
     ));
@@ -191,9 +195,11 @@ async fn completions(n: usize, latency: Duration, workers: usize, batch: u32) {
 
 async fn waiting(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path(), false).await;
+    let bus = EventBus::new();
+    let store = store(dir.path(), false, bus.clone()).await;
     let engine = Arc::new(Engine::new(
         store.clone(),
+        bus,
         connectors(Duration::ZERO, None, false),
         engine_cfg(4, 128),
     ));

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::auth::Principal;
+use crate::bus::EventBus;
 use crate::domain::saga::{Event, TransitionError};
 use crate::domain::{
     CaseEvent, CaseId, Deregistration, HsaId, KivRemovalRoute, NewDeregistration, State, Timestamp,
@@ -34,6 +35,7 @@ impl From<TransitionError> for AppError {
 #[derive(Debug)]
 pub struct Gateway {
     store: Arc<dyn CaseStore>,
+    bus: EventBus,
     vault: Arc<Vault>,
     removes_kiv: bool,
 }
@@ -55,9 +57,10 @@ fn meta(principal: &Principal, trace_id: String, detail: String) -> EventMeta {
 }
 
 impl Gateway {
-    pub fn new(store: Arc<dyn CaseStore>, vault: Arc<Vault>) -> Self {
+    pub fn new(store: Arc<dyn CaseStore>, bus: EventBus, vault: Arc<Vault>) -> Self {
         Self {
             store,
+            bus,
             vault,
             removes_kiv: true,
         }
@@ -199,7 +202,7 @@ impl Gateway {
         id: &CaseId,
     ) -> Result<(Vec<CaseEvent>, tokio::sync::broadcast::Receiver<CaseEvent>), AppError> {
         self.get_own(principal, id).await?;
-        let rx = self.store.subscribe();
+        let rx = self.bus.subscribe();
         let past = self.store.events(id).await?;
         Ok((past, rx))
     }

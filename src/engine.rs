@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::bus::EventBus;
 use crate::connectors::{
     ConnectorError, Connectors, CutCardReport, Notice, Recipient, RevocationOutcome,
 };
@@ -55,6 +56,7 @@ impl Default for EngineConfig {
 #[derive(Debug)]
 pub struct Engine {
     store: Arc<dyn CaseStore>,
+    bus: EventBus,
     connectors: Connectors,
     cfg: EngineConfig,
     /// Lease owner id of this process.
@@ -71,9 +73,15 @@ fn jitter_unit() -> f64 {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn CaseStore>, connectors: Connectors, cfg: EngineConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn CaseStore>,
+        bus: EventBus,
+        connectors: Connectors,
+        cfg: EngineConfig,
+    ) -> Self {
         Self {
             store,
+            bus,
             connectors,
             cfg,
             owner: format!("etk-{}", uuid::Uuid::new_v4().simple()),
@@ -100,7 +108,7 @@ impl Engine {
     }
 
     async fn worker(self: Arc<Self>, index: usize, mut stop: watch::Receiver<bool>) {
-        let signal = self.store.work_signal();
+        let signal = self.bus.work_signal();
         let mut failures = 0u32;
         loop {
             if *stop.borrow() {

@@ -18,6 +18,7 @@ use crate::api::pb::revocation_service_server::RevocationServiceServer;
 use crate::api::{Api, Paging, pb};
 use crate::app::Gateway;
 use crate::auth::Authorizer;
+use crate::bus::EventBus;
 use crate::config::Config;
 use crate::connectors::Connectors;
 use crate::engine::Engine;
@@ -108,14 +109,18 @@ impl App {
     pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
         config.validate_for_serve()?;
         let vault = Arc::new(load_vault(&config)?);
+        // One bus per process: the store publishes what it commits, watchers and workers listen.
+        let bus = EventBus::new();
         let store = open_store(&config, vault.clone())
             .await?
-            .with_timing(config.timing(connectors.tjansteid.polls()));
+            .with_timing(config.timing(connectors.tjansteid.polls()))
+            .with_bus(bus.clone());
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
         let engine = Arc::new(Engine::new(
             store.clone(),
+            bus.clone(),
             connectors,
             config.engine_config(),
         ));
@@ -145,7 +150,7 @@ impl App {
         })?;
 
         let api = Api::new(
-            Arc::new(Gateway::new(store.clone(), vault).removing_kiv(gateway_removes_kiv)),
+            Arc::new(Gateway::new(store.clone(), bus, vault).removing_kiv(gateway_removes_kiv)),
             auth,
             Paging {
                 default_size: config.api.default_page_size,

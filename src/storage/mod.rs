@@ -1,10 +1,29 @@
-//! The case store: the port the API and the engine use, and its sea-orm implementation for
-//! SQLite and PostgreSQL. Owns the schema's meaning (encryption at rest, the audit hash chain,
-//! the uniqueness constraints, the outbox); must not decide business rules — every state
-//! change is `domain::saga::transition`'s verdict, applied with its effects in one transaction.
+//! The case store: the port the API and the engine use (this file), and its sea-orm
+//! implementation for SQLite and PostgreSQL. Owns the schema's meaning (encryption at rest, the
+//! audit hash chain, the uniqueness constraints, the outbox); must not decide business rules —
+//! every state change is `domain::saga::transition`'s verdict, applied with its effects in one
+//! transaction. Telling others what was committed is `crate::bus`'s job, not the port's.
+//!
+//! The implementation, one job per module:
+//! - `sea.rs` — `SeaStore`: transactions, delegation, publishing after commit;
+//! - `codec.rs` — rows ↔ domain, encryption of the personal data and the KIV snapshot;
+//! - `changes.rs` — `ChangeSet`: planning a change (row, audit event, effects) and `flush`;
+//! - `create.rs` — idempotent creation decided by unique constraints;
+//! - `outbox.rs` — claims under a lease, fenced results, due times;
+//! - `queries.rs` — read-only look-ups;
+//! - `audit.rs` — the audit trail's hash chain;
+//! - `sql.rs` — connection set-up, backend differences, row reads with locks;
+//! - `entities.rs` — the sea-orm entities (crate-private).
 
+mod audit;
+mod changes;
+mod codec;
+mod create;
 mod entities;
+mod outbox;
+mod queries;
 mod sea;
+mod sql;
 
 use std::time::Duration;
 
@@ -16,7 +35,8 @@ use crate::domain::{
     State, Timestamp,
 };
 
-pub use sea::{SeaStore, verify_chain};
+pub use audit::verify_chain;
+pub use sea::SeaStore;
 
 /// Who caused a change, when, and under which trace: recorded on every audit event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,7 +176,8 @@ pub enum StoreError {
     ConcurrentRetry,
 }
 
-/// Durable storage of cases, their audit trail and their outbox.
+/// Durable storage of cases, their audit trail and their outbox. An implementation publishes
+/// what it commits on the process's `crate::bus::EventBus`; the port itself is storage only.
 #[async_trait]
 pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// Stores a new case with its first audit event and first effects, atomically. Idempotent
@@ -219,12 +240,6 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// Makes the case's pending effects due now (operator "retry now") and records who did, in
     /// one transaction.
     async fn expedite(&self, id: &CaseId, meta: EventMeta) -> Result<(), StoreError>;
-
-    /// Live audit events committed by this process, for watchers.
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CaseEvent>;
-
-    /// Signalled when effects are enqueued, so idle workers wake early.
-    fn work_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
 
     /// Cheap liveness probe for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -433,3 +433,54 @@ async fn one_unreadable_row_does_not_take_the_others_with_it() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+/// The store's own guard, behind the saga's rule: even if a row claims `REVOKED` without a
+/// recorded confirmation (a bug, a hand edit), no KIV removal is enqueued and nothing changes.
+async fn kiv_removal_needs_a_recorded_revocation(db: TestDb) {
+    let store = open(&db).await;
+    let mut c = cmd(None, "f", "5000001");
+    c.report.route = KivRemovalRoute::CareProvider;
+    let case = store.create(c).await.expect("create").into_case();
+    let conn = Database::connect(&db.url).await.expect("raw");
+    conn.execute_unprepared(&format!(
+        "UPDATE cases SET state = 'revoked', head_notified_at = 1 WHERE id = '{}'",
+        case.id
+    ))
+    .await
+    .expect("a row that skipped the confirmation");
+    let refused = store
+        .apply(&case.id, None, &Event::NotificationsSent, meta("system"))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invariant(_))),
+        "{refused:?}"
+    );
+    let after = store.get(&case.id).await.expect("get").expect("case");
+    assert_eq!(after.state, State::Revoked);
+    assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
+    let far = Timestamp(Timestamp::now().0 + 86_400_000_000);
+    let work = store
+        .claim("w", far, Duration::from_secs(30), 100)
+        .await
+        .expect("claim");
+    assert!(
+        work.iter()
+            .all(|w| w.step != etjanstekort_gateway::domain::saga::Step::RemoveKiv),
+        "{work:?}"
+    );
+}
+
+#[tokio::test]
+async fn kiv_removal_needs_a_recorded_revocation_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    kiv_removal_needs_a_recorded_revocation(TestDb::sqlite(dir.path())).await;
+}
+
+#[tokio::test]
+async fn kiv_removal_needs_a_recorded_revocation_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("ETK_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    kiv_removal_needs_a_recorded_revocation(db).await;
+}

@@ -1,0 +1,130 @@
+//! The in-process event bus: what this process has committed, told to whoever waits for it.
+//! Owns the broadcast of committed audit events (watchers subscribe) and the work signal (idle
+//! engine workers wake early). The store publishes only after a commit; the bus stores nothing
+//! and must not be relied on for delivery — the database stays the source of truth (a lagging
+//! watcher re-reads the trail; a worker also wakes on its idle poll).
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, broadcast};
+
+use crate::domain::CaseEvent;
+
+/// Events a slow subscriber may fall behind before it sees `Lagged` (and re-reads).
+const CAPACITY: usize = 4096;
+
+/// Cheap to clone: clones share the same channel and signal.
+#[derive(Clone, Debug)]
+pub struct EventBus {
+    events: broadcast::Sender<CaseEvent>,
+    work: Arc<Notify>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(CAPACITY);
+        Self {
+            events,
+            work: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Hands committed events to the current subscribers. Never waits: with no subscriber the
+    /// events are dropped, and a slow one loses the oldest (it is told so when it reads).
+    pub fn publish(&self, events: impl IntoIterator<Item = CaseEvent>) {
+        for e in events {
+            // An error only means nobody is subscribed right now.
+            let _ = self.events.send(e);
+        }
+    }
+
+    /// Wakes every worker currently waiting on the work signal (effects may have been enqueued
+    /// or made due).
+    pub fn notify_work(&self) {
+        self.work.notify_waiters();
+    }
+
+    /// Events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CaseEvent> {
+        self.events.subscribe()
+    }
+
+    /// The signal `notify_work` raises. A waiter must register (`Notified::enable`) before it
+    /// looks for work, so a signal raised in between is not missed.
+    pub fn work_signal(&self) -> Arc<Notify> {
+        self.work.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{CaseId, State, Timestamp};
+
+    fn event(sequence: i64) -> CaseEvent {
+        CaseEvent {
+            case_id: CaseId::new(),
+            sequence,
+            kind: "accepted".into(),
+            state: State::Accepted,
+            actor: "system".into(),
+            at: Timestamp(1_700_000_000_000_000),
+            trace_id: String::new(),
+            detail: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_what_is_published_after_it_subscribed() {
+        let bus = EventBus::new();
+        bus.publish([event(1)]);
+        let mut rx = bus.subscribe();
+        bus.publish([event(2), event(3)]);
+        assert_eq!(rx.recv().await.expect("event").sequence, 2);
+        assert_eq!(rx.recv().await.expect("event").sequence, 3);
+        assert!(rx.try_recv().is_err(), "nothing else was published");
+        // A clone is the same bus.
+        bus.clone().publish([event(4)]);
+        assert_eq!(rx.recv().await.expect("event").sequence, 4);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_or_idle_subscriber_does_not_block_publishing() {
+        let bus = EventBus::new();
+        let dropped = bus.subscribe();
+        drop(dropped);
+        let mut idle = bus.subscribe();
+        // Far more than the channel holds: publish must return although nobody reads.
+        bus.publish((0..(CAPACITY as i64) * 2).map(event));
+        let mut late = bus.subscribe();
+        bus.publish([event(-1)]);
+        assert_eq!(late.recv().await.expect("event").sequence, -1);
+        // The idle subscriber is told it fell behind rather than holding publishers up.
+        assert!(matches!(
+            idle.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn notify_work_wakes_a_registered_waiter() {
+        let bus = EventBus::new();
+        let signal = bus.work_signal();
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        bus.notify_work();
+        tokio::time::timeout(Duration::from_secs(5), notified)
+            .await
+            .expect("the waiter was woken");
+    }
+}

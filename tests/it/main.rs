@@ -1,9 +1,9 @@
 //! The one integration-test binary: the real server over real mTLS, a real database.
 
 mod api;
+mod architecture;
 mod auth;
 mod helpers;
-mod invariants;
 mod launcher;
 mod privacy;
 mod process;

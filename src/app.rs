@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use crate::auth::Principal;
+use crate::clock::{Clock, SystemClock};
 use crate::domain::saga::{Event, TransitionError};
 use crate::domain::{
-    CaseEvent, CaseId, Deregistration, HsaId, KivRemovalRoute, NewDeregistration, State, Timestamp,
+    CaseEvent, CaseId, Deregistration, FreeText, HsaId, InstantError, KivRemovalRoute,
+    NewDeregistration, RequestId, RevocationReference, State, Timestamp, timestamp,
 };
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
@@ -21,6 +23,9 @@ pub enum AppError {
     NotFound,
     #[error("{0}")]
     Precondition(String),
+    /// The reported revocation time is impossible for this case.
+    #[error("revoke_time {0}")]
+    RevokedAt(InstantError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -36,6 +41,7 @@ pub struct Gateway {
     store: Arc<dyn CaseStore>,
     vault: Arc<Vault>,
     removes_kiv: bool,
+    clock: Arc<dyn Clock>,
 }
 
 /// A page of cases and the id to continue after, if there may be more.
@@ -45,21 +51,33 @@ pub struct Page {
     pub last: Option<CaseId>,
 }
 
-fn meta(principal: &Principal, trace_id: String, detail: String) -> EventMeta {
-    EventMeta {
-        actor: principal.hsa_id.to_string(),
-        trace_id,
-        at: Timestamp::now(),
-        detail,
-    }
-}
-
 impl Gateway {
     pub fn new(store: Arc<dyn CaseStore>, vault: Arc<Vault>) -> Self {
         Self {
             store,
             vault,
             removes_kiv: true,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Reads the time from `clock` instead of the system clock (tests at a fixed date).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The gateway's "now": validation and audit events use this one reading.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn meta(&self, principal: &Principal, trace_id: String, detail: String) -> EventMeta {
+        EventMeta {
+            actor: principal.hsa_id.to_string(),
+            trace_id,
+            at: self.now(),
+            detail,
         }
     }
 
@@ -76,7 +94,7 @@ impl Gateway {
     pub async fn create(
         &self,
         principal: &Principal,
-        request_id: Option<String>,
+        request_id: Option<RequestId>,
         report: NewDeregistration,
         trace_id: String,
     ) -> Result<Created, AppError> {
@@ -98,10 +116,10 @@ impl Gateway {
             id: CaseId::new(),
             principal: principal.hsa_id.clone(),
             care_provider: principal.care_provider.clone(),
-            request_id,
+            request_id: request_id.map(RequestId::into_string),
             fingerprint,
             report,
-            meta: meta(principal, trace_id, String::new()),
+            meta: self.meta(principal, trace_id, String::new()),
         };
         Ok(self.store.create(cmd).await?)
     }
@@ -171,7 +189,7 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        reason: String,
+        reason: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
         let owner = principal.care_provider.clone();
@@ -181,7 +199,7 @@ impl Gateway {
                 id,
                 Some(&owner),
                 &Event::Cancel,
-                meta(principal, trace_id, reason),
+                self.meta(principal, trace_id, reason.into_string()),
             )
             .await
         {
@@ -242,7 +260,7 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        comment: String,
+        comment: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
         let case = match self.store.get(id).await? {
@@ -255,7 +273,7 @@ impl Gateway {
                 id,
                 None,
                 &Event::OfficeCompleted,
-                meta(principal, trace_id.clone(), comment),
+                self.meta(principal, trace_id.clone(), comment.into_string()),
             )
             .await;
         if let Err(StoreError::Transition(TransitionError::RevocationNotConfirmed)) = &result {
@@ -265,7 +283,7 @@ impl Gateway {
                 .audit(
                     id,
                     "early_kiv_removal_refused",
-                    meta(principal, trace_id, "health-care office tried to complete the KIV removal before the revocation was confirmed".into()),
+                    self.meta(principal, trace_id, "health-care office tried to complete the KIV removal before the revocation was confirmed".into()),
                 )
                 .await?;
         }
@@ -294,10 +312,15 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        reference: String,
+        reference: RevocationReference,
         revoked_at: Option<Timestamp>,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
+        if let Some(at) = revoked_at {
+            let case = self.store.get(id).await?.ok_or(AppError::NotFound)?;
+            timestamp::revoked_at(at, case.created_at, self.now()).map_err(AppError::RevokedAt)?;
+        }
+        let reference = reference.into_string();
         let detail = match revoked_at {
             Some(t) => format!(
                 "revocation reference {reference}, revoked at {} (unix time)",
@@ -308,7 +331,7 @@ impl Gateway {
         self.apply_any(
             id,
             &Event::RevocationConfirmed { reference },
-            meta(principal, trace_id, detail),
+            self.meta(principal, trace_id, detail),
         )
         .await
     }
@@ -317,15 +340,16 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        reason: String,
+        reason: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
+        let reason = reason.into_string();
         self.apply_any(
             id,
             &Event::RevocationRejected {
                 reason: reason.clone(),
             },
-            meta(principal, trace_id, reason),
+            self.meta(principal, trace_id, reason),
         )
         .await
     }
@@ -372,7 +396,7 @@ impl Gateway {
                 .apply_any(
                     id,
                     &Event::OperatorRetry,
-                    meta(principal, trace_id, String::new()),
+                    self.meta(principal, trace_id, String::new()),
                 )
                 .await;
         }
@@ -380,7 +404,7 @@ impl Gateway {
             return Err(TransitionError::NotNeedingAttention { state: case.state }.into());
         }
         self.store
-            .expedite(id, meta(principal, trace_id, String::new()))
+            .expedite(id, self.meta(principal, trace_id, String::new()))
             .await?;
         self.store.get(id).await?.ok_or(AppError::NotFound)
     }
@@ -390,13 +414,13 @@ impl Gateway {
         principal: &Principal,
         id: &CaseId,
         completed: bool,
-        justification: String,
+        justification: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
         self.apply_any(
             id,
             &Event::OperatorResolve { completed },
-            meta(principal, trace_id, justification),
+            self.meta(principal, trace_id, justification.into_string()),
         )
         .await
     }

@@ -29,7 +29,8 @@ use crate::domain::{
     KivRemovalRoute, NewDeregistration, PersonName, Personnummer, Reason, Reporter, State,
     Timestamp,
 };
-use crate::privacy::{Vault, hex};
+use crate::privacy::Vault;
+use hex::encode as hex;
 
 const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -601,7 +602,7 @@ impl SeaStore {
         }
         if !cs.terminal.is_empty() {
             let marks = vec!["?"; cs.terminal.len()].join(", ");
-            let mut values: Vec<Value> = vec![Timestamp::now().0.into()];
+            let mut values: Vec<Value> = vec![crate::clock::now().0.into()];
             values.extend(cs.terminal.iter().map(|id| Value::from(id.clone())));
             self.db_exec(
                 txn,
@@ -978,19 +979,7 @@ pub(crate) fn event_hash(
 }
 
 fn parse_step(name: &str, n: i64) -> Option<Step> {
-    Some(match name {
-        "snapshot" => Step::Snapshot,
-        "report" => Step::Report,
-        "poll_outcome" => Step::PollOutcome,
-        "remind" => Step::Remind(u32::try_from(n).ok()?),
-        "escalate" => Step::Escalate,
-        // "notify" is the combined step of earlier releases: resume it as the first notice.
-        "notify" | "notify_head" => Step::NotifyHead,
-        "notify_holder" => Step::NotifyHolder,
-        "remove_kiv" => Step::RemoveKiv,
-        "restore_kiv" => Step::RestoreKiv,
-        _ => return None,
-    })
+    Step::from_stored(name, n)
 }
 
 #[async_trait]
@@ -1224,7 +1213,7 @@ impl CaseStore for SeaStore {
         if results.is_empty() {
             return Ok(());
         }
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         let txn = self.db.begin().await.map_err(StoreError::Unavailable)?;
         let appended = self.finish_in(&txn, owner, &results, now).await?;
         txn.commit().await.map_err(StoreError::Unavailable)?;

@@ -25,7 +25,11 @@ use crate::helpers::{Options, create, report, spawn_app_opts, unit_a};
 use crate::servers::{LDAP_ADMIN, LDAP_PASSWORD, Slapd, SmtpServer};
 
 fn person() -> Personnummer {
-    Personnummer::parse("19121212-1212").expect("pnr")
+    Personnummer::parse(
+        "19121212-1212",
+        etjanstekort_gateway::clock::now().utc_date(),
+    )
+    .expect("pnr")
 }
 
 fn unit() -> HsaId {

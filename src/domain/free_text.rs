@@ -209,3 +209,110 @@ mod tests {
         );
     }
 }
+
+/// The promise of `identity_scan`, checked on every free-text input type at once.
+#[cfg(test)]
+mod every_field {
+    use super::*;
+    use crate::domain::{Email, EmailError, HsaId, HsaIdError, PersonName, PersonNameError};
+    use crate::domain::{Personnummer, Rule};
+    use proptest::prelude::*;
+
+    /// Each field as "refused for an identity number", "refused for another rule", "accepted".
+    fn fields() -> Vec<(&'static str, fn(&str) -> Result<(), &'static str>)> {
+        fn code<E: Rule>(r: Result<impl Sized, E>) -> Result<(), &'static str> {
+            r.map(|_| ()).map_err(|e| e.code())
+        }
+        vec![
+            ("request_id", |s| code(RequestId::parse(s))),
+            ("revocation_reference", |s| {
+                code(RevocationReference::parse(s))
+            }),
+            ("free_text", |s| code(FreeText::parse(s))),
+            ("person_name", |s| code(PersonName::parse(s))),
+            ("email", |s| code(Email::parse(&format!("{s}@example.se")))),
+            ("hsa_id", |s| {
+                code(HsaId::parse(&format!("SE2321000131-{s}")))
+            }),
+        ]
+    }
+
+    /// Between digit groups.
+    const SEPARATORS: &str = "(|-|\\+|=|:|,|\\.|_|x|X| |--| - |/)";
+    /// After the number, also a trailing ".0".
+    const TRAILERS: &str = "(|-|\\+|=|:|,|\\.|_|x|X| |--| - |/|\\.0)";
+
+    prop_compose! {
+        /// A valid number, in its 10- or 12-digit form, with separators cut in anywhere and
+        /// random letters around it.
+        fn embedded()(year in 1880i32..=2099, month in 1u8..=12, day in 1u8..=28,
+                      birth in 1u16..=999, samordning in any::<bool>(), ten in any::<bool>(),
+                      cuts in proptest::collection::vec((1usize..12, SEPARATORS), 0..4),
+                      before in "[A-Za-z]{0,6}", glue_before in SEPARATORS,
+                      after in "[A-Za-z]{0,6}", glue_after in TRAILERS) -> (String, String) {
+            let digits = Personnummer::synthetic(year, month, if samordning { day + 60 } else { day }, birth)
+                .expect("valid").expose_digits();
+            let mut n = if ten { digits[2..].to_owned() } else { digits };
+            let mut cuts = cuts;
+            cuts.sort_by_key(|c| std::cmp::Reverse(c.0));
+            cuts.dedup_by_key(|c| c.0);
+            for (at, sep) in cuts {
+                if at < n.len() {
+                    n.insert_str(at, &sep);
+                }
+            }
+            let text = format!("{before}{glue_before}{n}{glue_after}{after}");
+            // The same text with the number's digits zeroed: no identity number (month 00).
+            let zeroed = text.replace(|c: char| c.is_ascii_digit(), "0");
+            (text, zeroed)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_field_refuses_an_embedded_identity_number((text, zeroed) in embedded()) {
+            for (field, parse) in fields() {
+                match parse(&text) {
+                    Err("CONTAINS_IDENTITY_NUMBER") => {}
+                    // Refused for its shape: then the shape alone must be refused too, so the
+                    // identity check was not what was missing.
+                    Err(_) => prop_assert!(parse(&zeroed).is_err(), "{}: {:?} hid the number", field, text),
+                    Ok(()) => prop_assert!(false, "{}: {:?} accepted", field, text),
+                }
+            }
+        }
+
+        #[test]
+        fn ordinary_references_pass_every_field(year in 2000u32..2100, n in 1u32..10_000, prefix in "[A-Z]{2,5}") {
+            let reference = format!("{prefix}-{year}-{n:04}");
+            for (field, parse) in fields() {
+                // (An HSA-id suffix refuses the dashes: FORMAT, which is fine here.)
+                prop_assert_ne!(parse(&reference), Err("CONTAINS_IDENTITY_NUMBER"), "{}: {}", field, reference);
+            }
+            prop_assert!(RequestId::parse(&reference).is_ok());
+            prop_assert!(RevocationReference::parse(&reference).is_ok());
+            prop_assert!(FreeText::parse(&reference).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_rule_codes_are_shared() {
+        let id = "19121212x1212";
+        assert_eq!(
+            RequestId::parse(id).map(|_| ()),
+            Err(TextError::ContainsIdentityNumber)
+        );
+        assert_eq!(
+            Email::parse(&format!("{id}@x.se")),
+            Err(EmailError::ContainsIdentityNumber)
+        );
+        assert_eq!(
+            HsaId::parse(&format!("SE2321000131-{id}")),
+            Err(HsaIdError::ContainsIdentityNumber)
+        );
+        assert_eq!(
+            PersonName::parse(id).map(|_| ()),
+            Err(PersonNameError::ContainsIdentityNumber)
+        );
+    }
+}

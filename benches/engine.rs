@@ -14,7 +14,7 @@ use etjanstekort_gateway::connectors::simulated::{
 };
 use etjanstekort_gateway::domain::saga::SnapshotState;
 use etjanstekort_gateway::domain::{
-    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
+    CardHolder, CardNumber, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
     Personnummer, Reason, Reporter, State,
 };
 use etjanstekort_gateway::engine::{Engine, EngineConfig};
@@ -91,7 +91,7 @@ async fn create_cases(store: &Arc<SeaStore>, n: usize, offset: usize) -> f64 {
                 let p = HsaId::parse("SE1655999991-E000000000001").unwrap();
                 store
                     .create(CreateCase {
-                        id: CaseId::new(),
+                        id: etjanstekort_gateway::clock::new_case_id(),
                         principal: p.clone(),
                         care_provider: p,
                         request_id: None,

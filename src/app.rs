@@ -113,7 +113,7 @@ impl Gateway {
         }
         let fingerprint = self.fingerprint(&report);
         let cmd = CreateCase {
-            id: CaseId::new(),
+            id: crate::clock::new_case_id(),
             principal: principal.hsa_id.clone(),
             care_provider: principal.care_provider.clone(),
             request_id: request_id.map(RequestId::into_string),

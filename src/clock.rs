@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::domain::{Date, Timestamp};
+use crate::domain::{CaseId, Date, Timestamp};
 
 pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> Timestamp;
@@ -29,6 +29,12 @@ impl Clock for SystemClock {
 /// The system clock's reading, for code that has no `Clock` handed to it yet.
 pub fn now() -> Timestamp {
     SystemClock.now()
+}
+
+/// A new case id: a UUIDv7, whose leading bits are the system clock's milliseconds (and a
+/// counter within one), so id order is creation order.
+pub fn new_case_id() -> CaseId {
+    CaseId::from_uuid(uuid::Uuid::now_v7())
 }
 
 /// A clock that stands still until told otherwise. For tests.

@@ -10,18 +10,13 @@ use super::{CardNumber, Email, HsaId, PersonName, Personnummer, Timestamp};
 pub struct CaseId(uuid::Uuid);
 
 impl CaseId {
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7())
+    /// Wraps a generated id; `clock::new_case_id` makes them (a UUIDv7 reads the clock).
+    pub fn from_uuid(id: uuid::Uuid) -> Self {
+        Self(id)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         uuid::Uuid::try_parse(s.trim()).ok().map(Self)
-    }
-}
-
-impl Default for CaseId {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

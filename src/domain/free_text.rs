@@ -218,8 +218,10 @@ mod every_field {
     use crate::domain::{Personnummer, Rule};
     use proptest::prelude::*;
 
-    /// Each field as "refused for an identity number", "refused for another rule", "accepted".
-    fn fields() -> Vec<(&'static str, fn(&str) -> Result<(), &'static str>)> {
+    /// A field's parser, reduced to its verdict: accepted, or the rule code that refused.
+    type Field = (&'static str, fn(&str) -> Result<(), &'static str>);
+
+    fn fields() -> Vec<Field> {
         fn code<E: Rule>(r: Result<impl Sized, E>) -> Result<(), &'static str> {
             r.map(|_| ()).map_err(|e| e.code())
         }

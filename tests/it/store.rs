@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etjanstekort_gateway::domain::saga::Event;
 use etjanstekort_gateway::domain::{
-    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
+    CardHolder, CardNumber, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
     Personnummer, Reason, Reporter, State, Timestamp,
 };
 use etjanstekort_gateway::privacy::Vault;
@@ -65,7 +65,7 @@ fn meta(actor: &str) -> EventMeta {
 
 fn cmd(request_id: Option<&str>, fingerprint: &str, card: &str) -> CreateCase {
     CreateCase {
-        id: CaseId::new(),
+        id: etjanstekort_gateway::clock::new_case_id(),
         principal: hsa("SE1655999991-E1"),
         care_provider: hsa("SE1655999991-E1"),
         request_id: request_id.map(str::to_owned),

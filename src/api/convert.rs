@@ -32,15 +32,6 @@ impl Violations {
     }
 }
 
-/// The request_id: optional (empty means none), else a [`RequestId`].
-pub fn request_id(raw: &str) -> Result<Option<RequestId>, ApiError> {
-    match RequestId::parse(raw) {
-        Ok(id) => Ok(Some(id)),
-        Err(TextError::Empty) => Ok(None),
-        Err(e) => Err(ApiError::invalid("request_id", e.code(), e)),
-    }
-}
-
 /// A report, checked against `now` (the gateway's clock): the personnummer's century and
 /// date of birth, and the instant the card was received.
 pub fn new_deregistration(
@@ -48,13 +39,10 @@ pub fn new_deregistration(
     now: Timestamp,
 ) -> Result<(Option<RequestId>, NewDeregistration), ApiError> {
     let mut v = Violations(Vec::new());
-    let rid = match request_id(&req.request_id) {
-        Ok(r) => r,
-        Err(ApiError::InvalidArgument(mut f)) => {
-            v.0.append(&mut f);
-            None
-        }
-        Err(e) => return Err(e),
+    // The request_id is optional: empty means none.
+    let rid = match RequestId::parse(&req.request_id) {
+        Err(TextError::Empty) => None,
+        r => v.take("request_id", r),
     };
     let Some(d) = &req.deregistration else {
         v.push("deregistration", "REQUIRED", "is required");

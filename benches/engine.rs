@@ -15,8 +15,8 @@ use etjanstekort_gateway::connectors::simulated::{
 };
 use etjanstekort_gateway::domain::saga::SnapshotState;
 use etjanstekort_gateway::domain::{
-    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
-    Personnummer, Reason, Reporter, State, Timestamp,
+    CardHolder, CardNumber, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
+    Personnummer, Reason, Reporter, State,
 };
 use etjanstekort_gateway::engine::{Engine, EngineConfig};
 use etjanstekort_gateway::privacy::Vault;
@@ -41,7 +41,7 @@ fn report(i: usize) -> NewDeregistration {
         },
         card_number: CardNumber::parse(&format!("{:012}", 900_000_000 + i)).unwrap(),
         reason: Reason::EmploymentEnded,
-        card_received_at: Timestamp::now(),
+        card_received_at: etjanstekort_gateway::clock::now(),
         reported_by: Reporter {
             hsa_id: HsaId::parse("SE1655999991-P000000000099").unwrap(),
             full_name: PersonName::parse("Bench Chef").unwrap(),
@@ -93,7 +93,7 @@ async fn create_cases(store: &Arc<SeaStore>, n: usize, offset: usize) -> f64 {
                 let p = HsaId::parse("SE1655999991-E000000000001").unwrap();
                 store
                     .create(CreateCase {
-                        id: CaseId::new(),
+                        id: etjanstekort_gateway::clock::new_case_id(),
                         principal: p.clone(),
                         care_provider: p,
                         request_id: None,
@@ -102,7 +102,7 @@ async fn create_cases(store: &Arc<SeaStore>, n: usize, offset: usize) -> f64 {
                         meta: EventMeta {
                             actor: "bench".into(),
                             trace_id: "0".repeat(32),
-                            at: Timestamp::now(),
+                            at: etjanstekort_gateway::clock::now(),
                             detail: String::new(),
                         },
                     })

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::bus::EventBus;
+use crate::clock::{Clock, SystemClock};
 use crate::domain::saga::{Event, TransitionError};
 use crate::domain::{
-    CaseEvent, CaseId, Deregistration, HsaId, KivRemovalRoute, NewDeregistration, State, Timestamp,
+    CaseEvent, CaseId, Deregistration, FreeText, HsaId, InstantError, KivRemovalRoute,
+    NewDeregistration, RequestId, RevocationReference, State, Timestamp, timestamp,
 };
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
@@ -22,6 +24,9 @@ pub enum AppError {
     NotFound,
     #[error("{0}")]
     Precondition(String),
+    /// The reported revocation time is impossible for this case.
+    #[error("revoke_time {0}")]
+    RevokedAt(InstantError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -38,6 +43,7 @@ pub struct Gateway {
     bus: EventBus,
     vault: Arc<Vault>,
     removes_kiv: bool,
+    clock: Arc<dyn Clock>,
 }
 
 /// A page of cases and the id to continue after, if there may be more.
@@ -47,15 +53,6 @@ pub struct Page {
     pub last: Option<CaseId>,
 }
 
-fn meta(principal: &Principal, trace_id: String, detail: String) -> EventMeta {
-    EventMeta {
-        actor: principal.hsa_id.to_string(),
-        trace_id,
-        at: Timestamp::now(),
-        detail,
-    }
-}
-
 impl Gateway {
     pub fn new(store: Arc<dyn CaseStore>, bus: EventBus, vault: Arc<Vault>) -> Self {
         Self {
@@ -63,6 +60,27 @@ impl Gateway {
             bus,
             vault,
             removes_kiv: true,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Reads the time from `clock` instead of the system clock (tests at a fixed date).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The gateway's "now": validation and audit events use this one reading.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn meta(&self, principal: &Principal, trace_id: String, detail: String) -> EventMeta {
+        EventMeta {
+            actor: principal.hsa_id.to_string(),
+            trace_id,
+            at: self.now(),
+            detail,
         }
     }
 
@@ -79,7 +97,7 @@ impl Gateway {
     pub async fn create(
         &self,
         principal: &Principal,
-        request_id: Option<String>,
+        request_id: Option<RequestId>,
         report: NewDeregistration,
         trace_id: String,
     ) -> Result<Created, AppError> {
@@ -98,13 +116,13 @@ impl Gateway {
         }
         let fingerprint = self.fingerprint(&report);
         let cmd = CreateCase {
-            id: CaseId::new(),
+            id: crate::clock::new_case_id(),
             principal: principal.hsa_id.clone(),
             care_provider: principal.care_provider.clone(),
-            request_id,
+            request_id: request_id.map(RequestId::into_string),
             fingerprint,
             report,
-            meta: meta(principal, trace_id, String::new()),
+            meta: self.meta(principal, trace_id, String::new()),
         };
         Ok(self.store.create(cmd).await?)
     }
@@ -174,7 +192,7 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        reason: String,
+        reason: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
         let owner = principal.care_provider.clone();
@@ -184,7 +202,7 @@ impl Gateway {
                 id,
                 Some(&owner),
                 &Event::Cancel,
-                meta(principal, trace_id, reason),
+                self.meta(principal, trace_id, reason.into_string()),
             )
             .await
         {
@@ -245,7 +263,7 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        comment: String,
+        comment: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
         let case = match self.store.get(id).await? {
@@ -258,7 +276,7 @@ impl Gateway {
                 id,
                 None,
                 &Event::OfficeCompleted,
-                meta(principal, trace_id.clone(), comment),
+                self.meta(principal, trace_id.clone(), comment.into_string()),
             )
             .await;
         if let Err(StoreError::Transition(TransitionError::RevocationNotConfirmed)) = &result {
@@ -268,7 +286,7 @@ impl Gateway {
                 .audit(
                     id,
                     "early_kiv_removal_refused",
-                    meta(principal, trace_id, "health-care office tried to complete the KIV removal before the revocation was confirmed".into()),
+                    self.meta(principal, trace_id, "health-care office tried to complete the KIV removal before the revocation was confirmed".into()),
                 )
                 .await?;
         }
@@ -297,10 +315,15 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        reference: String,
+        reference: RevocationReference,
         revoked_at: Option<Timestamp>,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
+        if let Some(at) = revoked_at {
+            let case = self.store.get(id).await?.ok_or(AppError::NotFound)?;
+            timestamp::revoked_at(at, case.created_at, self.now()).map_err(AppError::RevokedAt)?;
+        }
+        let reference = reference.into_string();
         let detail = match revoked_at {
             Some(t) => format!(
                 "revocation reference {reference}, revoked at {} (unix time)",
@@ -311,7 +334,7 @@ impl Gateway {
         self.apply_any(
             id,
             &Event::RevocationConfirmed { reference },
-            meta(principal, trace_id, detail),
+            self.meta(principal, trace_id, detail),
         )
         .await
     }
@@ -320,15 +343,16 @@ impl Gateway {
         &self,
         principal: &Principal,
         id: &CaseId,
-        reason: String,
+        reason: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
+        let reason = reason.into_string();
         self.apply_any(
             id,
             &Event::RevocationRejected {
                 reason: reason.clone(),
             },
-            meta(principal, trace_id, reason),
+            self.meta(principal, trace_id, reason),
         )
         .await
     }
@@ -375,7 +399,7 @@ impl Gateway {
                 .apply_any(
                     id,
                     &Event::OperatorRetry,
-                    meta(principal, trace_id, String::new()),
+                    self.meta(principal, trace_id, String::new()),
                 )
                 .await;
         }
@@ -383,7 +407,7 @@ impl Gateway {
             return Err(TransitionError::NotNeedingAttention { state: case.state }.into());
         }
         self.store
-            .expedite(id, meta(principal, trace_id, String::new()))
+            .expedite(id, self.meta(principal, trace_id, String::new()))
             .await?;
         self.store.get(id).await?.ok_or(AppError::NotFound)
     }
@@ -393,13 +417,13 @@ impl Gateway {
         principal: &Principal,
         id: &CaseId,
         completed: bool,
-        justification: String,
+        justification: FreeText,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
         self.apply_any(
             id,
             &Event::OperatorResolve { completed },
-            meta(principal, trace_id, justification),
+            self.meta(principal, trace_id, justification.into_string()),
         )
         .await
     }

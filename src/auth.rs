@@ -12,8 +12,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::domain::HsaId;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Role {
     CareProvider,
     HealthCareOffice,
@@ -22,13 +25,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// The name the principals file uses (serde and strum agree on snake_case).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::CareProvider => "care_provider",
-            Role::HealthCareOffice => "health_care_office",
-            Role::TjansteidService => "tjansteid_service",
-            Role::Operator => "operator",
-        }
+        self.into()
     }
 }
 
@@ -169,4 +168,24 @@ pub fn hsa_id_from_certificate(der: &[u8]) -> Option<HsaId> {
         return None;
     }
     HsaId::parse(value).ok()
+}
+
+#[cfg(test)]
+mod role_names {
+    use super::Role;
+
+    /// `as_str` is written into principals files that serde reads back.
+    #[test]
+    fn as_str_is_the_principals_file_name() {
+        for role in [
+            Role::CareProvider,
+            Role::HealthCareOffice,
+            Role::TjansteidService,
+            Role::Operator,
+        ] {
+            let parsed: Role = serde_json::from_value(serde_json::json!(role.as_str())).unwrap();
+            assert_eq!(parsed, role);
+        }
+        assert_eq!(Role::TjansteidService.as_str(), "tjansteid_service");
+    }
 }

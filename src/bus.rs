@@ -67,11 +67,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::domain::{CaseId, State, Timestamp};
+    use crate::domain::{State, Timestamp};
 
     fn event(sequence: i64) -> CaseEvent {
         CaseEvent {
-            case_id: CaseId::new(),
+            case_id: crate::clock::new_case_id(),
             sequence,
             kind: "accepted".into(),
             state: State::Accepted,

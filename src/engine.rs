@@ -134,7 +134,7 @@ impl Engine {
             } else {
                 match self.store.next_due().await {
                     Ok(Some(due)) => {
-                        let us = (due.0 - Timestamp::now().0).max(0) as u64;
+                        let us = (due.0 - crate::clock::now().0).max(0) as u64;
                         Duration::from_micros(us).min(self.cfg.idle_poll)
                     }
                     _ => self.cfg.idle_poll,
@@ -160,7 +160,7 @@ impl Engine {
             .store
             .claim(
                 &token,
-                Timestamp::now(),
+                crate::clock::now(),
                 self.cfg.lease,
                 self.cfg.batch_size,
             )
@@ -295,7 +295,7 @@ impl Engine {
                         let meta = EventMeta {
                             actor: "system".into(),
                             trace_id: case.trace_id.clone(),
-                            at: Timestamp::now(),
+                            at: crate::clock::now(),
                             detail:
                                 "employment removed from KIV before the revocation was confirmed"
                                     .into(),
@@ -490,7 +490,7 @@ fn give_up(error: String) -> WorkResult {
 }
 
 fn later(cfg: &EngineConfig, attempts: u32) -> Timestamp {
-    Timestamp(Timestamp::now().0 + backoff(cfg, attempts).as_micros() as i64)
+    Timestamp(crate::clock::now().0 + backoff(cfg, attempts).as_micros() as i64)
 }
 
 fn notice(case: &Deregistration, recipient: Recipient, to: crate::domain::Email) -> Notice {

@@ -7,15 +7,12 @@ use tonic_types::FieldViolation;
 
 use super::error::{ApiError, violation};
 use super::pb;
-use crate::domain::Rule;
 use crate::domain::{
-    CardHolder, CardNumber, CaseEvent, CaseId, Deregistration, Email, HsaId, KivRemovalRoute,
-    NewDeregistration, PersonName, Personnummer, Reason, Reporter, State, Timestamp,
+    CardHolder, CardNumber, CaseEvent, CaseId, Deregistration, Email, FreeText, HsaId,
+    InstantError, KivRemovalRoute, NewDeregistration, PersonName, Personnummer, Reason, Reporter,
+    RequestId, RevocationReference, Rule, State, TextError, Timestamp, timestamp,
 };
 use crate::privacy::Vault;
-
-/// Clock skew tolerated on `card_received_time` before it counts as the future.
-const FUTURE_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
 
 struct Violations(Vec<FieldViolation>);
 
@@ -35,44 +32,17 @@ impl Violations {
     }
 }
 
-/// The request_id's rule: optional, else 1–64 of `A-Z a-z 0-9 . _ -`.
-pub fn request_id(raw: &str) -> Result<Option<String>, ApiError> {
-    let s = raw.trim();
-    if s.is_empty() {
-        return Ok(None);
-    }
-    if s.len() > 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(ApiError::invalid(
-            "request_id",
-            "FORMAT",
-            "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
-        ));
-    }
-    if crate::domain::personnummer_appears_in(s) {
-        return Err(ApiError::invalid(
-            "request_id",
-            "CONTAINS_IDENTITY_NUMBER",
-            "must not contain a personal identity number",
-        ));
-    }
-    Ok(Some(s.to_owned()))
-}
-
+/// A report, checked against `now` (the gateway's clock): the personnummer's century and
+/// date of birth, and the instant the card was received.
 pub fn new_deregistration(
     req: &pb::CreateDeregistrationRequest,
-) -> Result<(Option<String>, NewDeregistration), ApiError> {
+    now: Timestamp,
+) -> Result<(Option<RequestId>, NewDeregistration), ApiError> {
     let mut v = Violations(Vec::new());
-    let rid = match request_id(&req.request_id) {
-        Ok(r) => r,
-        Err(ApiError::InvalidArgument(mut f)) => {
-            v.0.append(&mut f);
-            None
-        }
-        Err(e) => return Err(e),
+    // The request_id is optional: empty means none.
+    let rid = match RequestId::parse(&req.request_id) {
+        Err(TextError::Empty) => None,
+        r => v.take("request_id", r),
     };
     let Some(d) = &req.deregistration else {
         v.push("deregistration", "REQUIRED", "is required");
@@ -84,6 +54,8 @@ pub fn new_deregistration(
         HsaId::parse(&d.care_unit_hsa_id),
     );
 
+    // The holder's date of birth bounds card_received_time, even if another holder field fails.
+    let mut holder_pnr = None;
     let holder = match &d.card_holder {
         None => {
             v.push(&format!("{p}.card_holder"), "REQUIRED", "is required");
@@ -92,8 +64,9 @@ pub fn new_deregistration(
         Some(h) => {
             let pnr = v.take(
                 &format!("{p}.card_holder.personal_identity_number"),
-                Personnummer::parse(&h.personal_identity_number),
+                Personnummer::parse(&h.personal_identity_number, now.utc_date()),
             );
+            holder_pnr.clone_from(&pnr);
             let name = v.take(
                 &format!("{p}.card_holder.full_name"),
                 PersonName::parse(&h.full_name),
@@ -149,25 +122,11 @@ pub fn new_deregistration(
             );
             None
         }
-        Some(t) => match timestamp_in(t) {
-            None => {
-                v.push(
-                    &format!("{p}.card_received_time"),
-                    "INVALID_TIMESTAMP",
-                    "is not a valid timestamp",
-                );
-                None
-            }
-            Some(ts) if ts.0 > Timestamp::now().0 + FUTURE_SKEW_MICROS => {
-                v.push(
-                    &format!("{p}.card_received_time"),
-                    "IN_FUTURE",
-                    "must not be in the future",
-                );
-                None
-            }
-            Some(ts) => Some(ts),
-        },
+        Some(t) => v.take(
+            &format!("{p}.card_received_time"),
+            timestamp_in(t)
+                .and_then(|at| timestamp::card_received_at(at, holder_pnr.as_ref(), now)),
+        ),
     };
     if !d.card_cut_across_chip {
         v.push(
@@ -327,29 +286,17 @@ fn token_mac(vault: &Vault, scope: &str, filters: &str, id: &str) -> String {
     d
 }
 
-fn timestamp_in(t: &PbTimestamp) -> Option<Timestamp> {
-    if !(0..1_000_000_000).contains(&t.nanos) {
-        return None;
-    }
-    Timestamp::from_unix(t.seconds, t.nanos)
+/// A protobuf timestamp within its documented range. What the instant may be is the
+/// domain's rule (`domain::timestamp`), applied by the caller.
+fn timestamp_in(t: &PbTimestamp) -> Result<Timestamp, InstantError> {
+    Timestamp::from_unix(t.seconds, t.nanos).ok_or(InstantError::Invalid)
 }
 
-/// An optional time that must be valid and not in the future (with the usual skew).
-pub fn optional_past_time(
-    field: &str,
-    t: Option<&PbTimestamp>,
-) -> Result<Option<Timestamp>, ApiError> {
-    let Some(t) = t else { return Ok(None) };
-    let ts = timestamp_in(t)
-        .ok_or_else(|| ApiError::invalid(field, "INVALID_TIMESTAMP", "is not a valid timestamp"))?;
-    if ts.0 > Timestamp::now().0 + FUTURE_SKEW_MICROS {
-        return Err(ApiError::invalid(
-            field,
-            "IN_FUTURE",
-            "must not be in the future",
-        ));
-    }
-    Ok(Some(ts))
+/// An optional instant; `app` checks it against the case (e.g. `revoke_time`).
+pub fn optional_time(field: &str, t: Option<&PbTimestamp>) -> Result<Option<Timestamp>, ApiError> {
+    t.map(timestamp_in)
+        .transpose()
+        .map_err(|e| ApiError::invalid(field, e.code(), e))
 }
 
 pub fn timestamp_out(t: Timestamp) -> PbTimestamp {
@@ -477,76 +424,16 @@ pub fn pending_revocation_out(c: &Deregistration) -> pb::PendingRevocation {
 }
 
 /// A reference from TjänsteID-service: required, printable, bounded.
-pub fn reference(field: &str, raw: &str) -> Result<String, ApiError> {
-    let s = raw.trim();
-    if s.is_empty() {
-        return Err(ApiError::invalid(field, "REQUIRED", "is required"));
-    }
-    if s.chars().count() > 64 || !s.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(ApiError::invalid(
-            field,
-            "FORMAT",
-            "must be 1 to 64 printable ASCII characters without spaces",
-        ));
-    }
-    // References are often long ticket numbers, so only actual identity numbers are refused.
-    if crate::domain::personnummer_appears_in(s) {
-        return Err(ApiError::invalid(
-            field,
-            "CONTAINS_IDENTITY_NUMBER",
-            "must not contain a personal identity number",
-        ));
-    }
-    Ok(s.to_owned())
+pub fn reference(field: &str, raw: &str) -> Result<RevocationReference, ApiError> {
+    RevocationReference::parse(raw).map_err(|e| ApiError::invalid(field, e.code(), e))
 }
 
-pub fn required_text(field: &str, raw: &str) -> Result<String, ApiError> {
-    let s = free_text(field, raw)?;
-    if s.is_empty() {
-        return Err(ApiError::invalid(field, "REQUIRED", "is required"));
-    }
-    Ok(s)
+/// A reason or justification that must be given.
+pub fn required_text(field: &str, raw: &str) -> Result<FreeText, ApiError> {
+    FreeText::parse_required(raw).map_err(|e| ApiError::invalid(field, e.code(), e))
 }
 
-/// Free-text fields (reasons, comments) are bounded and must not smuggle in a personnummer.
-pub fn free_text(field: &str, raw: &str) -> Result<String, ApiError> {
-    let s = raw.trim();
-    if s.chars().count() > 500 || s.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::invalid(
-            field,
-            "TOO_LONG",
-            "must be at most 500 characters without control characters",
-        ));
-    }
-    if contains_identity_number(s) {
-        return Err(ApiError::invalid(
-            field,
-            "CONTAINS_IDENTITY_NUMBER",
-            "must not contain eight or more digits in a row, even with separators (no personal identity numbers in the audit trail)",
-        ));
-    }
-    Ok(s.to_owned())
-}
-
-/// True if the text holds anything that could be an identity number: eight or more digits
-/// (of any script) in one run, where a run may be split by up to two separators between digit
-/// groups ("19121212 - 1212", "1912-12-12-1212", "19121212/1212" all count).
-fn contains_identity_number(s: &str) -> bool {
-    let mut digits = 0;
-    let mut gap = 0;
-    for c in s.chars() {
-        if c.is_numeric() {
-            digits += 1;
-            gap = 0;
-            if digits >= 8 {
-                return true;
-            }
-        } else if digits > 0 && !c.is_alphabetic() && gap < 3 {
-            gap += 1;
-        } else {
-            digits = 0;
-            gap = 0;
-        }
-    }
-    false
+/// A reason or comment that may be empty.
+pub fn free_text(field: &str, raw: &str) -> Result<FreeText, ApiError> {
+    FreeText::parse(raw).map_err(|e| ApiError::invalid(field, e.code(), e))
 }

@@ -119,6 +119,10 @@ impl From<AppError> for ApiError {
             AppError::PermissionDenied(m) => ApiError::PermissionDenied(m),
             AppError::NotFound => ApiError::NotFound("deregistration not found".into()),
             AppError::Precondition(m) => ApiError::FailedPrecondition(m),
+            AppError::RevokedAt(e) => {
+                use crate::domain::Rule;
+                ApiError::invalid("revoke_time", e.code(), e)
+            }
             AppError::Store(s) => s.into(),
         }
     }

@@ -136,7 +136,7 @@ impl DeregistrationService for Api {
         let p = self.principal(&req, Role::CareProvider)?;
         tracing::Span::current().record("principal", p.hsa_id.as_str());
         let trace = trace_id(&req);
-        let (request_id, report) = convert::new_deregistration(req.get_ref())?;
+        let (request_id, report) = convert::new_deregistration(req.get_ref(), self.gateway.now())?;
         let created = self
             .gateway
             .create(&p, request_id, report, trace)
@@ -341,8 +341,7 @@ impl RevocationService for Api {
         let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
         let reference =
             convert::reference("revocation_reference", &req.get_ref().revocation_reference)?;
-        let revoked_at =
-            convert::optional_past_time("revoke_time", req.get_ref().revoke_time.as_ref())?;
+        let revoked_at = convert::optional_time("revoke_time", req.get_ref().revoke_time.as_ref())?;
         let case = self
             .gateway
             .confirm_revocation(&p, &id, reference, revoked_at, trace)

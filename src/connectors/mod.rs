@@ -34,8 +34,9 @@ impl ConnectorError {
 
 /// Makes a remote server's text safe to keep: servers echo addresses and names back
 /// ("550 <holder@example.se>: rejected"), and the message ends up in `state_reason`, the
-/// append-only audit trail and the log. E-mail addresses become `<address>`, and any run of
-/// six or more digits (a birth date, an identity number) becomes `<number>`.
+/// append-only audit trail and the log. E-mail addresses become `<address>`; identity numbers,
+/// found by the same rule that guards every free-text input (`domain::identity_scan`), and
+/// bare runs of six or more digits (a date of birth) become `<number>`.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for word in text.split_inclusive(char::is_whitespace) {
@@ -57,43 +58,36 @@ pub fn redact(text: &str) -> String {
     redact_numbers(&out)
 }
 
-/// Replaces every run of digits holding six or more with `<number>`; groups joined by `-` or `+`
-/// count as one run, so no birth date survives next to its last four digits. (Spaces and dots do
-/// not join: "550 5.1.1" must stay readable, and a six-digit group alone is replaced anyway.)
+/// Replaces what `identity_scan` finds, then any remaining unbroken run of six or more
+/// digits: outside text is not ours to reject, so a date of birth goes too. ("550 5.1.1"
+/// stays readable.)
 fn redact_numbers(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < chars.len() {
-        if !chars[i].is_ascii_digit() {
-            out.push(chars[i]);
-            i += 1;
+    let mut last = 0;
+    for span in crate::domain::identity_scan::find(text) {
+        out.push_str(&text[last..span.start]);
+        out.push_str("<number>");
+        last = span.end;
+    }
+    out.push_str(&text[last..]);
+    let mut redacted = String::with_capacity(out.len());
+    let mut digits = String::new();
+    for c in out.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            digits.push(c);
             continue;
         }
-        // Extend over digits and single joiners that are followed by a digit.
-        let start = i;
-        let mut end = i;
-        let mut digits = 0;
-        while end < chars.len() {
-            if chars[end].is_ascii_digit() {
-                digits += 1;
-                end += 1;
-            } else if matches!(chars[end], '-' | '+')
-                && chars.get(end + 1).is_some_and(char::is_ascii_digit)
-            {
-                end += 1;
-            } else {
-                break;
-            }
-        }
-        if digits >= 6 {
-            out.push_str("<number>");
+        if digits.len() >= 6 {
+            redacted.push_str("<number>");
         } else {
-            out.extend(&chars[start..end]);
+            redacted.push_str(&digits);
         }
-        i = end;
+        digits.clear();
+        if c != '\0' {
+            redacted.push(c);
+        }
     }
-    out
+    redacted
 }
 
 /// What the routine asks the head of operations to report to TjänsteID-service.

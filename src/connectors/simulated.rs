@@ -151,7 +151,7 @@ impl TjansteId for SimulatedTjansteId {
             return Ok(RevocationOutcome::Pending);
         };
         let due = reported_at.0.saturating_add(after.as_micros() as i64);
-        Ok(if Timestamp::now().0 >= due {
+        Ok(if crate::clock::now().0 >= due {
             RevocationOutcome::Confirmed {
                 reference: format!("SIM-{}", &case_id.to_string()[..8]),
             }

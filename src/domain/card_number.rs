@@ -45,8 +45,10 @@ impl CardNumber {
             return Err(CardNumberError::Length);
         }
         // A personnummer typed into the card-number field would be stored and shown in clear.
-        if (digits.len() == 10 || digits.len() == 12) && super::Personnummer::parse(&digits).is_ok()
-        {
+        // Only the whole number is tested: a long card number holds many ten-digit windows, and
+        // one of them being a valid identity number by chance says nothing.
+        let values: Vec<u8> = digits.bytes().map(|b| b - b'0').collect();
+        if super::identity_scan::is_identity_number(&values) {
             return Err(CardNumberError::IdentityNumber);
         }
         Ok(Self(digits))
@@ -100,6 +102,13 @@ mod tests {
         assert_eq!(CardNumber::parse(" - "), Err(CardNumberError::Empty));
         assert_eq!(CardNumber::parse("12345a"), Err(CardNumberError::NotDigits));
         assert_eq!(CardNumber::parse("12345"), Err(CardNumberError::Length));
+        for pnr in ["1912 1212-1212", "121212-1212"] {
+            assert_eq!(
+                CardNumber::parse(pnr),
+                Err(CardNumberError::IdentityNumber),
+                "{pnr}"
+            );
+        }
         assert_eq!(
             CardNumber::parse(&"1".repeat(33)),
             Err(CardNumberError::Length)

@@ -3,53 +3,20 @@
 use std::fmt;
 
 use super::saga::{Saga, SnapshotState};
-use super::{CardNumber, Email, HsaId, Personnummer};
-
-/// Microseconds since the Unix epoch, UTC. Stored as a 64-bit integer on every backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(pub i64);
-
-impl Timestamp {
-    pub fn now() -> Self {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Self(d.as_micros() as i64)
-    }
-
-    pub fn from_unix(seconds: i64, nanos: i32) -> Option<Self> {
-        seconds
-            .checked_mul(1_000_000)
-            .and_then(|us| us.checked_add(i64::from(nanos) / 1_000))
-            .map(Self)
-    }
-
-    pub fn unix_seconds(self) -> i64 {
-        self.0.div_euclid(1_000_000)
-    }
-
-    pub fn subsec_nanos(self) -> i32 {
-        (self.0.rem_euclid(1_000_000) * 1_000) as i32
-    }
-}
+use super::{CardNumber, Email, HsaId, PersonName, Personnummer, Timestamp};
 
 /// Identifies a case. Time-ordered (UUIDv7), so ordering by id is ordering by creation.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CaseId(uuid::Uuid);
 
 impl CaseId {
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7())
+    /// Wraps a generated id; `clock::new_case_id` makes them (a UUIDv7 reads the clock).
+    pub fn from_uuid(id: uuid::Uuid) -> Self {
+        Self(id)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         uuid::Uuid::try_parse(s.trim()).ok().map(Self)
-    }
-}
-
-impl Default for CaseId {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -65,103 +32,31 @@ impl fmt::Debug for CaseId {
     }
 }
 
-/// A person's name as written. Personal data: `Debug` does not print it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PersonName(String);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PersonNameError {
-    #[error("is required")]
-    Empty,
-    #[error("must be at most 200 characters without control characters")]
-    Format,
-    #[error("must not contain digits that could be a personal identity number")]
-    ContainsIdentityNumber,
+/// Where a case is in the routine. The names (`as_str`) are stored and in the audit trail:
+/// they never change.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum State {
+    Accepted,
+    RevocationRequested,
+    Revoked,
+    KivRemovalPending,
+    Completed,
+    Rejected,
+    Cancelled,
+    NeedsAttention,
 }
-
-impl super::Rule for PersonNameError {
-    fn code(&self) -> &'static str {
-        match self {
-            PersonNameError::Empty => "REQUIRED",
-            PersonNameError::Format => "FORMAT",
-            PersonNameError::ContainsIdentityNumber => "CONTAINS_IDENTITY_NUMBER",
-        }
-    }
-}
-
-impl PersonName {
-    pub fn parse(input: &str) -> Result<Self, PersonNameError> {
-        let s = input.trim();
-        if s.is_empty() {
-            return Err(PersonNameError::Empty);
-        }
-        if s.chars().count() > 200 || s.chars().any(char::is_control) {
-            return Err(PersonNameError::Format);
-        }
-        // Names carry no long numbers; six digits in all is already a birth date.
-        if s.chars().filter(|c| c.is_numeric()).count() >= 6 {
-            return Err(PersonNameError::ContainsIdentityNumber);
-        }
-        Ok(Self(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A name read back from storage: it passed the rules in force when it was stored, and
-    /// rules tightened since must not make an old case unreadable.
-    pub fn from_stored(s: String) -> Self {
-        Self(s)
-    }
-}
-
-impl fmt::Debug for PersonName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PersonName(<redacted>)")
-    }
-}
-
-macro_rules! str_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The stable name used in storage and audit events.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-
-            pub fn from_str_opt(s: &str) -> Option<Self> {
-                match s { $($s => Some($name::$variant),)+ _ => None }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-str_enum!(
-    /// Where a case is in the routine.
-    State {
-        Accepted = "accepted",
-        RevocationRequested = "revocation_requested",
-        Revoked = "revoked",
-        KivRemovalPending = "kiv_removal_pending",
-        Completed = "completed",
-        Rejected = "rejected",
-        Cancelled = "cancelled",
-        NeedsAttention = "needs_attention",
-    }
-);
 
 impl State {
     /// Terminal states end the case; the card number is free for a new case.
@@ -170,21 +65,72 @@ impl State {
     }
 }
 
-str_enum!(
-    /// Why the card is taken out of use.
-    Reason {
-        EmploymentEnded = "employment_ended",
-        AgreementEnded = "agreement_ended",
-    }
-);
+/// Why the card is taken out of use.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Reason {
+    EmploymentEnded,
+    AgreementEnded,
+}
 
-str_enum!(
-    /// Who removes the employment from KIV.
-    KivRemovalRoute {
-        CareProvider = "care_provider",
-        HealthCareOffice = "health_care_office",
+/// Who removes the employment from KIV.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum KivRemovalRoute {
+    CareProvider,
+    HealthCareOffice,
+}
+
+// The stable names in storage and audit events, through strum; `from_str_opt` is `FromStr`
+// without the error value, for readers that map a miss to "corrupt row".
+impl State {
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
-);
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+impl KivRemovalRoute {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
 
 /// The person whose card was cut.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,4 +225,49 @@ pub struct CaseEvent {
     pub trace_id: String,
     pub detail: String,
     pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::VariantArray;
+
+    /// Existing databases and audit chains hold these exact names.
+    #[test]
+    fn stored_names_never_change() {
+        let states: Vec<&str> = State::VARIANTS.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            states,
+            [
+                "accepted",
+                "revocation_requested",
+                "revoked",
+                "kiv_removal_pending",
+                "completed",
+                "rejected",
+                "cancelled",
+                "needs_attention"
+            ]
+        );
+        let reasons: Vec<&str> = Reason::VARIANTS.iter().map(|s| s.as_str()).collect();
+        assert_eq!(reasons, ["employment_ended", "agreement_ended"]);
+        let routes: Vec<&str> = KivRemovalRoute::VARIANTS
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(routes, ["care_provider", "health_care_office"]);
+        for s in State::VARIANTS {
+            assert_eq!(State::from_str_opt(s.as_str()), Some(*s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        assert_eq!(State::from_str_opt("Accepted"), None);
+        assert_eq!(
+            Reason::from_str_opt("agreement_ended"),
+            Some(Reason::AgreementEnded)
+        );
+        assert_eq!(
+            KivRemovalRoute::from_str_opt("health_care_office"),
+            Some(KivRemovalRoute::HealthCareOffice)
+        );
+    }
 }

@@ -60,7 +60,8 @@ impl Email {
         if !ok {
             return Err(EmailError::Format);
         }
-        if super::personnummer_appears_in(s) {
+        // The whole address, not only the local part: a domain label can carry digits too.
+        if super::identity_scan::contains(s) {
             return Err(EmailError::ContainsIdentityNumber);
         }
         Ok(Self(s.to_owned()))
@@ -117,6 +118,17 @@ mod tests {
             "a@b@example.se",
         ] {
             assert_eq!(Email::parse(bad), Err(EmailError::Format), "{bad}");
+        }
+        for bad in [
+            "19121212-1212@example.se",
+            "p.19121212.1212@example.se",
+            "a1212121212@x.se",
+        ] {
+            assert_eq!(
+                Email::parse(bad),
+                Err(EmailError::ContainsIdentityNumber),
+                "{bad}"
+            );
         }
     }
 }

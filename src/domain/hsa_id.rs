@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::date::luhn_valid;
+use super::{identity_scan, luhn};
 
 /// A syntactically valid HSA-id. The suffix is opaque; only the form is checked.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -64,7 +64,7 @@ impl HsaId {
         if org[2] < 2 {
             return Err(HsaIdError::OrganisationThirdDigit);
         }
-        if !luhn_valid(&org) {
+        if !luhn::valid(&org) {
             return Err(HsaIdError::OrganisationCheckDigit);
         }
         let suffix = &b[13..];
@@ -72,7 +72,7 @@ impl HsaId {
             return Err(HsaIdError::Suffix);
         }
         // The suffix is free-form and stored in clear: it must not carry an identity number.
-        if super::personnummer_appears_in(&s[13..]) {
+        if identity_scan::contains(&s[13..]) {
             return Err(HsaIdError::ContainsIdentityNumber);
         }
         Ok(Self(s.to_owned()))
@@ -111,7 +111,7 @@ impl fmt::Debug for HsaId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::date::luhn_check_digit;
+    use crate::domain::luhn::check_digit as luhn_check_digit;
     use proptest::prelude::*;
 
     prop_compose! {
@@ -172,6 +172,10 @@ mod tests {
         assert_eq!(HsaId::parse("DK2321000131-E1"), Err(HsaIdError::Prefix));
         assert_eq!(
             HsaId::parse("SE2321000131-P191212121212"),
+            Err(HsaIdError::ContainsIdentityNumber)
+        );
+        assert_eq!(
+            HsaId::parse("SE2321000131-P19121212x1212"),
             Err(HsaIdError::ContainsIdentityNumber)
         );
         assert_eq!(HsaId::parse("SE232100013-E1"), Err(HsaIdError::Prefix));

@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use super::date::{Date, luhn_check_digit, luhn_valid};
+use time::{Date, Month};
+
+use super::luhn;
 
 /// A validated personnummer or samordningsnummer, held canonically as 12 digits.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -62,15 +64,11 @@ pub enum IdentityKind {
 }
 
 impl Personnummer {
-    /// Parses any accepted form relative to today's UTC date (for the century of short forms).
-    pub fn parse(input: &str) -> Result<Self, PersonnummerError> {
-        Self::parse_at(input, Date::today_utc())
-    }
-
-    /// Parses relative to `today`, which decides the century of the ten-digit forms. As the
-    /// Swedish Tax Agency writes them, `-` (or no separator) is used until the calendar year the
-    /// holder turns 100, and `+` from that year on.
-    pub fn parse_at(input: &str, today: Date) -> Result<Self, PersonnummerError> {
+    /// Parses any accepted form relative to `today` (the caller's clock), which decides the
+    /// century of the ten-digit forms and what is a future date of birth. As the Swedish Tax
+    /// Agency writes them, `-` (or no separator) is used until the calendar year the holder
+    /// turns 100, and `+` from that year on.
+    pub fn parse(input: &str, today: Date) -> Result<Self, PersonnummerError> {
         let s = input.trim();
         if s.is_empty() {
             return Err(PersonnummerError::Empty);
@@ -134,7 +132,10 @@ impl Personnummer {
         if year < 1880 {
             return Err(PersonnummerError::ImplausibleYear);
         }
-        let birth = Date::new(year, month, day).ok_or(PersonnummerError::InvalidDate)?;
+        let birth = Month::try_from(month)
+            .ok()
+            .and_then(|m| Date::from_calendar_date(year, m, day).ok())
+            .ok_or(PersonnummerError::InvalidDate)?;
         if birth > today {
             return Err(PersonnummerError::FutureDate);
         }
@@ -142,7 +143,7 @@ impl Personnummer {
             return Err(PersonnummerError::BirthNumberZero);
         }
         let ten = &d[d.len() - 10..];
-        if !luhn_valid(ten) {
+        if !luhn::valid(ten) {
             return Err(PersonnummerError::CheckDigit);
         }
         let mut digits = [0u8; 12];
@@ -183,6 +184,22 @@ impl Personnummer {
         s
     }
 
+    /// The date of birth (for a samordningsnummer, the day with 60 taken off).
+    pub fn birth_date(&self) -> Date {
+        let n = |r: std::ops::Range<usize>| {
+            self.digits[r]
+                .iter()
+                .fold(0i32, |acc, &d| acc * 10 + i32::from(d))
+        };
+        let day = n(6..8) as u8;
+        let day = if day > 60 { day - 60 } else { day };
+        // Every constructor checked the date; the fallback is never reached.
+        Month::try_from(n(4..6) as u8)
+            .ok()
+            .and_then(|m| Date::from_calendar_date(n(0..4), m, day).ok())
+            .unwrap_or(Date::MIN)
+    }
+
     pub fn kind(&self) -> IdentityKind {
         if self.digits[6] >= 6 {
             IdentityKind::Samordningsnummer
@@ -196,35 +213,10 @@ impl Personnummer {
     pub fn synthetic(year: i32, month: u8, day: u8, birth_number: u16) -> Option<Self> {
         let s = format!("{:04}{:02}{:02}{:03}", year, month, day, birth_number);
         let d: Vec<u8> = s.bytes().map(|b| b - b'0').collect();
-        let check = luhn_check_digit(&d[2..11]);
-        Self::parse_at(&format!("{s}{check}"), Date::today_utc()).ok()
+        let check = luhn::check_digit(&d[2..11]);
+        // Twelve digits need no century; any date of birth is fine for synthetic data.
+        Self::parse(&format!("{s}{check}"), Date::MAX).ok()
     }
-}
-
-/// True if some run of digits in `text` (with its `-`/`+` separators) is a valid personnummer or
-/// samordningsnummer: for fields where numbers are legitimate but identity numbers are not.
-pub fn appears_in(text: &str) -> bool {
-    // Digit groups joined by single separators ("19121212_1212", "1912.1212.1212") are read
-    // as one number; letters and other characters end a run.
-    let joiner = |c: char| matches!(c, '-' | '+' | ' ' | '_' | '.' | '/' | '–');
-    let mut runs: Vec<String> = Vec::new();
-    let mut current = String::new();
-    let mut last_sep = false;
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            current.push(c);
-            last_sep = false;
-        } else if joiner(c) && !current.is_empty() && !last_sep {
-            last_sep = true;
-        } else {
-            runs.push(std::mem::take(&mut current));
-            last_sep = false;
-        }
-    }
-    runs.push(current);
-    runs.iter().any(|digits| {
-        (digits.len() == 10 || digits.len() == 12) && Personnummer::parse(digits).is_ok()
-    })
 }
 
 /// The birth year of a ten-digit form by calendar year: without `+` the latest year not after
@@ -260,11 +252,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn today() -> Date {
-        Date::new(2026, 11, 29).unwrap()
+        time::macros::date!(2026 - 11 - 29)
     }
 
     fn parse(s: &str) -> Result<Personnummer, PersonnummerError> {
-        Personnummer::parse_at(s, today())
+        Personnummer::parse(s, today())
     }
 
     #[test]
@@ -310,6 +302,7 @@ mod tests {
         assert_eq!(s.kind(), IdentityKind::Samordningsnummer);
         assert_eq!(parse(&s.expose_digits()).unwrap(), s);
         assert!(s.masked().starts_with("199005"));
+        assert_eq!(s.birth_date(), time::macros::date!(1990 - 05 - 12));
     }
 
     #[test]
@@ -339,7 +332,7 @@ mod tests {
         // Birth number 000 with a matching check digit is still invalid.
         let zero = format!(
             "121212000{}",
-            luhn_check_digit(&[1, 2, 1, 2, 1, 2, 0, 0, 0])
+            luhn::check_digit(&[1, 2, 1, 2, 1, 2, 0, 0, 0])
         );
         assert_eq!(parse(&zero), Err(PersonnummerError::BirthNumberZero));
     }
@@ -359,7 +352,7 @@ mod tests {
     prop_compose! {
         fn valid_number()(year in 1900i32..=2025, month in 1u8..=12, day in 1u8..=31,
                           birth in 1u16..=999, samordning in any::<bool>()) -> Option<Personnummer> {
-            let day = day.min(super::super::date::days_in_month(year, month));
+            let day = day.min(Month::try_from(month).expect("month").length(year));
             Personnummer::synthetic(year, month, if samordning { day + 60 } else { day }, birth)
         }
     }

@@ -9,8 +9,10 @@
 
 use super::{KivRemovalRoute, State};
 
-/// A side effect to run later, at most once per idempotency key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A side effect to run later, at most once per idempotency key. Its name (`name`) is
+/// stored and part of idempotency keys: it never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum Step {
     /// Look up the employment in KIV and keep a snapshot (for compensation).
     Snapshot,
@@ -22,7 +24,9 @@ pub enum Step {
     Remind(u32),
     /// Give up waiting for an outcome: the case needs attention.
     Escalate,
-    /// Tell the head of operations that the card is deregistered.
+    /// Tell the head of operations that the card is deregistered. ("notify" is the combined
+    /// step of earlier releases: resumed as the first notice.)
+    #[strum(to_string = "notify_head", serialize = "notify")]
     NotifyHead,
     /// Then the card holder (a no-op when no address is known). Separate steps, so a failure
     /// to reach one person never makes the other get the notice twice.
@@ -36,16 +40,14 @@ pub enum Step {
 impl Step {
     /// Stable name for storage, keys and metrics.
     pub fn name(self) -> &'static str {
-        match self {
-            Step::Snapshot => "snapshot",
-            Step::Report => "report",
-            Step::PollOutcome => "poll_outcome",
-            Step::Remind(_) => "remind",
-            Step::Escalate => "escalate",
-            Step::NotifyHead => "notify_head",
-            Step::NotifyHolder => "notify_holder",
-            Step::RemoveKiv => "remove_kiv",
-            Step::RestoreKiv => "restore_kiv",
+        self.into()
+    }
+
+    /// A step read back from storage: its name, and for a reminder its number `n`.
+    pub fn from_stored(name: &str, n: i64) -> Option<Self> {
+        match name.parse().ok()? {
+            Step::Remind(_) => Some(Step::Remind(u32::try_from(n).ok()?)),
+            step => Some(step),
         }
     }
 
@@ -79,8 +81,9 @@ const fn now(step: Step) -> Effect {
     }
 }
 
-/// What the state machine knows of a case besides its state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the state machine knows of a case besides its state. Stored by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum SnapshotState {
     /// Not taken yet.
     Pending,
@@ -92,20 +95,11 @@ pub enum SnapshotState {
 
 impl SnapshotState {
     pub fn as_str(self) -> &'static str {
-        match self {
-            SnapshotState::Pending => "pending",
-            SnapshotState::Taken => "taken",
-            SnapshotState::Absent => "absent",
-        }
+        self.into()
     }
 
     pub fn from_str_opt(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(SnapshotState::Pending),
-            "taken" => Some(SnapshotState::Taken),
-            "absent" => Some(SnapshotState::Absent),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 

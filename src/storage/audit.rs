@@ -6,7 +6,7 @@ use ring::digest;
 
 use super::EventMeta;
 use crate::domain::CaseEvent;
-use crate::privacy::hex;
+use hex::encode as hex;
 
 /// The "previous hash" of a case's first event.
 pub(crate) const GENESIS_HASH: &str =
@@ -72,11 +72,11 @@ pub fn verify_chain(events: &[CaseEvent]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{CaseId, State, Timestamp};
+    use crate::domain::{State, Timestamp};
 
     /// A well-formed trail of `n` events, chained as the store writes them.
     fn trail(n: i64) -> Vec<CaseEvent> {
-        let case_id = CaseId::new();
+        let case_id = crate::clock::new_case_id();
         let mut prev = GENESIS_HASH.to_owned();
         (1..=n)
             .map(|sequence| {
@@ -127,7 +127,7 @@ mod tests {
             |e| e.trace_id.push('0'),
             |e| e.detail.push('!'),
             |e| e.sequence += 10,
-            |e| e.case_id = CaseId::new(),
+            |e| e.case_id = crate::clock::new_case_id(),
         ];
         for (i, tamper) in tamperings.iter().enumerate() {
             // Tampering with an earlier event breaks it even if later hashes are left as they are.

@@ -259,7 +259,7 @@ impl ChangeSet {
             enqueue(txn, chunk).await?;
         }
         if !self.terminal.is_empty() {
-            let now = Timestamp::now();
+            let now = crate::clock::now();
             effects::Entity::update_many()
                 .col_expr(effects::Column::Status, Expr::value("cancelled"))
                 .col_expr(

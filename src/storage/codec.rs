@@ -258,23 +258,7 @@ pub(crate) fn work_of(row: &effects::Model) -> Result<Work, StoreError> {
     Ok(Work {
         key: row.key.clone(),
         case_id: CaseId::parse(&row.case_id).ok_or_else(|| corrupt("case id"))?,
-        step: parse_step(&row.step, row.n).ok_or_else(|| corrupt("step"))?,
+        step: Step::from_stored(&row.step, row.n).ok_or_else(|| corrupt("step"))?,
         attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
-    })
-}
-
-fn parse_step(name: &str, n: i64) -> Option<Step> {
-    Some(match name {
-        "snapshot" => Step::Snapshot,
-        "report" => Step::Report,
-        "poll_outcome" => Step::PollOutcome,
-        "remind" => Step::Remind(u32::try_from(n).ok()?),
-        "escalate" => Step::Escalate,
-        // "notify" is the combined step of earlier releases: resume it as the first notice.
-        "notify" | "notify_head" => Step::NotifyHead,
-        "notify_holder" => Step::NotifyHolder,
-        "remove_kiv" => Step::RemoveKiv,
-        "restore_kiv" => Step::RestoreKiv,
-        _ => return None,
     })
 }

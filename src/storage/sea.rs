@@ -197,7 +197,7 @@ impl CaseStore for SeaStore {
         if results.is_empty() {
             return Ok(());
         }
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         let txn = self.begin().await?;
         let appended =
             outbox::finish_in(&txn, &self.codec, self.timing, owner, &results, now).await?;

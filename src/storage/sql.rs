@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_case_read_for_a_change_is_locked_on_postgresql() {
-        let id = CaseId::new();
+        let id = crate::clock::new_case_id();
         let locked = find_case_query(&id, Lock::ForUpdate);
         assert!(
             locked

@@ -561,3 +561,160 @@ async fn a_store_outage_is_unavailable_and_a_retry_stores_once() {
         .into_inner();
     assert_eq!(all.deregistrations.len(), 1);
 }
+
+fn at(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos })
+}
+
+#[tokio::test]
+async fn impossible_card_received_times_are_refused_with_the_rule() {
+    let app = spawn_app().await;
+    let mut client = app.provider("provider-a").await;
+    let now = etjanstekort_gateway::clock::now().unix_seconds();
+    // Born 2010-06-15.
+    let young = Personnummer::synthetic(2010, 6, 15, 123)
+        .expect("valid")
+        .expose_digits();
+    let field = "deregistration.card_received_time";
+    for (pnr, time, code) in [
+        ("19121212-1212", at(now + 3600, 0), "IN_FUTURE"),
+        ("19121212-1212", at(946_684_799, 0), "BEFORE_2000"),
+        (young.as_str(), at(1_276_559_999, 0), "BEFORE_BIRTH"),
+        ("19121212-1212", at(253_402_300_800, 0), "INVALID_TIMESTAMP"),
+        ("19121212-1212", at(-62_135_596_801, 0), "INVALID_TIMESTAMP"),
+        ("19121212-1212", at(1_790_000_000, -1), "INVALID_TIMESTAMP"),
+        (
+            "19121212-1212",
+            at(1_790_000_000, 1_000_000_000),
+            "INVALID_TIMESTAMP",
+        ),
+    ] {
+        let mut d = report(&unit_a(), pnr, "424242");
+        d.card_received_time = time;
+        let err = client
+            .create_deregistration(create("", d))
+            .await
+            .expect_err(code);
+        assert_eq!(err.code(), Code::InvalidArgument, "{code}");
+        assert_eq!(reasons(&err).get(field).map(String::as_str), Some(code));
+    }
+    // The boundaries themselves are fine: received on the birthday, and at 2000-01-01.
+    for (pnr, seconds, card) in [
+        (young.as_str(), 1_276_560_000, "434343"),
+        ("19121212-1212", 946_684_800, "444444"),
+    ] {
+        let mut d = report(&unit_a(), pnr, card);
+        d.card_received_time = at(seconds, 999_999_999);
+        client
+            .create_deregistration(create("", d))
+            .await
+            .expect("boundary accepted");
+    }
+}
+
+#[tokio::test]
+async fn free_text_fields_refuse_identity_numbers_however_written() {
+    use pb::revocation_service_client::RevocationServiceClient;
+    let app = spawn_app().await;
+    let mut client = app.provider("provider-a").await;
+
+    // Names: identity numbers, invisible and reordering characters, stacked marks.
+    let name_field = "deregistration.card_holder.full_name";
+    for (name, code) in [
+        ("Tolvan 1912x12x12x1212", "CONTAINS_IDENTITY_NUMBER"),
+        ("Tolvan\u{202E}nosslovloT", "INVISIBLE_CHARACTER"),
+        ("Tol\u{200B}van", "INVISIBLE_CHARACTER"),
+        ("\u{FEFF}Tolvan", "INVISIBLE_CHARACTER"),
+        ("Tolvan\u{2028}Tolvansson", "INVISIBLE_CHARACTER"),
+        ("Tolvan q\u{0300}\u{0301}\u{0302}", "COMBINING_MARKS"),
+    ] {
+        let mut d = report(&unit_a(), "19121212-1212", "454545");
+        d.card_holder.as_mut().expect("holder").full_name = name.into();
+        let err = client
+            .create_deregistration(create("", d))
+            .await
+            .expect_err(code);
+        assert_eq!(
+            reasons(&err).get(name_field).map(String::as_str),
+            Some(code),
+            "{name:?}"
+        );
+    }
+    // Names are stored in NFC.
+    let mut d = report(&unit_a(), "19121212-1212", "464646");
+    d.card_holder.as_mut().expect("holder").full_name = "A\u{030A}sa O\u{0308}berg".into();
+    let case = client
+        .create_deregistration(create("0198a6f2-7c3e-7d41-9f0e-3b2d5c6a8e10", d))
+        .await
+        .expect("a UUID request id and a decomposed name")
+        .into_inner()
+        .deregistration
+        .expect("case");
+    assert_eq!(case.card_holder.expect("holder").full_name, "Åsa Öberg");
+
+    for sep in ["=", ":", ",", ".", "_", "x", " ", "--"] {
+        let hidden = format!("191212{sep}12{sep}1212.0");
+        let err = client
+            .cancel_deregistration(pb::CancelDeregistrationRequest {
+                id: case.id.clone(),
+                reason: format!("see {hidden}"),
+            })
+            .await
+            .expect_err("reason");
+        assert_eq!(
+            reasons(&err).get("reason").map(String::as_str),
+            Some("CONTAINS_IDENTITY_NUMBER"),
+            "{hidden}"
+        );
+        assert!(!err.message().contains("1212"), "echoed: {}", err.message());
+    }
+
+    let mut tjansteid = RevocationServiceClient::new(app.channel("tjansteid").await);
+    let err = tjansteid
+        .confirm_revocation(pb::ConfirmRevocationRequest {
+            deregistration_id: case.id.clone(),
+            revocation_reference: "TJID-1191212121212".into(),
+            revoke_time: None,
+        })
+        .await
+        .expect_err("reference");
+    assert_eq!(
+        reasons(&err)
+            .get("revocation_reference")
+            .map(String::as_str),
+        Some("CONTAINS_IDENTITY_NUMBER")
+    );
+}
+
+#[tokio::test]
+async fn a_revoke_time_must_lie_between_the_report_and_now() {
+    use pb::revocation_service_client::RevocationServiceClient;
+    let app = spawn_app().await;
+    let id = app
+        .create_case("rt-1", report(&unit_a(), "19121212-1212", "474747"))
+        .await;
+    let created = app.get(&id).await.create_time.expect("created");
+    let now = etjanstekort_gateway::clock::now().unix_seconds();
+    let mut tjansteid = RevocationServiceClient::new(app.channel("tjansteid").await);
+    for (time, code) in [
+        (at(created.seconds - 1, created.nanos), "BEFORE_REPORTED"),
+        (at(now + 3600, 0), "IN_FUTURE"),
+        (at(0, -5), "INVALID_TIMESTAMP"),
+    ] {
+        let err = tjansteid
+            .confirm_revocation(pb::ConfirmRevocationRequest {
+                deregistration_id: id.clone(),
+                revocation_reference: "TJID-2026-0042".into(),
+                revoke_time: time,
+            })
+            .await
+            .expect_err(code);
+        assert_eq!(err.code(), Code::InvalidArgument, "{code}");
+        assert_eq!(
+            reasons(&err).get("revoke_time").map(String::as_str),
+            Some(code)
+        );
+    }
+    // Nothing was recorded by the refused calls.
+    assert_eq!(app.get(&id).await.revocation_reference, "");
+}

@@ -1,7 +1,6 @@
 //! The one integration-test binary: the real server over real mTLS, a real database.
 
 mod api;
-mod architecture;
 mod auth;
 mod helpers;
 mod launcher;

@@ -17,7 +17,7 @@ use etjanstekort_gateway::connectors::{
     tls_client_config,
 };
 use etjanstekort_gateway::domain::{
-    CardNumber, CaseId, Email, Employment, HsaId, PersonName, Personnummer,
+    CardNumber, Email, Employment, HsaId, PersonName, Personnummer,
 };
 use pb::revocation_service_client::RevocationServiceClient;
 
@@ -25,7 +25,11 @@ use crate::helpers::{Options, create, report, spawn_app_opts, unit_a};
 use crate::servers::{LDAP_ADMIN, LDAP_PASSWORD, Slapd, SmtpServer};
 
 fn person() -> Personnummer {
-    Personnummer::parse("19121212-1212").expect("pnr")
+    Personnummer::parse(
+        "19121212-1212",
+        etjanstekort_gateway::clock::now().utc_date(),
+    )
+    .expect("pnr")
 }
 
 fn unit() -> HsaId {
@@ -200,7 +204,7 @@ async fn kiv_contract(kiv: &dyn Kiv, world: &impl KivWorld) {
 
 fn cut_card() -> CutCardReport {
     CutCardReport {
-        case_id: CaseId::new(),
+        case_id: etjanstekort_gateway::clock::new_case_id(),
         personnummer: person(),
         card_number: CardNumber::parse("9752 2700 0012 3456").expect("card"),
         holder_name: PersonName::parse("Tolvan Tolvansson").expect("name"),
@@ -251,7 +255,12 @@ async fn tjansteid_contract(desk: &dyn TjansteId, world: &impl DeskWorld) {
     desk.remind(&remind, &r, 1).await.expect("remind");
     assert_eq!(world.deliveries(&remind), 1);
     world.refuse(true);
-    let refused = desk.report(&format!("{}:report", CaseId::new()), &r).await;
+    let refused = desk
+        .report(
+            &format!("{}:report", etjanstekort_gateway::clock::new_case_id()),
+            &r,
+        )
+        .await;
     world.refuse(false);
     assert!(
         matches!(refused, Err(ConnectorError::Terminal(_))),
@@ -260,7 +269,7 @@ async fn tjansteid_contract(desk: &dyn TjansteId, world: &impl DeskWorld) {
 }
 
 async fn notifier_contract(n: &dyn Notifier, delivered: impl Fn() -> Vec<String>) {
-    let id = CaseId::new();
+    let id = etjanstekort_gateway::clock::new_case_id();
     for (who, to) in [
         (Recipient::HeadOfOperations, "vera@example.se"),
         (Recipient::CardHolder, "tolvan@example.se"),

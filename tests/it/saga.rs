@@ -12,7 +12,11 @@ use tonic::Code;
 use crate::helpers::{Options, TestApp, report, spawn_app_opts, unit_a};
 
 fn holder() -> Personnummer {
-    Personnummer::parse("19121212-1212").expect("pnr")
+    Personnummer::parse(
+        "19121212-1212",
+        etjanstekort_gateway::clock::now().utc_date(),
+    )
+    .expect("pnr")
 }
 
 fn unit() -> HsaId {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etjanstekort_gateway::domain::saga::Event;
 use etjanstekort_gateway::domain::{
-    CardHolder, CardNumber, CaseId, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
+    CardHolder, CardNumber, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
     Personnummer, Reason, Reporter, State, Timestamp,
 };
 use etjanstekort_gateway::privacy::Vault;
@@ -34,7 +34,11 @@ fn report(card: &str) -> NewDeregistration {
     NewDeregistration {
         care_unit: hsa("SE1655999991-S1"),
         card_holder: CardHolder {
-            personnummer: Personnummer::parse("19121212-1212").expect("pnr"),
+            personnummer: Personnummer::parse(
+                "19121212-1212",
+                etjanstekort_gateway::clock::now().utc_date(),
+            )
+            .expect("pnr"),
             full_name: PersonName::parse("Tolvan Tolvansson").expect("name"),
             email: None,
         },
@@ -54,14 +58,14 @@ fn meta(actor: &str) -> EventMeta {
     EventMeta {
         actor: actor.into(),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-        at: Timestamp::now(),
+        at: etjanstekort_gateway::clock::now(),
         detail: String::new(),
     }
 }
 
 fn cmd(request_id: Option<&str>, fingerprint: &str, card: &str) -> CreateCase {
     CreateCase {
-        id: CaseId::new(),
+        id: etjanstekort_gateway::clock::new_case_id(),
         principal: hsa("SE1655999991-E1"),
         care_provider: hsa("SE1655999991-E1"),
         request_id: request_id.map(str::to_owned),
@@ -239,7 +243,7 @@ async fn outbox_contract(db: TestDb) {
 
     // A new case starts with its KIV snapshot and its report, side by side; each claimable once.
     let a = store
-        .claim("owner-a", Timestamp::now(), lease, 10)
+        .claim("owner-a", etjanstekort_gateway::clock::now(), lease, 10)
         .await
         .expect("claim");
     let mut steps: Vec<_> = a.iter().map(|w| (w.step, w.key.clone())).collect();
@@ -253,7 +257,7 @@ async fn outbox_contract(db: TestDb) {
     );
     assert!(
         store
-            .claim("owner-b", Timestamp::now(), lease, 10)
+            .claim("owner-b", etjanstekort_gateway::clock::now(), lease, 10)
             .await
             .expect("claim")
             .is_empty()
@@ -288,7 +292,7 @@ async fn outbox_contract(db: TestDb) {
     assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
 
     // After the lease runs out, another worker takes the effects over under the same keys.
-    let later = Timestamp(Timestamp::now().0 + 60_000_000);
+    let later = Timestamp(etjanstekort_gateway::clock::now().0 + 60_000_000);
     let b = store
         .claim("owner-b", later, lease, 10)
         .await
@@ -357,7 +361,7 @@ async fn outbox_contract(db: TestDb) {
         claims.push(tokio::spawn(async move {
             s.claim(
                 &format!("c{o}"),
-                Timestamp::now(),
+                etjanstekort_gateway::clock::now(),
                 Duration::from_secs(30),
                 15,
             )
@@ -458,7 +462,7 @@ async fn kiv_removal_needs_a_recorded_revocation(db: TestDb) {
     let after = store.get(&case.id).await.expect("get").expect("case");
     assert_eq!(after.state, State::Revoked);
     assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
-    let far = Timestamp(Timestamp::now().0 + 86_400_000_000);
+    let far = Timestamp(etjanstekort_gateway::clock::now().0 + 86_400_000_000);
     let work = store
         .claim("w", far, Duration::from_secs(30), 100)
         .await

@@ -443,3 +443,34 @@ fn kiv_trouble_never_holds_back_the_report() {
         (State::RevocationRequested, SnapshotState::Taken)
     );
 }
+
+/// Stored effects and idempotency keys hold these exact names.
+#[test]
+fn step_and_snapshot_names_never_change() {
+    let steps = [
+        (Step::Snapshot, "snapshot"),
+        (Step::Report, "report"),
+        (Step::PollOutcome, "poll_outcome"),
+        (Step::Remind(3), "remind"),
+        (Step::Escalate, "escalate"),
+        (Step::NotifyHead, "notify_head"),
+        (Step::NotifyHolder, "notify_holder"),
+        (Step::RemoveKiv, "remove_kiv"),
+        (Step::RestoreKiv, "restore_kiv"),
+    ];
+    for (step, name) in steps {
+        assert_eq!(step.name(), name);
+        assert_eq!(Step::from_stored(name, 3), Some(step));
+    }
+    assert_eq!(Step::from_stored("notify", 0), Some(Step::NotifyHead));
+    assert_eq!(Step::from_stored("remind", -1), None);
+    assert_eq!(Step::from_stored("Report", 0), None);
+    for (s, name) in [
+        (SnapshotState::Pending, "pending"),
+        (SnapshotState::Taken, "taken"),
+        (SnapshotState::Absent, "absent"),
+    ] {
+        assert_eq!(s.as_str(), name);
+        assert_eq!(SnapshotState::from_str_opt(name), Some(s));
+    }
+}

@@ -119,7 +119,13 @@ impl Layers {
             ("privacy", c.privacy.validate()),
             ("simulated", c.simulated.validate()),
         ];
+        // After a wrong value its placeholder stands in the tree, and the checks would judge
+        // it; only the privacy check (two optional keys, never stood in for) still applies.
+        let placeholders_in_tree = !problems.invalid.is_empty();
         for (section, result) in checks {
+            if placeholders_in_tree && section != "privacy" {
+                continue;
+            }
             if let Err(e) = result {
                 problems.invalid.push(format!("{section}: {e}"));
             }
@@ -157,9 +163,10 @@ impl Problems {
         self.invalid.extend(other.invalid);
     }
 
-    fn into_messages(self) -> Vec<String> {
+    fn into_messages(mut self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.missing.is_empty() {
+            self.missing.sort();
             out.push(format!(
                 "missing settings: {} (or run `serve --dev`)",
                 self.missing.join(", ")
@@ -195,8 +202,8 @@ struct Hole {
     candidate: usize,
     /// A variant name, when the placeholder must be one of an enum's.
     variant: Option<&'static str>,
-    /// Index of its entry in `Problems::missing`.
-    entry: usize,
+    /// Index of its entry in `Problems::missing`; none for a wrong value stood in for.
+    entry: Option<usize>,
 }
 
 impl Hole {
@@ -257,7 +264,9 @@ fn extract<T: DeserializeOwned>(base: Figment, prefix: &str) -> (Option<T>, Prob
                     if !h.relocate() {
                         return (None, problems);
                     }
-                    problems.missing[h.entry] = join(prefix, &h.key());
+                    if let Some(entry) = h.entry {
+                        problems.missing[entry] = join(prefix, &h.key());
+                    }
                 }
                 (Kind::MissingField(field), None) => {
                     let mut tables = vec![at.clone()];
@@ -270,7 +279,7 @@ fn extract<T: DeserializeOwned>(base: Figment, prefix: &str) -> (Option<T>, Prob
                         table: 0,
                         candidate: 0,
                         variant: None,
-                        entry: problems.missing.len() - 1,
+                        entry: Some(problems.missing.len() - 1),
                     });
                 }
                 (kind, Some(i)) => {
@@ -286,10 +295,27 @@ fn extract<T: DeserializeOwned>(base: Figment, prefix: &str) -> (Option<T>, Prob
                         return (None, problems);
                     }
                 }
-                (_, None) => {
-                    // A value that is there but wrong: serde cannot go past it.
+                (kind, None) => {
                     problems.invalid.push(describe(&join(prefix, &at), &e));
-                    return (None, problems);
+                    // A wrong single value is stood in for, so the keys after it are checked
+                    // too; inside a tagged section serde names only the section: stop there.
+                    let leaf = !matches!(kind, Kind::UnknownField(..))
+                        && matches!(figment.find_value(&at), Ok(v) if !matches!(v, Value::Dict(..)));
+                    let Some((table, field)) = at.rsplit_once('.').filter(|_| leaf) else {
+                        return (None, problems);
+                    };
+                    holes.push(Hole {
+                        reported_at: at.clone(),
+                        field: field.to_owned(),
+                        tables: vec![table.to_owned()],
+                        table: 0,
+                        candidate: 0,
+                        variant: match kind {
+                            Kind::UnknownVariant(_, expected) => expected.first().copied(),
+                            _ => None,
+                        },
+                        entry: None,
+                    });
                 }
             }
             progressed = true;
@@ -455,6 +481,19 @@ mod tests {
                 assert!(e.contains(key), "{key} not named: {e}");
             }
             assert!(!e.contains("kiv.person_attribute"), "optional: {e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn wrong_values_and_missing_keys_are_named_together() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ETK_ENGINE__LEASE", "30");
+            jail.set_env("ETK_KIV__KIND", "carrier-pigeon");
+            let e = error(Config::load(None));
+            for part in ["engine.lease", "carrier-pigeon", "tls.cert", "database.url"] {
+                assert!(e.contains(part), "{part} not named: {e}");
+            }
             Ok(())
         });
     }

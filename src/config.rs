@@ -370,6 +370,8 @@ fn describe(key: &str, e: &figment::Error) -> String {
 }
 
 #[cfg(test)]
+// `Jail`'s closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use figment::Jail;
     use secrecy::ExposeSecret;

@@ -124,7 +124,7 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
     };
     let kiv: Arc<dyn Kiv> = match &config.kiv {
         KivSettings::Simulated(s) => Arc::new(SimulatedKiv::new(s.auto_employ, faults, journal)),
-        KivSettings::Ldap(s) => Arc::new(LdapKiv::new(s.clone())?),
+        KivSettings::Ldap(s) => Arc::new(LdapKiv::new((**s).clone())?),
         KivSettings::Office {} => Arc::new(OfficeOnly),
     };
     Ok(Connectors {

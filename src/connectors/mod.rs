@@ -31,7 +31,7 @@ pub enum TjansteIdSettings {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KivSettings {
     Simulated(simulated::KivSettings),
-    Ldap(ldap::LdapSettings),
+    Ldap(Box<ldap::LdapSettings>),
     /// No KIV access: every case uses the health-care office route, and the office removes
     /// employments.
     Office {},

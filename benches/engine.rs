@@ -18,7 +18,7 @@ use etjanstekort_gateway::domain::{
     CardHolder, CardNumber, Email, HsaId, KivRemovalRoute, NewDeregistration, PersonName,
     Personnummer, Reason, Reporter, State,
 };
-use etjanstekort_gateway::engine::{Engine, EngineConfig};
+use etjanstekort_gateway::engine::{Engine, EngineSettings};
 use etjanstekort_gateway::privacy::Vault;
 use etjanstekort_gateway::storage::{
     CaseStore, CreateCase, EventMeta, ListQuery, SeaStore, Timing,
@@ -142,13 +142,13 @@ fn connectors(latency: Duration, confirm: Option<Duration>, employ: bool) -> Con
     }
 }
 
-fn engine_cfg(workers: usize, batch: u32) -> EngineConfig {
-    EngineConfig {
+fn engine_cfg(workers: usize, batch: u32) -> EngineSettings {
+    EngineSettings {
         workers,
         batch_size: batch,
         idle_poll: Duration::from_millis(20),
         reconcile_interval: Duration::ZERO,
-        ..EngineConfig::default()
+        ..EngineSettings::default()
     }
 }
 

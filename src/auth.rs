@@ -5,7 +5,7 @@
 //! HSA-ids to one role and a set of care units. Anything not granted is denied.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -94,6 +94,14 @@ pub enum PrincipalsError {
     },
     #[error("invalid principals file {path}: {message}")]
     Parse { path: String, message: String },
+}
+
+/// Where the principals are listed (`[auth]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// TOML file mapping client-certificate HSA-ids to a role and care units.
+    pub principals_file: PathBuf,
 }
 
 /// The principals configuration, loaded once at start-up.

@@ -1,173 +1,52 @@
-//! One typed configuration tree: embedded defaults, then an optional file, then environment
-//! variables `ETK_<SECTION>__<KEY>`. Validated at start-up; secrets never printed.
+//! Reads the configuration: embedded defaults (`config/default.toml`), then a file (`--config`
+//! or `ETK_CONFIG`), then the environment (`ETK_<SECTION>__<KEY>`), layered by figment.
+//!
+//! Each section's type, defaults for optional keys and semantic checks belong to the component
+//! that uses it; this module only names the sections, combines them, and reports every problem
+//! at once — every missing key, not just the first serde meets.
 
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::Paging;
+use crate::auth::AuthSettings;
+use crate::connectors::simulated::SimulatedSettings;
+use crate::connectors::smtp::SmtpSettings;
+use crate::connectors::{KivSettings, NotifierSettings, TjansteIdSettings};
+use crate::engine::EngineSettings;
+use crate::privacy::PrivacySettings;
+use crate::server::{ServerSettings, TlsSettings};
+use crate::storage::DatabaseSettings;
+
+mod extract;
+
+use extract::extract;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 const ENV_PREFIX: &str = "ETK_";
 
+/// The whole configuration: one section per component.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub server: ServerConfig,
-    pub tls: TlsConfig,
-    pub auth: AuthConfig,
-    pub database: DatabaseConfig,
-    pub privacy: PrivacyConfig,
-    pub api: ApiConfig,
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub database: DatabaseSettings,
+    pub privacy: PrivacySettings,
+    pub api: Paging,
     pub engine: EngineSettings,
-    pub connectors: ConnectorsConfig,
-    pub simulated: SimulatedConfig,
-    pub ldap: LdapConfig,
-    pub smtp: SmtpConfig,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LdapConfig {
-    pub url: String,
-    pub bind_dn: String,
-    pub bind_password: Secret,
-    pub base_dn: String,
-    pub object_class: String,
-    pub person_attribute: String,
-    pub unit_attribute: String,
-    pub end_date_attribute: String,
-    pub removal: String,
-    pub ca_file: PathBuf,
-    pub allow_plain: bool,
-    pub timeout_seconds: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpConfig {
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    pub password: Secret,
-    pub ca_file: PathBuf,
-    pub allow_plain: bool,
-    pub hello_name: String,
-    pub from: String,
-    pub service_desk: String,
-    pub reply_instructions: String,
-    pub timeout_seconds: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EngineSettings {
-    pub workers: usize,
-    pub batch_size: u32,
-    pub lease_seconds: u64,
-    pub max_attempts: u32,
-    pub backoff_base_ms: u64,
-    pub backoff_max_seconds: u64,
-    pub idle_poll_ms: u64,
-    pub poll_interval_seconds: f64,
-    pub remind_after_seconds: f64,
-    pub escalate_after_seconds: f64,
-    pub reconcile_interval_seconds: f64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectorsConfig {
-    pub tjansteid: String,
-    pub kiv: String,
-    pub notifier: String,
-    pub require_reachable_at_start: bool,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimulatedConfig {
-    pub confirm_after_seconds: f64,
-    pub latency_ms: u64,
-    pub failure_rate: f64,
-    pub kiv_auto_employ: bool,
-    pub journal: PathBuf,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub concurrency_per_connection: usize,
-    pub request_timeout_seconds: u64,
-    pub shutdown_grace_seconds: u64,
-    pub health_probe_seconds: f64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    pub principals_file: PathBuf,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseConfig {
-    pub url: Secret,
-    pub max_connections: u32,
-    pub acquire_timeout_seconds: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrivacyConfig {
-    pub master_key_file: PathBuf,
-    pub master_key: Secret,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiConfig {
-    pub default_page_size: u32,
-    pub max_page_size: u32,
-}
-
-/// A configuration value that must not be printed (passwords, keys, URLs with credentials).
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<secret>"
-        })
-    }
+    pub tjansteid: TjansteIdSettings,
+    pub kiv: KivSettings,
+    pub notifier: NotifierSettings,
+    /// The relay for the `smtp` kinds of `tjansteid` and `notifier`; required by them only.
+    #[serde(default)]
+    pub smtp: Option<SmtpSettings>,
+    pub simulated: SimulatedSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,328 +56,382 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
 }
 
 impl Config {
     /// Defaults, then `file` (if any), then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, std::env::vars())
-    }
-
-    pub fn load_from(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut tree: toml::Table = DEFAULTS.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(format!("embedded defaults: {e}"))
-        })?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let overlay: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                ConfigError::Invalid(format!("{}: {e}", path.display()))
-            })?;
-            merge(&mut tree, overlay);
-        }
-        for (key, value) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            if rest == "CONFIG" {
-                continue;
-            }
-            let Some((section, field)) = rest.split_once("__") else {
-                continue;
-            };
-            let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
-            let Some(toml::Value::Table(t)) = tree.get_mut(&section) else {
-                return Err(ConfigError::Invalid(format!(
-                    "{key}: no section [{section}]"
-                )));
-            };
-            let Some(old) = t.get(&field) else {
-                return Err(ConfigError::Invalid(format!(
-                    "{key}: no key {field} in [{section}]"
-                )));
-            };
-            // Keep the default's type: numbers stay numbers, so serde sees the right shape.
-            let new = match old {
-                toml::Value::Integer(_) => value
-                    .parse()
-                    .map(toml::Value::Integer)
-                    .map_err(|_| ConfigError::Invalid(format!("{key} must be an integer")))?,
-                toml::Value::Float(_) => value
-                    .parse()
-                    .map(toml::Value::Float)
-                    .map_err(|_| ConfigError::Invalid(format!("{key} must be a number")))?,
-                toml::Value::Boolean(_) => value
-                    .parse()
-                    .map(toml::Value::Boolean)
-                    .map_err(|_| ConfigError::Invalid(format!("{key} must be true or false")))?,
-                _ => toml::Value::String(value),
-            };
-            t.insert(field, new);
-        }
-        toml::Value::Table(tree)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
-    }
-
-    /// Checks what `serve` needs, naming every missing or invalid setting at once.
-    pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
-        let mut missing: Vec<&str> = Vec::new();
-        let mut invalid: Vec<String> = Vec::new();
-        for (name, empty) in [
-            ("tls.cert", self.tls.cert.as_os_str().is_empty()),
-            ("tls.key", self.tls.key.as_os_str().is_empty()),
-            ("tls.client_ca", self.tls.client_ca.as_os_str().is_empty()),
-            (
-                "auth.principals_file",
-                self.auth.principals_file.as_os_str().is_empty(),
-            ),
-            ("database.url", self.database.url.is_empty()),
-            (
-                "privacy.master_key_file or privacy.master_key",
-                self.privacy.master_key.is_empty()
-                    && self.privacy.master_key_file.as_os_str().is_empty(),
-            ),
-        ] {
-            if empty {
-                missing.push(name);
-            }
-        }
-        if self.api.max_page_size == 0
-            || self.api.default_page_size == 0
-            || self.api.default_page_size > self.api.max_page_size
-        {
-            invalid.push("api.default_page_size must be between 1 and api.max_page_size".into());
-        }
-        for (name, v, allowed) in [
-            (
-                "connectors.tjansteid",
-                &self.connectors.tjansteid,
-                &["simulated", "smtp"][..],
-            ),
-            (
-                "connectors.kiv",
-                &self.connectors.kiv,
-                &["simulated", "ldap", "office"][..],
-            ),
-            (
-                "connectors.notifier",
-                &self.connectors.notifier,
-                &["log", "smtp"][..],
-            ),
-        ] {
-            if !allowed.contains(&v.as_str()) {
-                invalid.push(format!(
-                    "{name} = \"{v}\": choose one of {}",
-                    allowed.join(", ")
-                ));
-            }
-        }
-        if self.connectors.kiv == "ldap" {
-            let l = &self.ldap;
-            for (n, empty) in [
-                ("ldap.url", l.url.trim().is_empty()),
-                ("ldap.base_dn", l.base_dn.trim().is_empty()),
-                (
-                    "ldap.person_attribute",
-                    l.person_attribute.trim().is_empty(),
-                ),
-                ("ldap.unit_attribute", l.unit_attribute.trim().is_empty()),
-                (
-                    "ldap.bind_password (ldap.bind_dn is set)",
-                    !l.bind_dn.is_empty() && l.bind_password.is_empty(),
-                ),
-            ] {
-                if empty {
-                    missing.push(n);
-                }
-            }
-            if !["delete", "end_date"].contains(&l.removal.as_str()) {
-                invalid.push("ldap.removal must be \"delete\" or \"end_date\"".into());
-            }
-        }
-        if self.connectors.tjansteid == "smtp" || self.connectors.notifier == "smtp" {
-            let m = &self.smtp;
-            for (n, empty) in [
-                ("smtp.host", m.host.trim().is_empty()),
-                ("smtp.from", m.from.trim().is_empty()),
-                (
-                    "smtp.service_desk",
-                    self.connectors.tjansteid == "smtp" && m.service_desk.trim().is_empty(),
-                ),
-                (
-                    "smtp.password (smtp.username is set)",
-                    !m.username.is_empty() && m.password.is_empty(),
-                ),
-            ] {
-                if empty {
-                    missing.push(n);
-                }
-            }
-        }
-        if !(0.0..=1.0).contains(&self.simulated.failure_rate) {
-            invalid.push("simulated.failure_rate must be between 0.0 and 1.0".into());
-        }
-        let e = &self.engine;
-        for (name, v) in [
-            ("engine.poll_interval_seconds", e.poll_interval_seconds),
-            ("engine.remind_after_seconds", e.remind_after_seconds),
-            ("engine.escalate_after_seconds", e.escalate_after_seconds),
-            (
-                "engine.reconcile_interval_seconds",
-                e.reconcile_interval_seconds,
-            ),
-        ] {
-            if !(0.0..=1e9).contains(&v) {
-                invalid.push(format!("{name} must be between 0 and 1e9"));
-            }
-        }
-        if e.batch_size == 0 || e.max_attempts == 0 {
-            invalid.push("engine.batch_size and engine.max_attempts must be at least 1".into());
-        }
-        if !missing.is_empty() {
-            invalid.insert(
-                0,
-                format!(
-                    "missing settings: {} (or run `serve --dev`)",
-                    missing.join(", ")
-                ),
-            );
-        }
-        if invalid.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(invalid.join("; ")))
-        }
-    }
-
-    pub fn engine_config(&self) -> crate::engine::EngineConfig {
-        let e = &self.engine;
-        crate::engine::EngineConfig {
-            workers: e.workers,
-            batch_size: e.batch_size,
-            lease: Duration::from_secs(e.lease_seconds.max(1)),
-            max_attempts: e.max_attempts,
-            backoff_base: Duration::from_millis(e.backoff_base_ms),
-            backoff_max: Duration::from_secs(e.backoff_max_seconds),
-            idle_poll: Duration::from_millis(e.idle_poll_ms.max(1)),
-            escalate_after: Duration::from_secs_f64(e.escalate_after_seconds),
-            reconcile_interval: Duration::from_secs_f64(e.reconcile_interval_seconds),
-        }
-    }
-
-    pub fn timing(&self, poll_outcome: bool) -> crate::storage::Timing {
-        let e = &self.engine;
-        crate::storage::Timing {
-            poll_interval: Duration::from_secs_f64(e.poll_interval_seconds),
-            remind_after: Duration::from_secs_f64(e.remind_after_seconds),
-            escalate_after: Duration::from_secs_f64(e.escalate_after_seconds),
-            poll_outcome,
-        }
+        Layers::new(file)?.config()
     }
 }
 
-fn merge(base: &mut toml::Table, overlay: toml::Table) {
-    for (k, v) in overlay {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
+/// The layered sources, before they are read into a `Config`.
+#[derive(Debug)]
+pub struct Layers(Figment);
+
+impl Layers {
+    /// Embedded defaults, then `file`, then `ETK_<SECTION>__<KEY>` variables of this process.
+    pub fn new(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Self::defaults().0;
+        if let Some(path) = file {
+            // figment treats a missing file as empty; a named file that cannot be read is an error.
+            std::fs::metadata(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // `ETK_CONFIG` and variables of other tools (`ETK_TEST_…`) carry no `__`.
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        Ok(Self(figment.merge(env)))
+    }
+
+    /// The embedded defaults alone (tests set the rest explicitly).
+    pub fn defaults() -> Self {
+        Self(Figment::from(Toml::string(DEFAULTS)))
+    }
+
+    /// Sets `key` (dotted, e.g. `server.listen`) over every layer.
+    pub fn set(self, key: &str, value: impl serde::Serialize) -> Self {
+        Self(self.0.merge(Serialized::default(key, value)))
+    }
+
+    /// Sets `key` only where no layer sets it (`serve --dev` fills its paths this way).
+    pub fn fill(self, key: &str, value: impl serde::Serialize) -> Self {
+        Self(self.0.join(Serialized::default(key, value)))
+    }
+
+    /// The whole configuration, checked; every problem is named in the error.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let (config, mut problems) = extract::<Config>(self.0.clone(), "");
+        let Some(c) = config else {
+            return Err(ConfigError::Invalid(problems.into_messages()));
+        };
+        if (c.tjansteid.uses_smtp() || c.notifier.uses_smtp()) && c.smtp.is_none() {
+            // Name what the absent section needs, as if it were present but empty.
+            let (_, smtp) = extract::<SmtpSettings>(Figment::new(), "smtp");
+            problems.absorb(smtp);
+        }
+        let checks = [
+            ("api", c.api.validate()),
+            ("engine", c.engine.validate()),
+            ("privacy", c.privacy.validate()),
+            ("simulated", c.simulated.validate()),
+        ];
+        // After a wrong value its placeholder stands in the tree, and the checks would judge
+        // it; only the privacy check (two optional keys, never stood in for) still applies.
+        let placeholders_in_tree = !problems.invalid.is_empty();
+        for (section, result) in checks {
+            if placeholders_in_tree && section != "privacy" {
+                continue;
             }
+            if let Err(e) = result {
+                problems.invalid.push(format!("{section}: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError::Invalid(problems.into_messages()))
+        }
+    }
+
+    /// One section alone, e.g. `database` for `migrate`, which needs no TLS or connectors.
+    pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<T, ConfigError> {
+        let (value, problems) = extract::<T>(self.0.focus(key), key);
+        match value {
+            Some(v) if problems.is_empty() => Ok(v),
+            _ => Err(ConfigError::Invalid(problems.into_messages())),
         }
     }
 }
 
 #[cfg(test)]
+// `Jail`'s closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
+    use figment::Jail;
+    use secrecy::ExposeSecret;
+
     use super::*;
 
-    #[test]
-    fn env_overrides_defaults_and_keeps_types() {
-        let c = Config::load_from(
-            None,
-            [
-                (
-                    "ETK_DATABASE__URL".to_owned(),
-                    "postgres://u:pw@h/db".to_owned(),
-                ),
-                ("ETK_API__MAX_PAGE_SIZE".to_owned(), "50".to_owned()),
-                ("OTHER".to_owned(), "x".to_owned()),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.database.url.expose(), "postgres://u:pw@h/db");
-        assert_eq!(c.api.max_page_size, 50);
-        assert!(!format!("{c:?}").contains("pw@"));
+    /// The settings `serve` needs beyond the defaults, as environment variables.
+    fn required_env(jail: &mut Jail) {
+        jail.set_env("ETK_TLS__CERT", "c.pem");
+        jail.set_env("ETK_TLS__KEY", "k.pem");
+        jail.set_env("ETK_TLS__CLIENT_CA", "ca.pem");
+        jail.set_env("ETK_AUTH__PRINCIPALS_FILE", "p.toml");
+        jail.set_env("ETK_DATABASE__URL", "postgres://u:hunter2@h/db");
+        jail.set_env("ETK_PRIVACY__MASTER_KEY", "a2V5");
+    }
+
+    fn error(r: Result<Config, ConfigError>) -> String {
+        match r {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
     }
 
     #[test]
-    fn incomplete_connector_settings_are_named() {
-        let env = |pairs: &[(&str, &str)]| {
-            let mut v: Vec<(String, String)> = vec![
-                ("ETK_TLS__CERT".into(), "c".into()),
-                ("ETK_TLS__KEY".into(), "k".into()),
-                ("ETK_TLS__CLIENT_CA".into(), "ca".into()),
-                ("ETK_AUTH__PRINCIPALS_FILE".into(), "p".into()),
-                ("ETK_DATABASE__URL".into(), "sqlite://x".into()),
-                ("ETK_PRIVACY__MASTER_KEY".into(), "k".into()),
-            ];
-            v.extend(
-                pairs
-                    .iter()
-                    .map(|(k, val)| ((*k).to_owned(), (*val).to_owned())),
+    fn defaults_and_environment_combine_with_their_types() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.set_env("ETK_API__MAX_PAGE_SIZE", "50");
+            jail.set_env("ETK_ENGINE__RETRY__BACKOFF_BASE", "250ms");
+            jail.set_env("ETK_ENGINE__TIMERS__REMIND_AFTER", "2d");
+            jail.set_env("ETK_SERVER__REQUIRE_REACHABLE_AT_START", "true");
+            // Not ours: ignored, as is ETK_CONFIG.
+            jail.set_env("ETK_TEST_POSTGRES_URL", "x");
+            jail.set_env("ETK_CONFIG", "nowhere.toml");
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.api.max_size, 50);
+            assert_eq!(c.api.default_size, 20, "default kept");
+            assert_eq!(
+                c.engine.retry.backoff_base,
+                std::time::Duration::from_millis(250)
             );
-            Config::load_from(None, v).unwrap()
-        };
-        assert!(env(&[]).validate_for_serve().is_ok());
-        let e = env(&[("ETK_CONNECTORS__KIV", "ldap")])
-            .validate_for_serve()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("ldap.url"), "{e}");
-        let e = env(&[
-            ("ETK_CONNECTORS__TJANSTEID", "smtp"),
-            ("ETK_SMTP__HOST", "h"),
-        ])
-        .validate_for_serve()
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("smtp.from") && e.contains("smtp.service_desk") && !e.contains("smtp.host"),
-            "{e}"
-        );
-        let e = env(&[("ETK_CONNECTORS__KIV", "carrier-pigeon")])
-            .validate_for_serve()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("simulated, ldap, office"), "{e}");
-        let c = env(&[
-            ("ETK_CONNECTORS__KIV", "ldap"),
-            ("ETK_LDAP__URL", "ldap://h"),
-            ("ETK_LDAP__BIND_DN", "cn=x"),
-            ("ETK_LDAP__BIND_PASSWORD", "hunter2"),
-        ]);
-        assert!(c.validate_for_serve().is_ok());
-        assert!(!format!("{c:?}").contains("hunter2"), "secret printed");
+            assert_eq!(
+                c.engine.timers.remind_after,
+                std::time::Duration::from_secs(2 * 86_400)
+            );
+            assert!(c.server.require_reachable_at_start);
+            assert_eq!(c.database.url.expose_secret(), "postgres://u:hunter2@h/db");
+            assert!(matches!(c.kiv, KivSettings::Simulated(_)));
+            Ok(())
+        });
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        let err =
-            Config::load_from(None, [("ETK_API__NOPE".to_owned(), "1".to_owned())]).unwrap_err();
-        assert!(err.to_string().contains("no key nope"));
-        assert!(
-            Config::load_from(None, [])
-                .unwrap()
-                .validate_for_serve()
-                .is_err()
-        );
+    fn a_file_is_laid_over_the_defaults_and_under_the_environment() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.create_file(
+                "gateway.toml",
+                r#"
+                [api]
+                max_page_size = 40
+                default_page_size = 10
+
+                [kiv]
+                kind = "ldap"
+                url = "ldaps://kiv.example.se"
+                base_dn = "ou=Personal,o=VGR"
+                bind = { dn = "cn=gw", password = "from-file" }
+                removal = "end_date"
+                "#,
+            )?;
+            jail.set_env("ETK_API__MAX_PAGE_SIZE", "30");
+            jail.set_env("ETK_KIV__BIND__PASSWORD", "from-env");
+            let c = Config::load(Some(Path::new("gateway.toml"))).expect("loads");
+            assert_eq!((c.api.default_size, c.api.max_size), (10, 30));
+            let KivSettings::Ldap(l) = &c.kiv else {
+                panic!("kind = ldap: {:?}", c.kiv)
+            };
+            assert_eq!(l.url, "ldaps://kiv.example.se");
+            assert_eq!(l.removal, crate::connectors::ldap::Removal::EndDate);
+            assert_eq!(
+                l.person_attribute, "hsaPersonIdentityNumber",
+                "code default"
+            );
+            let bind = l.bind.as_ref().expect("bind");
+            assert_eq!(bind.password.expose_secret(), "from-env");
+            let missing = Config::load(Some(Path::new("absent.toml"))).unwrap_err();
+            assert!(missing.to_string().contains("absent.toml"), "{missing}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_missing_key_is_named_at_once() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ETK_KIV__KIND", "ldap");
+            jail.set_env("ETK_KIV__BIND__DN", "cn=gw");
+            let e = error(Config::load(None));
+            for key in [
+                "tls.cert",
+                "tls.key",
+                "tls.client_ca",
+                "auth.principals_file",
+                "database.url",
+                "kiv.url",
+                "kiv.base_dn",
+                "kiv.bind.password",
+            ] {
+                assert!(e.contains(key), "{key} not named: {e}");
+            }
+            assert!(!e.contains("kiv.person_attribute"), "optional: {e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn wrong_values_and_missing_keys_are_named_together() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ETK_ENGINE__LEASE", "30");
+            jail.set_env("ETK_KIV__KIND", "carrier-pigeon");
+            let e = error(Config::load(None));
+            for part in ["engine.lease", "carrier-pigeon", "tls.cert", "database.url"] {
+                assert!(e.contains(part), "{part} not named: {e}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_smtp_kind_needs_the_relay_and_its_own_keys() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.set_env("ETK_TJANSTEID__KIND", "smtp");
+            let e = error(Config::load(None));
+            for key in ["tjansteid.service_desk", "smtp.host", "smtp.from"] {
+                assert!(e.contains(key), "{key} not named: {e}");
+            }
+            jail.set_env("ETK_TJANSTEID__SERVICE_DESK", "desk@example.se");
+            jail.set_env("ETK_SMTP__HOST", "mail.example.se");
+            let e = error(Config::load(None));
+            assert!(e.contains("smtp.from") && !e.contains("smtp.host"), "{e}");
+            jail.set_env("ETK_SMTP__FROM", "gw@example.se");
+            jail.set_env("ETK_NOTIFIER__KIND", "smtp");
+            let c = Config::load(None).expect("complete");
+            assert!(c.notifier.uses_smtp() && c.tjansteid.uses_smtp());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_impossible_kinds_are_refused_by_name() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.set_env("ETK_API__NOPE", "1");
+            let e = error(Config::load(None));
+            assert!(e.contains("nope"), "{e}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.set_env("ETK_KIV__KIND", "carrier-pigeon");
+            let e = error(Config::load(None));
+            assert!(e.contains("carrier-pigeon"), "{e}");
+            assert!(
+                e.contains("simulated") && e.contains("ldap") && e.contains("office"),
+                "{e}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            // A simulated KIV has no URL: settings of another kind do not fit.
+            jail.set_env("ETK_KIV__URL", "ldap://h");
+            let e = error(Config::load(None));
+            assert!(e.contains("url"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn semantic_checks_of_the_components_are_collected() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.set_env("ETK_API__DEFAULT_PAGE_SIZE", "500");
+            jail.set_env("ETK_SIMULATED__FAILURE_RATE", "1.5");
+            jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "0");
+            let e = error(Config::load(None));
+            assert!(e.contains("api: default_page_size"), "{e}");
+            assert!(e.contains("simulated: failure_rate"), "{e}");
+            assert!(e.contains("engine: retry.max_attempts"), "{e}");
+            jail.set_env("ETK_API__DEFAULT_PAGE_SIZE", "20");
+            jail.set_env("ETK_SIMULATED__FAILURE_RATE", "0.5");
+            jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "1");
+            jail.set_env("ETK_PRIVACY__MASTER_KEY", "");
+            Config::load(None).expect("an empty key is still a key; the vault refuses it");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_are_written_as_people_write_them() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.set_env("ETK_TJANSTEID__CONFIRM_AFTER", "never");
+            jail.set_env("ETK_SERVER__SHUTDOWN_GRACE", "1m 30s");
+            let c = Config::load(None).expect("loads");
+            let TjansteIdSettings::Simulated(t) = c.tjansteid else {
+                panic!("simulated")
+            };
+            assert_eq!(t.confirm_after.delay(), None);
+            assert_eq!(c.server.shutdown_grace.as_secs(), 90);
+            jail.set_env("ETK_SERVER__SHUTDOWN_GRACE", "10");
+            let e = error(Config::load(None));
+            assert!(e.contains("server.shutdown_grace"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            jail.set_env("ETK_KIV__KIND", "ldap");
+            jail.set_env("ETK_KIV__URL", "ldap://h");
+            jail.set_env("ETK_KIV__BASE_DN", "o=x");
+            jail.set_env("ETK_KIV__BIND__DN", "cn=x");
+            jail.set_env("ETK_KIV__BIND__PASSWORD", "s3cret-pw");
+            let c = Config::load(None).expect("loads");
+            let printed = format!("{c:?}");
+            assert!(!printed.contains("s3cret-pw"), "{printed}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(!printed.contains("a2V5"), "{printed}");
+            // An all-digit secret is read as a number: refused, and not echoed either.
+            jail.set_env("ETK_KIV__BIND__PASSWORD", "20242024");
+            let e = error(Config::load(None));
+            assert!(e.contains("kiv") && !e.contains("20242024"), "{e}");
+            jail.set_env("ETK_KIV__BIND__PASSWORD", "\"20242024\"");
+            let KivSettings::Ldap(l) = Config::load(None).expect("quoted").kiv else {
+                panic!("ldap")
+            };
+            let bind = l.bind.expect("bind");
+            assert_eq!(bind.password.expose_secret(), "20242024");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn migrate_reads_its_sections_alone() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ETK_DATABASE__URL", "sqlite://x?mode=rwc");
+            let layers = Layers::new(None).expect("layers");
+            let db: DatabaseSettings = layers.section("database").expect("database");
+            assert_eq!(db.url.expose_secret(), "sqlite://x?mode=rwc");
+            assert!(layers.config().is_err(), "serve needs more");
+            let e = Layers::defaults()
+                .section::<DatabaseSettings>("database")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("database.url"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dev_mode_fills_only_what_is_not_set() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            let c = Layers::new(None)
+                .expect("layers")
+                .fill("tls.cert", "dev.pem")
+                .fill("database.max_connections", 99)
+                .config()
+                .expect("loads");
+            assert_eq!(c.tls.cert, Path::new("c.pem"));
+            assert_eq!(
+                c.database.max_connections, 10,
+                "the default is a setting too"
+            );
+            Ok(())
+        });
     }
 }

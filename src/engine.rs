@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ring::rand::SecureRandom;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -22,43 +21,18 @@ use crate::domain::{Deregistration, State, Timestamp};
 use crate::metrics;
 use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work, WorkResult};
 
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    pub workers: usize,
-    pub batch_size: u32,
-    pub lease: Duration,
-    pub max_attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// Longest sleep of an idle worker (work enqueued by other replicas, timers).
-    pub idle_poll: Duration,
-    pub escalate_after: Duration,
-    /// Zero disables reconciliation.
-    pub reconcile_interval: Duration,
-}
+mod retry;
+mod settings;
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            workers: 4,
-            batch_size: 128,
-            lease: Duration::from_secs(30),
-            max_attempts: 12,
-            backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(300),
-            idle_poll: Duration::from_secs(1),
-            escalate_after: Duration::from_secs(10 * 86_400),
-            reconcile_interval: Duration::from_secs(60),
-        }
-    }
-}
+pub use retry::RetryPolicy;
+pub use settings::EngineSettings;
 
 #[derive(Debug)]
 pub struct Engine {
     store: Arc<dyn CaseStore>,
     bus: EventBus,
     connectors: Connectors,
-    cfg: EngineConfig,
+    cfg: EngineSettings,
     /// Lease owner id of this process.
     owner: String,
     /// Numbers this process's claims: each claim's lease token is unique, so a result is
@@ -66,18 +40,12 @@ pub struct Engine {
     claims: std::sync::atomic::AtomicU64,
 }
 
-fn jitter_unit() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 impl Engine {
     pub fn new(
         store: Arc<dyn CaseStore>,
         bus: EventBus,
         connectors: Connectors,
-        cfg: EngineConfig,
+        cfg: EngineSettings,
     ) -> Self {
         Self {
             store,
@@ -130,7 +98,7 @@ impl Engine {
                 }
             }
             let wait = if failures > 0 {
-                self.backoff(failures.min(8))
+                self.cfg.retry.delay(failures.min(8))
             } else {
                 match self.store.next_due().await {
                     Ok(Some(due)) => {
@@ -218,10 +186,6 @@ impl Engine {
         }
         self.store.finish(&token, results).await?;
         Ok(n)
-    }
-
-    fn backoff(&self, attempts: u32) -> Duration {
-        backoff(&self.cfg, attempts)
     }
 
     async fn reconciler(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -319,13 +283,6 @@ impl Engine {
     }
 }
 
-pub fn backoff(cfg: &EngineConfig, attempts: u32) -> Duration {
-    let exp = cfg.backoff_base.saturating_mul(1u32 << attempts.min(20));
-    let capped = exp.min(cfg.backoff_max);
-    // Jitter in [1/2, 1] of the delay spreads retries of many cases that failed together.
-    capped.mul_f64(0.5 + jitter_unit() / 2.0)
-}
-
 fn report_of(case: &Deregistration) -> CutCardReport {
     let r = &case.report;
     CutCardReport {
@@ -352,7 +309,7 @@ fn done(event: Event) -> WorkResult {
 async fn execute(
     store: &dyn CaseStore,
     c: &Connectors,
-    cfg: &EngineConfig,
+    cfg: &EngineSettings,
     w: &Work,
     case: Option<Deregistration>,
 ) -> WorkResult {
@@ -419,7 +376,7 @@ async fn execute(
                 snapshot: None,
                 detail: format!(
                     "no outcome from TjänsteID-service within {} of the report",
-                    human(cfg.escalate_after)
+                    human(cfg.timers.escalate_after)
                 ),
             },
             Step::NotifyHead => {
@@ -467,19 +424,20 @@ async fn execute(
 }
 
 /// A retryable failure: again after a backoff, or — attempts exhausted — for good.
-fn retry_or_give_up(cfg: &EngineConfig, w: &Work, error: String) -> WorkResult {
-    if w.attempts + 1 < cfg.max_attempts {
-        metrics::inc(metrics::STEPS_RETRIED);
-        tracing::info!(%error, "step failed; will retry");
-        WorkResult::Retry {
-            at: later(cfg, w.attempts),
-            error,
+fn retry_or_give_up(cfg: &EngineSettings, w: &Work, error: String) -> WorkResult {
+    match cfg.retry.after_failure(w.attempts) {
+        Some(wait) => {
+            metrics::inc(metrics::STEPS_RETRIED);
+            tracing::info!(%error, "step failed; will retry");
+            WorkResult::Retry {
+                at: Timestamp(crate::clock::now().0 + wait.as_micros() as i64),
+                error,
+            }
         }
-    } else {
-        give_up(format!(
+        None => give_up(format!(
             "gave up after {} attempts: {error}",
             w.attempts + 1
-        ))
+        )),
     }
 }
 
@@ -487,10 +445,6 @@ fn give_up(error: String) -> WorkResult {
     metrics::inc(metrics::STEPS_FAILED);
     tracing::warn!(%error, "step failed for good; the case needs attention");
     WorkResult::Failed { error }
-}
-
-fn later(cfg: &EngineConfig, attempts: u32) -> Timestamp {
-    Timestamp(crate::clock::now().0 + backoff(cfg, attempts).as_micros() as i64)
 }
 
 fn notice(case: &Deregistration, recipient: Recipient, to: crate::domain::Email) -> Notice {

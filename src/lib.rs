@@ -15,6 +15,8 @@ pub mod domain;
 pub mod engine;
 pub mod metrics;
 pub mod privacy;
+pub mod secret;
+pub mod server;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use etjanstekort_gateway::config::{Config, Secret};
+use etjanstekort_gateway::config::Layers;
+use etjanstekort_gateway::privacy::PrivacySettings;
 use etjanstekort_gateway::startup::{App, load_vault, open_store};
+use etjanstekort_gateway::storage::DatabaseSettings;
 use etjanstekort_gateway::{devcerts, telemetry};
 
 #[derive(Debug, Parser)]
@@ -86,14 +88,14 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             listen,
             config,
         } => {
-            let mut cfg = Config::load(config.as_deref())?;
+            let mut layers = Layers::new(config.as_deref())?;
             if dev {
-                apply_dev(&mut cfg, &data_dir)?;
+                layers = apply_dev(layers, &data_dir)?;
             }
             if let Some(addr) = listen {
-                cfg.server.listen = addr;
+                layers = layers.set("server.listen", addr);
             }
-            let app = App::build(cfg).await?;
+            let app = App::build(layers.config()?).await?;
             announce(app.local_addr(), dev.then_some(data_dir.as_path()));
             app.run(shutdown_signal()).await?;
             tracing::info!("stopped");
@@ -104,36 +106,37 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             data_dir,
             config,
         } => {
-            let mut cfg = Config::load(config.as_deref())?;
+            let mut layers = Layers::new(config.as_deref())?;
             if dev {
-                apply_dev(&mut cfg, &data_dir)?;
+                layers = apply_dev(layers, &data_dir)?;
             }
-            if cfg.database.url.is_empty() {
-                return Err("database.url is not set (or use --dev)".into());
-            }
-            open_store(&cfg, std::sync::Arc::new(load_vault(&cfg)?)).await?;
+            // Only what migrating needs: no TLS, principals or connectors.
+            let database: DatabaseSettings = layers.section("database")?;
+            let privacy: PrivacySettings = layers.section("privacy")?;
+            open_store(&database, std::sync::Arc::new(load_vault(&privacy)?)).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
     }
 }
 
-/// Points the configuration at the dev environment, creating it on first start.
-fn apply_dev(cfg: &mut Config, data_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+/// Points the configuration at the dev environment where it sets nothing itself, creating the
+/// environment on first start.
+fn apply_dev(layers: Layers, data_dir: &Path) -> Result<Layers, Box<dyn std::error::Error>> {
     let (paths, created) = devcerts::ensure(data_dir)?;
     if created {
         tracing::info!(dir = %data_dir.display(), "created dev certificates, principals and master key");
     }
-    cfg.tls.cert = paths.server_cert.clone();
-    cfg.tls.key = paths.server_key.clone();
-    cfg.tls.client_ca = paths.ca.clone();
-    cfg.auth.principals_file = paths.principals.clone();
-    cfg.privacy.master_key_file = paths.master_key.clone();
-    cfg.privacy.master_key = Secret::default();
-    if cfg.database.url.is_empty() {
-        cfg.database.url = Secret::new(format!("sqlite://{}?mode=rwc", paths.database.display()));
-    }
-    Ok(())
+    Ok(layers
+        .fill("tls.cert", &paths.server_cert)
+        .fill("tls.key", &paths.server_key)
+        .fill("tls.client_ca", &paths.ca)
+        .fill("auth.principals_file", &paths.principals)
+        .fill("privacy.master_key_file", &paths.master_key)
+        .fill(
+            "database.url",
+            format!("sqlite://{}?mode=rwc", paths.database.display()),
+        ))
 }
 
 #[allow(clippy::print_stdout)]

@@ -6,12 +6,34 @@
 //! is about 10^10), so every digest of personal data here is keyed.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
 
 use crate::domain::Personnummer;
+
+/// Where the master key comes from (`[privacy]`): a file holding it, or the key itself.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// File holding the base64 32-byte master key.
+    pub master_key_file: Option<PathBuf>,
+    /// The base64 key itself (wins over the file when both are set).
+    #[serde(default, deserialize_with = "crate::secret::optional")]
+    pub master_key: Option<secrecy::SecretString>,
+}
+
+impl PrivacySettings {
+    /// One of the two sources must be given; serde cannot say "one of".
+    pub fn validate(&self) -> Result<(), String> {
+        if self.master_key.is_none() && self.master_key_file.is_none() {
+            return Err("missing master_key_file or master_key".into());
+        }
+        Ok(())
+    }
+}
 
 /// Ciphertext layout version byte, so keys or algorithms can rotate later.
 const FORMAT_V1: u8 = 1;

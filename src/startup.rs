@@ -1,4 +1,5 @@
-//! Start-up: `App::build` wires configuration into a bound server (port 0 works; the bound
+//! Start-up: everything is wired here. `build_connectors` turns the connector settings into
+//! connectors, `App::build` wires configuration into a bound server (port 0 works; the bound
 //! address is exposed), `App::run` serves until the shutdown future resolves, then drains.
 
 use std::future::Future;
@@ -15,15 +16,20 @@ use crate::api::pb::deregistration_service_server::DeregistrationServiceServer;
 use crate::api::pb::health_care_office_service_server::HealthCareOfficeServiceServer;
 use crate::api::pb::operations_service_server::OperationsServiceServer;
 use crate::api::pb::revocation_service_server::RevocationServiceServer;
-use crate::api::{Api, Paging, pb};
+use crate::api::{Api, pb};
 use crate::app::Gateway;
 use crate::auth::Authorizer;
 use crate::bus::EventBus;
 use crate::config::Config;
-use crate::connectors::Connectors;
+use crate::connectors::simulated::{LogNotifier, SimulatedKiv, SimulatedTjansteId};
+use crate::connectors::smtp::{Smtp, SmtpNotifier, SmtpTjansteId};
+use crate::connectors::{
+    Connectors, Kiv, KivSettings, Notifier, NotifierSettings, OfficeOnly, TjansteId,
+    TjansteIdSettings, ldap::LdapKiv,
+};
 use crate::engine::Engine;
-use crate::privacy::Vault;
-use crate::storage::{CaseStore, SeaStore};
+use crate::privacy::{PrivacySettings, Vault};
+use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -60,12 +66,13 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError
     })
 }
 
-/// Opens the store from configuration and runs pending migrations.
-pub async fn open_store(config: &Config, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
+/// Opens the store and runs pending migrations.
+pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
+    use secrecy::ExposeSecret;
     let store = SeaStore::connect(
-        config.database.url.expose(),
-        config.database.max_connections,
-        Duration::from_secs(config.database.acquire_timeout_seconds),
+        db.url.expose_secret(),
+        db.max_connections,
+        db.acquire_timeout,
         vault,
     )
     .await?;
@@ -73,13 +80,60 @@ pub async fn open_store(config: &Config, vault: Arc<Vault>) -> Result<SeaStore, 
     Ok(store)
 }
 
-pub fn load_vault(config: &Config) -> Result<Vault, StartError> {
-    let key = if config.privacy.master_key.is_empty() {
-        read("master key file", &config.privacy.master_key_file)?
-    } else {
-        config.privacy.master_key.expose().to_owned()
+/// The vault with the configured master key (the key itself wins over the file).
+pub fn load_vault(privacy: &PrivacySettings) -> Result<Vault, StartError> {
+    use secrecy::ExposeSecret;
+    if let Some(key) = &privacy.master_key {
+        return Ok(Vault::from_base64(key.expose_secret())?);
+    }
+    let Some(file) = &privacy.master_key_file else {
+        return Err(StartError::Config(crate::config::ConfigError::Invalid(
+            vec!["privacy: missing master_key_file or master_key".into()],
+        )));
     };
-    Ok(Vault::from_base64(&key)?)
+    let key = secrecy::SecretString::from(read("master key file", file)?);
+    Ok(Vault::from_base64(key.expose_secret())?)
+}
+
+/// The connectors the configuration chooses.
+pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
+    let faults = config.simulated.faults();
+    let journal = config.simulated.journal.as_deref();
+    let smtp = match &config.smtp {
+        Some(s) if config.tjansteid.uses_smtp() || config.notifier.uses_smtp() => {
+            Some(Smtp::new(s)?)
+        }
+        _ => None,
+    };
+    // `Config` refuses an smtp kind without `[smtp]`; this only keeps the match total.
+    let relay = || smtp.clone().ok_or_else(|| "[smtp] is required".to_owned());
+    let tjansteid: Arc<dyn TjansteId> = match &config.tjansteid {
+        TjansteIdSettings::Simulated(s) => Arc::new(SimulatedTjansteId::new(
+            s.confirm_after.delay(),
+            faults,
+            journal,
+        )),
+        TjansteIdSettings::Smtp(desk) => Arc::new(SmtpTjansteId::new(
+            relay()?,
+            desk.service_desk.clone(),
+            desk.reply_instructions.clone(),
+        )?),
+    };
+    let notifier: Arc<dyn Notifier> = match &config.notifier {
+        NotifierSettings::Log {} => Arc::new(LogNotifier::new(faults, journal)),
+        NotifierSettings::Smtp {} => Arc::new(SmtpNotifier::new(relay()?)),
+    };
+    let kiv: Arc<dyn Kiv> = match &config.kiv {
+        KivSettings::Simulated(s) => Arc::new(SimulatedKiv::new(s.auto_employ, faults, journal)),
+        KivSettings::Ldap(s) => Arc::new(LdapKiv::new((**s).clone())?),
+        KivSettings::Office {} => Arc::new(OfficeOnly),
+    };
+    Ok(Connectors {
+        tjansteid,
+        kiv,
+        notifier,
+        gateway_removes_kiv: !matches!(config.kiv, KivSettings::Office {}),
+    })
 }
 
 #[derive(Debug)]
@@ -97,9 +151,8 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        config.validate_for_serve()?;
-        let connectors = Connectors::from_config(&config).map_err(StartError::Connector)?;
-        if config.connectors.require_reachable_at_start {
+        let connectors = build_connectors(&config).map_err(StartError::Connector)?;
+        if config.server.require_reachable_at_start {
             connectors.probe().await.map_err(StartError::Connector)?;
         }
         Self::build_with(config, connectors).await
@@ -107,13 +160,16 @@ impl App {
 
     /// Builds with the given connectors (tests hold on to simulated ones to inspect them).
     pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
-        config.validate_for_serve()?;
-        let vault = Arc::new(load_vault(&config)?);
+        let vault = Arc::new(load_vault(&config.privacy)?);
+        let timing = crate::storage::Timing {
+            poll_outcome: connectors.tjansteid.polls(),
+            ..config.engine.timers
+        };
         // One bus per process: the store publishes what it commits, watchers and workers listen.
         let bus = EventBus::new();
-        let store = open_store(&config, vault.clone())
+        let store = open_store(&config.database, vault.clone())
             .await?
-            .with_timing(config.timing(connectors.tjansteid.polls()))
+            .with_timing(timing)
             .with_bus(bus.clone());
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
@@ -122,7 +178,7 @@ impl App {
             store.clone(),
             bus.clone(),
             connectors,
-            config.engine_config(),
+            config.engine.clone(),
         ));
         let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
 
@@ -152,10 +208,7 @@ impl App {
         let api = Api::new(
             Arc::new(Gateway::new(store.clone(), bus, vault).removing_kiv(gateway_removes_kiv)),
             auth,
-            Paging {
-                default_size: config.api.default_page_size,
-                max_size: config.api.max_page_size,
-            },
+            config.api,
         );
         let (health, health_service) = tonic_health::server::health_reporter();
         // Not ready until the first probe has seen the database and the connectors' servers.
@@ -181,7 +234,7 @@ impl App {
         let router = Server::builder()
             .tls_config(tls)?
             .concurrency_limit_per_connection(config.server.concurrency_per_connection)
-            .timeout(Duration::from_secs(config.server.request_timeout_seconds))
+            .timeout(config.server.request_timeout)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -197,10 +250,11 @@ impl App {
             engine,
             probes,
             health,
-            grace: Duration::from_secs(config.server.shutdown_grace_seconds),
-            probe_every: Duration::from_secs_f64(
-                config.server.health_probe_seconds.clamp(0.05, 3600.0),
-            ),
+            grace: config.server.shutdown_grace,
+            probe_every: config
+                .server
+                .health_probe
+                .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
         })
     }
 

@@ -30,11 +30,23 @@ use pb::health_care_office_service_server::HealthCareOfficeService;
 use pb::operations_service_server::OperationsService;
 use pb::revocation_service_server::RevocationService;
 
-/// Paging limits from configuration.
-#[derive(Clone, Copy, Debug)]
+/// Paging limits of the list calls (`[api]`).
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Paging {
+    #[serde(rename = "default_page_size")]
     pub default_size: u32,
+    #[serde(rename = "max_page_size")]
     pub max_size: u32,
+}
+
+impl Paging {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_size == 0 || self.default_size == 0 || self.default_size > self.max_size {
+            return Err("default_page_size must be between 1 and max_page_size".into());
+        }
+        Ok(())
+    }
 }
 
 /// Implements every service of the API over one `Gateway`.

@@ -4,51 +4,95 @@
 //! connection never carries a broken one's state into a retry.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
 use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry, ldap_escape};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 
 use super::{ConnectorError, Kiv};
-use crate::config::Secret;
 use crate::domain::{Employment, HsaId, Personnummer, Timestamp};
 
 /// Suffix marking a binary attribute's values as base64 in a snapshot.
 const BINARY: &str = ";base64";
 
 /// How the gateway removes an employment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Removal {
     /// Delete the entry.
+    #[default]
     Delete,
     /// Keep the entry and set its end date to now.
     EndDate,
 }
 
-#[derive(Clone, Debug)]
+/// `[kiv] kind = "ldap"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LdapSettings {
     /// `ldap://host:port` (StartTLS unless `allow_plain`) or `ldaps://host:port`.
     pub url: String,
-    pub bind_dn: String,
-    pub bind_password: Secret,
+    /// Where employment entries are searched (subtree).
     pub base_dn: String,
-    /// Object class of employment entries; empty: any entry with the two attributes.
-    pub object_class: String,
+    /// Bind as this DN; none: anonymous.
+    #[serde(default)]
+    pub bind: Option<LdapBind>,
+    /// Object class of employment entries; none: any entry with the two attributes.
+    #[serde(default)]
+    pub object_class: Option<String>,
+    #[serde(default = "person_attribute")]
     pub person_attribute: String,
+    #[serde(default = "unit_attribute")]
     pub unit_attribute: String,
+    #[serde(default = "end_date_attribute")]
     pub end_date_attribute: String,
+    #[serde(default)]
     pub removal: Removal,
+    /// PEM bundle of CAs for the directory's certificate; none: the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Plain `ldap://` without StartTLS; for tests only.
+    #[serde(default)]
     pub allow_plain: bool,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Bounds a whole operation (connect, bind, act).
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// A simple bind: both or neither.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapBind {
+    pub dn: String,
+    #[serde(deserialize_with = "crate::secret::required")]
+    pub password: SecretString,
+}
+
+fn person_attribute() -> String {
+    "hsaPersonIdentityNumber".into()
+}
+
+fn unit_attribute() -> String {
+    "vgrOrgRel".into()
+}
+
+fn end_date_attribute() -> String {
+    "hsaEndDate".into()
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug)]
 pub struct LdapKiv {
     s: LdapSettings,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// Result codes worth retrying: the server is busy, unavailable or timed out.
@@ -138,6 +182,7 @@ pub fn kiv_time(t: Timestamp) -> String {
 }
 
 impl LdapKiv {
+    /// Checks the settings and reads the CA bundle; connects only when used.
     pub fn new(settings: LdapSettings) -> Result<Self, String> {
         let u = &settings.url;
         if !(u.starts_with("ldap://") || u.starts_with("ldaps://")) {
@@ -157,22 +202,24 @@ impl LdapKiv {
         if settings.removal == Removal::EndDate && settings.end_date_attribute.trim().is_empty() {
             return Err("ldap.end_date_attribute is required with removal = \"end_date\"".into());
         }
-        Ok(Self { s: settings })
+        let ca = super::read_optional(settings.ca_file.as_deref(), "ldap.ca_file")?;
+        let tls = Arc::new(super::tls_client_config(ca.as_deref())?);
+        Ok(Self { s: settings, tls })
     }
 
     async fn connect(&self) -> Result<ldap3::Ldap, ConnectorError> {
         let starttls = self.s.url.starts_with("ldap://") && !self.s.allow_plain;
         let settings = LdapConnSettings::new()
-            .set_config(self.s.tls.clone())
+            .set_config(self.tls.clone())
             .set_starttls(starttls)
             .set_conn_timeout(self.s.timeout);
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.s.url)
             .await
             .map_err(|e| classify("connect", e))?;
         ldap3::drive!(conn);
-        if !self.s.bind_dn.is_empty() {
+        if let Some(bind) = &self.s.bind {
             let r = ldap
-                .simple_bind(&self.s.bind_dn, self.s.bind_password.expose())
+                .simple_bind(&bind.dn, bind.password.expose_secret())
                 .await;
             check("bind", r, &[])?;
         }
@@ -188,11 +235,8 @@ impl LdapKiv {
             self.s.unit_attribute,
             ldap_escape(unit.as_str())
         );
-        if !self.s.object_class.is_empty() {
-            f = format!(
-                "(&(objectClass={}){f})",
-                ldap_escape(self.s.object_class.as_str())
-            );
+        if let Some(class) = &self.s.object_class {
+            f = format!("(&(objectClass={}){f})", ldap_escape(class.as_str()));
         }
         f
     }

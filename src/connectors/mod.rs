@@ -10,10 +10,54 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 
 use crate::domain::{
     CardNumber, CaseId, Email, Employment, HsaId, PersonName, Personnummer, Timestamp,
 };
+
+/// `[tjansteid]`: how reports reach TjänsteID-service. `kind` picks the connector; the rest of
+/// the section is that connector's own settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TjansteIdSettings {
+    Simulated(simulated::TjansteIdSettings),
+    /// A structured e-mail to the service desk over the `[smtp]` relay.
+    Smtp(smtp::DeskSettings),
+}
+
+/// `[kiv]`: how the gateway reaches KIV.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KivSettings {
+    Simulated(simulated::KivSettings),
+    Ldap(Box<ldap::LdapSettings>),
+    /// No KIV access: every case uses the health-care office route, and the office removes
+    /// employments.
+    Office {},
+}
+
+/// `[notifier]`: how people are told the outcome.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifierSettings {
+    /// Notices go to the log, without personal data.
+    Log {},
+    /// E-mail over the `[smtp]` relay.
+    Smtp {},
+}
+
+impl TjansteIdSettings {
+    pub fn uses_smtp(&self) -> bool {
+        matches!(self, Self::Smtp(_))
+    }
+}
+
+impl NotifierSettings {
+    pub fn uses_smtp(&self) -> bool {
+        matches!(self, Self::Smtp {})
+    }
+}
 
 /// A connector failure, classified at the source.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -205,98 +249,11 @@ pub struct Connectors {
     pub tjansteid: Arc<dyn TjansteId>,
     pub kiv: Arc<dyn Kiv>,
     pub notifier: Arc<dyn Notifier>,
-    /// False when KIV is left to the health-care office (`connectors.kiv = "office"`).
+    /// False when KIV is left to the health-care office (`kiv.kind = "office"`).
     pub gateway_removes_kiv: bool,
 }
 
 impl Connectors {
-    /// The connectors named in the configuration (validated by `Config::validate_for_serve`).
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
-        let sim = &cfg.simulated;
-        let faults = simulated::Faults {
-            latency: std::time::Duration::from_millis(sim.latency_ms),
-            failure_rate: sim.failure_rate,
-        };
-        let journal = (!sim.journal.as_os_str().is_empty()).then_some(sim.journal.as_path());
-        let confirm_after = (sim.confirm_after_seconds >= 0.0)
-            .then(|| std::time::Duration::from_secs_f64(sim.confirm_after_seconds));
-        let smtp = if cfg.connectors.tjansteid == "smtp" || cfg.connectors.notifier == "smtp" {
-            let m = &cfg.smtp;
-            let ca_pem = read_optional(&m.ca_file, "smtp.ca_file")?;
-            Some(smtp::Smtp::new(&smtp::SmtpSettings {
-                host: m.host.clone(),
-                port: m.port,
-                allow_plain: m.allow_plain,
-                username: m.username.clone(),
-                password: m.password.clone(),
-                ca_pem,
-                hello_name: m.hello_name.clone(),
-                from: m.from.clone(),
-                timeout: std::time::Duration::from_secs(m.timeout_seconds.max(1)),
-            })?)
-        } else {
-            None
-        };
-        let tjansteid: Arc<dyn TjansteId> = match (cfg.connectors.tjansteid.as_str(), &smtp) {
-            ("smtp", Some(s)) => Arc::new(smtp::SmtpTjansteId::new(
-                s.clone(),
-                cfg.smtp.service_desk.clone(),
-                cfg.smtp.reply_instructions.clone(),
-            )?),
-            _ => Arc::new(simulated::SimulatedTjansteId::new(
-                confirm_after,
-                faults,
-                journal,
-            )),
-        };
-        let notifier: Arc<dyn Notifier> = match (cfg.connectors.notifier.as_str(), &smtp) {
-            ("smtp", Some(s)) => Arc::new(smtp::SmtpNotifier::new(s.clone())),
-            _ => Arc::new(simulated::LogNotifier::new(faults, journal)),
-        };
-        let (kiv, gateway_removes_kiv): (Arc<dyn Kiv>, bool) = match cfg.connectors.kiv.as_str() {
-            "ldap" => {
-                let l = &cfg.ldap;
-                let tls = tls_client_config(read_optional(&l.ca_file, "ldap.ca_file")?.as_deref())?;
-                (
-                    Arc::new(ldap::LdapKiv::new(ldap::LdapSettings {
-                        url: l.url.clone(),
-                        bind_dn: l.bind_dn.clone(),
-                        bind_password: l.bind_password.clone(),
-                        base_dn: l.base_dn.clone(),
-                        object_class: l.object_class.clone(),
-                        person_attribute: l.person_attribute.clone(),
-                        unit_attribute: l.unit_attribute.clone(),
-                        end_date_attribute: l.end_date_attribute.clone(),
-                        removal: if l.removal == "end_date" {
-                            ldap::Removal::EndDate
-                        } else {
-                            ldap::Removal::Delete
-                        },
-                        allow_plain: l.allow_plain,
-                        tls: Arc::new(tls),
-                        timeout: std::time::Duration::from_secs(l.timeout_seconds.max(1)),
-                    })?),
-                    true,
-                )
-            }
-            "office" => (Arc::new(OfficeOnly), false),
-            _ => (
-                Arc::new(simulated::SimulatedKiv::new(
-                    sim.kiv_auto_employ,
-                    faults,
-                    journal,
-                )),
-                true,
-            ),
-        };
-        Ok(Self {
-            tjansteid,
-            kiv,
-            notifier,
-            gateway_removes_kiv,
-        })
-    }
-
     /// Probes every connector; the first failure, named.
     pub async fn probe(&self) -> Result<(), String> {
         self.tjansteid
@@ -312,10 +269,11 @@ impl Connectors {
     }
 }
 
-fn read_optional(path: &std::path::Path, what: &str) -> Result<Option<Vec<u8>>, String> {
-    if path.as_os_str().is_empty() {
+/// The file's bytes, or `None` when no file is configured.
+fn read_optional(path: Option<&std::path::Path>, what: &str) -> Result<Option<Vec<u8>>, String> {
+    let Some(path) = path else {
         return Ok(None);
-    }
+    };
     std::fs::read(path)
         .map(Some)
         .map_err(|e| format!("{what} {}: {e}", path.display()))

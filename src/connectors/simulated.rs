@@ -2,14 +2,108 @@
 //! inject latency and failures, and record every side effect with its idempotency key.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ring::rand::SecureRandom;
+use serde::Deserialize;
 
 use super::{ConnectorError, CutCardReport, Kiv, Notice, Notifier, RevocationOutcome, TjansteId};
 use crate::domain::{CaseId, Employment, HsaId, Personnummer, Timestamp};
+
+/// `[simulated]`: latency and failure injection and the journal, shared by every simulation
+/// in use.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedSettings {
+    /// Added to every simulated call.
+    #[serde(with = "humantime_serde")]
+    pub latency: Duration,
+    /// Share of simulated calls failing with a retryable error (0.0–1.0).
+    pub failure_rate: f64,
+    /// File recording every simulated side effect with its idempotency key.
+    #[serde(default)]
+    pub journal: Option<PathBuf>,
+}
+
+impl SimulatedSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.failure_rate) {
+            return Err("failure_rate must be between 0.0 and 1.0".into());
+        }
+        Ok(())
+    }
+
+    pub fn faults(&self) -> Faults {
+        Faults {
+            latency: self.latency,
+            failure_rate: self.failure_rate,
+        }
+    }
+}
+
+/// `[tjansteid] kind = "simulated"`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TjansteIdSettings {
+    /// When the simulated service desk confirms a report (`"3s"`), or `"never"`.
+    #[serde(default)]
+    pub confirm_after: ConfirmAfter,
+}
+
+/// When the simulated TjänsteID-service confirms a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ConfirmAfter {
+    /// This long after the report was sent, when polled.
+    After(Duration),
+    /// Never: the outcome comes only through `RevocationService`.
+    Never,
+}
+
+impl Default for ConfirmAfter {
+    fn default() -> Self {
+        Self::After(Duration::from_secs(3))
+    }
+}
+
+impl TryFrom<String> for ConfirmAfter {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim() == "never" {
+            return Ok(Self::Never);
+        }
+        humantime_serde::re::humantime::parse_duration(&s)
+            .map(Self::After)
+            .map_err(|e| format!("expected a duration such as \"3s\" or \"never\": {e}"))
+    }
+}
+
+impl ConfirmAfter {
+    pub fn delay(self) -> Option<Duration> {
+        match self {
+            Self::After(d) => Some(d),
+            Self::Never => None,
+        }
+    }
+}
+
+/// `[kiv] kind = "simulated"`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KivSettings {
+    /// A look-up of an unknown person creates an employment first (every reported person is
+    /// employed).
+    #[serde(default = "yes")]
+    pub auto_employ: bool,
+}
+
+fn yes() -> bool {
+    true
+}
 
 /// Latency and failure injection shared by the simulations.
 #[derive(Clone, Copy, Debug, Default)]

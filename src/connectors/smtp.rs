@@ -3,6 +3,7 @@
 //! `Message-ID` derives from the effect's idempotency key, so a retried send carries the same id
 //! and the desk (or any mail system) can see it is a duplicate.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,26 +13,69 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 
 use super::{
     ConnectorError, CutCardReport, Notice, Notifier, Recipient, RevocationOutcome, TjansteId,
 };
-use crate::config::Secret;
 use crate::domain::{CaseId, Timestamp};
 
-#[derive(Clone, Debug)]
+/// `[smtp]`: the relay, shared by the TjänsteID connector and the notifier of kind `smtp`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SmtpSettings {
     pub host: String,
+    #[serde(default = "submission_port")]
     pub port: u16,
-    /// Plain SMTP without STARTTLS; only for tests on loopback.
-    pub allow_plain: bool,
-    pub username: String,
-    pub password: Secret,
-    /// PEM CA bundle to trust instead of the system's.
-    pub ca_pem: Option<Vec<u8>>,
-    pub hello_name: String,
+    /// Sender of reports and notices, e.g. `eTjänstekort-gateway <noreply@example.se>`.
     pub from: String,
+    /// Log in as this user; none: no authentication.
+    #[serde(default)]
+    pub login: Option<SmtpLogin>,
+    /// PEM bundle of CAs for the server's certificate; none: the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Plain SMTP without STARTTLS; only for tests on loopback.
+    #[serde(default)]
+    pub allow_plain: bool,
+    #[serde(default = "localhost")]
+    pub hello_name: String,
+    /// Bounds a whole send.
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// SMTP AUTH credentials: both or neither.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpLogin {
+    pub username: String,
+    #[serde(deserialize_with = "crate::secret::required")]
+    pub password: SecretString,
+}
+
+/// `[tjansteid] kind = "smtp"`: where reports go (the transport is `[smtp]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeskSettings {
+    /// TjänsteID-service's service-desk address.
+    pub service_desk: String,
+    /// An extra line in every report on how the desk answers.
+    #[serde(default)]
+    pub reply_instructions: String,
+}
+
+fn submission_port() -> u16 {
+    587
+}
+
+fn localhost() -> String {
+    "localhost".into()
+}
+
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One SMTP relay, shared by the TjänsteID connector and the notifier.
@@ -62,6 +106,7 @@ fn classify(what: &str, e: lettre::transport::smtp::Error) -> ConnectorError {
 }
 
 impl Smtp {
+    /// Checks the settings and reads the CA bundle; connects only when used.
     pub fn new(s: &SmtpSettings) -> Result<Self, String> {
         if s.host.trim().is_empty() {
             return Err("smtp.host is required".into());
@@ -74,11 +119,11 @@ impl Smtp {
             Tls::None
         } else {
             let mut b = TlsParameters::builder(s.host.clone());
-            if let Some(pem) = &s.ca_pem {
+            if let Some(pem) = super::read_optional(s.ca_file.as_deref(), "smtp.ca_file")? {
                 b = b
                     .certificate_store(CertificateStore::None)
                     .add_root_certificate(
-                        Certificate::from_pem(pem).map_err(|e| format!("smtp.ca_file: {e}"))?,
+                        Certificate::from_pem(&pem).map_err(|e| format!("smtp.ca_file: {e}"))?,
                     );
             }
             Tls::Required(b.build_rustls().map_err(|e| format!("smtp TLS: {e}"))?)
@@ -88,10 +133,10 @@ impl Smtp {
             .tls(tls)
             .timeout(Some(s.timeout))
             .hello_name(ClientId::Domain(s.hello_name.clone()));
-        if !s.username.is_empty() {
+        if let Some(login) = &s.login {
             builder = builder.credentials(Credentials::new(
-                s.username.clone(),
-                s.password.expose().to_owned(),
+                login.username.clone(),
+                login.password.expose_secret().to_owned(),
             ));
         }
         let id_domain = from.email.domain().to_owned();
@@ -167,7 +212,7 @@ impl SmtpTjansteId {
     ) -> Result<Self, String> {
         service_desk
             .parse::<Mailbox>()
-            .map_err(|e| format!("smtp.service_desk is not an address ({e})"))?;
+            .map_err(|e| format!("tjansteid.service_desk is not an address ({e})"))?;
         Ok(Self {
             smtp,
             service_desk,

@@ -13,6 +13,7 @@
 //! - `queries.rs` — read-only look-ups;
 //! - `audit.rs` — the audit trail's hash chain;
 //! - `sql.rs` — connection set-up, backend differences, row reads with locks;
+//! - `settings.rs` — the database settings and the saga timers' durations;
 //! - `entities.rs` — the sea-orm entities (crate-private).
 
 mod audit;
@@ -23,6 +24,7 @@ mod entities;
 mod outbox;
 mod queries;
 mod sea;
+mod settings;
 mod sql;
 
 use std::time::Duration;
@@ -37,6 +39,7 @@ use crate::domain::{
 
 pub use audit::verify_chain;
 pub use sea::SeaStore;
+pub use settings::{DatabaseSettings, Timing};
 
 /// Who caused a change, when, and under which trace: recorded on every audit event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,27 +97,6 @@ pub struct ListQuery {
     /// Keyset pagination: only cases with a greater id (ids are time-ordered).
     pub after: Option<CaseId>,
     pub limit: u32,
-}
-
-/// How the symbolic delays of `domain::saga::Delay` map to time.
-#[derive(Clone, Copy, Debug)]
-pub struct Timing {
-    pub poll_interval: Duration,
-    pub remind_after: Duration,
-    pub escalate_after: Duration,
-    /// False when the TjänsteID connector cannot poll: no `PollOutcome` effects are stored.
-    pub poll_outcome: bool,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            poll_interval: Duration::from_secs(1),
-            remind_after: Duration::from_secs(3 * 86_400),
-            escalate_after: Duration::from_secs(10 * 86_400),
-            poll_outcome: true,
-        }
-    }
 }
 
 /// One claimed effect.

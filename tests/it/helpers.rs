@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use etjanstekort_gateway::api::pb;
-use etjanstekort_gateway::config::{Config, Secret};
+use etjanstekort_gateway::config::Layers;
 use etjanstekort_gateway::connectors::Connectors;
 use etjanstekort_gateway::connectors::simulated::{
     Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
@@ -146,24 +146,28 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         .db
         .clone()
         .unwrap_or_else(|| TestDb::sqlite(dir.path()).url);
-    let mut cfg = Config::load_from(None, []).expect("defaults");
-    cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
-    cfg.tls.cert = paths.server_cert.clone();
-    cfg.tls.key = paths.server_key.clone();
-    cfg.tls.client_ca = paths.ca.clone();
-    cfg.auth.principals_file = paths.principals.clone();
-    cfg.database.url = Secret::new(db_url);
-    cfg.privacy.master_key = Secret::new(test_vault_key());
-    cfg.engine.idle_poll_ms = 50;
-    cfg.server.health_probe_seconds = 0.1;
-    cfg.engine.poll_interval_seconds = 0.05;
-    cfg.engine.backoff_base_ms = 20;
-    cfg.engine.backoff_max_seconds = 1;
-    cfg.engine.max_attempts = opts.max_attempts;
+    let mut cfg = Layers::defaults()
+        .set("server.listen", "127.0.0.1:0")
+        .set("tls.cert", &paths.server_cert)
+        .set("tls.key", &paths.server_key)
+        .set("tls.client_ca", &paths.ca)
+        .set("auth.principals_file", &paths.principals)
+        .set("database.url", db_url)
+        .set("privacy.master_key", test_vault_key())
+        .config()
+        .expect("test configuration");
+    let ms = std::time::Duration::from_millis;
+    let secs = std::time::Duration::from_secs_f64;
+    cfg.engine.idle_poll = ms(50);
+    cfg.server.health_probe = ms(100);
+    cfg.engine.timers.poll_interval = ms(50);
+    cfg.engine.retry.backoff_base = ms(20);
+    cfg.engine.retry.backoff_max = ms(1000);
+    cfg.engine.retry.max_attempts = opts.max_attempts;
     cfg.engine.workers = if opts.engine { 4 } else { 0 };
-    cfg.engine.remind_after_seconds = opts.remind_after;
-    cfg.engine.escalate_after_seconds = opts.escalate_after;
-    cfg.engine.reconcile_interval_seconds = opts.reconcile_interval;
+    cfg.engine.timers.remind_after = secs(opts.remind_after);
+    cfg.engine.timers.escalate_after = secs(opts.escalate_after);
+    cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

@@ -115,12 +115,12 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
     let dir = tempfile::tempdir().expect("dir");
     let journal_path = dir.path().join("journal.log");
     let env = vec![
-        ("ETK_SIMULATED__CONFIRM_AFTER_SECONDS", "0.3".to_owned()),
-        ("ETK_SIMULATED__LATENCY_MS", "30".to_owned()),
+        ("ETK_TJANSTEID__CONFIRM_AFTER", "300ms".to_owned()),
+        ("ETK_SIMULATED__LATENCY", "30ms".to_owned()),
         ("ETK_SIMULATED__JOURNAL", journal_path.display().to_string()),
-        ("ETK_ENGINE__LEASE_SECONDS", "1".to_owned()),
-        ("ETK_ENGINE__IDLE_POLL_MS", "50".to_owned()),
-        ("ETK_ENGINE__POLL_INTERVAL_SECONDS", "0.1".to_owned()),
+        ("ETK_ENGINE__LEASE", "1s".to_owned()),
+        ("ETK_ENGINE__IDLE_POLL", "50ms".to_owned()),
+        ("ETK_ENGINE__TIMERS__POLL_INTERVAL", "100ms".to_owned()),
         ("ETK_ENGINE__BATCH_SIZE", "8".to_owned()),
     ];
     let server = Server::start(dir.path(), &env);

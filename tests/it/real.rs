@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etjanstekort_gateway::api::pb;
-use etjanstekort_gateway::config::Secret;
-use etjanstekort_gateway::connectors::ldap::{LdapKiv, LdapSettings, Removal};
+use etjanstekort_gateway::connectors::ldap::{LdapBind, LdapKiv, LdapSettings, Removal};
 use etjanstekort_gateway::connectors::simulated::{
     Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
 };
 use etjanstekort_gateway::connectors::smtp::{Smtp, SmtpNotifier, SmtpSettings, SmtpTjansteId};
 use etjanstekort_gateway::connectors::{
     ConnectorError, Connectors, CutCardReport, Kiv, Notice, Notifier, Recipient, TjansteId,
-    tls_client_config,
 };
 use etjanstekort_gateway::domain::{
     CardNumber, Email, Employment, HsaId, PersonName, Personnummer,
@@ -110,16 +108,18 @@ fn ldap_kiv(slapd: &Slapd, removal: Removal) -> LdapKiv {
 fn ldap_settings(slapd: &Slapd, removal: Removal) -> LdapSettings {
     LdapSettings {
         url: slapd.url(),
-        bind_dn: LDAP_ADMIN.into(),
-        bind_password: Secret::new(LDAP_PASSWORD),
+        bind: Some(LdapBind {
+            dn: LDAP_ADMIN.into(),
+            password: LDAP_PASSWORD.into(),
+        }),
         base_dn: "ou=Personal,o=VGR".into(),
-        object_class: "vgrAnstallning".into(),
+        object_class: Some("vgrAnstallning".into()),
         person_attribute: "hsaPersonIdentityNumber".into(),
         unit_attribute: "vgrOrgRel".into(),
         end_date_attribute: "hsaEndDate".into(),
         removal,
         allow_plain: false,
-        tls: Arc::new(tls_client_config(Some(slapd.ca_pem.as_bytes())).expect("tls")),
+        ca_file: Some(slapd.dir.path().join("ca.pem")),
         timeout: Duration::from_secs(5),
     }
 }
@@ -129,13 +129,14 @@ fn smtp(server: &SmtpServer) -> Smtp {
 }
 
 fn smtp_settings(server: &SmtpServer) -> SmtpSettings {
+    let ca_file = server.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &server.ca_pem).expect("write the CA bundle");
     SmtpSettings {
         host: "127.0.0.1".into(),
         port: server.port,
         allow_plain: false,
-        username: String::new(),
-        password: Secret::default(),
-        ca_pem: Some(server.ca_pem.as_bytes().to_vec()),
+        login: None,
+        ca_file: Some(ca_file),
         hello_name: "gateway.test".into(),
         from: "eTjänstekort-gateway <noreply@gateway.test>".into(),
         timeout: Duration::from_secs(5),
@@ -347,18 +348,12 @@ async fn a_wrong_password_is_terminal_and_a_dead_server_retryable() {
     let mut slapd = Slapd::start();
     let mut s = ldap_kiv(&slapd, Removal::Delete);
     let bad = LdapKiv::new(LdapSettings {
-        url: slapd.url(),
-        bind_dn: LDAP_ADMIN.into(),
-        bind_password: Secret::new("wrong"),
-        base_dn: "ou=Personal,o=VGR".into(),
-        object_class: String::new(),
-        person_attribute: "hsaPersonIdentityNumber".into(),
-        unit_attribute: "vgrOrgRel".into(),
-        end_date_attribute: "hsaEndDate".into(),
-        removal: Removal::Delete,
-        allow_plain: false,
-        tls: Arc::new(tls_client_config(Some(slapd.ca_pem.as_bytes())).expect("tls")),
-        timeout: Duration::from_secs(5),
+        bind: Some(LdapBind {
+            dn: LDAP_ADMIN.into(),
+            password: "wrong".into(),
+        }),
+        object_class: None,
+        ..ldap_settings(&slapd, Removal::Delete)
     })
     .expect("settings");
     let e = bad
@@ -424,9 +419,8 @@ async fn plain_smtp_is_refused_by_a_starttls_server_unless_allowed() {
         host: "127.0.0.1".into(),
         port: server.port,
         allow_plain: true,
-        username: String::new(),
-        password: Secret::default(),
-        ca_pem: None,
+        login: None,
+        ca_file: None,
         hello_name: "gateway.test".into(),
         from: "noreply@gateway.test".into(),
         timeout: Duration::from_secs(5),
@@ -705,7 +699,10 @@ async fn a_wrong_bind_password_keeps_readiness_false() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let (slapd, mail) = (Slapd::start(), SmtpServer::start());
     let mut bad = ldap_settings(&slapd, Removal::Delete);
-    bad.bind_password = Secret::new("not-the-password");
+    bad.bind = Some(LdapBind {
+        dn: LDAP_ADMIN.into(),
+        password: "not-the-password".into(),
+    });
     let app = real_app_with(LdapKiv::new(bad).expect("settings"), &mail, 12).await;
     let mut health =
         tonic_health::pb::health_client::HealthClient::new(app.channel("operator").await);

@@ -1,0 +1,40 @@
+//! Settings of the gRPC server itself: where it listens, its limits, its TLS identity and how
+//! often readiness is probed. `startup` builds the server from them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Port 0 picks a free port (the bound address is logged).
+    pub listen: SocketAddr,
+    /// Requests in flight per connection before the server pushes back.
+    pub concurrency_per_connection: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time to drain in-flight requests on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How often readiness re-checks the database and the connectors' servers.
+    #[serde(with = "humantime_serde")]
+    pub health_probe: Duration,
+    /// Refuse to start when a connector's server cannot be reached (otherwise start
+    /// NOT_SERVING until it can).
+    pub require_reachable_at_start: bool,
+}
+
+/// The server's certificate and the CAs whose client certificates it accepts (mutual TLS).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM bundle of accepted client CAs.
+    pub client_ca: PathBuf,
+}

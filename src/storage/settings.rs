@@ -1,0 +1,54 @@
+//! The store's settings: the database to open, and how the saga's symbolic delays
+//! (`domain::saga::Delay`) map to time when the store schedules timers.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH?mode=rwc` or `postgres://user@host/db`; may carry a password.
+    #[serde(deserialize_with = "crate::secret::required")]
+    pub url: SecretString,
+    /// PostgreSQL pool size; SQLite always uses one connection.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it fails with UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+/// How the symbolic delays of `domain::saga::Delay` map to time (`[engine.timers]`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// How often a polling TjänsteID connector is asked for the outcome.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Remind TjänsteID-service after this long without an outcome (and again after as long).
+    #[serde(with = "humantime_serde")]
+    pub remind_after: Duration,
+    /// Give up waiting for an outcome after this long: the case needs attention.
+    #[serde(with = "humantime_serde")]
+    pub escalate_after: Duration,
+    /// False when the TjänsteID connector cannot poll: no `PollOutcome` effects are stored.
+    /// Not a setting: start-up sets it from the chosen connector.
+    #[serde(skip, default = "polls")]
+    pub poll_outcome: bool,
+}
+
+fn polls() -> bool {
+    true
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            remind_after: Duration::from_secs(3 * 86_400),
+            escalate_after: Duration::from_secs(10 * 86_400),
+            poll_outcome: true,
+        }
+    }
+}

@@ -64,7 +64,9 @@ impl RequestId {
         {
             return Err(TextError::RequestIdFormat);
         }
-        no_identity_number(s)?;
+        if identity_scan::contains_in_id(s) {
+            return Err(TextError::ContainsIdentityNumber);
+        }
         Ok(Self(s.to_owned()))
     }
 

@@ -2,6 +2,7 @@
 //! connectors, `App::build` wires configuration into a bound server (port 0 works; the bound
 //! address is exposed), `App::run` serves until the shutdown future resolves, then drains.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -310,8 +311,17 @@ impl App {
     }
 }
 
+fn serving(ok: bool) -> ServingStatus {
+    if ok {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
 /// Health follows the database and the connectors' servers: NOT_SERVING while any cannot be
-/// reached (cases still wait safely; this is readiness, for load balancers and operators).
+/// reached (cases still wait safely; this is readiness, for load balancers and operators). Each
+/// part also has its own entry: `etjanstekort.database`, `etjanstekort.connector.<name>`.
 async fn probe_health(
     store: Arc<dyn CaseStore>,
     connectors: Connectors,
@@ -326,16 +336,31 @@ async fn probe_health(
         "etjanstekort.v1.OperationsService",
     ];
     let mut last = None;
+    let mut last_parts: HashMap<String, ServingStatus> = HashMap::new();
     loop {
-        let problem = match store.ping().await {
-            Err(e) => Some(format!("database: {e}")),
-            Ok(()) => connectors.probe().await.err(),
-        };
-        let status = if problem.is_some() {
-            ServingStatus::NotServing
-        } else {
-            ServingStatus::Serving
-        };
+        // Each part has its own entry, so operators (and tests) see which one is down and that
+        // the prober is alive; the overall status needs all of them.
+        let mut parts = vec![(
+            "etjanstekort.database".to_owned(),
+            store.ping().await.map_err(|e| e.to_string()),
+        )];
+        for (name, result) in connectors.probe_each().await {
+            parts.push((
+                format!("etjanstekort.connector.{name}"),
+                result.map_err(|e| e.to_string()),
+            ));
+        }
+        let problem = parts
+            .iter()
+            .find_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")));
+        for (name, result) in &parts {
+            let status = serving(result.is_ok());
+            if last_parts.get(name) != Some(&status) {
+                health.set_service_status(name, status).await;
+                last_parts.insert(name.clone(), status);
+            }
+        }
+        let status = serving(problem.is_none());
         if last != Some(status) {
             match &problem {
                 Some(p) => tracing::warn!(problem = %p, "not ready: health is NOT_SERVING"),

@@ -256,16 +256,21 @@ pub struct Connectors {
 impl Connectors {
     /// Probes every connector; the first failure, named.
     pub async fn probe(&self) -> Result<(), String> {
-        self.tjansteid
-            .probe()
-            .await
-            .map_err(|e| format!("TjänsteID-service: {e}"))?;
-        self.kiv.probe().await.map_err(|e| format!("KIV: {e}"))?;
-        self.notifier
-            .probe()
-            .await
-            .map_err(|e| format!("notifier: {e}"))?;
+        for (name, result) in self.probe_each().await {
+            result.map_err(|e| format!("{name}: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// Probes every connector: each one's name (as in its gRPC health entry,
+    /// `etjanstekort.connector.<name>`) and result.
+    pub async fn probe_each(&self) -> [(&'static str, Result<(), ConnectorError>); 3] {
+        let (t, k, n) = tokio::join!(
+            self.tjansteid.probe(),
+            self.kiv.probe(),
+            self.notifier.probe()
+        );
+        [("tjansteid", t), ("kiv", k), ("notifier", n)]
     }
 }
 

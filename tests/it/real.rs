@@ -706,22 +706,28 @@ async fn a_wrong_bind_password_keeps_readiness_false() {
     let app = real_app_with(LdapKiv::new(bad).expect("settings"), &mail, 12).await;
     let mut health =
         tonic_health::pb::health_client::HealthClient::new(app.channel("operator").await);
-    // Give the prober several rounds: it must never report SERVING.
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let status = health
+    let mut status = async |service: &str| {
+        health
             .check(HealthCheckRequest {
-                service: String::new(),
+                service: service.to_owned(),
             })
             .await
             .map(|r| r.into_inner().status)
-            .unwrap_or(-1);
-        assert_ne!(
-            status,
-            ServingStatus::Serving as i32,
-            "ready with a wrong LDAP password"
-        );
-    }
+            .unwrap_or(-1)
+    };
+    // The prober is alive and has judged every part: the mail server is reachable, the
+    // directory is not (its entry exists only once the prober has set it).
+    eventually("the prober judged KIV and the mail server", async || {
+        status("etjanstekort.connector.kiv").await == ServingStatus::NotServing as i32
+            && status("etjanstekort.connector.notifier").await == ServingStatus::Serving as i32
+            && status("etjanstekort.database").await == ServingStatus::Serving as i32
+    })
+    .await;
+    assert_eq!(
+        status("").await,
+        ServingStatus::NotServing as i32,
+        "ready with a wrong LDAP password"
+    );
 }
 
 #[cfg_attr(

@@ -10,7 +10,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::domain::saga::{Event, TransitionError};
 use crate::domain::{
     CaseEvent, CaseId, Deregistration, FreeText, HsaId, InstantError, KivRemovalRoute,
-    NewDeregistration, RequestId, RevocationReference, State, Timestamp, timestamp,
+    NewDeregistration, RequestId, RevocationReference, State, Timestamp, TraceId, timestamp,
 };
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
@@ -76,6 +76,12 @@ impl Gateway {
     }
 
     fn meta(&self, principal: &Principal, trace_id: String, detail: String) -> EventMeta {
+        // The caller picks its trace id; one that is malformed or hides an identity number is
+        // not written into the append-only trail.
+        let trace_id = TraceId::parse(&trace_id).map_or_else(
+            || uuid::Uuid::new_v4().simple().to_string(),
+            TraceId::into_string,
+        );
         EventMeta {
             actor: principal.hsa_id.to_string(),
             trace_id,

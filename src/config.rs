@@ -68,8 +68,14 @@ impl Config {
 }
 
 /// The layered sources, before they are read into a `Config`.
-#[derive(Debug)]
 pub struct Layers(Figment);
+
+impl std::fmt::Debug for Layers {
+    // Figment's own Debug prints every value, secrets included.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Layers(..)")
+    }
+}
 
 impl Layers {
     /// Embedded defaults, then `file`, then `ETK_<SECTION>__<KEY>` variables of this process.
@@ -343,6 +349,17 @@ mod tests {
             assert!(e.contains("api: default_page_size"), "{e}");
             assert!(e.contains("simulated: failure_rate"), "{e}");
             assert!(e.contains("engine: retry.max_attempts"), "{e}");
+            jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "3");
+            jail.set_env("ETK_ENGINE__RETRY__BACKOFF_BASE", "10m");
+            jail.set_env("ETK_ENGINE__TIMERS__POLL_INTERVAL", "0s");
+            jail.set_env("ETK_ENGINE__TIMERS__ESCALATE_AFTER", "1d");
+            let e = error(Config::load(None));
+            assert!(e.contains("retry.backoff_base"), "{e}");
+            assert!(e.contains("timers.poll_interval"), "{e}");
+            assert!(e.contains("timers.escalate_after"), "{e}");
+            jail.set_env("ETK_ENGINE__RETRY__BACKOFF_BASE", "500ms");
+            jail.set_env("ETK_ENGINE__TIMERS__POLL_INTERVAL", "1s");
+            jail.set_env("ETK_ENGINE__TIMERS__ESCALATE_AFTER", "10d");
             jail.set_env("ETK_API__DEFAULT_PAGE_SIZE", "20");
             jail.set_env("ETK_SIMULATED__FAILURE_RATE", "0.5");
             jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "1");
@@ -381,7 +398,7 @@ mod tests {
             jail.set_env("ETK_KIV__BIND__DN", "cn=x");
             jail.set_env("ETK_KIV__BIND__PASSWORD", "s3cret-pw");
             let c = Config::load(None).expect("loads");
-            let printed = format!("{c:?}");
+            let printed = format!("{c:?} {:?}", Layers::new(None));
             assert!(!printed.contains("s3cret-pw"), "{printed}");
             assert!(!printed.contains("hunter2"), "{printed}");
             assert!(!printed.contains("a2V5"), "{printed}");

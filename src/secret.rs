@@ -33,7 +33,7 @@ impl<'de> Deserialize<'de> for Text {
 
 struct TextVisitor;
 
-const NOT_TEXT: &str = "a secret must be a string (quote a value that looks like a number, e.g. ETK_SMTP__PASSWORD='\"0123\"')";
+const NOT_TEXT: &str = "a secret must be a string (quote a value that looks like a number, e.g. ETK_SMTP__LOGIN__PASSWORD='\"0123\"')";
 
 impl<'de> Visitor<'de> for TextVisitor {
     type Value = Text;

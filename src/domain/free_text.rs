@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use unicode_normalization::UnicodeNormalization;
+
 use super::identity_scan;
 
 /// Why a free-text input is refused. Never carries the input.
@@ -21,6 +23,10 @@ pub enum TextError {
     #[error("must not contain control characters other than line breaks")]
     ControlCharacter,
     #[error(
+        "must not contain invisible or text-direction characters (bidi controls, zero-width characters, BOM, line or paragraph separators)"
+    )]
+    InvisibleCharacter,
+    #[error(
         "must not contain a personal identity number, however its digits are separated (no personal identity numbers in the audit trail)"
     )]
     ContainsIdentityNumber,
@@ -33,6 +39,7 @@ impl super::Rule for TextError {
             TextError::RequestIdFormat | TextError::ReferenceFormat => "FORMAT",
             TextError::TooLong => "TOO_LONG",
             TextError::ControlCharacter => "FORMAT",
+            TextError::InvisibleCharacter => "INVISIBLE_CHARACTER",
             TextError::ContainsIdentityNumber => "CONTAINS_IDENTITY_NUMBER",
         }
     }
@@ -68,6 +75,32 @@ impl RequestId {
             return Err(TextError::ContainsIdentityNumber);
         }
         Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A W3C trace id as kept on audit events: 32 lowercase hex digits, not all zero. The caller
+/// chooses it (`traceparent`), and it is stored in the append-only trail, so it must hold no
+/// identity number either (`00000000000000000000191212121212`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TraceId(String);
+
+impl TraceId {
+    /// `None` when `input` is not a usable trace id; the caller then starts a fresh trace.
+    pub fn parse(input: &str) -> Option<Self> {
+        let id = input.to_ascii_lowercase();
+        let ok = id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+            && id.bytes().any(|b| b != b'0')
+            && !identity_scan::contains(&id);
+        ok.then_some(Self(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -122,15 +155,19 @@ impl FreeText {
     pub const MAX_CHARS: usize = 500;
 
     pub fn parse(input: &str) -> Result<Self, TextError> {
-        let s = input.trim();
+        let s: String = input.trim().nfc().collect();
         if s.chars().count() > Self::MAX_CHARS {
             return Err(TextError::TooLong);
         }
         if s.chars().any(|c| c.is_control() && c != '\n') {
             return Err(TextError::ControlCharacter);
         }
-        no_identity_number(s)?;
-        Ok(Self(s.to_owned()))
+        // What is shown must be what is checked: no reordering or invisible characters.
+        if s.chars().any(identity_scan::invisible) {
+            return Err(TextError::InvisibleCharacter);
+        }
+        no_identity_number(&s)?;
+        Ok(Self(s))
     }
 
     pub fn parse_required(input: &str) -> Result<Self, TextError> {
@@ -171,6 +208,50 @@ mod tests {
         assert_eq!(
             RequestId::parse("19121212-1212"),
             Err(TextError::ContainsIdentityNumber)
+        );
+    }
+
+    #[test]
+    fn trace_ids() {
+        let ok = "4BF92F3577B34DA6A3CE929D0E0E4736";
+        assert_eq!(
+            TraceId::parse(ok).map(TraceId::into_string),
+            Some(ok.to_ascii_lowercase())
+        );
+        for bad in [
+            "",
+            "00000000000000000000000000000000",
+            "4bf92f3577b34da6a3ce929d0e0e473",
+            "4bf92f3577b34da6a3ce929d0e0e473g",
+            "00000000000000000000191212121212",
+            "000000000000000000001212121212ff",
+        ] {
+            assert_eq!(TraceId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn free_text_shows_what_it_holds() {
+        assert_eq!(
+            FreeText::parse("\u{202E}2121-21212191"),
+            Err(TextError::InvisibleCharacter)
+        );
+        assert_eq!(
+            FreeText::parse("a\u{200B}b"),
+            Err(TextError::InvisibleCharacter)
+        );
+        assert_eq!(
+            FreeText::parse("１９１２１２１２ｘ１２１２"),
+            Err(TextError::ContainsIdentityNumber)
+        );
+        assert_eq!(
+            FreeText::parse("19121212\u{0445}1212"),
+            Err(TextError::ContainsIdentityNumber)
+        );
+        // Stored in NFC: "é" as e + combining acute becomes one character.
+        assert_eq!(
+            FreeText::parse("Caf\u{0065}\u{0301}").map(FreeText::into_string),
+            Ok("Caf\u{00E9}".to_owned())
         );
     }
 
@@ -284,6 +365,18 @@ mod every_field {
                     Ok(()) => prop_assert!(false, "{}: {:?} accepted", field, text),
                 }
             }
+        }
+
+        #[test]
+        fn a_trace_id_hiding_a_number_is_not_kept(
+            (text, _) in embedded(), fill in "[0-9a-f]{32}", at in 0usize..22,
+        ) {
+            // The number's digits, as they would sit in a hex trace id.
+            let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+            let id = format!("{}{}", &fill[..at.min(32 - digits.len())], digits);
+            let id = format!("{id}{}", &fill[id.len()..]);
+            prop_assert_eq!(id.len(), 32);
+            prop_assert!(TraceId::parse(&id).is_none(), "{}", id);
         }
 
         #[test]

@@ -27,6 +27,8 @@
 
 use std::ops::Range;
 
+use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
+
 use time::{Date, Month};
 
 /// Whether `text` holds a personnummer or samordningsnummer, however its groups are separated.
@@ -36,7 +38,12 @@ pub fn contains(text: &str) -> bool {
         found = true;
         false
     });
+    // Compatibility forms (full-width `ｘ`, `ⅹ`, superscript digits) are read as what they stand for.
     found
+        || (!is_nfkc_quick(text.chars()).eq(&IsNormalized::Yes) && {
+            let folded: String = text.nfkc().collect();
+            folded != text && contains(&folded)
+        })
 }
 
 /// The byte ranges of every identity number in `text` (overlapping finds merged), from the
@@ -149,10 +156,33 @@ fn scan(text: &str, mut hit: impl FnMut(Range<usize>) -> bool) {
     flush(&mut run, &mut go_on);
 }
 
-/// Joins digit groups: anything that is neither a letter nor a digit, and the letter `x`
-/// (`19121212x1212`).
+/// Characters that render as nothing or reorder the text around them: text carrying them can
+/// *show* a number the scan does not read (`\u{202E}2121-21212191` displays as `19121212-1212`).
+pub fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'                      // soft hyphen
+        | '\u{034F}'                    // combining grapheme joiner
+        | '\u{061C}'                    // Arabic letter mark
+        | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
+        | '\u{180E}'                    // Mongolian vowel separator
+        | '\u{200B}'..='\u{200F}'       // zero-width space/joiners, LRM, RLM
+        | '\u{2028}' | '\u{2029}'       // line and paragraph separators
+        | '\u{202A}'..='\u{202E}'       // bidi embeddings and overrides
+        | '\u{2060}'..='\u{206F}'       // word joiner, invisible operators, isolates
+        | '\u{FE00}'..='\u{FE0F}'       // variation selectors
+        | '\u{FEFF}'                    // BOM / zero-width no-break space
+        | '\u{FFF9}'..='\u{FFFB}'       // interlinear annotation
+        | '\u{E0000}'..='\u{E007F}'     // tags
+        | '\u{E0100}'..='\u{E01EF}' // variation selectors supplement
+    )
+}
+
+/// Joins digit groups: anything that is neither a letter nor a digit, and the letter `x` and its
+/// look-alikes (`19121212x1212`).
 fn is_separator(c: char) -> bool {
-    !c.is_alphanumeric() || c == 'x' || c == 'X'
+    // Cyrillic х/Х look like x; compatibility forms of x are folded by `contains`.
+    !c.is_alphanumeric() || matches!(c, 'x' | 'X' | '\u{0445}' | '\u{0425}')
 }
 
 /// Decimal digits of the scripts a number is plausibly typed in: ASCII, full-width, and the
@@ -275,10 +305,10 @@ mod tests {
             as_text += usize::from(contains(&id));
             as_id += usize::from(contains_in_id(&id));
         }
-        // As free text about one in a thousand trips the rule (see the module doc); read as a
-        // UUID, about one in 15,000.
+        // As free text about one in a thousand trips the rule (23 with this seed; see the module
+        // doc); read as a UUID, about one in 15,000 (1 with this seed).
         assert!(as_text < 40, "{as_text} of 20000 UUIDs refused as text");
-        assert!(as_id <= 4, "{as_id} of 20000 UUIDs refused as ids");
+        assert!(as_id <= 2, "{as_id} of 20000 UUIDs refused as ids");
     }
 
     prop_compose! {

@@ -62,7 +62,7 @@ impl PersonName {
         if s.chars().count() > Self::MAX_CHARS || s.chars().any(char::is_control) {
             return Err(PersonNameError::Format);
         }
-        if s.chars().any(invisible) {
+        if s.chars().any(identity_scan::invisible) {
             return Err(PersonNameError::InvisibleCharacter);
         }
         let mut run = 0;
@@ -87,27 +87,6 @@ impl PersonName {
     pub fn from_stored(s: String) -> Self {
         Self(s)
     }
-}
-
-/// Characters that render as nothing or reorder the text around them.
-fn invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'                      // soft hyphen
-        | '\u{034F}'                    // combining grapheme joiner
-        | '\u{061C}'                    // Arabic letter mark
-        | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
-        | '\u{180E}'                    // Mongolian vowel separator
-        | '\u{200B}'..='\u{200F}'       // zero-width space/joiners, LRM, RLM
-        | '\u{2028}' | '\u{2029}'       // line and paragraph separators
-        | '\u{202A}'..='\u{202E}'       // bidi embeddings and overrides
-        | '\u{2060}'..='\u{206F}'       // word joiner, invisible operators, isolates
-        | '\u{FE00}'..='\u{FE0F}'       // variation selectors
-        | '\u{FEFF}'                    // BOM / zero-width no-break space
-        | '\u{FFF9}'..='\u{FFFB}'       // interlinear annotation
-        | '\u{E0000}'..='\u{E007F}'     // tags
-        | '\u{E0100}'..='\u{E01EF}' // variation selectors supplement
-    )
 }
 
 impl fmt::Debug for PersonName {

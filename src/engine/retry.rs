@@ -35,6 +35,9 @@ impl RetryPolicy {
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
         }
+        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
+            return Err("backoff_base must be more than 0s and at most backoff_max".into());
+        }
         Ok(())
     }
 

@@ -62,6 +62,14 @@ impl EngineSettings {
             problems.push(format!("retry.{e}"));
         }
         let t = &self.timers;
+        // Zero would poll in a hot loop; reminders after the escalation would never be sent.
+        if t.poll_interval.is_zero() {
+            problems.push("timers.poll_interval must be more than 0s".to_owned());
+        }
+        if t.escalate_after <= t.remind_after {
+            problems
+                .push("timers.escalate_after must be longer than timers.remind_after".to_owned());
+        }
         for (name, d) in [
             ("reconcile_interval", self.reconcile_interval),
             ("retry.backoff_max", self.retry.backoff_max),

@@ -142,14 +142,24 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
     for t in tasks {
         ids.insert(t.await.expect("join").expect("created before the crash"));
     }
-    // Let the engine get some way, then pull the plug mid-flight.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Let the engine get some way — the first case completed — then pull the plug mid-flight.
     let mut client = DeregistrationServiceClient::new(channel);
-    let before = states(&mut client).await;
-    let completed_before = before
-        .values()
-        .filter(|s| **s == pb::State::Completed as i32)
-        .count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let completed_before = loop {
+        let done = states(&mut client)
+            .await
+            .values()
+            .filter(|s| **s == pb::State::Completed as i32)
+            .count();
+        if done > 0 {
+            break done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no case completed before the crash"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     server.kill9();
     assert!(
         completed_before < CASES,

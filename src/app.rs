@@ -7,12 +7,12 @@ use std::sync::Arc;
 use crate::auth::Principal;
 use crate::bus::EventBus;
 use crate::clock::{Clock, SystemClock};
-use crate::metrics::Metrics;
 use crate::domain::saga::{Event, TransitionError};
 use crate::domain::{
     CaseEvent, CaseId, Deregistration, FreeText, HsaId, InstantError, KivRemovalRoute,
     NewDeregistration, RequestId, RevocationReference, State, Timestamp, timestamp,
 };
+use crate::metrics::Metrics;
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
 

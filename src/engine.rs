@@ -287,7 +287,8 @@ impl Engine {
                         }
                     }
                     Err(e) => {
-                        self.metrics.connector_error(CONNECTOR_KIV, e.is_retryable());
+                        self.metrics
+                            .connector_error(CONNECTOR_KIV, e.is_retryable());
                         tracing::info!(case_id = %case.id, error = %e, "KIV look-up failed during reconciliation")
                     }
                 }

@@ -260,7 +260,8 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail; an encoding error would be a bug in a family.
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
         {
             tracing::error!(error = %e, "encoding the metrics failed");
         }
@@ -350,7 +351,8 @@ impl Metrics {
                 })
                 .set(clamp(*n));
         }
-        self.cases_needing_attention.set(clamp(stats.needs_attention));
+        self.cases_needing_attention
+            .set(clamp(stats.needs_attention));
         self.outbox_lag.set(stats.oldest_due_age.as_secs_f64());
     }
 
@@ -448,7 +450,10 @@ mod tests {
     /// The sample lines (`name{labels} value`) of the rendered text, checked for shape.
     fn samples(text: &str) -> HashMap<String, f64> {
         let mut out = HashMap::new();
-        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let (series, value) = line.rsplit_once(' ').expect("name and value");
             let value: f64 = value.parse().expect("numeric value");
             out.insert(series.to_owned(), value);
@@ -494,13 +499,24 @@ mod tests {
                 tonic::Code::Unimplemented,
                 Duration::ZERO,
             );
-            m.rpc_finished(CREATE.0, &format!("Nope{i}"), tonic::Code::Unimplemented, Duration::ZERO);
+            m.rpc_finished(
+                CREATE.0,
+                &format!("Nope{i}"),
+                tonic::Code::Unimplemented,
+                Duration::ZERO,
+            );
         }
-        m.rpc_finished("grpc.health.v1.Health", "Check", tonic::Code::Ok, Duration::ZERO);
+        m.rpc_finished(
+            "grpc.health.v1.Health",
+            "Check",
+            tonic::Code::Ok,
+            Duration::ZERO,
+        );
         let text = m.render();
         assert!(!text.contains("evil") && !text.contains("Nope"), "{text}");
         let s = samples(&text);
-        let other = "etk_rpc_requests_total{service=\"_other\",method=\"_other\",code=\"Unimplemented\"}";
+        let other =
+            "etk_rpc_requests_total{service=\"_other\",method=\"_other\",code=\"Unimplemented\"}";
         assert_eq!(s.get(other), Some(&50.0));
         assert!(s.contains_key(
             "etk_rpc_requests_total{service=\"grpc.health.v1.Health\",method=\"Check\",code=\"OK\"}"
@@ -513,7 +529,16 @@ mod tests {
         let stats = |attention: u64| Stats {
             by_state: State::VARIANTS
                 .iter()
-                .map(|s| (*s, if *s == State::NeedsAttention { attention } else { 0 }))
+                .map(|s| {
+                    (
+                        *s,
+                        if *s == State::NeedsAttention {
+                            attention
+                        } else {
+                            0
+                        },
+                    )
+                })
                 .collect(),
             needs_attention: attention,
             oldest_due_age: Duration::from_millis(2500),
@@ -530,9 +555,24 @@ mod tests {
     #[test]
     fn steps_count_outcomes_retries_and_errors() {
         let m = Metrics::new();
-        m.step_finished(Step::Report, "tjansteid", StepOutcome::Retry, Duration::from_millis(7));
-        m.step_finished(Step::Report, "tjansteid", StepOutcome::Done, Duration::from_millis(7));
-        m.step_finished(Step::Remind(2), "tjansteid", StepOutcome::Done, Duration::ZERO);
+        m.step_finished(
+            Step::Report,
+            "tjansteid",
+            StepOutcome::Retry,
+            Duration::from_millis(7),
+        );
+        m.step_finished(
+            Step::Report,
+            "tjansteid",
+            StepOutcome::Done,
+            Duration::from_millis(7),
+        );
+        m.step_finished(
+            Step::Remind(2),
+            "tjansteid",
+            StepOutcome::Done,
+            Duration::ZERO,
+        );
         m.connector_error("tjansteid", true);
         m.connector_error("kiv", false);
         m.set_connector_up("kiv", false);
@@ -542,14 +582,32 @@ mod tests {
         m.set_pool(PoolStats { in_use: 2, idle: 3 });
         let s = samples(&m.render());
         for (series, want) in [
-            ("etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"retry\"}", 1.0),
-            ("etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"done\"}", 1.0),
+            (
+                "etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"retry\"}",
+                1.0,
+            ),
+            (
+                "etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"done\"}",
+                1.0,
+            ),
             // The reminder's number is not a label: one series for every reminder.
-            ("etk_saga_steps_total{step=\"remind\",connector=\"tjansteid\",outcome=\"done\"}", 1.0),
+            (
+                "etk_saga_steps_total{step=\"remind\",connector=\"tjansteid\",outcome=\"done\"}",
+                1.0,
+            ),
             ("etk_saga_step_retries_total{step=\"report\"}", 1.0),
-            ("etk_saga_step_duration_seconds_count{step=\"report\",connector=\"tjansteid\"}", 2.0),
-            ("etk_connector_errors_total{connector=\"tjansteid\",class=\"retryable\"}", 1.0),
-            ("etk_connector_errors_total{connector=\"kiv\",class=\"terminal\"}", 1.0),
+            (
+                "etk_saga_step_duration_seconds_count{step=\"report\",connector=\"tjansteid\"}",
+                2.0,
+            ),
+            (
+                "etk_connector_errors_total{connector=\"tjansteid\",class=\"retryable\"}",
+                1.0,
+            ),
+            (
+                "etk_connector_errors_total{connector=\"kiv\",class=\"terminal\"}",
+                1.0,
+            ),
             ("etk_connector_up{connector=\"kiv\"}", 0.0),
             ("etk_connector_up{connector=\"notifier\"}", 1.0),
             ("etk_order_violations_refused_total", 1.0),

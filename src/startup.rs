@@ -15,11 +15,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
+use crate::admin::Readiness;
 use crate::api::pb::deregistration_service_server::DeregistrationServiceServer;
 use crate::api::pb::health_care_office_service_server::HealthCareOfficeServiceServer;
 use crate::api::pb::operations_service_server::OperationsServiceServer;
 use crate::api::pb::revocation_service_server::RevocationServiceServer;
-use crate::admin::Readiness;
 use crate::api::{Api, pb};
 use crate::app::Gateway;
 use crate::auth::Authorizer;
@@ -186,8 +186,13 @@ impl App {
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(
-            Engine::new(store.clone(), bus.clone(), connectors, config.engine.clone())
-                .with_metrics(metrics.clone()),
+            Engine::new(
+                store.clone(),
+                bus.clone(),
+                connectors,
+                config.engine.clone(),
+            )
+            .with_metrics(metrics.clone()),
         );
         let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
 
@@ -329,7 +334,10 @@ impl App {
                 let stop = async move {
                     let _ = admin_rx.await;
                 };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
                     tracing::error!(error = %e, "admin listener failed");
                 }
             });
@@ -442,7 +450,9 @@ async fn probe_health(
                 continue;
             }
             match result {
-                Err(e) => tracing::warn!(part = %name, error = %e, "unreachable: health entry NOT_SERVING"),
+                Err(e) => {
+                    tracing::warn!(part = %name, error = %e, "unreachable: health entry NOT_SERVING")
+                }
                 // The first verdict of a healthy part is not news.
                 Ok(()) if last_parts.contains_key(name) => {
                     tracing::info!(part = %name, "reachable again: health entry SERVING")

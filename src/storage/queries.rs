@@ -107,7 +107,10 @@ pub(crate) async fn kiv_removed_by_other_case(
 
 /// Cases by state and the outbox's lag as of `now`. Both read indexes only: `cases_state`
 /// (state, id) and `effects_due` (status, due_at).
-pub(crate) async fn stats(conn: &impl ConnectionTrait, now: Timestamp) -> Result<Stats, StoreError> {
+pub(crate) async fn stats(
+    conn: &impl ConnectionTrait,
+    now: Timestamp,
+) -> Result<Stats, StoreError> {
     use strum::VariantArray;
     let counted: Vec<(String, i64)> = cases::Entity::find()
         .select_only()
@@ -141,9 +144,9 @@ pub(crate) async fn stats(conn: &impl ConnectionTrait, now: Timestamp) -> Result
         .one(conn)
         .await
         .map_err(StoreError::Unavailable)?;
-    let waited = oldest
-        .flatten()
-        .map_or(0, |due| u64::try_from(now.0.saturating_sub(due)).unwrap_or(0));
+    let waited = oldest.flatten().map_or(0, |due| {
+        u64::try_from(now.0.saturating_sub(due)).unwrap_or(0)
+    });
     Ok(Stats {
         needs_attention: count(State::NeedsAttention),
         by_state,
@@ -155,7 +158,9 @@ pub(crate) async fn stats(conn: &impl ConnectionTrait, now: Timestamp) -> Result
 /// for: a newer replica's later migrations (rolling upgrades) do not make this one unready.
 pub(crate) async fn schema_current(conn: &impl ConnectionTrait) -> Result<bool, StoreError> {
     use migration::MigratorTrait;
-    let Some(latest) = migration::Migrator::migrations().last().map(|m| m.name().to_owned())
+    let Some(latest) = migration::Migrator::migrations()
+        .last()
+        .map(|m| m.name().to_owned())
     else {
         return Ok(true);
     };

@@ -106,7 +106,10 @@ pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
 pub async fn scrape(app: &TestApp) -> HashMap<String, f64> {
     let (status, content_type, body) = http_get(app.admin, "/metrics").await;
     assert_eq!(status, 200, "{body}");
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     parse_prometheus(&body)
 }
 
@@ -149,27 +152,49 @@ async fn metrics_parse_and_move_with_the_saga() {
         ..Options::default()
     })
     .await;
-    let (_, _, body) = http_get(app.admin, "/metrics").await;
-    for family in [
-        "# TYPE etk_rpc_requests_total counter",
-        "# TYPE etk_saga_step_duration_seconds histogram",
-        "# TYPE etk_cases gauge",
-    ] {
-        assert!(body.contains(family), "{family} missing:\n{body}");
-    }
     let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "8100001").await;
     app.wait_for(&id, pb::State::Completed).await;
     // Counted in the database by the refresher, so it follows within its interval.
     wait_metric(&app, "etk_cases{state=\"completed\"}", |v| v == 1.0).await;
+    let (_, _, body) = http_get(app.admin, "/metrics").await;
+    for family in [
+        "# TYPE etk_saga_steps_total counter",
+        "# TYPE etk_saga_step_duration_seconds histogram",
+        "# TYPE etk_cases gauge",
+        "# TYPE etk_outbox_lag_seconds gauge",
+    ] {
+        assert!(body.contains(family), "{family} missing:\n{body}");
+    }
     let s = scrape(&app).await;
-    for state in ["accepted", "revocation_requested", "needs_attention", "cancelled"] {
-        assert_eq!(s.get(&format!("etk_cases{{state=\"{state}\"}}")), Some(&0.0), "{state}");
+    for state in [
+        "accepted",
+        "revocation_requested",
+        "needs_attention",
+        "cancelled",
+    ] {
+        assert_eq!(
+            s.get(&format!("etk_cases{{state=\"{state}\"}}")),
+            Some(&0.0),
+            "{state}"
+        );
     }
     for (series, at_least) in [
-        ("etk_saga_steps_total{step=\"snapshot\",connector=\"kiv\",outcome=\"done\"}", 1.0),
-        ("etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"done\"}", 1.0),
-        ("etk_saga_steps_total{step=\"remove_kiv\",connector=\"kiv\",outcome=\"done\"}", 1.0),
-        ("etk_saga_step_duration_seconds_count{step=\"report\",connector=\"tjansteid\"}", 1.0),
+        (
+            "etk_saga_steps_total{step=\"snapshot\",connector=\"kiv\",outcome=\"done\"}",
+            1.0,
+        ),
+        (
+            "etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"done\"}",
+            1.0,
+        ),
+        (
+            "etk_saga_steps_total{step=\"remove_kiv\",connector=\"kiv\",outcome=\"done\"}",
+            1.0,
+        ),
+        (
+            "etk_saga_step_duration_seconds_count{step=\"report\",connector=\"tjansteid\"}",
+            1.0,
+        ),
         ("etk_connector_up{connector=\"kiv\"}", 1.0),
         ("etk_connector_up{connector=\"tjansteid\"}", 1.0),
         ("etk_connector_up{connector=\"notifier\"}", 1.0),
@@ -180,10 +205,20 @@ async fn metrics_parse_and_move_with_the_saga() {
         assert!(v.is_some_and(|v| v >= at_least), "{series} = {v:?}");
     }
     assert_eq!(s.get("etk_cases_needing_attention"), Some(&0.0));
-    assert_eq!(s.get("etk_outbox_lag_seconds").map(|v| *v < 60.0), Some(true));
+    assert_eq!(
+        s.get("etk_outbox_lag_seconds").map(|v| *v < 60.0),
+        Some(true)
+    );
     // No case id and no personal data in any series.
     let text = http_get(app.admin, "/metrics").await.2;
-    for secret in [id.as_str(), "19121212", "121212-1212", "Tolvan", "tolvan@", "vera@"] {
+    for secret in [
+        id.as_str(),
+        "19121212",
+        "121212-1212",
+        "Tolvan",
+        "tolvan@",
+        "vera@",
+    ] {
         assert!(!text.contains(secret), "{secret} in /metrics");
     }
 }
@@ -220,7 +255,10 @@ async fn retries_and_retryable_errors_are_counted() {
     app.wait_for(&id, pb::State::NeedsAttention).await;
     let s = scrape(&app).await;
     // Two retries, then the third attempt gives up.
-    assert_eq!(s.get("etk_saga_step_retries_total{step=\"snapshot\"}"), Some(&2.0));
+    assert_eq!(
+        s.get("etk_saga_step_retries_total{step=\"snapshot\"}"),
+        Some(&2.0)
+    );
     assert_eq!(
         s.get("etk_connector_errors_total{connector=\"kiv\",class=\"retryable\"}"),
         Some(&3.0)
@@ -270,7 +308,11 @@ async fn readiness_follows_the_schema_and_liveness_does_not() {
     assert_eq!(rows, 1, "{latest} is this build's latest migration");
     let why = wait_status(app.admin, "/readyz", 503).await;
     assert!(why.contains("schema"), "{why}");
-    assert_eq!(http_get(app.admin, "/livez").await.0, 200, "liveness never asks the database");
+    assert_eq!(
+        http_get(app.admin, "/livez").await.0,
+        200,
+        "liveness never asks the database"
+    );
     wait_metric(&app, "etk_database_up", |v| v == 0.0).await;
     db.execute_unprepared(&format!(
         "UPDATE seaql_migrations SET version = '{latest}' WHERE version = 'x'"
@@ -339,5 +381,9 @@ async fn readiness_turns_false_first_on_shutdown() {
     app.shutdown();
     let why = wait_status(app.admin, "/readyz", 503).await;
     assert_eq!(why, "shutting down\n");
-    assert_eq!(http_get(app.admin, "/livez").await.0, 200, "alive while draining");
+    assert_eq!(
+        http_get(app.admin, "/livez").await.0,
+        200,
+        "alive while draining"
+    );
 }

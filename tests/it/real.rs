@@ -688,15 +688,15 @@ async fn a_registry_down_marks_its_entry_and_readiness_stays() {
     .await;
     // Cases wait safely for KIV: the gateway stays ready to take and store reports.
     assert_eq!(status("").await, up, "readiness followed a registry");
-    assert_eq!(
-        status("etjanstekort.v1.DeregistrationService").await,
-        up
-    );
+    assert_eq!(status("etjanstekort.v1.DeregistrationService").await, up);
     assert_eq!(crate::admin::http_get(app.admin, "/livez").await.0, 200);
     assert_eq!(crate::admin::http_get(app.admin, "/readyz").await.0, 200);
     crate::admin::wait_metric(&app, "etk_connector_up{connector=\"kiv\"}", |v| v == 0.0).await;
     let s = crate::admin::scrape(&app).await;
-    assert_eq!(s.get("etk_connector_up{connector=\"notifier\"}"), Some(&1.0));
+    assert_eq!(
+        s.get("etk_connector_up{connector=\"notifier\"}"),
+        Some(&1.0)
+    );
     assert_eq!(s.get("etk_database_up"), Some(&1.0));
     slapd.resume();
     eventually("the kiv entry comes back", async || {

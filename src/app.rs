@@ -12,6 +12,7 @@ use crate::domain::{
     CaseEvent, CaseId, Deregistration, FreeText, HsaId, InstantError, KivRemovalRoute,
     NewDeregistration, RequestId, RevocationReference, State, Timestamp, TraceId, timestamp,
 };
+use crate::metrics::Metrics;
 use crate::privacy::Vault;
 use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
 
@@ -44,6 +45,7 @@ pub struct Gateway {
     vault: Arc<Vault>,
     removes_kiv: bool,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 }
 
 /// A page of cases and the id to continue after, if there may be more.
@@ -61,7 +63,14 @@ impl Gateway {
             vault,
             removes_kiv: true,
             clock: Arc::new(SystemClock),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into the process's metrics (by default, a registry of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reads the time from `clock` instead of the system clock (tests at a fixed date).
@@ -287,6 +296,7 @@ impl Gateway {
             .await;
         if let Err(StoreError::Transition(TransitionError::RevocationNotConfirmed)) = &result {
             // The refusal itself is part of the record: someone tried to remove too early.
+            self.metrics.order_violation_refused();
             tracing::warn!(case_id = %case.id, principal = %principal.hsa_id, "KIV removal before revocation refused");
             self.store
                 .audit(

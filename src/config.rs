@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::admin::AdminSettings;
 use crate::api::Paging;
 use crate::auth::AuthSettings;
 use crate::connectors::simulated::SimulatedSettings;
@@ -47,6 +48,7 @@ pub struct Config {
     #[serde(default)]
     pub smtp: Option<SmtpSettings>,
     pub simulated: SimulatedSettings,
+    pub admin: AdminSettings,
 }
 
 #[derive(Debug, thiserror::Error)]

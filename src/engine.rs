@@ -18,7 +18,7 @@ use crate::connectors::{
 };
 use crate::domain::saga::{Event, SnapshotState, Step, step_applies};
 use crate::domain::{Deregistration, State, Timestamp};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work, WorkResult};
 
 mod retry;
@@ -38,6 +38,7 @@ pub struct Engine {
     /// Numbers this process's claims: each claim's lease token is unique, so a result is
     /// recorded only by the claim that still holds the effect, even within one process.
     claims: std::sync::atomic::AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -54,7 +55,14 @@ impl Engine {
             cfg,
             owner: format!("etk-{}", uuid::Uuid::new_v4().simple()),
             claims: std::sync::atomic::AtomicU64::new(0),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Records into the process's metrics (by default, a registry of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Starts the workers and the reconciliation pass; they stop when `shutdown` turns true.
@@ -153,6 +161,7 @@ impl Engine {
             let store = self.store.clone();
             let connectors = self.connectors.clone();
             let cfg = self.cfg.clone();
+            let metrics = self.metrics.clone();
             let span = tracing::info_span!("saga_step", case_id = %w.case_id, step = w.step.name(), attempt = w.attempts + 1);
             set.spawn(
                 async move {
@@ -160,17 +169,21 @@ impl Engine {
                     // over while it still runs and do it twice.
                     // Counted from the claim, so loading the cases eats into it too.
                     let limit = cfg.lease.mul_f64(0.8).saturating_sub(claimed_at.elapsed());
+                    let started = std::time::Instant::now();
+                    let connector = connector_of(w.step);
                     let result = match tokio::time::timeout(
                         limit,
-                        execute(&*store, &connectors, &cfg, &w, case),
+                        execute(&*store, &connectors, &cfg, &metrics, &w, case),
                     )
                     .await
                     {
                         Ok(r) => r,
                         Err(_) => {
+                            metrics.connector_error(connector, true);
                             retry_or_give_up(&cfg, &w, format!("timed out after {}", human(limit)))
                         }
                     };
+                    metrics.step_finished(w.step, connector, (&result).into(), started.elapsed());
                     Finished { work: w, result }
                 }
                 .instrument(span),
@@ -254,7 +267,7 @@ impl Engine {
                     }
                     Ok(None) => {
                         found += 1;
-                        metrics::inc(metrics::KIV_EARLY_REMOVALS);
+                        self.metrics.reconciliation_restore();
                         tracing::warn!(case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
                         let meta = EventMeta {
                             actor: "system".into(),
@@ -274,6 +287,8 @@ impl Engine {
                         }
                     }
                     Err(e) => {
+                        self.metrics
+                            .connector_error(CONNECTOR_KIV, e.is_retryable());
                         tracing::info!(case_id = %case.id, error = %e, "KIV look-up failed during reconciliation")
                     }
                 }
@@ -305,11 +320,25 @@ fn done(event: Event) -> WorkResult {
     }
 }
 
+/// The connector port a step calls, as the `connector` label of its metrics (the name of its
+/// gRPC health entry; `none` for a step that calls none).
+fn connector_of(step: Step) -> &'static str {
+    match step {
+        Step::Snapshot | Step::RemoveKiv | Step::RestoreKiv => CONNECTOR_KIV,
+        Step::Report | Step::PollOutcome | Step::Remind(_) => "tjansteid",
+        Step::NotifyHead | Step::NotifyHolder => "notifier",
+        Step::Escalate => "none",
+    }
+}
+
+const CONNECTOR_KIV: &str = "kiv";
+
 /// Runs one effect. Connector errors are classified where they arise; this only counts.
 async fn execute(
     store: &dyn CaseStore,
     c: &Connectors,
     cfg: &EngineSettings,
+    metrics: &Metrics,
     w: &Work,
     case: Option<Deregistration>,
 ) -> WorkResult {
@@ -413,11 +442,11 @@ async fn execute(
         })
     }
     .await;
+    if let Err(e) = &result {
+        metrics.connector_error(connector_of(w.step), e.is_retryable());
+    }
     match result {
-        Ok(r) => {
-            metrics::inc(metrics::STEPS_SUCCEEDED);
-            r
-        }
+        Ok(r) => r,
         Err(ConnectorError::Retryable(e)) => retry_or_give_up(cfg, w, e),
         Err(ConnectorError::Terminal(error)) => give_up(error),
     }
@@ -427,7 +456,6 @@ async fn execute(
 fn retry_or_give_up(cfg: &EngineSettings, w: &Work, error: String) -> WorkResult {
     match cfg.retry.after_failure(w.attempts) {
         Some(wait) => {
-            metrics::inc(metrics::STEPS_RETRIED);
             tracing::info!(%error, "step failed; will retry");
             WorkResult::Retry {
                 at: Timestamp(crate::clock::now().0 + wait.as_micros() as i64),
@@ -442,7 +470,6 @@ fn retry_or_give_up(cfg: &EngineSettings, w: &Work, error: String) -> WorkResult
 }
 
 fn give_up(error: String) -> WorkResult {
-    metrics::inc(metrics::STEPS_FAILED);
     tracing::warn!(%error, "step failed for good; the case needs attention");
     WorkResult::Failed { error }
 }

@@ -96,7 +96,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 layers = layers.set("server.listen", addr);
             }
             let app = App::build(layers.config()?).await?;
-            announce(app.local_addr(), dev.then_some(data_dir.as_path()));
+            announce(
+                app.local_addr(),
+                app.admin_addr(),
+                dev.then_some(data_dir.as_path()),
+            );
             app.run(shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
@@ -136,12 +140,20 @@ fn apply_dev(layers: Layers, data_dir: &Path) -> Result<Layers, Box<dyn std::err
         .fill(
             "database.url",
             format!("sqlite://{}?mode=rwc", paths.database.display()),
-        ))
+        )
+        // Metrics and probes on loopback, where the developer's own tools can reach them.
+        .fill("admin.listen", DEV_ADMIN))
 }
 
+/// `serve --dev`'s admin listener, unless configured otherwise.
+const DEV_ADMIN: &str = "127.0.0.1:9464";
+
 #[allow(clippy::print_stdout)]
-fn announce(addr: SocketAddr, dev_dir: Option<&Path>) {
+fn announce(addr: SocketAddr, admin: Option<SocketAddr>, dev_dir: Option<&Path>) {
     println!("etjanstekort-gateway listening on {addr}");
+    if let Some(a) = admin {
+        println!("admin listener on http://{a} (/metrics, /livez, /readyz)");
+    }
     if let Some(dir) = dev_dir {
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
         let d = dir.display();

@@ -1,34 +1,629 @@
-//! Process counters. Names are constants here, in one place; labels never carry personal data.
-//! Read in-process with `get` (the tests do); exporting them (Prometheus) is future work.
+//! The process's Prometheus metrics: every family, its name, labels and unit, in one place, and
+//! their rendering in the Prometheus text format (served on the admin listener's `/metrics`).
+//!
+//! One `Metrics` per `App`, shared as `Arc<Metrics>`; each has its own registry (prefix `etk`),
+//! so nothing is global and tests stay apart. Label values are bounded by construction: fixed
+//! names (steps, states, connectors, codes) or gRPC names checked against the served API — never
+//! a case id, and never personal data.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-pub const STEPS_SUCCEEDED: &str = "etk_saga_steps_succeeded_total";
-pub const STEPS_RETRIED: &str = "etk_saga_steps_retried_total";
-pub const STEPS_FAILED: &str = "etk_saga_steps_failed_total";
-pub const KIV_EARLY_REMOVALS: &str = "etk_kiv_early_removals_total";
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
-static SUCCEEDED: AtomicU64 = AtomicU64::new(0);
-static RETRIED: AtomicU64 = AtomicU64::new(0);
-static FAILED: AtomicU64 = AtomicU64::new(0);
-static EARLY: AtomicU64 = AtomicU64::new(0);
+use crate::domain::saga::Step;
+use crate::storage::{PoolStats, Stats, WorkResult};
 
-fn counter(name: &str) -> Option<&'static AtomicU64> {
-    match name {
-        STEPS_SUCCEEDED => Some(&SUCCEEDED),
-        STEPS_RETRIED => Some(&RETRIED),
-        STEPS_FAILED => Some(&FAILED),
-        KIV_EARLY_REMOVALS => Some(&EARLY),
-        _ => None,
+/// The `Content-Type` of `render`'s output (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The label value standing in for any gRPC service or method the gateway does not serve
+/// (a caller choosing paths must not be able to create series).
+const OTHER: &str = "_other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    service: &'static str,
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcMethodLabels {
+    service: &'static str,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+    connector: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepOutcomeLabels {
+    step: &'static str,
+    connector: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepOnlyLabels {
+    step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorErrorLabels {
+    connector: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabels {
+    connector: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// How a step's execution ended (the `outcome` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Done: its event goes to the case.
+    Done,
+    /// Failed retryably: tried again later.
+    Retry,
+    /// Failed for good (or out of attempts): the case needs attention.
+    Failed,
+    /// No longer applied to the case.
+    Skipped,
+}
+
+impl StepOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Retry => "retry",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
     }
 }
 
-pub fn inc(name: &str) {
-    if let Some(c) = counter(name) {
-        c.fetch_add(1, Ordering::Relaxed);
+impl From<&WorkResult> for StepOutcome {
+    fn from(r: &WorkResult) -> Self {
+        match r {
+            WorkResult::Done { .. } => Self::Done,
+            WorkResult::Retry { .. } => Self::Retry,
+            WorkResult::Failed { .. } => Self::Failed,
+            WorkResult::Skipped => Self::Skipped,
+        }
     }
 }
 
-pub fn get(name: &str) -> u64 {
-    counter(name).map_or(0, |c| c.load(Ordering::Relaxed))
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_duration: Histograms<RpcMethodLabels>,
+    cases: Family<StateLabels, Gauge>,
+    cases_needing_attention: Gauge,
+    outbox_lag: Gauge<f64, AtomicU64>,
+    step_duration: Histograms<StepLabels>,
+    steps: Family<StepOutcomeLabels, Counter>,
+    step_retries: Family<StepOnlyLabels, Counter>,
+    connector_errors: Family<ConnectorErrorLabels, Counter>,
+    connector_up: Family<ConnectorLabels, Gauge>,
+    database_up: Gauge,
+    reconciliation_restores: Counter,
+    order_violations_refused: Counter,
+    db_pool: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn rpc_histogram() -> Histogram {
+    // 1 ms … ~16 s: unary calls, with room above the default request timeout's usual range.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+fn step_histogram() -> Histogram {
+    // 5 ms … ~80 s: directory and mail-server round trips up to a step's time limit.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("etk");
+        let rpc_requests = Family::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC requests handled, by service, method and status code",
+            rpc_requests.clone(),
+        );
+        let rpc_duration: Histograms<RpcMethodLabels> = Family::new_with_constructor(rpc_histogram);
+        registry.register_with_unit(
+            "rpc_duration",
+            "Time from a gRPC request's arrival to its final status, by service and method",
+            Unit::Seconds,
+            rpc_duration.clone(),
+        );
+        let cases = Family::default();
+        registry.register(
+            "cases",
+            "Cases by state, counted in the database (all replicas)",
+            cases.clone(),
+        );
+        let cases_needing_attention = Gauge::default();
+        registry.register(
+            "cases_needing_attention",
+            "Cases waiting for an operator (state needs_attention), counted in the database",
+            cases_needing_attention.clone(),
+        );
+        let outbox_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "outbox_lag",
+            "How long the oldest due, unclaimed saga step has waited (0 when none is due)",
+            Unit::Seconds,
+            outbox_lag.clone(),
+        );
+        let step_duration: Histograms<StepLabels> = Family::new_with_constructor(step_histogram);
+        registry.register_with_unit(
+            "saga_step_duration",
+            "Time to execute one saga step, by step and connector",
+            Unit::Seconds,
+            step_duration.clone(),
+        );
+        let steps = Family::default();
+        registry.register(
+            "saga_steps",
+            "Saga step executions by step, connector and outcome (done, retry, failed, skipped)",
+            steps.clone(),
+        );
+        let step_retries = Family::default();
+        registry.register(
+            "saga_step_retries",
+            "Saga steps scheduled to run again after a retryable failure, by step",
+            step_retries.clone(),
+        );
+        let connector_errors = Family::default();
+        registry.register(
+            "connector_errors",
+            "Errors of calls to outside systems, by connector and class (retryable, terminal)",
+            connector_errors.clone(),
+        );
+        let connector_up = Family::default();
+        registry.register(
+            "connector_up",
+            "Whether the connector's server answered the last health probe (1) or not (0)",
+            connector_up.clone(),
+        );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "Whether the database answered the last health probe with a current schema (1) or not (0)",
+            database_up.clone(),
+        );
+        let reconciliation_restores = Counter::default();
+        registry.register(
+            "reconciliation_restores",
+            "Employments found removed from KIV before the revocation was confirmed (restore ordered)",
+            reconciliation_restores.clone(),
+        );
+        let order_violations_refused = Counter::default();
+        registry.register(
+            "order_violations_refused",
+            "KIV removals refused because the revocation was not confirmed yet",
+            order_violations_refused.clone(),
+        );
+        let db_pool = Family::default();
+        registry.register(
+            "db_pool_connections",
+            "Database connections of this process's pool, by state (in_use, idle)",
+            db_pool.clone(),
+        );
+        Self {
+            registry,
+            rpc_requests,
+            rpc_duration,
+            cases,
+            cases_needing_attention,
+            outbox_lag,
+            step_duration,
+            steps,
+            step_retries,
+            connector_errors,
+            connector_up,
+            database_up,
+            reconciliation_restores,
+            order_violations_refused,
+            db_pool,
+        }
+    }
+
+    /// Everything, in the Prometheus text format (`CONTENT_TYPE`).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoding error would be a bug in a family.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::error!(error = %e, "encoding the metrics failed");
+        }
+        out
+    }
+
+    /// One gRPC request reached its final status. Services and methods the gateway does not
+    /// serve are counted as `_other`.
+    pub fn rpc_finished(&self, service: &str, method: &str, code: tonic::Code, elapsed: Duration) {
+        let (service, method) = known_rpc(service, method);
+        self.rpc_requests
+            .get_or_create(&RpcLabels {
+                service,
+                method,
+                code: code_name(code),
+            })
+            .inc();
+        self.rpc_duration
+            .get_or_create(&RpcMethodLabels { service, method })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One execution of a saga step ended; `connector` is the port it called (`none` for a
+    /// step that calls none).
+    pub fn step_finished(
+        &self,
+        step: Step,
+        connector: &'static str,
+        outcome: StepOutcome,
+        elapsed: Duration,
+    ) {
+        let step = step.name();
+        self.step_duration
+            .get_or_create(&StepLabels { step, connector })
+            .observe(elapsed.as_secs_f64());
+        self.steps
+            .get_or_create(&StepOutcomeLabels {
+                step,
+                connector,
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        if outcome == StepOutcome::Retry {
+            self.step_retries
+                .get_or_create(&StepOnlyLabels { step })
+                .inc();
+        }
+    }
+
+    /// A call to an outside system failed, classified where it arose.
+    pub fn connector_error(&self, connector: &'static str, retryable: bool) {
+        let class = if retryable { "retryable" } else { "terminal" };
+        self.connector_errors
+            .get_or_create(&ConnectorErrorLabels { connector, class })
+            .inc();
+    }
+
+    /// The health prober's verdict on one connector's server.
+    pub fn set_connector_up(&self, connector: &'static str, up: bool) {
+        self.connector_up
+            .get_or_create(&ConnectorLabels { connector })
+            .set(i64::from(up));
+    }
+
+    /// The health prober's verdict on the database.
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
+    }
+
+    /// The reconciliation pass found an employment removed too early and ordered its restore.
+    pub fn reconciliation_restore(&self) {
+        self.reconciliation_restores.inc();
+    }
+
+    /// An early KIV removal was refused (FAILED_PRECONDITION).
+    pub fn order_violation_refused(&self) {
+        self.order_violations_refused.inc();
+    }
+
+    /// The database's view of all cases; every state is set, zeros included, so a state that
+    /// empties reads 0 rather than its last value.
+    pub fn set_case_stats(&self, stats: &Stats) {
+        for (state, n) in &stats.by_state {
+            self.cases
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(clamp(*n));
+        }
+        self.cases_needing_attention
+            .set(clamp(stats.needs_attention));
+        self.outbox_lag.set(stats.oldest_due_age.as_secs_f64());
+    }
+
+    pub fn set_pool(&self, pool: PoolStats) {
+        for (state, n) in [("in_use", pool.in_use), ("idle", pool.idle)] {
+            self.db_pool
+                .get_or_create(&StateLabels { state })
+                .set(i64::from(n));
+        }
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// gRPC status codes as the Prometheus gRPC ecosystem writes them (`grpc_code` of
+/// go-grpc-prometheus): `OK`, `InvalidArgument`, …
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "Canceled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The gRPC services and methods this gateway serves, read once from the embedded descriptor
+/// sets (its API, health, reflection): fully qualified service → methods.
+fn served() -> &'static HashMap<&'static str, HashSet<&'static str>> {
+    static SERVED: OnceLock<HashMap<&'static str, HashSet<&'static str>>> = OnceLock::new();
+    SERVED.get_or_init(|| {
+        use prost::Message as _;
+        let sets = [
+            crate::api::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut served: HashMap<&'static str, HashSet<&'static str>> = HashMap::new();
+        for bytes in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package().to_owned();
+                for service in file.service {
+                    let name = if package.is_empty() {
+                        service.name().to_owned()
+                    } else {
+                        format!("{package}.{}", service.name())
+                    };
+                    // Leaked once per process (a few dozen short names): label values are
+                    // then plain `&'static str`, compared and hashed without allocation.
+                    let name: &'static str = Box::leak(name.into_boxed_str());
+                    let methods = served.entry(name).or_default();
+                    for m in service.method {
+                        methods.insert(Box::leak(m.name().to_owned().into_boxed_str()));
+                    }
+                }
+            }
+        }
+        served
+    })
+}
+
+fn known_rpc(service: &str, method: &str) -> (&'static str, &'static str) {
+    match served().get_key_value(service) {
+        Some((s, methods)) => (s, methods.get(method).copied().unwrap_or(OTHER)),
+        None => (OTHER, OTHER),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strum::VariantArray as _;
+
+    use super::*;
+    use crate::domain::State;
+
+    /// The sample lines (`name{labels} value`) of the rendered text, checked for shape.
+    fn samples(text: &str) -> HashMap<String, f64> {
+        let mut out = HashMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (series, value) = line.rsplit_once(' ').expect("name and value");
+            let value: f64 = value.parse().expect("numeric value");
+            out.insert(series.to_owned(), value);
+        }
+        out
+    }
+
+    const CREATE: (&str, &str) = (
+        "etjanstekort.v1.DeregistrationService",
+        "CreateDeregistration",
+    );
+
+    #[test]
+    fn rpc_requests_are_counted_by_method_and_code() {
+        let m = Metrics::new();
+        let ms = Duration::from_millis;
+        m.rpc_finished(CREATE.0, CREATE.1, tonic::Code::Ok, ms(3));
+        m.rpc_finished(CREATE.0, CREATE.1, tonic::Code::Ok, ms(5));
+        m.rpc_finished(CREATE.0, CREATE.1, tonic::Code::InvalidArgument, ms(1));
+        let s = samples(&m.render());
+        let series = |code: &str| {
+            format!(
+                "etk_rpc_requests_total{{service=\"{}\",method=\"{}\",code=\"{code}\"}}",
+                CREATE.0, CREATE.1
+            )
+        };
+        assert_eq!(s.get(&series("OK")), Some(&2.0), "{s:#?}");
+        assert_eq!(s.get(&series("InvalidArgument")), Some(&1.0));
+        let count = format!(
+            "etk_rpc_duration_seconds_count{{service=\"{}\",method=\"{}\"}}",
+            CREATE.0, CREATE.1
+        );
+        assert_eq!(s.get(&count), Some(&3.0));
+    }
+
+    #[test]
+    fn paths_the_gateway_does_not_serve_create_no_series() {
+        let m = Metrics::new();
+        for i in 0..50 {
+            m.rpc_finished(
+                &format!("evil.Service{i}"),
+                "X",
+                tonic::Code::Unimplemented,
+                Duration::ZERO,
+            );
+            m.rpc_finished(
+                CREATE.0,
+                &format!("Nope{i}"),
+                tonic::Code::Unimplemented,
+                Duration::ZERO,
+            );
+        }
+        m.rpc_finished(
+            "grpc.health.v1.Health",
+            "Check",
+            tonic::Code::Ok,
+            Duration::ZERO,
+        );
+        let text = m.render();
+        assert!(!text.contains("evil") && !text.contains("Nope"), "{text}");
+        let s = samples(&text);
+        let other =
+            "etk_rpc_requests_total{service=\"_other\",method=\"_other\",code=\"Unimplemented\"}";
+        assert_eq!(s.get(other), Some(&50.0));
+        assert!(s.contains_key(
+            "etk_rpc_requests_total{service=\"grpc.health.v1.Health\",method=\"Check\",code=\"OK\"}"
+        ));
+    }
+
+    #[test]
+    fn every_state_is_set_each_refresh_including_zeros() {
+        let m = Metrics::new();
+        let stats = |attention: u64| Stats {
+            by_state: State::VARIANTS
+                .iter()
+                .map(|s| {
+                    (
+                        *s,
+                        if *s == State::NeedsAttention {
+                            attention
+                        } else {
+                            0
+                        },
+                    )
+                })
+                .collect(),
+            needs_attention: attention,
+            oldest_due_age: Duration::from_millis(2500),
+        };
+        m.set_case_stats(&stats(3));
+        m.set_case_stats(&stats(0));
+        let s = samples(&m.render());
+        assert_eq!(s.get("etk_cases{state=\"needs_attention\"}"), Some(&0.0));
+        assert_eq!(s.get("etk_cases{state=\"completed\"}"), Some(&0.0));
+        assert_eq!(s.get("etk_cases_needing_attention"), Some(&0.0));
+        assert_eq!(s.get("etk_outbox_lag_seconds"), Some(&2.5));
+    }
+
+    #[test]
+    fn steps_count_outcomes_retries_and_errors() {
+        let m = Metrics::new();
+        m.step_finished(
+            Step::Report,
+            "tjansteid",
+            StepOutcome::Retry,
+            Duration::from_millis(7),
+        );
+        m.step_finished(
+            Step::Report,
+            "tjansteid",
+            StepOutcome::Done,
+            Duration::from_millis(7),
+        );
+        m.step_finished(
+            Step::Remind(2),
+            "tjansteid",
+            StepOutcome::Done,
+            Duration::ZERO,
+        );
+        m.connector_error("tjansteid", true);
+        m.connector_error("kiv", false);
+        m.set_connector_up("kiv", false);
+        m.set_connector_up("notifier", true);
+        m.order_violation_refused();
+        m.reconciliation_restore();
+        m.set_pool(PoolStats { in_use: 2, idle: 3 });
+        let s = samples(&m.render());
+        for (series, want) in [
+            (
+                "etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"retry\"}",
+                1.0,
+            ),
+            (
+                "etk_saga_steps_total{step=\"report\",connector=\"tjansteid\",outcome=\"done\"}",
+                1.0,
+            ),
+            // The reminder's number is not a label: one series for every reminder.
+            (
+                "etk_saga_steps_total{step=\"remind\",connector=\"tjansteid\",outcome=\"done\"}",
+                1.0,
+            ),
+            ("etk_saga_step_retries_total{step=\"report\"}", 1.0),
+            (
+                "etk_saga_step_duration_seconds_count{step=\"report\",connector=\"tjansteid\"}",
+                2.0,
+            ),
+            (
+                "etk_connector_errors_total{connector=\"tjansteid\",class=\"retryable\"}",
+                1.0,
+            ),
+            (
+                "etk_connector_errors_total{connector=\"kiv\",class=\"terminal\"}",
+                1.0,
+            ),
+            ("etk_connector_up{connector=\"kiv\"}", 0.0),
+            ("etk_connector_up{connector=\"notifier\"}", 1.0),
+            ("etk_order_violations_refused_total", 1.0),
+            ("etk_reconciliation_restores_total", 1.0),
+            ("etk_db_pool_connections{state=\"in_use\"}", 2.0),
+            ("etk_db_pool_connections{state=\"idle\"}", 3.0),
+        ] {
+            assert_eq!(s.get(series), Some(&want), "{series}: {s:#?}");
+        }
+    }
+
+    #[test]
+    fn each_metrics_has_its_own_registry() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.order_violation_refused();
+        let s = samples(&b.render());
+        assert_eq!(s.get("etk_order_violations_refused_total"), Some(&0.0));
+    }
 }

@@ -19,11 +19,11 @@ pub struct ServerSettings {
     /// Time to drain in-flight requests on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// How often readiness re-checks the database and the connectors' servers.
+    /// How often the database (readiness) and the connectors' servers are probed.
     #[serde(with = "humantime_serde")]
     pub health_probe: Duration,
-    /// Refuse to start when a connector's server cannot be reached (otherwise start
-    /// NOT_SERVING until it can).
+    /// Refuse to start when a connector's server cannot be reached (otherwise start; cases
+    /// wait until it can be reached).
     pub require_reachable_at_start: bool,
 }
 

@@ -1,6 +1,8 @@
 //! Start-up: everything is wired here. `build_connectors` turns the connector settings into
-//! connectors, `App::build` wires configuration into a bound server (port 0 works; the bound
-//! address is exposed), `App::run` serves until the shutdown future resolves, then drains.
+//! connectors, `App::build` wires configuration into a bound server and admin listener (port 0
+//! works; the bound addresses are exposed), `App::run` serves until the shutdown future
+//! resolves, then drains; `probe_health` keeps readiness, gRPC health and the reachability
+//! gauges current.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
+use crate::admin::Readiness;
 use crate::api::pb::deregistration_service_server::DeregistrationServiceServer;
 use crate::api::pb::health_care_office_service_server::HealthCareOfficeServiceServer;
 use crate::api::pb::operations_service_server::OperationsServiceServer;
@@ -29,6 +32,7 @@ use crate::connectors::{
     TjansteIdSettings, ldap::LdapKiv,
 };
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
 use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
 
@@ -141,6 +145,11 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
 pub struct App {
     addr: SocketAddr,
     listener: TcpListener,
+    /// The admin listener and its bound address, when `admin.listen` is set.
+    admin: Option<(TcpListener, SocketAddr)>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    stats_every: Duration,
     router: tonic::transport::server::Router,
     store: Arc<dyn CaseStore>,
     engine: Arc<Engine>,
@@ -175,12 +184,16 @@ impl App {
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            bus.clone(),
-            connectors,
-            config.engine.clone(),
-        ));
+        let metrics = Arc::new(Metrics::new());
+        let engine = Arc::new(
+            Engine::new(
+                store.clone(),
+                bus.clone(),
+                connectors,
+                config.engine.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
 
         let tls = ServerTlsConfig::new()
@@ -205,14 +218,27 @@ impl App {
             addr: config.server.listen,
             source,
         })?;
+        let admin = match config.admin.listen {
+            Some(at) => {
+                let bind_err = |source| StartError::Bind { addr: at, source };
+                let l = TcpListener::bind(at).await.map_err(bind_err)?;
+                let bound = l.local_addr().map_err(bind_err)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
 
         let api = Api::new(
-            Arc::new(Gateway::new(store.clone(), bus, vault).removing_kiv(gateway_removes_kiv)),
+            Arc::new(
+                Gateway::new(store.clone(), bus, vault)
+                    .removing_kiv(gateway_removes_kiv)
+                    .with_metrics(metrics.clone()),
+            ),
             auth,
             config.api,
         );
         let (health, health_service) = tonic_health::server::health_reporter();
-        // Not ready until the first probe has seen the database and the connectors' servers.
+        // Not ready until the first probe has seen the database.
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
@@ -246,6 +272,13 @@ impl App {
         Ok(Self {
             addr,
             listener,
+            admin,
+            metrics,
+            readiness: Readiness::default(),
+            stats_every: config
+                .admin
+                .stats_interval
+                .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
             router,
             store,
             engine,
@@ -263,6 +296,15 @@ impl App {
         self.addr
     }
 
+    /// The admin listener's bound address (`/metrics`, `/livez`, `/readyz`), if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, a)| *a)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting and drains for the grace period.
     pub async fn run(
         self,
@@ -271,9 +313,40 @@ impl App {
         let prober = tokio::spawn(probe_health(
             self.store.clone(),
             self.probes.clone(),
-            self.health.clone(),
+            Verdicts {
+                health: self.health.clone(),
+                readiness: self.readiness.clone(),
+                metrics: self.metrics.clone(),
+            },
             self.probe_every,
         ));
+        // The admin listener serves through the drain (so `/readyz` says 503 and `/metrics`
+        // still answers) and stops last.
+        let (admin_stop, admin_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut admin_tasks = tokio::task::JoinSet::new();
+        if let Some((listener, _)) = self.admin {
+            let app = crate::admin::router(
+                self.metrics.clone(),
+                self.store.clone(),
+                self.readiness.clone(),
+            );
+            admin_tasks.spawn(async move {
+                let stop = async move {
+                    let _ = admin_rx.await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            });
+            admin_tasks.spawn(crate::admin::refresh_stats(
+                self.store.clone(),
+                self.metrics.clone(),
+                self.stats_every,
+            ));
+        }
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -288,7 +361,12 @@ impl App {
             r = &mut serve => r,
             () = shutdown => {
                 tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests");
-                self.health.set_service_status("", ServingStatus::NotServing).await;
+                // Not ready first, and for good: the prober must not turn it back.
+                prober.abort();
+                self.readiness.drain();
+                for s in SERVICES {
+                    self.health.set_service_status(s, ServingStatus::NotServing).await;
+                }
                 let _ = stop_tx.send(());
                 match tokio::time::timeout(self.grace, &mut serve).await {
                     Ok(r) => r,
@@ -307,6 +385,10 @@ impl App {
         })
         .await;
         engine.abort_all();
+        let _ = admin_stop.send(());
+        // Idle keep-alive connections (a scraper's) close at once; a stuck one is cut.
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin_tasks.join_next()).await;
+        admin_tasks.abort_all();
         result
     }
 }
@@ -319,55 +401,76 @@ fn serving(ok: bool) -> ServingStatus {
     }
 }
 
-/// Health follows the database and the connectors' servers: NOT_SERVING while any cannot be
-/// reached (cases still wait safely; this is readiness, for load balancers and operators). Each
-/// part also has its own entry: `etjanstekort.database`, `etjanstekort.connector.<name>`.
+/// The overall gRPC health entry and the API services' entries: they follow readiness.
+const SERVICES: [&str; 5] = [
+    "",
+    "etjanstekort.v1.DeregistrationService",
+    "etjanstekort.v1.HealthCareOfficeService",
+    "etjanstekort.v1.RevocationService",
+    "etjanstekort.v1.OperationsService",
+];
+
+/// Where the prober's verdicts go.
+#[derive(Debug)]
+struct Verdicts {
+    health: tonic_health::server::HealthReporter,
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+}
+
+/// Readiness follows the database alone: the gateway can take and durably store reports while
+/// a registry is down (cases wait for it). So `/readyz`, gRPC health `""` and the API services'
+/// entries follow the database; every part also has its own entry (`etjanstekort.database`,
+/// `etjanstekort.connector.<name>`), and each connector its `etk_connector_up` gauge. A part
+/// changing state is logged once.
 async fn probe_health(
     store: Arc<dyn CaseStore>,
     connectors: Connectors,
-    health: tonic_health::server::HealthReporter,
+    to: Verdicts,
     every: Duration,
 ) {
-    let services = [
-        "",
-        "etjanstekort.v1.DeregistrationService",
-        "etjanstekort.v1.HealthCareOfficeService",
-        "etjanstekort.v1.RevocationService",
-        "etjanstekort.v1.OperationsService",
-    ];
     let mut last = None;
     let mut last_parts: HashMap<String, ServingStatus> = HashMap::new();
     loop {
-        // Each part has its own entry, so operators (and tests) see which one is down and that
-        // the prober is alive; the overall status needs all of them.
-        let mut parts = vec![(
-            "etjanstekort.database".to_owned(),
-            store.ping().await.map_err(|e| e.to_string()),
-        )];
+        let database = store.ping().await.map_err(|e| e.to_string());
+        let database_ok = database.is_ok();
+        to.readiness.set_database(database_ok);
+        to.metrics.set_database_up(database_ok);
+        let mut parts = vec![("etjanstekort.database".to_owned(), database)];
         for (name, result) in connectors.probe_each().await {
+            to.metrics.set_connector_up(name, result.is_ok());
             parts.push((
                 format!("etjanstekort.connector.{name}"),
                 result.map_err(|e| e.to_string()),
             ));
         }
-        let problem = parts
-            .iter()
-            .find_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")));
         for (name, result) in &parts {
             let status = serving(result.is_ok());
-            if last_parts.get(name) != Some(&status) {
-                health.set_service_status(name, status).await;
-                last_parts.insert(name.clone(), status);
+            if last_parts.get(name) == Some(&status) {
+                continue;
             }
+            match result {
+                Err(e) => {
+                    tracing::warn!(part = %name, error = %e, "unreachable: health entry NOT_SERVING")
+                }
+                // The first verdict of a healthy part is not news.
+                Ok(()) if last_parts.contains_key(name) => {
+                    tracing::info!(part = %name, "reachable again: health entry SERVING")
+                }
+                Ok(()) => {}
+            }
+            to.health.set_service_status(name, status).await;
+            last_parts.insert(name.clone(), status);
         }
-        let status = serving(problem.is_none());
+        let status = serving(database_ok);
         if last != Some(status) {
-            match &problem {
-                Some(p) => tracing::warn!(problem = %p, "not ready: health is NOT_SERVING"),
-                None => tracing::info!("ready: health is SERVING"),
+            if database_ok {
+                tracing::info!("ready: the database is reachable; health is SERVING");
+            } else {
+                tracing::warn!("not ready: the database is unreachable; health is NOT_SERVING");
             }
-            for s in services {
-                health.set_service_status(s, status).await;
+            for s in SERVICES {
+                to.health.set_service_status(s, status).await;
             }
             last = Some(status);
         }

@@ -133,6 +133,23 @@ pub struct Finished {
     pub result: WorkResult,
 }
 
+/// The database's view of all cases, for the gauges (the same on every replica).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Cases per state: every state, zeros included.
+    pub by_state: Vec<(State, u64)>,
+    pub needs_attention: u64,
+    /// How long the oldest due, unclaimed step has waited (zero when none is due).
+    pub oldest_due_age: Duration,
+}
+
+/// This process's database connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no such case")]
@@ -223,6 +240,16 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// one transaction.
     async fn expedite(&self, id: &CaseId, meta: EventMeta) -> Result<(), StoreError>;
 
-    /// Cheap liveness probe for health checks.
+    /// Readiness probe: the database answers and its schema holds this build's latest
+    /// migration. Cheap (an indexed look-up); writes nothing.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts for the gauges, as of `now`: cases by state (indexed `GROUP BY`) and the age of
+    /// the oldest due step nobody holds (the outbox's lag). Read-only.
+    async fn stats(&self, now: Timestamp) -> Result<Stats, StoreError>;
+
+    /// The connection pool's use, where the implementation has one.
+    fn pool(&self) -> Option<PoolStats> {
+        None
+    }
 }

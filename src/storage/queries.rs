@@ -1,6 +1,7 @@
-//! Read-only look-ups over the stored rows: listing cases by filter, a case's audit trail, and
-//! whether another case removes the same employment. Locks and writes nothing; rows are read
-//! back into the domain by `codec.rs`.
+//! Read-only look-ups over the stored rows: listing cases by filter, a case's audit trail,
+//! whether another case removes the same employment, the counts behind the gauges, and whether
+//! the schema is current. Locks and writes nothing; rows are read back into the domain by
+//! `codec.rs`.
 
 use sea_orm::sea_query::{Expr, ExprTrait, JoinType, Query};
 use sea_orm::{
@@ -8,9 +9,9 @@ use sea_orm::{
 };
 
 use super::codec::event_of;
-use super::entities::{case_events, cases};
-use super::{ListQuery, StoreError};
-use crate::domain::{CaseEvent, CaseId, State};
+use super::entities::{case_events, cases, effects};
+use super::{ListQuery, Stats, StoreError};
+use crate::domain::{CaseEvent, CaseId, State, Timestamp};
 
 /// Case rows matching the filters, in id (creation) order, at most `limit`.
 pub(crate) async fn list(
@@ -99,6 +100,74 @@ pub(crate) async fn kiv_removed_by_other_case(
         .and_where(col(other, C::Id).ne(col(this, C::Id)))
         .and_where(col(other, C::RevocationConfirmedAt).is_not_null())
         .and_where(col(other, C::State).is_in(removing))
+        .limit(1);
+    let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
+    Ok(!rows.is_empty())
+}
+
+/// Cases by state and the outbox's lag as of `now`. Both read indexes only: `cases_state`
+/// (state, id) and `effects_due` (status, due_at).
+pub(crate) async fn stats(
+    conn: &impl ConnectionTrait,
+    now: Timestamp,
+) -> Result<Stats, StoreError> {
+    use strum::VariantArray;
+    let counted: Vec<(String, i64)> = cases::Entity::find()
+        .select_only()
+        .column(cases::Column::State)
+        .column_as(cases::Column::Id.count(), "n")
+        .group_by(cases::Column::State)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    let count = |state: State| {
+        counted
+            .iter()
+            .find(|(s, _)| s == state.as_str())
+            .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0))
+    };
+    let by_state: Vec<(State, u64)> = State::VARIANTS.iter().map(|s| (*s, count(*s))).collect();
+    use effects::Column as E;
+    // Due and not held by a live lease: waiting for a worker. Timers not yet due are no lag.
+    let oldest: Option<Option<i64>> = effects::Entity::find()
+        .select_only()
+        .column_as(E::DueAt.min(), "oldest")
+        .filter(E::Status.eq("pending"))
+        .filter(E::DueAt.lte(now.0))
+        .filter(
+            Condition::any()
+                .add(E::LeaseUntil.is_null())
+                .add(E::LeaseUntil.lt(now.0)),
+        )
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    let waited = oldest.flatten().map_or(0, |due| {
+        u64::try_from(now.0.saturating_sub(due)).unwrap_or(0)
+    });
+    Ok(Stats {
+        needs_attention: count(State::NeedsAttention),
+        by_state,
+        oldest_due_age: std::time::Duration::from_micros(waited),
+    })
+}
+
+/// Whether this build's latest migration is recorded as applied. Only the latest one is looked
+/// for: a newer replica's later migrations (rolling upgrades) do not make this one unready.
+pub(crate) async fn schema_current(conn: &impl ConnectionTrait) -> Result<bool, StoreError> {
+    use migration::MigratorTrait;
+    let Some(latest) = migration::Migrator::migrations()
+        .last()
+        .map(|m| m.name().to_owned())
+    else {
+        return Ok(true);
+    };
+    let mut q = Query::select();
+    q.expr(Expr::val(1))
+        .from(migration::Migrator::migration_table_name())
+        .and_where(Expr::col("version").eq(latest))
         .limit(1);
     let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
     Ok(!rows.is_empty())

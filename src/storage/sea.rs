@@ -218,6 +218,20 @@ impl CaseStore for SeaStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.db.ping().await.map_err(StoreError::Unavailable)
+        if queries::schema_current(&self.db).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(DbErr::Custom(
+                "the database schema lacks this build's migrations (run `migrate`)".into(),
+            )))
+        }
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<super::Stats, StoreError> {
+        queries::stats(&self.db, now).await
+    }
+
+    fn pool(&self) -> Option<super::PoolStats> {
+        sql::pool_stats(&self.db)
     }
 }

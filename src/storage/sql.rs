@@ -42,6 +42,27 @@ pub(crate) async fn connect(
     Database::connect(opts).await
 }
 
+/// The pool's connections in use and idle. The backend is checked first: sea-orm's pool
+/// accessors panic on the other backend.
+pub(crate) fn pool_stats(db: &DatabaseConnection) -> Option<super::PoolStats> {
+    let (size, idle) = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let p = db.get_postgres_connection_pool();
+            (p.size(), p.num_idle())
+        }
+        sea_orm::DbBackend::Sqlite => {
+            let p = db.get_sqlite_connection_pool();
+            (p.size(), p.num_idle())
+        }
+        _ => return None,
+    };
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+    Some(super::PoolStats {
+        in_use: size - idle,
+        idle,
+    })
+}
+
 /// Runs a built statement; returns the number of rows it affected.
 pub(crate) async fn exec(
     conn: &impl ConnectionTrait,

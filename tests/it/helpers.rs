@@ -25,6 +25,8 @@ pub fn install_crypto() {
 #[derive(Debug)]
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/livez`, `/readyz`), plain HTTP.
+    pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
     pub tjansteid: Arc<SimulatedTjansteId>,
@@ -154,12 +156,14 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         .set("auth.principals_file", &paths.principals)
         .set("database.url", db_url)
         .set("privacy.master_key", test_vault_key())
+        .set("admin.listen", "127.0.0.1:0")
         .config()
         .expect("test configuration");
     let ms = std::time::Duration::from_millis;
     let secs = std::time::Duration::from_secs_f64;
     cfg.engine.idle_poll = ms(50);
     cfg.server.health_probe = ms(100);
+    cfg.admin.stats_interval = ms(100);
     cfg.engine.timers.poll_interval = ms(50);
     cfg.engine.retry.backoff_base = ms(20);
     cfg.engine.retry.backoff_max = ms(1000);
@@ -188,6 +192,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     let connectors = opts.connectors.clone().unwrap_or(connectors);
     let app = App::build_with(cfg, connectors).await.expect("app builds");
     let addr = app.local_addr();
+    let admin = app.admin_addr().expect("admin listener on");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
         let _ = rx.await;
@@ -195,6 +200,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     let ca_pem = std::fs::read_to_string(&paths.ca).expect("ca");
     TestApp {
         addr,
+        admin,
         dir,
         ca_pem,
         tjansteid,
@@ -205,6 +211,13 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
 }
 
 impl TestApp {
+    /// Starts the server's shutdown (as SIGTERM would); the test keeps the admin listener.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+    }
+
     pub fn identity_paths(&self, name: &str) -> (PathBuf, PathBuf) {
         let certs = self.dir.path().join("certs");
         (

@@ -50,6 +50,8 @@ impl Server {
         cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .env("NO_COLOR", "1")
+            // Dev mode's fixed admin port would collide between parallel tests.
+            .env("ETK_ADMIN__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {

@@ -1,5 +1,6 @@
 //! The one integration-test binary: the real server over real mTLS, a real database.
 
+mod admin;
 mod api;
 mod auth;
 mod helpers;

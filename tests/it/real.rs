@@ -657,36 +657,53 @@ async fn a_permanent_smtp_rejection_needs_attention_with_the_reason() {
     ignore = "needs slapd and aiosmtpd: set ETK_REQUIRE_REAL_SERVERS=1 (see README)"
 )]
 #[tokio::test]
-async fn readiness_follows_the_registries() {
+async fn a_registry_down_marks_its_entry_and_readiness_stays() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     let (mut slapd, mail) = (Slapd::start(), SmtpServer::start());
     let app = real_app(&slapd, &mail, 12).await;
     let mut health =
         tonic_health::pb::health_client::HealthClient::new(app.channel("operator").await);
-    let mut status = async || {
+    let mut status = async |service: &str| {
         health
             .check(HealthCheckRequest {
-                service: String::new(),
+                service: service.to_owned(),
             })
             .await
             .map(|r| r.into_inner().status)
             .unwrap_or(-1)
     };
-    let mut wait_for = async |want: ServingStatus| {
-        for _ in 0..100 {
-            if status().await == want as i32 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("health never became {want:?}");
-    };
-    wait_for(ServingStatus::Serving).await;
+    let (up, down) = (
+        ServingStatus::Serving as i32,
+        ServingStatus::NotServing as i32,
+    );
+    eventually("ready with KIV reachable", async || {
+        status("").await == up && status("etjanstekort.connector.kiv").await == up
+    })
+    .await;
     slapd.stop();
-    wait_for(ServingStatus::NotServing).await;
+    eventually("the kiv entry goes NOT_SERVING", async || {
+        status("etjanstekort.connector.kiv").await == down
+    })
+    .await;
+    // Cases wait safely for KIV: the gateway stays ready to take and store reports.
+    assert_eq!(status("").await, up, "readiness followed a registry");
+    assert_eq!(status("etjanstekort.v1.DeregistrationService").await, up);
+    assert_eq!(crate::admin::http_get(app.admin, "/livez").await.0, 200);
+    assert_eq!(crate::admin::http_get(app.admin, "/readyz").await.0, 200);
+    crate::admin::wait_metric(&app, "etk_connector_up{connector=\"kiv\"}", |v| v == 0.0).await;
+    let s = crate::admin::scrape(&app).await;
+    assert_eq!(
+        s.get("etk_connector_up{connector=\"notifier\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(s.get("etk_database_up"), Some(&1.0));
     slapd.resume();
-    wait_for(ServingStatus::Serving).await;
+    eventually("the kiv entry comes back", async || {
+        status("etjanstekort.connector.kiv").await == up
+    })
+    .await;
+    crate::admin::wait_metric(&app, "etk_connector_up{connector=\"kiv\"}", |v| v == 1.0).await;
 }
 
 #[cfg_attr(
@@ -694,7 +711,7 @@ async fn readiness_follows_the_registries() {
     ignore = "needs slapd and aiosmtpd: set ETK_REQUIRE_REAL_SERVERS=1 (see README)"
 )]
 #[tokio::test]
-async fn a_wrong_bind_password_keeps_readiness_false() {
+async fn a_wrong_bind_password_marks_the_kiv_entry_not_serving_readiness_stays_true() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     let (slapd, mail) = (Slapd::start(), SmtpServer::start());
@@ -725,9 +742,12 @@ async fn a_wrong_bind_password_keeps_readiness_false() {
     .await;
     assert_eq!(
         status("").await,
-        ServingStatus::NotServing as i32,
-        "ready with a wrong LDAP password"
+        ServingStatus::Serving as i32,
+        "a wrong LDAP password is the directory's problem, not readiness's"
     );
+    assert_eq!(crate::admin::http_get(app.admin, "/readyz").await.0, 200);
+    let s = crate::admin::scrape(&app).await;
+    assert_eq!(s.get("etk_connector_up{connector=\"kiv\"}"), Some(&0.0));
 }
 
 #[cfg_attr(

@@ -21,6 +21,7 @@ use crate::engine::EngineSettings;
 use crate::privacy::PrivacySettings;
 use crate::server::{ServerSettings, TlsSettings};
 use crate::storage::DatabaseSettings;
+use crate::telemetry::TelemetrySettings;
 
 mod extract;
 
@@ -47,6 +48,7 @@ pub struct Config {
     #[serde(default)]
     pub smtp: Option<SmtpSettings>,
     pub simulated: SimulatedSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tower_layer::Stack;
 
 use crate::api::pb::deregistration_service_server::DeregistrationServiceServer;
 use crate::api::pb::health_care_office_service_server::HealthCareOfficeServiceServer;
@@ -30,6 +31,7 @@ use crate::connectors::{
 };
 use crate::engine::Engine;
 use crate::privacy::{PrivacySettings, Vault};
+use crate::rpc::{self, AuthLayer, RpcLayer};
 use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,11 +139,14 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
     })
 }
 
+/// The layers every call passes through (see `App::build`).
+type ServerLayers = Stack<AuthLayer, Stack<RpcLayer, tower_layer::Identity>>;
+
 #[derive(Debug)]
 pub struct App {
     addr: SocketAddr,
     listener: TcpListener,
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<ServerLayers>,
     store: Arc<dyn CaseStore>,
     engine: Arc<Engine>,
     probes: Connectors,
@@ -208,7 +213,6 @@ impl App {
 
         let api = Api::new(
             Arc::new(Gateway::new(store.clone(), bus, vault).removing_kiv(gateway_removes_kiv)),
-            auth,
             config.api,
         );
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -232,10 +236,16 @@ impl App {
             .build_v1alpha()
             .map_err(reflection_err)?;
 
+        // Outermost first. The RPC layer wraps everything so that every call, denied or timed
+        // out, has its span, its "request finished" line and its outcome; the timeout lives in
+        // it (not `Server::timeout`, which sits outside user layers and would only drop the
+        // call). Authentication runs inside the span, so denials carry the trace id.
+        // The outcome hook is where RPC metrics attach.
         let router = Server::builder()
             .tls_config(tls)?
             .concurrency_limit_per_connection(config.server.concurrency_per_connection)
-            .timeout(config.server.request_timeout)
+            .layer(RpcLayer::new(config.server.request_timeout, rpc::no_hook()))
+            .layer(AuthLayer::new(auth))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)

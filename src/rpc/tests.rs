@@ -83,8 +83,7 @@ async fn run(respond: Respond, timeout: Duration, read_all: bool) -> Vec<RpcOutc
         let _ = body.frame().await;
         drop(body);
     }
-    let seen = seen.lock().expect("lock").clone();
-    seen
+    seen.lock().expect("lock").clone()
 }
 
 #[tokio::test]

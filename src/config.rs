@@ -22,6 +22,7 @@ use crate::engine::EngineSettings;
 use crate::privacy::PrivacySettings;
 use crate::server::{ServerSettings, TlsSettings};
 use crate::storage::DatabaseSettings;
+use crate::telemetry::TelemetrySettings;
 
 mod extract;
 
@@ -49,6 +50,7 @@ pub struct Config {
     pub smtp: Option<SmtpSettings>,
     pub simulated: SimulatedSettings,
     pub admin: AdminSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ pub mod domain;
 pub mod engine;
 pub mod metrics;
 pub mod privacy;
+pub mod rpc;
 pub mod secret;
 pub mod server;
 pub mod startup;

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use etjanstekort_gateway::config::Layers;
+use etjanstekort_gateway::devcerts;
 use etjanstekort_gateway::privacy::PrivacySettings;
 use etjanstekort_gateway::startup::{App, load_vault, open_store};
 use etjanstekort_gateway::storage::DatabaseSettings;
-use etjanstekort_gateway::{devcerts, telemetry};
+use etjanstekort_gateway::telemetry::{Telemetry, TelemetrySettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,7 +54,6 @@ enum Command {
 fn main() -> ExitCode {
     // One process-wide TLS crypto provider (ring), chosen before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    telemetry::init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,19 +89,27 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             config,
         } => {
             let mut layers = Layers::new(config.as_deref())?;
+            let telemetry = start_telemetry(&layers)?;
             if dev {
                 layers = apply_dev(layers, &data_dir)?;
             }
             if let Some(addr) = listen {
                 layers = layers.set("server.listen", addr);
             }
-            let app = App::build(layers.config()?).await?;
-            announce(
-                app.local_addr(),
-                app.admin_addr(),
-                dev.then_some(data_dir.as_path()),
-            );
-            app.run(shutdown_signal()).await?;
+            let served = async {
+                let app = App::build(layers.config()?).await?;
+                announce(
+                    app.local_addr(),
+                    app.admin_addr(),
+                    dev.then_some(data_dir.as_path()),
+                );
+                app.run(shutdown_signal()).await?;
+                Ok::<_, Box<dyn std::error::Error>>(())
+            }
+            .await;
+            // After the drain (and on failure too): the spans still buffered are sent.
+            telemetry.shutdown().await;
+            served?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -111,17 +119,31 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             config,
         } => {
             let mut layers = Layers::new(config.as_deref())?;
+            let telemetry = start_telemetry(&layers)?;
             if dev {
                 layers = apply_dev(layers, &data_dir)?;
             }
             // Only what migrating needs: no TLS, principals or connectors.
             let database: DatabaseSettings = layers.section("database")?;
             let privacy: PrivacySettings = layers.section("privacy")?;
-            open_store(&database, std::sync::Arc::new(load_vault(&privacy)?)).await?;
+            let migrated = async {
+                open_store(&database, std::sync::Arc::new(load_vault(&privacy)?)).await?;
+                Ok::<_, Box<dyn std::error::Error>>(())
+            }
+            .await;
+            telemetry.shutdown().await;
+            migrated?;
             tracing::info!("migrations applied");
             Ok(())
         }
     }
+}
+
+/// Logs and traces as `[telemetry]` and the `OTEL_*` variables say; first, so that everything
+/// after it is logged. (`serve --dev` changes nothing in `[telemetry]`.)
+fn start_telemetry(layers: &Layers) -> Result<Telemetry, Box<dyn std::error::Error>> {
+    let settings: TelemetrySettings = layers.section("telemetry")?;
+    Ok(Telemetry::init(&settings)?)
 }
 
 /// Points the configuration at the dev environment where it sets nothing itself, creating the

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tower_layer::Stack;
 
 use crate::admin::Readiness;
 use crate::api::pb::deregistration_service_server::DeregistrationServiceServer;
@@ -34,6 +35,7 @@ use crate::connectors::{
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
+use crate::rpc::{self, AuthLayer, RpcLayer};
 use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +143,9 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
     })
 }
 
+/// The layers every call passes through (see `App::build`).
+type ServerLayers = Stack<AuthLayer, Stack<RpcLayer, tower_layer::Identity>>;
+
 #[derive(Debug)]
 pub struct App {
     addr: SocketAddr,
@@ -150,7 +155,7 @@ pub struct App {
     metrics: Arc<Metrics>,
     readiness: Readiness,
     stats_every: Duration,
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<ServerLayers>,
     store: Arc<dyn CaseStore>,
     engine: Arc<Engine>,
     probes: Connectors,
@@ -234,7 +239,6 @@ impl App {
                     .removing_kiv(gateway_removes_kiv)
                     .with_metrics(metrics.clone()),
             ),
-            auth,
             config.api,
         );
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -258,10 +262,19 @@ impl App {
             .build_v1alpha()
             .map_err(reflection_err)?;
 
+        // Outermost first. The RPC layer wraps everything so that every call, denied or timed
+        // out, has its span, its "request finished" line and its outcome; the timeout lives in
+        // it (not `Server::timeout`, which sits outside user layers and would only drop the
+        // call). Authentication runs inside the span, so denials carry the trace id.
+        // The outcome hook is where RPC metrics attach.
         let router = Server::builder()
             .tls_config(tls)?
             .concurrency_limit_per_connection(config.server.concurrency_per_connection)
-            .timeout(config.server.request_timeout)
+            .layer(RpcLayer::new(
+                config.server.request_timeout,
+                rpc_metrics(&metrics),
+            ))
+            .layer(AuthLayer::new(auth))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -391,6 +404,14 @@ impl App {
         admin_tasks.abort_all();
         result
     }
+}
+
+/// The RPC layer's outcome hook: each finished RPC counted and timed.
+fn rpc_metrics(metrics: &Arc<Metrics>) -> rpc::RpcHook {
+    let metrics = metrics.clone();
+    Arc::new(move |o: &rpc::RpcOutcome| {
+        metrics.rpc_finished(o.service, o.method, o.code, o.elapsed);
+    })
 }
 
 fn serving(ok: bool) -> ServingStatus {

@@ -1,5 +1,6 @@
 //! The gRPC surface: generated code, handlers and the conversions they use.
-//! Handlers are thin: authorize, convert, call `app::Gateway`, convert back.
+//! Handlers are thin: convert, call `app::Gateway`, convert back. Authentication, the RPC span
+//! and timeouts happen before them, in `crate::rpc`'s layers.
 
 mod convert;
 pub mod error;
@@ -11,8 +12,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::app::Gateway;
-use crate::auth::{Authorizer, Principal, Role};
+use crate::auth::Principal;
 use crate::storage::Created;
+use crate::telemetry::current_trace_id;
 use error::ApiError;
 
 /// Generated messages and services of `etjanstekort.v1`.
@@ -53,19 +55,14 @@ impl Paging {
 #[derive(Clone, Debug)]
 pub struct Api {
     gateway: Arc<Gateway>,
-    auth: Arc<Authorizer>,
     paging: Paging,
 }
 
 type ApiResult<T> = Result<Response<T>, Status>;
 
 impl Api {
-    pub fn new(gateway: Arc<Gateway>, auth: Arc<Authorizer>, paging: Paging) -> Self {
-        Self {
-            gateway,
-            auth,
-            paging,
-        }
+    pub fn new(gateway: Arc<Gateway>, paging: Paging) -> Self {
+        Self { gateway, paging }
     }
 
     fn page_size(&self, raw: i32) -> Result<u32, ApiError> {
@@ -103,35 +100,20 @@ impl Api {
         })
         .unwrap_or_default()
     }
-
-    fn principal<T>(&self, req: &Request<T>, role: Role) -> Result<Principal, ApiError> {
-        let certs = req.peer_certs();
-        let principal = self
-            .auth
-            .authorize(certs.as_deref().map(Vec::as_slice), role)
-            .cloned()
-            .map_err(ApiError::from);
-        if let Err(e) = &principal {
-            tracing::info!(error = ?e, "request denied");
-        }
-        principal
-    }
 }
 
-/// The W3C trace id the caller sent in `traceparent`, or a fresh random one.
-fn trace_id<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|tp| {
-            let mut parts = tp.split('-');
-            let (_version, id) = (parts.next()?, parts.next()?);
-            (id.len() == 32
-                && id.bytes().all(|b| b.is_ascii_hexdigit())
-                && id.bytes().any(|b| b != b'0'))
-            .then(|| id.to_ascii_lowercase())
-        })
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+/// The caller, authenticated by `rpc::AuthLayer` for the service's role before any handler
+/// runs. Its absence is a wiring fault: refused, never served unauthenticated.
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the request was not authenticated"))
+}
+
+/// Names the case on the RPC span (and so on every log line of the request).
+fn record_case(id: &crate::domain::CaseId) {
+    tracing::Span::current().record("case_id", tracing::field::display(id));
 }
 
 fn ok<T>(v: T) -> ApiResult<T> {
@@ -140,14 +122,12 @@ fn ok<T>(v: T) -> ApiResult<T> {
 
 #[tonic::async_trait]
 impl DeregistrationService for Api {
-    #[tracing::instrument(skip_all, fields(principal))]
     async fn create_deregistration(
         &self,
         req: Request<pb::CreateDeregistrationRequest>,
     ) -> ApiResult<pb::CreateDeregistrationResponse> {
-        let p = self.principal(&req, Role::CareProvider)?;
-        tracing::Span::current().record("principal", p.hsa_id.as_str());
-        let trace = trace_id(&req);
+        let p = principal(&req)?;
+        let trace = current_trace_id();
         let (request_id, report) = convert::new_deregistration(req.get_ref(), self.gateway.now())?;
         let created = self
             .gateway
@@ -155,8 +135,14 @@ impl DeregistrationService for Api {
             .await
             .map_err(ApiError::from)?;
         match &created {
-            Created::New(c) => tracing::info!(case_id = %c.id, "deregistration accepted"),
-            Created::Replayed(c) => tracing::info!(case_id = %c.id, "idempotent retry replayed"),
+            Created::New(c) => {
+                record_case(&c.id);
+                tracing::info!(case_id = %c.id, "deregistration accepted");
+            }
+            Created::Replayed(c) => {
+                record_case(&c.id);
+                tracing::info!(case_id = %c.id, "idempotent retry replayed");
+            }
         }
         ok(pb::CreateDeregistrationResponse {
             deregistration: Some(convert::deregistration_out(&created.into_case())),
@@ -167,8 +153,9 @@ impl DeregistrationService for Api {
         &self,
         req: Request<pb::GetDeregistrationRequest>,
     ) -> ApiResult<pb::GetDeregistrationResponse> {
-        let p = self.principal(&req, Role::CareProvider)?;
+        let p = principal(&req)?;
         let id = convert::case_id("id", &req.get_ref().id)?;
+        record_case(&id);
         let case = self
             .gateway
             .get_own(&p, &id)
@@ -183,7 +170,7 @@ impl DeregistrationService for Api {
         &self,
         req: Request<pb::ListDeregistrationsRequest>,
     ) -> ApiResult<pb::ListDeregistrationsResponse> {
-        let p = self.principal(&req, Role::CareProvider)?;
+        let p = principal(&req)?;
         let r = req.get_ref();
         let unit = convert::optional_hsa_id("care_unit_hsa_id", &r.care_unit_hsa_id)?;
         let state = convert::optional_state("state", r.state)?;
@@ -209,8 +196,9 @@ impl DeregistrationService for Api {
         &self,
         req: Request<pb::WatchDeregistrationRequest>,
     ) -> ApiResult<Self::WatchDeregistrationStream> {
-        let p = self.principal(&req, Role::CareProvider)?;
+        let p = principal(&req)?;
         let id = convert::case_id("id", &req.get_ref().id)?;
+        record_case(&id);
         let (past, mut live) = self.gateway.watch(&p, &id).await.map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let gateway = self.gateway.clone();
@@ -260,9 +248,10 @@ impl DeregistrationService for Api {
         &self,
         req: Request<pb::CancelDeregistrationRequest>,
     ) -> ApiResult<pb::CancelDeregistrationResponse> {
-        let p = self.principal(&req, Role::CareProvider)?;
-        let trace = trace_id(&req);
+        let p = principal(&req)?;
+        let trace = current_trace_id();
         let id = convert::case_id("id", &req.get_ref().id)?;
+        record_case(&id);
         let reason = convert::free_text("reason", &req.get_ref().reason)?;
         let case = self
             .gateway
@@ -282,7 +271,7 @@ impl HealthCareOfficeService for Api {
         &self,
         req: Request<pb::ListKivRemovalTasksRequest>,
     ) -> ApiResult<pb::ListKivRemovalTasksResponse> {
-        let p = self.principal(&req, Role::HealthCareOffice)?;
+        let p = principal(&req)?;
         let r = req.get_ref();
         let unit = convert::optional_hsa_id("care_unit_hsa_id", &r.care_unit_hsa_id)?;
         let size = self.page_size(r.page_size)?;
@@ -303,9 +292,10 @@ impl HealthCareOfficeService for Api {
         &self,
         req: Request<pb::CompleteKivRemovalTaskRequest>,
     ) -> ApiResult<pb::CompleteKivRemovalTaskResponse> {
-        let p = self.principal(&req, Role::HealthCareOffice)?;
-        let trace = trace_id(&req);
+        let p = principal(&req)?;
+        let trace = current_trace_id();
         let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
+        record_case(&id);
         let comment = convert::free_text("comment", &req.get_ref().comment)?;
         let case = self
             .gateway
@@ -325,7 +315,7 @@ impl RevocationService for Api {
         &self,
         req: Request<pb::ListPendingRevocationsRequest>,
     ) -> ApiResult<pb::ListPendingRevocationsResponse> {
-        let p = self.principal(&req, Role::TjansteidService)?;
+        let p = principal(&req)?;
         let r = req.get_ref();
         let size = self.page_size(r.page_size)?;
         let after = self.page_token(&p, &r.page_token, "pending")?;
@@ -348,9 +338,10 @@ impl RevocationService for Api {
         &self,
         req: Request<pb::ConfirmRevocationRequest>,
     ) -> ApiResult<pb::ConfirmRevocationResponse> {
-        let p = self.principal(&req, Role::TjansteidService)?;
-        let trace = trace_id(&req);
+        let p = principal(&req)?;
+        let trace = current_trace_id();
         let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
+        record_case(&id);
         let reference =
             convert::reference("revocation_reference", &req.get_ref().revocation_reference)?;
         let revoked_at = convert::optional_time("revoke_time", req.get_ref().revoke_time.as_ref())?;
@@ -369,9 +360,10 @@ impl RevocationService for Api {
         &self,
         req: Request<pb::RejectRevocationRequest>,
     ) -> ApiResult<pb::RejectRevocationResponse> {
-        let p = self.principal(&req, Role::TjansteidService)?;
-        let trace = trace_id(&req);
+        let p = principal(&req)?;
+        let trace = current_trace_id();
         let id = convert::case_id("deregistration_id", &req.get_ref().deregistration_id)?;
+        record_case(&id);
         let reason = convert::required_text("reason", &req.get_ref().reason)?;
         let case = self
             .gateway
@@ -391,7 +383,7 @@ impl OperationsService for Api {
         &self,
         req: Request<pb::ListAttentionCasesRequest>,
     ) -> ApiResult<pb::ListAttentionCasesResponse> {
-        let p = self.principal(&req, Role::Operator)?;
+        let p = principal(&req)?;
         let r = req.get_ref();
         let size = self.page_size(r.page_size)?;
         let after = self.page_token(&p, &r.page_token, "attention")?;
@@ -410,9 +402,10 @@ impl OperationsService for Api {
         &self,
         req: Request<pb::RetryDeregistrationRequest>,
     ) -> ApiResult<pb::RetryDeregistrationResponse> {
-        let p = self.principal(&req, Role::Operator)?;
-        let trace = trace_id(&req);
+        let p = principal(&req)?;
+        let trace = current_trace_id();
         let id = convert::case_id("id", &req.get_ref().id)?;
+        record_case(&id);
         let case = self
             .gateway
             .retry(&p, &id, trace)
@@ -428,10 +421,11 @@ impl OperationsService for Api {
         &self,
         req: Request<pb::ResolveDeregistrationRequest>,
     ) -> ApiResult<pb::ResolveDeregistrationResponse> {
-        let p = self.principal(&req, Role::Operator)?;
-        let trace = trace_id(&req);
+        let p = principal(&req)?;
+        let trace = current_trace_id();
         let r = req.get_ref();
         let id = convert::case_id("id", &r.id)?;
+        record_case(&id);
         let completed = match pb::Resolution::try_from(r.resolution) {
             Ok(pb::Resolution::Completed) => true,
             Ok(pb::Resolution::Cancelled) => false,

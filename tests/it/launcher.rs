@@ -18,6 +18,8 @@ pub struct Server {
     pub addr: String,
     /// Everything written to stdout and stderr so far.
     output: Arc<Mutex<String>>,
+    /// What was written to stderr alone (the log).
+    errors: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -28,15 +30,17 @@ impl Drop for Server {
     }
 }
 
-fn capture(mut from: impl Read + Send + 'static, sink: Arc<Mutex<String>>) -> JoinHandle<()> {
+fn capture(mut from: impl Read + Send + 'static, sinks: Vec<Arc<Mutex<String>>>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         while let Ok(n) = from.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            if let Ok(mut o) = sink.lock() {
-                o.push_str(&String::from_utf8_lossy(&buf[..n]));
+            for sink in &sinks {
+                if let Ok(mut o) = sink.lock() {
+                    o.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
             }
         }
     })
@@ -59,8 +63,9 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("spawn server");
         let output = Arc::new(Mutex::new(String::new()));
+        let errors = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
-        let mut readers = vec![capture(stderr, output.clone())];
+        let mut readers = vec![capture(stderr, vec![output.clone(), errors.clone()])];
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let addr = loop {
             let mut line = String::new();
@@ -79,11 +84,12 @@ impl Server {
                 break a.to_owned();
             }
         };
-        readers.push(capture(stdout, output.clone()));
+        readers.push(capture(stdout, vec![output.clone()]));
         Self {
             child,
             addr,
             output,
+            errors,
             readers,
         }
     }
@@ -96,7 +102,12 @@ impl Server {
 
     /// SIGTERM, then waits for the process to exit (SIGKILL after 15 s) and returns everything
     /// it printed.
-    pub fn terminate(mut self) -> String {
+    pub fn terminate(self) -> String {
+        self.terminate_split().0
+    }
+
+    /// As `terminate`, returning everything printed and, second, stderr alone.
+    pub fn terminate_split(mut self) -> (String, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -110,7 +121,8 @@ impl Server {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+        let read = |s: &Arc<Mutex<String>>| s.lock().map(|o| o.clone()).unwrap_or_default();
+        (read(&self.output), read(&self.errors))
     }
 
     /// An mTLS channel as the dev identity `who`.

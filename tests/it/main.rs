@@ -11,3 +11,4 @@ mod real;
 mod saga;
 mod servers;
 mod store;
+mod telemetry;

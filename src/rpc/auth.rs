@@ -1,0 +1,150 @@
+//! Authentication and authorization of every call: the verified client certificate becomes a
+//! `Principal` (inserted into the request extensions, where handlers read it), and the role
+//! the gRPC service needs is checked. Denials are answered and logged here, once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::api::pb;
+use crate::auth::{AuthError, Authorizer, Role};
+
+/// The role each API service requires. Health and reflection need only the client
+/// certificate that mutual TLS has already verified; unknown paths end in UNIMPLEMENTED.
+fn required_role(path: &str) -> Option<Role> {
+    let service = path.strip_prefix('/')?.split('/').next()?;
+    match service {
+        pb::deregistration_service_server::SERVICE_NAME => Some(Role::CareProvider),
+        pb::health_care_office_service_server::SERVICE_NAME => Some(Role::HealthCareOffice),
+        pb::revocation_service_server::SERVICE_NAME => Some(Role::TjansteidService),
+        pb::operations_service_server::SERVICE_NAME => Some(Role::Operator),
+        _ => None,
+    }
+}
+
+/// The status a denial is answered with (messages name the rule, never personal data).
+pub fn denial(e: &AuthError) -> tonic::Status {
+    match e {
+        AuthError::NoCertificate | AuthError::NoHsaId => {
+            tonic::Status::unauthenticated(e.to_string())
+        }
+        AuthError::UnknownPrincipal(_) | AuthError::WrongRole { .. } => {
+            tonic::Status::permission_denied(e.to_string())
+        }
+    }
+}
+
+/// Certificate → principal, role by service.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    auth: Arc<Authorizer>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authorizer>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authorizer>,
+}
+
+impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
+where
+    S: tower_service::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let Some(needs) = required_role(req.uri().path()) else {
+            return Box::pin(self.inner.call(req));
+        };
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        match self
+            .auth
+            .authorize(certs.as_deref().map(Vec::as_slice), needs)
+        {
+            Ok(principal) => {
+                // The RPC span (current here) names the caller: an HSA-id, not personal data.
+                tracing::Span::current().record("principal", principal.hsa_id.as_str());
+                req.extensions_mut().insert(principal.clone());
+                Box::pin(self.inner.call(req))
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "request denied");
+                Box::pin(std::future::ready(Ok(denial(&e).into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_api_service_needs_its_role() {
+        let role = |p: &str| required_role(p);
+        assert_eq!(
+            role("/etjanstekort.v1.DeregistrationService/CreateDeregistration"),
+            Some(Role::CareProvider)
+        );
+        assert_eq!(
+            role("/etjanstekort.v1.HealthCareOfficeService/ListKivRemovalTasks"),
+            Some(Role::HealthCareOffice)
+        );
+        assert_eq!(
+            role("/etjanstekort.v1.RevocationService/ConfirmRevocation"),
+            Some(Role::TjansteidService)
+        );
+        assert_eq!(
+            role("/etjanstekort.v1.OperationsService/RetryDeregistration"),
+            Some(Role::Operator)
+        );
+        // Unknown methods of an API service still need its role.
+        assert_eq!(
+            role("/etjanstekort.v1.OperationsService/Nope"),
+            Some(Role::Operator)
+        );
+        assert_eq!(role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+    }
+}

@@ -20,6 +20,7 @@ use crate::domain::saga::{Event, SnapshotState, Step, step_applies};
 use crate::domain::{Deregistration, State, Timestamp};
 use crate::metrics;
 use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work, WorkResult};
+use crate::trace_context;
 
 mod retry;
 mod settings;
@@ -153,7 +154,7 @@ impl Engine {
             let store = self.store.clone();
             let connectors = self.connectors.clone();
             let cfg = self.cfg.clone();
-            let span = tracing::info_span!("saga_step", case_id = %w.case_id, step = w.step.name(), attempt = w.attempts + 1);
+            let span = step_span(&w, case.as_ref(), connector_of(&self.connectors, w.step));
             set.spawn(
                 async move {
                     // A step must end well inside its lease, or another worker would take it
@@ -171,6 +172,7 @@ impl Engine {
                             retry_or_give_up(&cfg, &w, format!("timed out after {}", human(limit)))
                         }
                     };
+                    record_outcome(&tracing::Span::current(), &result);
                     Finished { work: w, result }
                 }
                 .instrument(span),
@@ -280,6 +282,57 @@ impl Engine {
             }
         }
         Ok(found)
+    }
+}
+
+/// The span of one step execution. A root — not a child of whatever span the worker is in —
+/// joined to the trace of the request that created the case, so a case is one trace; a case
+/// stored without a trace context gets a trace of its own per step, found by `case_id`.
+/// Tagged with ids and names only: never the case's personal data.
+fn step_span(w: &Work, case: Option<&Deregistration>, connector: &'static str) -> tracing::Span {
+    let step = w.step.name();
+    let span = tracing::info_span!(
+        parent: None,
+        "saga.step",
+        otel.name = %format_args!("saga.step {step}"),
+        case_id = %w.case_id,
+        step,
+        attempt = w.attempts + 1,
+        connector,
+        outcome = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    // Before anything enters the span or asks for its context: the parent is fixed at start.
+    trace_context::set_parent_from(&span, case.and_then(|c| c.trace_parent.as_deref()));
+    if let Some(id) = trace_context::trace_id_of(&span) {
+        span.record("trace_id", id);
+    }
+    span
+}
+
+/// Which connector implementation a step calls (`none` for a timer that calls nothing).
+fn connector_of(c: &Connectors, step: Step) -> &'static str {
+    match step {
+        Step::Snapshot | Step::RemoveKiv | Step::RestoreKiv => c.kiv.name(),
+        Step::Report | Step::PollOutcome | Step::Remind(_) => c.tjansteid.name(),
+        Step::NotifyHead | Step::NotifyHolder => c.notifier.name(),
+        Step::Escalate => "none",
+    }
+}
+
+/// `outcome` on the step span; a step that failed for good marks the span as an error (its
+/// message is the connector's classified, redacted text, as in the audit trail).
+fn record_outcome(span: &tracing::Span, result: &WorkResult) {
+    let outcome = match result {
+        WorkResult::Done { .. } => "done",
+        WorkResult::Retry { .. } => "retry",
+        WorkResult::Failed { .. } => "failed",
+        WorkResult::Skipped => "skipped",
+    };
+    span.record("outcome", outcome);
+    if let WorkResult::Failed { error } = result {
+        span.record("otel.status_description", error.as_str());
     }
 }
 

@@ -20,3 +20,4 @@ pub mod server;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod trace_context;

@@ -329,6 +329,10 @@ fn values_of(name: &str, values: &[String]) -> Result<(Vec<u8>, HashSet<Vec<u8>>
 
 #[async_trait]
 impl Kiv for LdapKiv {
+    fn name(&self) -> &'static str {
+        "ldap"
+    }
+
     async fn lookup(
         &self,
         person: &Personnummer,

@@ -158,6 +158,10 @@ pub enum RevocationOutcome {
 /// TjänsteID-service: receives reports of cut cards.
 #[async_trait]
 pub trait TjansteId: Send + Sync + fmt::Debug {
+    /// Which implementation this is (`simulated`, `ldap`, `smtp`, `office`, `log`): tags the
+    /// saga step spans; never anything about a case.
+    fn name(&self) -> &'static str;
+
     /// Reports the cut card. Idempotent by `key` (case id + step): a retry with the same key
     /// must not create a second report at the service desk (e-mail: the same Message-ID).
     async fn report(&self, key: &str, report: &CutCardReport) -> Result<(), ConnectorError>;
@@ -186,6 +190,10 @@ pub trait TjansteId: Send + Sync + fmt::Debug {
 /// KIV (Katalog i Väst): the employment of a person at a care unit.
 #[async_trait]
 pub trait Kiv: Send + Sync + fmt::Debug {
+    /// Which implementation this is (`simulated`, `ldap`, `smtp`, `office`, `log`): tags the
+    /// saga step spans; never anything about a case.
+    fn name(&self) -> &'static str;
+
     /// The person's employment at `unit`, whole (DN and every attribute), or `None`. Read-only.
     async fn lookup(
         &self,
@@ -234,6 +242,10 @@ pub struct Notice {
 /// Tells people the outcome.
 #[async_trait]
 pub trait Notifier: Send + Sync + fmt::Debug {
+    /// Which implementation this is (`simulated`, `ldap`, `smtp`, `office`, `log`): tags the
+    /// saga step spans; never anything about a case.
+    fn name(&self) -> &'static str;
+
     /// Sends one notice. Idempotent by `key`: a retry reuses the key (e-mail: the Message-ID).
     async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError>;
 
@@ -316,6 +328,10 @@ pub struct OfficeOnly;
 
 #[async_trait]
 impl Kiv for OfficeOnly {
+    fn name(&self) -> &'static str {
+        "office"
+    }
+
     async fn lookup(
         &self,
         _: &Personnummer,

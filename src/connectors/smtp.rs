@@ -266,6 +266,10 @@ impl SmtpTjansteId {
 
 #[async_trait]
 impl TjansteId for SmtpTjansteId {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
     async fn report(&self, key: &str, report: &CutCardReport) -> Result<(), ConnectorError> {
         let subject = format!(
             "Avregistrering av klippt eTjänstekort – ärende {}",
@@ -359,6 +363,10 @@ impl SmtpNotifier {
 
 #[async_trait]
 impl Notifier for SmtpNotifier {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
     async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError> {
         let (subject, body) = Self::compose(notice);
         self.smtp.send(key, notice.to.as_str(), subject, body).await

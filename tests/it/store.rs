@@ -72,6 +72,7 @@ fn cmd(request_id: Option<&str>, fingerprint: &str, card: &str) -> CreateCase {
         fingerprint: fingerprint.into(),
         report: report(card),
         meta: meta("SE1655999991-E1"),
+        trace_parent: None,
     }
 }
 

@@ -20,10 +20,10 @@ use crate::domain::saga::{Event, SnapshotState, Step, step_applies};
 use crate::domain::{Deregistration, State, Timestamp};
 use crate::metrics;
 use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work, WorkResult};
-use crate::trace_context;
 
 mod retry;
 mod settings;
+mod spans;
 
 pub use retry::RetryPolicy;
 pub use settings::EngineSettings;
@@ -154,7 +154,11 @@ impl Engine {
             let store = self.store.clone();
             let connectors = self.connectors.clone();
             let cfg = self.cfg.clone();
-            let span = step_span(&w, case.as_ref(), connector_of(&self.connectors, w.step));
+            let span = spans::step(
+                &w,
+                case.as_ref(),
+                spans::connector_of(&self.connectors, w.step),
+            );
             set.spawn(
                 async move {
                     // A step must end well inside its lease, or another worker would take it
@@ -172,7 +176,7 @@ impl Engine {
                             retry_or_give_up(&cfg, &w, format!("timed out after {}", human(limit)))
                         }
                     };
-                    record_outcome(&tracing::Span::current(), &result);
+                    spans::record_outcome(&tracing::Span::current(), &result);
                     Finished { work: w, result }
                 }
                 .instrument(span),
@@ -211,6 +215,8 @@ impl Engine {
     pub async fn reconcile_once(&self) -> Result<usize, StoreError> {
         let mut after = None;
         let mut found = 0;
+        // One trace per pass, begun only when a case is checked: an idle pass exports nothing.
+        let mut pass: Option<tracing::Span> = None;
         loop {
             let page = self
                 .store
@@ -237,102 +243,87 @@ impl Engine {
                 if !check {
                     continue;
                 }
-                let span = tracing::info_span!("reconcile", case_id = %case.id);
-                let r = self
-                    .connectors
-                    .kiv
-                    .lookup(
-                        &case.report.card_holder.personnummer,
-                        &case.report.care_unit,
-                    )
-                    .instrument(span)
-                    .await;
-                match r {
-                    Ok(Some(_)) => {}
-                    Ok(None) if self.store.kiv_removed_by_other_case(&case.id).await? => {
-                        // Another case of this person at this unit was confirmed and removed
-                        // the employment: its absence is the routine, not a violation.
-                        tracing::info!(case_id = %case.id, "employment removed by another confirmed case; not restored");
-                    }
-                    Ok(None) => {
-                        found += 1;
-                        metrics::inc(metrics::KIV_EARLY_REMOVALS);
-                        tracing::warn!(case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
-                        let meta = EventMeta {
-                            actor: "system".into(),
-                            trace_id: case.trace_id.clone(),
-                            at: crate::clock::now(),
-                            detail:
-                                "employment removed from KIV before the revocation was confirmed"
-                                    .into(),
-                        };
-                        match self
-                            .store
-                            .apply(&case.id, None, &Event::EmploymentMissing, meta)
-                            .await
-                        {
-                            Ok(_) | Err(StoreError::Transition(_)) => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Err(e) => {
-                        tracing::info!(case_id = %case.id, error = %e, "KIV look-up failed during reconciliation")
-                    }
+                let pass = pass.get_or_insert_with(spans::reconcile_pass);
+                if self.reconcile_case(case, pass).await? {
+                    found += 1;
                 }
             }
         }
+        if let Some(pass) = pass {
+            pass.record("violations", found);
+        }
         Ok(found)
     }
-}
 
-/// The span of one step execution. A root — not a child of whatever span the worker is in —
-/// joined to the trace of the request that created the case, so a case is one trace; a case
-/// stored without a trace context gets a trace of its own per step, found by `case_id`.
-/// Tagged with ids and names only: never the case's personal data.
-fn step_span(w: &Work, case: Option<&Deregistration>, connector: &'static str) -> tracing::Span {
-    let step = w.step.name();
-    let span = tracing::info_span!(
-        parent: None,
-        "saga.step",
-        otel.name = %format_args!("saga.step {step}"),
-        case_id = %w.case_id,
-        step,
-        attempt = w.attempts + 1,
-        connector,
-        outcome = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    // Before anything enters the span or asks for its context: the parent is fixed at start.
-    trace_context::set_parent_from(&span, case.and_then(|c| c.trace_parent.as_deref()));
-    if let Some(id) = trace_context::trace_id_of(&span) {
-        span.record("trace_id", id);
-    }
-    span
-}
-
-/// Which connector implementation a step calls (`none` for a timer that calls nothing).
-fn connector_of(c: &Connectors, step: Step) -> &'static str {
-    match step {
-        Step::Snapshot | Step::RemoveKiv | Step::RestoreKiv => c.kiv.name(),
-        Step::Report | Step::PollOutcome | Step::Remind(_) => c.tjansteid.name(),
-        Step::NotifyHead | Step::NotifyHolder => c.notifier.name(),
-        Step::Escalate => "none",
-    }
-}
-
-/// `outcome` on the step span; a step that failed for good marks the span as an error (its
-/// message is the connector's classified, redacted text, as in the audit trail).
-fn record_outcome(span: &tracing::Span, result: &WorkResult) {
-    let outcome = match result {
-        WorkResult::Done { .. } => "done",
-        WorkResult::Retry { .. } => "retry",
-        WorkResult::Failed { .. } => "failed",
-        WorkResult::Skipped => "skipped",
-    };
-    span.record("outcome", outcome);
-    if let WorkResult::Failed { error } = result {
-        span.record("otel.status_description", error.as_str());
+    /// Looks one case's employment up in KIV; true when it is missing (a violation, recorded
+    /// as `EmploymentMissing`, which schedules the restore). The look-up is a span of the pass;
+    /// the violation is a span of the case's own trace, linked to that look-up — a look-up a
+    /// minute for days would bury the case's trace.
+    async fn reconcile_case(
+        &self,
+        case: &Deregistration,
+        pass: &tracing::Span,
+    ) -> Result<bool, StoreError> {
+        let kiv = self.connectors.kiv.name();
+        let lookup = spans::reconcile_lookup(pass, &case.id, kiv);
+        let r = self
+            .connectors
+            .kiv
+            .lookup(
+                &case.report.card_holder.personnummer,
+                &case.report.care_unit,
+            )
+            .instrument(lookup.clone())
+            .await;
+        let employment = match r {
+            Ok(Some(_)) => "present",
+            Ok(None) => "missing",
+            Err(e) => {
+                lookup.record("otel.status_description", e.to_string().as_str());
+                tracing::info!(parent: &lookup, case_id = %case.id, error = %e, "KIV look-up failed during reconciliation");
+                "lookup_failed"
+            }
+        };
+        lookup.record("kiv.employment", employment);
+        if employment != "missing" {
+            return Ok(false);
+        }
+        if self.store.kiv_removed_by_other_case(&case.id).await? {
+            // Another case of this person at this unit was confirmed and removed the
+            // employment: its absence is the routine, not a violation.
+            lookup.record("kiv.employment", "removed_by_other_case");
+            tracing::info!(parent: &lookup, case_id = %case.id, "employment removed by another confirmed case; not restored");
+            return Ok(false);
+        }
+        let span = spans::reconcile_violation(case, kiv, &lookup);
+        async {
+            metrics::inc(metrics::KIV_EARLY_REMOVALS);
+            tracing::warn!(case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
+            let meta = EventMeta {
+                actor: "system".into(),
+                trace_id: case.trace_id.clone(),
+                at: crate::clock::now(),
+                detail: "employment removed from KIV before the revocation was confirmed".into(),
+            };
+            let outcome = match self
+                .store
+                .apply(&case.id, None, &Event::EmploymentMissing, meta)
+                .await
+            {
+                Ok(_) => "restore_scheduled",
+                // The case moved on meanwhile (confirmed, cancelled): nothing to restore.
+                Err(StoreError::Transition(_)) => "stale",
+                Err(e) => {
+                    tracing::Span::current()
+                        .record("otel.status_description", e.to_string().as_str());
+                    return Err(e);
+                }
+            };
+            tracing::Span::current().record("outcome", outcome);
+            Ok(true)
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -76,6 +76,20 @@ impl ConnectorError {
     }
 }
 
+/// Marks a client span failed with the error's class only: a server's or library's text may
+/// quote a DN, so it stays out of the trace (the step span carries the redacted message).
+pub(crate) fn record_failure(span: &tracing::Span, e: &ConnectorError) {
+    span.record("otel.status_code", "error");
+    span.record(
+        "error.type",
+        if e.is_retryable() {
+            "retryable"
+        } else {
+            "terminal"
+        },
+    );
+}
+
 /// Makes a remote server's text safe to keep: servers echo addresses and names back
 /// ("550 <holder@example.se>: rejected"), and the message ends up in `state_reason`, the
 /// append-only audit trail and the log. E-mail addresses become `<address>`; identity numbers,

@@ -296,34 +296,32 @@ impl Engine {
             return Ok(false);
         }
         let span = spans::reconcile_violation(case, kiv, &lookup);
-        async {
-            metrics::inc(metrics::KIV_EARLY_REMOVALS);
-            tracing::warn!(case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
-            let meta = EventMeta {
-                actor: "system".into(),
-                trace_id: case.trace_id.clone(),
-                at: crate::clock::now(),
-                detail: "employment removed from KIV before the revocation was confirmed".into(),
-            };
-            let outcome = match self
-                .store
-                .apply(&case.id, None, &Event::EmploymentMissing, meta)
-                .await
-            {
-                Ok(_) => "restore_scheduled",
-                // The case moved on meanwhile (confirmed, cancelled): nothing to restore.
-                Err(StoreError::Transition(_)) => "stale",
-                Err(e) => {
-                    tracing::Span::current()
-                        .record("otel.status_description", e.to_string().as_str());
-                    return Err(e);
-                }
-            };
-            tracing::Span::current().record("outcome", outcome);
-            Ok(true)
-        }
-        .instrument(span)
-        .await
+        metrics::inc(metrics::KIV_EARLY_REMOVALS);
+        tracing::warn!(parent: &span, case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
+        let meta = EventMeta {
+            actor: "system".into(),
+            trace_id: case.trace_id.clone(),
+            at: crate::clock::now(),
+            detail: "employment removed from KIV before the revocation was confirmed".into(),
+        };
+        // The write runs outside the span: sqlx's SQLite worker keeps the span current at a
+        // write transaction alive long after it (see docs/observability-saga.md), and this span
+        // must end to be exported.
+        let outcome = match self
+            .store
+            .apply(&case.id, None, &Event::EmploymentMissing, meta)
+            .await
+        {
+            Ok(_) => "restore_scheduled",
+            // The case moved on meanwhile (confirmed, cancelled): nothing to restore.
+            Err(StoreError::Transition(_)) => "stale",
+            Err(e) => {
+                span.record("otel.status_description", e.to_string().as_str());
+                return Err(e);
+            }
+        };
+        span.record("outcome", outcome);
+        Ok(true)
     }
 }
 

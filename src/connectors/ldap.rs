@@ -196,7 +196,8 @@ fn check(
         Err(_) => None,
     };
     if let Some(rc) = rc {
-        span.record("ldap.result_code", rc);
+        // i64: tracing-opentelemetry exports unsigned integers as strings.
+        span.record("ldap.result_code", i64::from(rc));
     }
     let out = r.map_err(|e| classify(what, e)).and_then(|r| {
         if r.rc == 0 || ok.contains(&r.rc) {
@@ -268,7 +269,7 @@ impl LdapKiv {
             otel.name = %format_args!("ldap {op}"),
             otel.kind = "client",
             "server.address" = %self.server.0,
-            "server.port" = self.server.1,
+            "server.port" = i64::from(self.server.1),
             "ldap.operation" = op,
             "ldap.result_code" = Empty,
             otel.status_code = Empty,

@@ -183,7 +183,7 @@ impl Smtp {
             otel.name = "smtp send",
             otel.kind = "client",
             "server.address" = %self.server.0,
-            "server.port" = self.server.1,
+            "server.port" = i64::from(self.server.1),
             "smtp.reply_code" = Empty,
             otel.status_code = Empty,
             "error.type" = Empty,
@@ -199,7 +199,7 @@ impl Smtp {
             Err(_) => None,
         };
         if let Some(code) = code {
-            span.record("smtp.reply_code", u16::from(code));
+            span.record("smtp.reply_code", i64::from(u16::from(code)));
         }
         let result = match sent {
             Ok(r) => r.map(|_| ()).map_err(|e| classify("send", e)),

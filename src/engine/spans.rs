@@ -36,7 +36,8 @@ pub(super) fn step(
         otel.name = %format_args!("saga.step {step}"),
         case_id = %w.case_id,
         step,
-        attempt = w.attempts + 1,
+        // Integers as i64: tracing-opentelemetry exports other integer types as strings.
+        attempt = i64::from(w.attempts) + 1,
         connector,
         outcome = Empty,
         otel.status_description = Empty,

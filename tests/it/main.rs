@@ -10,3 +10,4 @@ mod real;
 mod saga;
 mod servers;
 mod store;
+mod traces;

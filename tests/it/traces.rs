@@ -197,7 +197,7 @@ async fn world(confirm_after: Option<Duration>) -> World {
     let store = SeaStore::connect(&db.url, 4, Duration::from_secs(5), vault.clone())
         .await
         .expect("connect")
-        .with_timing(timers.clone())
+        .with_timing(timers)
         .with_bus(bus.clone());
     store.migrate().await.expect("migrate");
     let store = Arc::new(store);

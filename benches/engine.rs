@@ -105,6 +105,7 @@ async fn create_cases(store: &Arc<SeaStore>, n: usize, offset: usize) -> f64 {
                             at: etjanstekort_gateway::clock::now(),
                             detail: String::new(),
                         },
+                        trace_parent: None,
                     })
                     .await
                     .unwrap();

@@ -138,6 +138,8 @@ impl Gateway {
             fingerprint,
             report,
             meta: self.meta(principal, trace_id, String::new()),
+            // The request's span (the RPC span): the saga's steps continue its trace.
+            trace_parent: crate::trace_context::current_traceparent(),
         };
         Ok(self.store.create(cmd).await?)
     }

@@ -23,6 +23,7 @@ use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work
 
 mod retry;
 mod settings;
+mod spans;
 
 pub use retry::RetryPolicy;
 pub use settings::EngineSettings;
@@ -162,7 +163,11 @@ impl Engine {
             let connectors = self.connectors.clone();
             let cfg = self.cfg.clone();
             let metrics = self.metrics.clone();
-            let span = tracing::info_span!("saga_step", case_id = %w.case_id, step = w.step.name(), attempt = w.attempts + 1);
+            let span = spans::step(
+                &w,
+                case.as_ref(),
+                spans::connector_of(&self.connectors, w.step),
+            );
             set.spawn(
                 async move {
                     // A step must end well inside its lease, or another worker would take it
@@ -184,6 +189,7 @@ impl Engine {
                         }
                     };
                     metrics.step_finished(w.step, connector, (&result).into(), started.elapsed());
+                    spans::record_outcome(&tracing::Span::current(), &result);
                     Finished { work: w, result }
                 }
                 .instrument(span),
@@ -222,6 +228,8 @@ impl Engine {
     pub async fn reconcile_once(&self) -> Result<usize, StoreError> {
         let mut after = None;
         let mut found = 0;
+        // One trace per pass, begun only when a case is checked: an idle pass exports nothing.
+        let mut pass: Option<tracing::Span> = None;
         loop {
             let page = self
                 .store
@@ -248,53 +256,87 @@ impl Engine {
                 if !check {
                     continue;
                 }
-                let span = tracing::info_span!("reconcile", case_id = %case.id);
-                let r = self
-                    .connectors
-                    .kiv
-                    .lookup(
-                        &case.report.card_holder.personnummer,
-                        &case.report.care_unit,
-                    )
-                    .instrument(span)
-                    .await;
-                match r {
-                    Ok(Some(_)) => {}
-                    Ok(None) if self.store.kiv_removed_by_other_case(&case.id).await? => {
-                        // Another case of this person at this unit was confirmed and removed
-                        // the employment: its absence is the routine, not a violation.
-                        tracing::info!(case_id = %case.id, "employment removed by another confirmed case; not restored");
-                    }
-                    Ok(None) => {
-                        found += 1;
-                        self.metrics.reconciliation_restore();
-                        tracing::warn!(case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
-                        let meta = EventMeta {
-                            actor: "system".into(),
-                            trace_id: case.trace_id.clone(),
-                            at: crate::clock::now(),
-                            detail:
-                                "employment removed from KIV before the revocation was confirmed"
-                                    .into(),
-                        };
-                        match self
-                            .store
-                            .apply(&case.id, None, &Event::EmploymentMissing, meta)
-                            .await
-                        {
-                            Ok(_) | Err(StoreError::Transition(_)) => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .connector_error(CONNECTOR_KIV, e.is_retryable());
-                        tracing::info!(case_id = %case.id, error = %e, "KIV look-up failed during reconciliation")
-                    }
+                let pass = pass.get_or_insert_with(spans::reconcile_pass);
+                if self.reconcile_case(case, pass).await? {
+                    found += 1;
                 }
             }
         }
+        if let Some(pass) = pass {
+            pass.record("violations", found);
+        }
         Ok(found)
+    }
+
+    /// Looks one case's employment up in KIV; true when it is missing (a violation, recorded
+    /// as `EmploymentMissing`, which schedules the restore). The look-up is a span of the pass;
+    /// the violation is a span of the case's own trace, linked to that look-up — a look-up a
+    /// minute for days would bury the case's trace.
+    async fn reconcile_case(
+        &self,
+        case: &Deregistration,
+        pass: &tracing::Span,
+    ) -> Result<bool, StoreError> {
+        let kiv = self.connectors.kiv.name();
+        let lookup = spans::reconcile_lookup(pass, &case.id, kiv);
+        let r = self
+            .connectors
+            .kiv
+            .lookup(
+                &case.report.card_holder.personnummer,
+                &case.report.care_unit,
+            )
+            .instrument(lookup.clone())
+            .await;
+        let employment = match r {
+            Ok(Some(_)) => "present",
+            Ok(None) => "missing",
+            Err(e) => {
+                self.metrics
+                    .connector_error(CONNECTOR_KIV, e.is_retryable());
+                lookup.record("otel.status_description", e.to_string().as_str());
+                tracing::info!(parent: &lookup, case_id = %case.id, error = %e, "KIV look-up failed during reconciliation");
+                "lookup_failed"
+            }
+        };
+        lookup.record("kiv.employment", employment);
+        if employment != "missing" {
+            return Ok(false);
+        }
+        if self.store.kiv_removed_by_other_case(&case.id).await? {
+            // Another case of this person at this unit was confirmed and removed the
+            // employment: its absence is the routine, not a violation.
+            lookup.record("kiv.employment", "removed_by_other_case");
+            tracing::info!(parent: &lookup, case_id = %case.id, "employment removed by another confirmed case; not restored");
+            return Ok(false);
+        }
+        let span = spans::reconcile_violation(case, kiv, &lookup);
+        self.metrics.reconciliation_restore();
+        tracing::warn!(parent: &span, case_id = %case.id, "employment removed from KIV before the revocation was confirmed");
+        let meta = EventMeta {
+            actor: "system".into(),
+            trace_id: case.trace_id.clone(),
+            at: crate::clock::now(),
+            detail: "employment removed from KIV before the revocation was confirmed".into(),
+        };
+        // The write runs outside the span: sqlx's SQLite worker keeps the span current at a
+        // write transaction alive long after it (see docs/observability-saga.md), and this span
+        // must end to be exported.
+        let outcome = match self
+            .store
+            .apply(&case.id, None, &Event::EmploymentMissing, meta)
+            .await
+        {
+            Ok(_) => "restore_scheduled",
+            // The case moved on meanwhile (confirmed, cancelled): nothing to restore.
+            Err(StoreError::Transition(_)) => "stale",
+            Err(e) => {
+                span.record("otel.status_description", e.to_string().as_str());
+                return Err(e);
+            }
+        };
+        span.record("outcome", outcome);
+        Ok(true)
     }
 }
 

@@ -22,3 +22,4 @@ pub mod server;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod trace_context;

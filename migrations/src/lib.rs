@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m0001_cases;
 mod m0002_saga;
 mod m0003_head_notified;
+mod m0004_trace_parent;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_cases::Migration),
             Box::new(m0002_saga::Migration),
             Box::new(m0003_head_notified::Migration),
+            Box::new(m0004_trace_parent::Migration),
         ]
     }
 }

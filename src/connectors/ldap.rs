@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
-use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry, ldap_escape};
+use ldap3::{
+    LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry, SearchResult, ldap_escape,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::{ConnectorError, Kiv};
 use crate::domain::{Employment, HsaId, Personnummer, Timestamp};
@@ -93,6 +97,30 @@ fn ten_seconds() -> Duration {
 pub struct LdapKiv {
     s: LdapSettings,
     tls: Arc<rustls::ClientConfig>,
+    /// The directory's host and port, for the client spans.
+    server: (String, u16),
+}
+
+/// Host and port of an `ldap://` or `ldaps://` URL (default ports 389 and 636).
+fn server_of(url: &str) -> (String, u16) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("ldap", url));
+    let default = if scheme.eq_ignore_ascii_case("ldaps") {
+        636
+    } else {
+        389
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let port = |p: &str| p.parse().unwrap_or(default);
+    if let Some((host, tail)) = authority.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        return (
+            host.to_owned(),
+            tail.strip_prefix(':').map_or(default, port),
+        );
+    }
+    match authority.rsplit_once(':') {
+        Some((host, p)) => (host.to_owned(), port(p)),
+        None => (authority.to_owned(), default),
+    }
 }
 
 /// Result codes worth retrying: the server is busy, unavailable or timed out.
@@ -154,17 +182,34 @@ fn classify(what: &str, e: LdapError) -> ConnectorError {
     }
 }
 
+/// The operation's result code (`ok` lists codes that count as success too), recorded on its
+/// client span with the outcome.
 fn check(
+    span: &tracing::Span,
     what: &str,
     r: Result<ldap3::LdapResult, LdapError>,
     ok: &[u32],
 ) -> Result<u32, ConnectorError> {
-    let r = r.map_err(|e| classify(what, e))?;
-    if r.rc == 0 || ok.contains(&r.rc) {
-        Ok(r.rc)
-    } else {
-        Err(classify(what, LdapError::LdapResult { result: r }))
+    let rc = match &r {
+        Ok(res) => Some(res.rc),
+        Err(LdapError::LdapResult { result }) => Some(result.rc),
+        Err(_) => None,
+    };
+    if let Some(rc) = rc {
+        // i64: tracing-opentelemetry exports unsigned integers as strings.
+        span.record("ldap.result_code", i64::from(rc));
     }
+    let out = r.map_err(|e| classify(what, e)).and_then(|r| {
+        if r.rc == 0 || ok.contains(&r.rc) {
+            Ok(r.rc)
+        } else {
+            Err(classify(what, LdapError::LdapResult { result: r }))
+        }
+    });
+    if let Err(e) = &out {
+        super::record_failure(span, e);
+    }
+    out
 }
 
 /// `yyyyMMddHHmmssZ`, as KIV writes dates.
@@ -204,24 +249,61 @@ impl LdapKiv {
         }
         let ca = super::read_optional(settings.ca_file.as_deref(), "ldap.ca_file")?;
         let tls = Arc::new(super::tls_client_config(ca.as_deref())?);
-        Ok(Self { s: settings, tls })
+        let server = server_of(&settings.url);
+        Ok(Self {
+            s: settings,
+            tls,
+            server,
+        })
     }
 
-    async fn connect(&self) -> Result<ldap3::Ldap, ConnectorError> {
+    /// A client span for one LDAP operation: the server, the operation and its result code —
+    /// never a DN, filter or value (they carry the personnummer). None when `traced` is false:
+    /// readiness probes run every few seconds outside any case and would flood the traces.
+    fn op_span(&self, op: &'static str, traced: bool) -> tracing::Span {
+        if !traced {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            "ldap",
+            otel.name = %format_args!("ldap {op}"),
+            otel.kind = "client",
+            "server.address" = %self.server.0,
+            "server.port" = i64::from(self.server.1),
+            "ldap.operation" = op,
+            "ldap.result_code" = Empty,
+            otel.status_code = Empty,
+            "error.type" = Empty,
+        )
+    }
+
+    /// Connects (StartTLS unless plain) and binds; `traced`: with client spans.
+    async fn connect(&self, traced: bool) -> Result<ldap3::Ldap, ConnectorError> {
         let starttls = self.s.url.starts_with("ldap://") && !self.s.allow_plain;
         let settings = LdapConnSettings::new()
             .set_config(self.tls.clone())
             .set_starttls(starttls)
             .set_conn_timeout(self.s.timeout);
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.s.url)
+        let span = self.op_span("connect", traced);
+        let (conn, mut ldap) = match LdapConnAsync::with_settings(settings, &self.s.url)
+            .instrument(span.clone())
             .await
-            .map_err(|e| classify("connect", e))?;
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let e = classify("connect", e);
+                super::record_failure(&span, &e);
+                return Err(e);
+            }
+        };
         ldap3::drive!(conn);
         if let Some(bind) = &self.s.bind {
+            let span = self.op_span("bind", traced);
             let r = ldap
                 .simple_bind(&bind.dn, bind.password.expose_secret())
+                .instrument(span.clone())
                 .await;
-            check("bind", r, &[])?;
+            check(&span, "bind", r, &[])?;
         }
         Ok(ldap)
     }
@@ -247,6 +329,7 @@ impl LdapKiv {
         person: &Personnummer,
         unit: &HsaId,
     ) -> Result<Option<Employment>, ConnectorError> {
+        let span = self.op_span("search", true);
         let r = ldap
             .search(
                 &self.s.base_dn,
@@ -254,10 +337,13 @@ impl LdapKiv {
                 &self.filter(person, unit),
                 vec!["*"],
             )
-            .await
-            .map_err(|e| classify("search", e))?;
-        let (entries, res) = r.success().map_err(|e| classify("search", e))?;
-        let _ = res;
+            .instrument(span.clone())
+            .await;
+        let (entries, res) = match r {
+            Ok(SearchResult(entries, res)) => (entries, Ok(res)),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        check(&span, "search", res, &[])?;
         let mut found: Vec<Employment> = entries
             .into_iter()
             .map(|e| {
@@ -300,7 +386,7 @@ impl LdapKiv {
 
     /// Connects and binds: for readiness checks.
     pub async fn probe(&self) -> Result<(), ConnectorError> {
-        let mut ldap = self.connect().await?;
+        let mut ldap = self.connect(false).await?;
         let _ = ldap.unbind().await;
         Ok(())
     }
@@ -329,13 +415,17 @@ fn values_of(name: &str, values: &[String]) -> Result<(Vec<u8>, HashSet<Vec<u8>>
 
 #[async_trait]
 impl Kiv for LdapKiv {
+    fn name(&self) -> &'static str {
+        "ldap"
+    }
+
     async fn lookup(
         &self,
         person: &Personnummer,
         unit: &HsaId,
     ) -> Result<Option<Employment>, ConnectorError> {
         self.bounded("lookup", async {
-            let mut ldap = self.connect().await?;
+            let mut ldap = self.connect(true).await?;
             let r = self.find(&mut ldap, person, unit).await;
             let _ = ldap.unbind().await;
             r
@@ -384,21 +474,27 @@ impl LdapKiv {
         person: &Personnummer,
         unit: &HsaId,
     ) -> Result<(), ConnectorError> {
-        let mut ldap = self.connect().await?;
+        let mut ldap = self.connect(true).await?;
         let result = async {
             let Some(entry) = self.find(&mut ldap, person, unit).await? else {
                 return Ok(()); // Already gone: removal is idempotent.
             };
             match self.s.removal {
                 // 32 noSuchObject: someone removed it between our search and delete.
-                Removal::Delete => check("delete", ldap.delete(&entry.dn).await, &[32]).map(|_| ()),
+                Removal::Delete => {
+                    let span = self.op_span("delete", true);
+                    let r = ldap.delete(&entry.dn).instrument(span.clone()).await;
+                    check(&span, "delete", r, &[32]).map(|_| ())
+                }
                 Removal::EndDate => {
                     let now = kiv_time(crate::clock::now());
                     let m = vec![Mod::Replace(
                         self.s.end_date_attribute.clone(),
                         HashSet::from([now]),
                     )];
-                    check("modify", ldap.modify(&entry.dn, m).await, &[32]).map(|_| ())
+                    let span = self.op_span("modify", true);
+                    let r = ldap.modify(&entry.dn, m).instrument(span.clone()).await;
+                    check(&span, "modify", r, &[32]).map(|_| ())
                 }
             }
         }
@@ -408,7 +504,7 @@ impl LdapKiv {
     }
 
     async fn restore_inner(&self, snapshot: &Employment) -> Result<(), ConnectorError> {
-        let mut ldap = self.connect().await?;
+        let mut ldap = self.connect(true).await?;
         let result = async {
             let attrs = snapshot
                 .attributes
@@ -416,7 +512,9 @@ impl LdapKiv {
                 .map(|(k, v)| values_of(k, v))
                 .collect::<Result<Vec<_>, _>>()?;
             // 68 entryAlreadyExists: it is there, so restoring succeeded (idempotent).
-            let rc = check("add", ldap.add(&snapshot.dn, attrs).await, &[68])?;
+            let span = self.op_span("add", true);
+            let r = ldap.add(&snapshot.dn, attrs).instrument(span.clone()).await;
+            let rc = check(&span, "add", r, &[68])?;
             if rc == 68 && self.s.removal == Removal::EndDate {
                 // The entry survived with an end date set: put the end date back as it was.
                 let before: HashSet<String> = snapshot
@@ -425,7 +523,9 @@ impl LdapKiv {
                     .map(|v| v.iter().cloned().collect())
                     .unwrap_or_default();
                 let m = vec![Mod::Replace(self.s.end_date_attribute.clone(), before)];
-                check("modify", ldap.modify(&snapshot.dn, m).await, &[16])?;
+                let span = self.op_span("modify", true);
+                let r = ldap.modify(&snapshot.dn, m).instrument(span.clone()).await;
+                check(&span, "modify", r, &[16])?;
             }
             Ok(())
         }
@@ -471,6 +571,19 @@ mod tests {
             "ref <number>, 1<number>"
         );
         assert_eq!(super::super::redact("code 550 5.1.1"), "code 550 5.1.1");
+    }
+
+    #[test]
+    fn the_server_is_read_from_the_url() {
+        let s = |h: &str, p: u16| (h.to_owned(), p);
+        assert_eq!(server_of("ldap://kiv.example.se"), s("kiv.example.se", 389));
+        assert_eq!(
+            server_of("ldaps://kiv.example.se/"),
+            s("kiv.example.se", 636)
+        );
+        assert_eq!(server_of("ldap://127.0.0.1:3890"), s("127.0.0.1", 3890));
+        assert_eq!(server_of("LDAPS://[::1]:6360/dc=x"), s("::1", 6360));
+        assert_eq!(server_of("ldap://[::1]"), s("::1", 389));
     }
 
     #[test]

@@ -76,6 +76,20 @@ impl ConnectorError {
     }
 }
 
+/// Marks a client span failed with the error's class only: a server's or library's text may
+/// quote a DN, so it stays out of the trace (the step span carries the redacted message).
+pub(crate) fn record_failure(span: &tracing::Span, e: &ConnectorError) {
+    span.record("otel.status_code", "error");
+    span.record(
+        "error.type",
+        if e.is_retryable() {
+            "retryable"
+        } else {
+            "terminal"
+        },
+    );
+}
+
 /// Makes a remote server's text safe to keep: servers echo addresses and names back
 /// ("550 <holder@example.se>: rejected"), and the message ends up in `state_reason`, the
 /// append-only audit trail and the log. E-mail addresses become `<address>`; identity numbers,
@@ -158,6 +172,10 @@ pub enum RevocationOutcome {
 /// TjänsteID-service: receives reports of cut cards.
 #[async_trait]
 pub trait TjansteId: Send + Sync + fmt::Debug {
+    /// Which implementation this is (`simulated`, `ldap`, `smtp`, `office`, `log`): tags the
+    /// saga step spans; never anything about a case.
+    fn name(&self) -> &'static str;
+
     /// Reports the cut card. Idempotent by `key` (case id + step): a retry with the same key
     /// must not create a second report at the service desk (e-mail: the same Message-ID).
     async fn report(&self, key: &str, report: &CutCardReport) -> Result<(), ConnectorError>;
@@ -186,6 +204,10 @@ pub trait TjansteId: Send + Sync + fmt::Debug {
 /// KIV (Katalog i Väst): the employment of a person at a care unit.
 #[async_trait]
 pub trait Kiv: Send + Sync + fmt::Debug {
+    /// Which implementation this is (`simulated`, `ldap`, `smtp`, `office`, `log`): tags the
+    /// saga step spans; never anything about a case.
+    fn name(&self) -> &'static str;
+
     /// The person's employment at `unit`, whole (DN and every attribute), or `None`. Read-only.
     async fn lookup(
         &self,
@@ -234,6 +256,10 @@ pub struct Notice {
 /// Tells people the outcome.
 #[async_trait]
 pub trait Notifier: Send + Sync + fmt::Debug {
+    /// Which implementation this is (`simulated`, `ldap`, `smtp`, `office`, `log`): tags the
+    /// saga step spans; never anything about a case.
+    fn name(&self) -> &'static str;
+
     /// Sends one notice. Idempotent by `key`: a retry reuses the key (e-mail: the Message-ID).
     async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError>;
 
@@ -316,6 +342,10 @@ pub struct OfficeOnly;
 
 #[async_trait]
 impl Kiv for OfficeOnly {
+    fn name(&self) -> &'static str {
+        "office"
+    }
+
     async fn lookup(
         &self,
         _: &Personnummer,

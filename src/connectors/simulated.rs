@@ -209,6 +209,10 @@ impl SimulatedTjansteId {
 
 #[async_trait]
 impl TjansteId for SimulatedTjansteId {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
     async fn report(&self, key: &str, _report: &CutCardReport) -> Result<(), ConnectorError> {
         self.faults.apply("report").await?;
         if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -336,6 +340,10 @@ impl SimulatedKiv {
 
 #[async_trait]
 impl Kiv for SimulatedKiv {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
     async fn lookup(
         &self,
         person: &Personnummer,
@@ -417,6 +425,10 @@ impl LogNotifier {
 
 #[async_trait]
 impl Notifier for LogNotifier {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
     async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError> {
         self.faults.apply("notification").await?;
         tracing::info!(case_id = %notice.case_id, recipient = ?notice.recipient, key, "notice: card deregistered");

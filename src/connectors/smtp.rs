@@ -15,6 +15,8 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::{
     ConnectorError, CutCardReport, Notice, Notifier, Recipient, RevocationOutcome, TjansteId,
@@ -87,6 +89,8 @@ pub struct Smtp {
     from: Mailbox,
     id_domain: String,
     timeout: Duration,
+    /// The relay's host and port, for the client spans.
+    server: (String, u16),
 }
 
 impl std::fmt::Debug for Smtp {
@@ -147,6 +151,7 @@ impl Smtp {
             from,
             id_domain,
             timeout: s.timeout,
+            server: (s.host.clone(), s.port),
         })
     }
 
@@ -173,15 +178,42 @@ impl Smtp {
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .map_err(|e| ConnectorError::Terminal(format!("message: {e}")))?;
+        // A client span per send: the relay and its reply code — never a recipient, subject
+        // or body.
+        let span = tracing::info_span!(
+            "smtp",
+            otel.name = "smtp send",
+            otel.kind = "client",
+            "server.address" = %self.server.0,
+            "server.port" = i64::from(self.server.1),
+            "smtp.reply_code" = Empty,
+            otel.status_code = Empty,
+            "error.type" = Empty,
+        );
         // lettre's own timeout does not cover every wait (e.g. the reply to DATA): bound the
         // whole send, so a stalled server is a retryable failure, not a hung step.
-        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+        let sent = tokio::time::timeout(self.timeout, self.transport.send(message))
+            .instrument(span.clone())
+            .await;
+        let code = match &sent {
+            Ok(Ok(response)) => Some(response.code()),
+            Ok(Err(e)) => e.status(),
+            Err(_) => None,
+        };
+        if let Some(code) = code {
+            span.record("smtp.reply_code", i64::from(u16::from(code)));
+        }
+        let result = match sent {
             Ok(r) => r.map(|_| ()).map_err(|e| classify("send", e)),
             Err(_) => Err(ConnectorError::Retryable(format!(
                 "send: no answer from the SMTP server within {:?}",
                 self.timeout
             ))),
+        };
+        if let Err(e) = &result {
+            super::record_failure(&span, e);
         }
+        result
     }
 
     /// Connects, negotiates STARTTLS, authenticates (if configured) and says NOOP.
@@ -268,6 +300,10 @@ impl SmtpTjansteId {
 
 #[async_trait]
 impl TjansteId for SmtpTjansteId {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
     async fn report(&self, key: &str, report: &CutCardReport) -> Result<(), ConnectorError> {
         let subject = format!(
             "Avregistrering av klippt eTjänstekort – ärende {}",
@@ -361,6 +397,10 @@ impl SmtpNotifier {
 
 #[async_trait]
 impl Notifier for SmtpNotifier {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
     async fn notify(&self, key: &str, notice: &Notice) -> Result<(), ConnectorError> {
         let (subject, body) = Self::compose(notice);
         self.smtp.send(key, notice.to.as_str(), subject, body).await

@@ -182,6 +182,9 @@ pub struct Deregistration {
     pub head_notified_at: Option<Timestamp>,
     /// The trace of the request that created the case; saga steps link to it.
     pub trace_id: String,
+    /// The W3C `traceparent` of the span that created the case (not personal data): the saga
+    /// steps' spans continue that trace. `None` for cases stored before it was kept.
+    pub trace_parent: Option<String>,
 }
 
 impl Deregistration {

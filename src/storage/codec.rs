@@ -89,6 +89,7 @@ impl Codec {
             last_seq: Set(0),
             last_hash: Set(GENESIS_HASH.to_owned()),
             head_notified_at: Set(None),
+            trace_parent: Set(cmd.trace_parent.clone()),
         })
     }
 
@@ -156,6 +157,7 @@ impl Codec {
             revocation_confirmed_at: m.revocation_confirmed_at.map(Timestamp),
             head_notified_at: m.head_notified_at.map(Timestamp),
             trace_id: m.trace_id.clone(),
+            trace_parent: m.trace_parent.clone(),
         })
     }
 

@@ -33,6 +33,8 @@ pub(crate) mod cases {
         pub last_seq: i64,
         pub last_hash: String,
         pub head_notified_at: Option<i64>,
+        /// W3C `traceparent` of the creating request (m0004); NULL for older cases.
+        pub trace_parent: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

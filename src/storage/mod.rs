@@ -64,6 +64,9 @@ pub struct CreateCase {
     pub fingerprint: String,
     pub report: NewDeregistration,
     pub meta: EventMeta,
+    /// The W3C `traceparent` of the creating request's span, kept with the case so the saga's
+    /// steps join its trace (`crate::trace_context`).
+    pub trace_parent: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

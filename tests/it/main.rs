@@ -12,3 +12,4 @@ mod saga;
 mod servers;
 mod store;
 mod telemetry;
+mod traces;

@@ -22,7 +22,7 @@ use pb::revocation_service_client::RevocationServiceClient;
 use crate::helpers::{Options, create, report, spawn_app_opts, unit_a};
 use crate::servers::{LDAP_ADMIN, LDAP_PASSWORD, Slapd, SmtpServer};
 
-fn person() -> Personnummer {
+pub(crate) fn person() -> Personnummer {
     Personnummer::parse(
         "19121212-1212",
         etjanstekort_gateway::clock::now().utc_date(),
@@ -30,13 +30,13 @@ fn person() -> Personnummer {
     .expect("pnr")
 }
 
-fn unit() -> HsaId {
+pub(crate) fn unit() -> HsaId {
     HsaId::parse(&unit_a()).expect("unit")
 }
 
 // ---- fixtures: how a test arranges the world behind each port --------------------------------
 
-trait KivWorld {
+pub(crate) trait KivWorld {
     async fn employ(&self, p: &Personnummer, u: &HsaId);
     async fn remove_by_hand(&self, p: &Personnummer, u: &HsaId);
 }
@@ -101,7 +101,7 @@ impl KivWorld for Slapd {
     }
 }
 
-fn ldap_kiv(slapd: &Slapd, removal: Removal) -> LdapKiv {
+pub(crate) fn ldap_kiv(slapd: &Slapd, removal: Removal) -> LdapKiv {
     LdapKiv::new(ldap_settings(slapd, removal)).expect("settings")
 }
 
@@ -124,7 +124,7 @@ fn ldap_settings(slapd: &Slapd, removal: Removal) -> LdapSettings {
     }
 }
 
-fn smtp(server: &SmtpServer) -> Smtp {
+pub(crate) fn smtp(server: &SmtpServer) -> Smtp {
     Smtp::new(&smtp_settings(server)).expect("smtp settings")
 }
 

@@ -72,6 +72,7 @@ fn cmd(request_id: Option<&str>, fingerprint: &str, card: &str) -> CreateCase {
         fingerprint: fingerprint.into(),
         report: report(card),
         meta: meta("SE1655999991-E1"),
+        trace_parent: None,
     }
 }
 
@@ -190,6 +191,27 @@ async fn contract(db: TestDb) {
         let pseudonym: String = row.try_get("", "holder_pseudonym").expect("pseudonym");
         assert!(!pseudonym.contains("1212121212"));
     }
+
+    // The creating request's trace context is kept with the case and read back as stored;
+    // a case created without one has none.
+    assert_eq!(case.trace_parent, None);
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let traced = store
+        .create(CreateCase {
+            trace_parent: Some(tp.into()),
+            ..cmd(None, "f9", "1000009")
+        })
+        .await
+        .expect("create")
+        .into_case();
+    assert_eq!(traced.trace_parent.as_deref(), Some(tp));
+    let read = store.get(&traced.id).await.expect("get").expect("case");
+    assert_eq!(read.trace_parent.as_deref(), Some(tp));
+    let listed = store
+        .get_many(std::slice::from_ref(&traced.id))
+        .await
+        .expect("get_many");
+    assert_eq!(listed[0].trace_parent.as_deref(), Some(tp));
 }
 
 #[tokio::test]

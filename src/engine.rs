@@ -320,7 +320,7 @@ impl Engine {
             detail: "employment removed from KIV before the revocation was confirmed".into(),
         };
         // The write runs outside the span: sqlx's SQLite worker keeps the span current at a
-        // write transaction alive long after it (see docs/observability-saga.md), and this span
+        // write transaction alive long after it (see docs/observability.md), and this span
         // must end to be exported.
         let outcome = match self
             .store

@@ -58,6 +58,13 @@ impl Codec {
         Self { vault }
     }
 
+    /// How a caller's `request_id` is kept: a keyed digest, scoped to the caller. The id is the
+    /// caller's free choice, so it is never stored in clear, whatever it may hide.
+    pub(crate) fn request_key(&self, principal: &str, request_id: &str) -> String {
+        self.vault
+            .digest(&[b"request-id:", principal.as_bytes(), request_id.as_bytes()])
+    }
+
     /// The row of a new case in `ACCEPTED`, before its first event (`last_seq` 0, genesis
     /// hash): personal data sealed, the holder looked up by pseudonym only.
     pub(crate) fn new_case(&self, cmd: &CreateCase) -> Result<cases::ActiveModel, StoreError> {

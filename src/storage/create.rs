@@ -39,8 +39,9 @@ pub(crate) async fn create_in(
     let card_free = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
 
     if let Some(request_id) = &cmd.request_id {
+        let request_key = codec.request_key(cmd.principal.as_str(), request_id);
         let existing =
-            idempotency_keys::Entity::find_by_id((cmd.principal.to_string(), request_id.clone()))
+            idempotency_keys::Entity::find_by_id((cmd.principal.to_string(), request_key.clone()))
                 .one(txn)
                 .await
                 .map_err(StoreError::Unavailable)?;
@@ -58,7 +59,7 @@ pub(crate) async fn create_in(
         if card_free {
             let key = idempotency_keys::ActiveModel {
                 principal_hsa_id: Set(cmd.principal.to_string()),
-                request_id: Set(request_id.clone()),
+                request_id: Set(request_key),
                 fingerprint: Set(cmd.fingerprint.clone()),
                 case_id: Set(cmd.id.to_string()),
                 created_at: Set(cmd.meta.at.0),

@@ -97,6 +97,21 @@ async fn contract(db: TestDb) {
         store.create(cmd(Some("r1"), "other", "1000002")).await,
         Err(StoreError::RequestIdReused)
     ));
+    // The caller's request id is kept only as a keyed digest.
+    let raw = Database::connect(&db.url).await.expect("raw");
+    let keys = raw
+        .query_all_raw(sea_orm::Statement::from_string(
+            raw.get_database_backend(),
+            "SELECT request_id FROM idempotency_keys",
+        ))
+        .await
+        .expect("keys");
+    assert_eq!(keys.len(), 1);
+    let key: String = keys[0].try_get("", "request_id").expect("request_id");
+    assert!(
+        key != "r1" && key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key}"
+    );
     assert!(matches!(
         store.create(cmd(None, "f3", "1000001")).await,
         Err(StoreError::ActiveCaseExists)

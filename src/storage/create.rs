@@ -40,11 +40,21 @@ pub(crate) async fn create_in(
 
     if let Some(request_id) = &cmd.request_id {
         let request_key = codec.request_key(cmd.principal.as_str(), request_id);
-        let existing =
+        let mut existing =
             idempotency_keys::Entity::find_by_id((cmd.principal.to_string(), request_key.clone()))
                 .one(txn)
                 .await
                 .map_err(StoreError::Unavailable)?;
+        if existing.is_none() {
+            // Records from before request ids were digested hold the id itself.
+            existing = idempotency_keys::Entity::find_by_id((
+                cmd.principal.to_string(),
+                request_id.clone(),
+            ))
+            .one(txn)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        }
         if let Some(prior) = existing {
             if prior.fingerprint != cmd.fingerprint {
                 return Err(StoreError::RequestIdReused);

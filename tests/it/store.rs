@@ -112,6 +112,17 @@ async fn contract(db: TestDb) {
         key != "r1" && key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
         "{key}"
     );
+    // A record written by an earlier release, with the id in clear, still replays.
+    raw.execute_unprepared("UPDATE idempotency_keys SET request_id = 'r1'")
+        .await
+        .expect("a record as earlier releases wrote it");
+    assert_eq!(
+        store
+            .create(cmd(Some("r1"), "f1", "1000001"))
+            .await
+            .expect("replay"),
+        Created::Replayed(case.clone())
+    );
     assert!(matches!(
         store.create(cmd(None, "f3", "1000001")).await,
         Err(StoreError::ActiveCaseExists)

@@ -207,9 +207,17 @@ where
         // Before the span starts: the caller's span becomes its parent.
         let parent = TraceContextPropagator::new()
             .extract(&opentelemetry_http::HeaderExtractor(req.headers()));
-        // Fails only without an OpenTelemetry layer (some in-process tests): then there is
-        // nothing to continue.
-        let _ = span.set_parent(parent);
+        // The caller chooses its trace id, and it ends up in traces, logs and the audit trail:
+        // one that hides an identity number is not continued (a new trace starts).
+        let usable = {
+            let id = parent.span().span_context().trace_id().to_string();
+            crate::domain::TraceId::parse(&id).is_some()
+        };
+        if usable {
+            // Fails only without an OpenTelemetry layer (some in-process tests): then there is
+            // nothing to continue.
+            let _ = span.set_parent(parent);
+        }
         let context = span.context().span().span_context().clone();
         if context.is_valid() {
             span.record("trace_id", display(context.trace_id()));

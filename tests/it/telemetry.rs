@@ -161,8 +161,22 @@ async fn traffic(server: &Server, dir: &std::path::Path) -> String {
         .await
         .expect_err("unknown case");
     assert_eq!(err.code(), Code::NotFound);
+    // A trace id that hides an identity number is not continued.
+    let mut sneaky = tonic::Request::new(pb::GetDeregistrationRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+    });
+    sneaky.metadata_mut().insert(
+        "traceparent",
+        format!("00-{SNEAKY_TRACE_ID}-{PARENT_SPAN}-01")
+            .parse()
+            .expect("metadata"),
+    );
+    let _ = client.get_deregistration(sneaky).await;
     case.id
 }
+
+/// A caller's trace id carrying 191212121212 (a valid personnummer).
+const SNEAKY_TRACE_ID: &str = "00000000000000000000191212121212";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -246,6 +260,10 @@ fn check_exported(requests: &[ExportTraceServiceRequest]) {
     assert!(
         service_names.contains(&string("etjanstekort-gateway")),
         "{service_names:?}"
+    );
+    assert!(
+        all.iter().all(|s| hex(&s.trace_id) != SNEAKY_TRACE_ID),
+        "a trace id hiding an identity number was continued"
     );
     // Every name, attribute, event and status message of everything received.
     let everything = format!("{requests:?}");

@@ -651,3 +651,41 @@ async fn a_planted_kiv_removal_for_an_unconfirmed_case_is_skipped() {
     assert!(app.kiv.contains(&holder(), &unit()), "KIV touched");
     assert!(app.kiv.removal_keys().is_empty());
 }
+
+/// Behind the saga: a row that claims `KIV_REMOVAL_PENDING` on the office route without a
+/// recorded confirmation (a bug, a hand edit) is neither listed as the office's task nor
+/// completable.
+#[tokio::test]
+async fn the_office_gets_no_task_without_a_recorded_confirmation() {
+    use sea_orm::{ConnectionTrait, Database};
+    let app = spawn_app_opts(Options {
+        engine: false,
+        ..Options::default()
+    })
+    .await;
+    let id = create_case(&app, pb::KivRemovalRoute::HealthCareOffice, "5900002").await;
+    let db = Database::connect(TestDb::sqlite(app.dir.path()).url)
+        .await
+        .expect("raw");
+    db.execute_unprepared(&format!(
+        "UPDATE cases SET state = 'kiv_removal_pending', head_notified_at = 1 WHERE id = '{id}'"
+    ))
+    .await
+    .expect("a row that skipped the confirmation");
+    let mut office = HealthCareOfficeServiceClient::new(app.channel("office").await);
+    let tasks = office
+        .list_kiv_removal_tasks(pb::ListKivRemovalTasksRequest::default())
+        .await
+        .expect("tasks")
+        .into_inner()
+        .tasks;
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let early = office
+        .complete_kiv_removal_task(pb::CompleteKivRemovalTaskRequest {
+            deregistration_id: id.clone(),
+            comment: String::new(),
+        })
+        .await
+        .expect_err("not confirmed");
+    assert_eq!(early.code(), Code::FailedPrecondition);
+}

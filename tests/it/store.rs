@@ -321,6 +321,20 @@ async fn outbox_contract(db: TestDb) {
         .await
         .expect("finish");
     assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
+    // So is its failure: the holder's effect stays pending, the case unchanged.
+    store
+        .finish(
+            "owner-b",
+            vec![Finished {
+                work: work(&a, Step::Report),
+                result: WorkResult::Failed {
+                    error: "not mine to report".into(),
+                },
+            }],
+        )
+        .await
+        .expect("finish");
+    assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
 
     // After the lease runs out, another worker takes the effects over under the same keys.
     let later = Timestamp(etjanstekort_gateway::clock::now().0 + 60_000_000);

@@ -9,7 +9,7 @@ use pb::operations_service_client::OperationsServiceClient;
 use pb::revocation_service_client::RevocationServiceClient;
 use tonic::Code;
 
-use crate::helpers::{Options, TestApp, report, spawn_app_opts, unit_a};
+use crate::helpers::{Options, TestApp, TestDb, report, spawn_app_opts, unit_a};
 
 fn holder() -> Personnummer {
     Personnummer::parse(
@@ -602,4 +602,87 @@ async fn references_carrying_an_identity_number_are_refused() {
     })
     .await
     .expect("a long ticket number");
+}
+
+/// The engine's own check (`saga::step_applies`), behind the saga and the store: a KIV removal
+/// planted in the outbox for a case that is not confirmed (a bug, a hand edit) is retired
+/// without touching KIV.
+#[tokio::test]
+async fn a_planted_kiv_removal_for_an_unconfirmed_case_is_skipped() {
+    use sea_orm::{ConnectionTrait, Database};
+    let app = spawn_app_opts(Options::default()).await;
+    let id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5900001").await;
+    app.wait_for(&id, pb::State::RevocationRequested).await;
+    let db = Database::connect(TestDb::sqlite(app.dir.path()).url)
+        .await
+        .expect("raw");
+    let now = etjanstekort_gateway::clock::now().0;
+    let key = format!("{id}:remove_kiv");
+    db.execute_unprepared(&format!(
+        "INSERT INTO effects (key, case_id, step, n, due_at, status, attempts, created_at, \
+         updated_at) VALUES ('{key}', '{id}', 'remove_kiv', 0, {now}, 'pending', 0, {now}, {now})"
+    ))
+    .await
+    .expect("plant a removal");
+    // Watch the planted effect until the engine has dealt with it (bounded).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT status FROM effects WHERE key = '{key}'"),
+            ))
+            .await
+            .expect("query")
+            .expect("row");
+        let status: String = row.try_get("", "status").expect("status");
+        if status != "pending" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine never took up the planted removal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(app.kiv.contains(&holder(), &unit()), "KIV touched");
+    assert!(app.kiv.removal_keys().is_empty());
+}
+
+/// Behind the saga: a row that claims `KIV_REMOVAL_PENDING` on the office route without a
+/// recorded confirmation (a bug, a hand edit) is neither listed as the office's task nor
+/// completable.
+#[tokio::test]
+async fn the_office_gets_no_task_without_a_recorded_confirmation() {
+    use sea_orm::{ConnectionTrait, Database};
+    let app = spawn_app_opts(Options {
+        engine: false,
+        ..Options::default()
+    })
+    .await;
+    let id = create_case(&app, pb::KivRemovalRoute::HealthCareOffice, "5900002").await;
+    let db = Database::connect(TestDb::sqlite(app.dir.path()).url)
+        .await
+        .expect("raw");
+    db.execute_unprepared(&format!(
+        "UPDATE cases SET state = 'kiv_removal_pending', head_notified_at = 1 WHERE id = '{id}'"
+    ))
+    .await
+    .expect("a row that skipped the confirmation");
+    let mut office = HealthCareOfficeServiceClient::new(app.channel("office").await);
+    let tasks = office
+        .list_kiv_removal_tasks(pb::ListKivRemovalTasksRequest::default())
+        .await
+        .expect("tasks")
+        .into_inner()
+        .tasks;
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let early = office
+        .complete_kiv_removal_task(pb::CompleteKivRemovalTaskRequest {
+            deregistration_id: id.clone(),
+            comment: String::new(),
+        })
+        .await
+        .expect_err("not confirmed");
+    assert_eq!(early.code(), Code::FailedPrecondition);
 }

@@ -278,6 +278,37 @@ async fn unreadable_data_is_reported_not_guessed() {
     ));
 }
 
+/// The personal data is sealed to its case: another case's ciphertext copied into a row does
+/// not decrypt there (a moved or swapped blob is never read as this case's holder).
+#[tokio::test]
+async fn personal_data_is_bound_to_its_case() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = TestDb::sqlite(dir.path());
+    let store = open(&db).await;
+    let a = store
+        .create(cmd(None, "f", "2100001"))
+        .await
+        .expect("create")
+        .into_case();
+    let b = store
+        .create(cmd(None, "f", "2100002"))
+        .await
+        .expect("create")
+        .into_case();
+    let conn = Database::connect(&db.url).await.expect("raw");
+    conn.execute_unprepared(&format!(
+        "UPDATE cases SET sensitive = (SELECT sensitive FROM cases WHERE id = '{}') WHERE id = '{}'",
+        a.id, b.id
+    ))
+    .await
+    .expect("copy a's personal data into b");
+    assert!(store.get(&a.id).await.expect("a").is_some());
+    assert!(matches!(
+        store.get(&b.id).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
 async fn outbox_contract(db: TestDb) {
     use etjanstekort_gateway::domain::saga::Step;
     use etjanstekort_gateway::storage::{Finished, WorkResult};
@@ -334,6 +365,20 @@ async fn outbox_contract(db: TestDb) {
                 work(&a, Step::Snapshot),
                 Event::SnapshotTaken { found: false },
             )],
+        )
+        .await
+        .expect("finish");
+    assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
+    // So is its failure: the holder's effect stays pending, the case unchanged.
+    store
+        .finish(
+            "owner-b",
+            vec![Finished {
+                work: work(&a, Step::Report),
+                result: WorkResult::Failed {
+                    error: "not mine to report".into(),
+                },
+            }],
         )
         .await
         .expect("finish");

@@ -212,11 +212,17 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
         .into_inner();
     let mut kinds = Vec::new();
     let mut seqs = Vec::new();
-    while let Some(m) = stream.message().await.expect("stream") {
-        let e = m.event.expect("event");
-        seqs.push(e.sequence);
-        kinds.push(e.kind);
-    }
+    // The stream of a completed case ends by itself; bounded all the same.
+    let read = async {
+        while let Some(m) = stream.message().await.expect("stream") {
+            let e = m.event.expect("event");
+            seqs.push(e.sequence);
+            kinds.push(e.kind);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the watch of a completed case ends");
     assert_eq!(seqs, (1..=kinds.len() as i64).collect::<Vec<_>>());
     // The snapshot and the report run side by side; everything after the report is in order.
     let pos = |k: &str| {

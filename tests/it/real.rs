@@ -822,9 +822,15 @@ async fn an_undeliverable_holder_address_is_recorded_and_kiv_still_cleaned() {
         .expect("watch")
         .into_inner();
     let mut events = Vec::new();
-    while let Some(m) = stream.message().await.expect("stream") {
-        events.push(m.event.expect("event"));
-    }
+    // The stream of a completed case ends by itself; bounded all the same.
+    let read = async {
+        while let Some(m) = stream.message().await.expect("stream") {
+            events.push(m.event.expect("event"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the watch of a completed case ends");
     let failed = events
         .iter()
         .find(|e| e.kind == "holder_not_notified")

@@ -296,7 +296,30 @@ async fn spans_reach_an_otlp_grpc_receiver_on_shutdown() {
             ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
         ],
     );
-    traffic(&server, dir.path()).await;
+    let id = traffic(&server, dir.path()).await;
+    // The engine reports the card: the report step has run once the case shows it.
+    let mut client =
+        DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let state = client
+            .get_deregistration(pb::GetDeregistrationRequest { id: id.clone() })
+            .await
+            .expect("get")
+            .into_inner()
+            .deregistration
+            .expect("case")
+            .state;
+        if state != pb::State::Accepted as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the card was never reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(client);
     let (_, log) = tokio::task::spawn_blocking(move || server.terminate_split())
         .await
         .expect("terminate");
@@ -304,6 +327,23 @@ async fn spans_reach_an_otlp_grpc_receiver_on_shutdown() {
     let received = drain(&mut rx);
     assert!(!received.is_empty(), "nothing exported; log:\n{log}");
     check_exported(&received);
+    // The saga's steps join the creating request's trace, tagged with the case id.
+    let all = spans(&received);
+    let report = all
+        .iter()
+        .find(|s| s.name == "saga.step report")
+        .unwrap_or_else(|| {
+            panic!(
+                "no report step in {:?}",
+                all.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(
+        hex(&report.trace_id),
+        TRACE_ID,
+        "the step is in the caller's trace"
+    );
+    assert_eq!(attribute(report, "case_id"), Some(&string(&id)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

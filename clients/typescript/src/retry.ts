@@ -39,6 +39,7 @@ export async function withRetry<T>(call: () => Promise<T>, options: RetryOptions
       // Full jitter keeps many clients that failed together from retrying together.
       const backoff = Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1)) * Math.random();
       await sleep(error.retryDelayMs ?? backoff, options.signal);
+      if (options.signal?.aborted) throw error;
     }
   }
 }

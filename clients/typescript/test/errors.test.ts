@@ -109,6 +109,21 @@ test("withRetry gives up after the attempts and throws the last error", async ()
   assert.equal(calls, 3);
 });
 
+test("withRetry stops when its signal aborts during the backoff", async () => {
+  const controller = new AbortController();
+  let calls = 0;
+  const pending = withRetry(
+    async () => {
+      calls++;
+      setImmediate(() => controller.abort());
+      throw new ConnectError("down", Code.Unavailable);
+    },
+    { baseDelayMs: 60_000, signal: controller.signal },
+  );
+  await assert.rejects(pending, (error: unknown) => error instanceof GatewayError && error.code === Code.Unavailable);
+  assert.equal(calls, 1);
+});
+
 test("createMtlsTransport refuses a plain-text URL", async () => {
   const { createMtlsTransport } = await import("../src/index.js");
   assert.throws(

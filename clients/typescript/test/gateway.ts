@@ -32,9 +32,10 @@ export function gatewayBinary(): string {
 }
 
 export async function startGateway(env: Record<string, string> = {}): Promise<Gateway> {
+  const bin = gatewayBinary();
   const dataDir = mkdtempSync(join(tmpdir(), "etk-ts-client-"));
   const child = spawn(
-    gatewayBinary(),
+    bin,
     ["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir", dataDir],
     {
       env: {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -48,7 +48,8 @@ class DeregistrationClient:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        self._stub = pb_grpc.DeregistrationServiceStub(channel)
+        # The generated gRPC stub is untyped; each call below names its response type.
+        self._stub: Any = pb_grpc.DeregistrationServiceStub(channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._initial_backoff = initial_backoff
@@ -69,7 +70,10 @@ class DeregistrationClient:
         while True:
             attempt += 1
             try:
-                return self._stub.CreateDeregistration(request, timeout=self._timeout).deregistration
+                created: pb.CreateDeregistrationResponse = self._stub.CreateDeregistration(
+                    request, timeout=self._timeout
+                )
+                return created.deregistration
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
             if not isinstance(error, Unavailable) or attempt >= self._max_attempts:
@@ -87,7 +91,8 @@ class DeregistrationClient:
         """One of the caller's cases by id."""
         request = pb.GetDeregistrationRequest(id=id)
         try:
-            return self._stub.GetDeregistration(request, timeout=self._timeout).deregistration
+            got: pb.GetDeregistrationResponse = self._stub.GetDeregistration(request, timeout=self._timeout)
+            return got.deregistration
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -105,7 +110,7 @@ class DeregistrationClient:
                 care_unit_hsa_id=care_unit_hsa_id, state=state, page_size=page_size, page_token=token
             )
             try:
-                page = self._stub.ListDeregistrations(request, timeout=self._timeout)
+                page: pb.ListDeregistrationsResponse = self._stub.ListDeregistrations(request, timeout=self._timeout)
             except grpc.RpcError as e:
                 raise from_rpc_error(e) from None
             yield from page.deregistrations
@@ -132,6 +137,9 @@ class DeregistrationClient:
         """Withdraws a case before its report went out (else `FailedPrecondition`)."""
         request = pb.CancelDeregistrationRequest(id=id, reason=reason)
         try:
-            return self._stub.CancelDeregistration(request, timeout=self._timeout).deregistration
+            cancelled: pb.CancelDeregistrationResponse = self._stub.CancelDeregistration(
+                request, timeout=self._timeout
+            )
+            return cancelled.deregistration
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None

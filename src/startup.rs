@@ -250,6 +250,9 @@ impl App {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // The error-detail types (google.rpc.ErrorInfo, BadRequest, RetryInfo), so
+                // that grpcurl and other reflection clients print an error's details by name.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         let reflection_err = |e| StartError::Read {
             what: "reflection descriptors",

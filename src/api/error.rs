@@ -139,6 +139,28 @@ pub fn status(reason: Reason, message: impl Into<String>) -> Status {
     status_with(reason, message, ErrorDetails::new())
 }
 
+/// The `google.rpc` error-detail types (`google/rpc/error_details.proto`, `status.proto`) for
+/// server reflection, so that grpcurl and other reflection clients print details by name.
+/// tonic-types ships them with bare file names; they are served under their canonical paths,
+/// which is how every client's own copy names them. Their imports (`google/protobuf/any.proto`,
+/// `duration.proto`) are in `pb::FILE_DESCRIPTOR_SET`.
+pub fn detail_descriptors() -> Result<prost_types::FileDescriptorSet, prost::DecodeError> {
+    let mut set: prost_types::FileDescriptorSet =
+        prost::Message::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
+    let canonical = |name: &mut String| {
+        if !name.starts_with("google/") {
+            *name = format!("google/rpc/{name}");
+        }
+    };
+    for file in &mut set.file {
+        if let Some(name) = file.name.as_mut() {
+            canonical(name);
+        }
+        file.dependency.iter_mut().for_each(canonical);
+    }
+    Ok(set)
+}
+
 #[derive(Debug)]
 pub enum ApiError {
     /// Field violations; answered as INVALID_ARGUMENT, `VALIDATION_FAILED` with `BadRequest`.
@@ -411,6 +433,22 @@ mod tests {
     impl IntoApi for TransitionError {
         fn into_api(self) -> ApiError {
             StoreError::Transition(self).into()
+        }
+    }
+
+    #[test]
+    fn the_detail_types_are_served_under_their_canonical_paths() {
+        let set = detail_descriptors().expect("decodes");
+        let names: Vec<&str> = set.file.iter().map(|f| f.name()).collect();
+        assert!(
+            names.contains(&"google/rpc/error_details.proto"),
+            "{names:?}"
+        );
+        assert!(names.contains(&"google/rpc/status.proto"), "{names:?}");
+        for f in &set.file {
+            for dep in &f.dependency {
+                assert!(dep.starts_with("google/"), "{}: {dep}", f.name());
+            }
         }
     }
 

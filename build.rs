@@ -25,10 +25,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    // The encoded set feeds gRPC server reflection.
+    // The encoded set feeds gRPC server reflection. It also carries the well-known types the
+    // google.rpc error details import (served next to ours, see `api::error`), so a reflection
+    // client can resolve every import; protox has them built in.
+    let mut reflected = fds.clone();
+    let detail_imports = protox::compile(
+        [
+            "google/protobuf/any.proto",
+            "google/protobuf/duration.proto",
+        ],
+        ["proto"],
+    )?;
+    for file in detail_imports.file {
+        if !reflected.file.iter().any(|f| f.name == file.name) {
+            reflected.file.push(file);
+        }
+    }
     std::fs::write(
         out.join("etjanstekort_v1_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        prost::Message::encode_to_vec(&reflected),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())

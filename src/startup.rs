@@ -246,15 +246,23 @@ impl App {
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
-        let reflection_builder = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
         let reflection_err = |e| StartError::Read {
             what: "reflection descriptors",
             path: "embedded".into(),
             source: std::io::Error::other(e),
+        };
+        let error_details =
+            crate::api::error::detail_descriptors().map_err(|e| StartError::Read {
+                what: "reflection descriptors",
+                path: "embedded".into(),
+                source: std::io::Error::other(e),
+            })?;
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc.ErrorInfo, BadRequest, RetryInfo: grpcurl prints details by name.
+                .register_file_descriptor_set(error_details.clone())
         };
         let reflection = reflection_builder().build_v1().map_err(reflection_err)?;
         // v1alpha too: several clients (e.g. grpcio-reflection) still speak only that.

@@ -108,7 +108,7 @@ fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     req.extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| Status::internal("the request was not authenticated"))
+        .ok_or_else(|| error::status(error::Reason::Internal, "the request was not authenticated"))
 }
 
 /// Names the case on the RPC span (and so on every log line of the request).

@@ -27,16 +27,10 @@ fn required_role(path: &str) -> Option<Role> {
     }
 }
 
-/// The status a denial is answered with (messages name the rule, never personal data).
+/// The status a denial is answered with (messages name the rule, never personal data), with
+/// its `ErrorInfo` reason like every other error.
 pub fn denial(e: &AuthError) -> tonic::Status {
-    match e {
-        AuthError::NoCertificate | AuthError::NoHsaId => {
-            tonic::Status::unauthenticated(e.to_string())
-        }
-        AuthError::UnknownPrincipal(_) | AuthError::WrongRole { .. } => {
-            tonic::Status::permission_denied(e.to_string())
-        }
-    }
+    crate::api::error::status(e.into(), e.to_string())
 }
 
 /// Certificate → principal, role by service.

@@ -23,6 +23,8 @@ use tracing::Instrument as _;
 use tracing::field::{Empty, display};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::api::error::Reason;
+
 pub use auth::AuthLayer;
 pub use names::RpcName;
 
@@ -238,7 +240,10 @@ where
                 let response = match tokio::time::timeout(limit, inner.call(req)).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(never)) => match never {},
-                    Err(_) => tonic::Status::deadline_exceeded("request timed out").into_http(),
+                    Err(_) => {
+                        crate::api::error::status(Reason::RequestTimeout, "request timed out")
+                            .into_http()
+                    }
                 };
                 let (parts, body) = response.into_parts();
                 // An error is trailers-only: its status is in the headers. Otherwise it comes

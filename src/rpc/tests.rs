@@ -150,6 +150,10 @@ async fn the_timeout_is_answered_with_deadline_exceeded() {
         Some(Code::DeadlineExceeded),
         "answered, not dropped"
     );
+    let status = tonic::Status::from_header_map(response.headers()).expect("a status");
+    let info = tonic_types::StatusExt::get_details_error_info(&status).expect("ErrorInfo");
+    assert_eq!(info.reason, "REQUEST_TIMEOUT");
+    assert_eq!(info.domain, crate::api::error::ERROR_DOMAIN);
     drop(response);
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), 1);

@@ -7,7 +7,7 @@ use etjanstekort_gateway::domain::Personnummer;
 use tonic::Code;
 
 use crate::helpers::{
-    TestDb, create, reasons, report, spawn_app, spawn_app_with, unit_a, unit_b, violations,
+    TestDb, create, reason, reasons, report, spawn_app, spawn_app_with, unit_a, unit_b, violations,
 };
 
 const PNR_FIELD: &str = "deregistration.card_holder.personal_identity_number";
@@ -105,6 +105,7 @@ async fn invalid_identities_are_refused_with_the_rule_and_nothing_is_stored() {
             .await
             .expect_err(input);
         assert_eq!(err.code(), Code::InvalidArgument, "{input}");
+        assert_eq!(reason(&err), "VALIDATION_FAILED");
         let v = violations(&err);
         let description = v.get(PNR_FIELD).unwrap_or_else(|| panic!("{input}: {v:?}"));
         assert!(description.contains(rule), "{input}: {description}");
@@ -152,6 +153,7 @@ async fn all_violations_are_reported_in_one_answer() {
         .await
         .expect_err("invalid");
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason(&err), "VALIDATION_FAILED");
     let v = violations(&err);
     for (field, rule) in [
         ("request_id", "1 to 64"),
@@ -224,6 +226,7 @@ async fn retries_replay_and_reused_request_ids_conflict() {
         .await
         .expect_err("reused id");
     assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(reason(&err), "DUPLICATE_REQUEST_ID");
     assert!(err.message().contains("request_id"));
 
     // Another request for the same card while the first case is active.
@@ -235,6 +238,7 @@ async fn retries_replay_and_reused_request_ids_conflict() {
         .await
         .expect_err("active card");
     assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(reason(&err), "CARD_HAS_ACTIVE_CASE");
     assert!(err.message().contains("card_number"));
 
     // Another provider's request_id namespace is its own, but the card is still taken.
@@ -247,6 +251,7 @@ async fn retries_replay_and_reused_request_ids_conflict() {
         .await
         .expect_err("card taken");
     assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(reason(&err), "CARD_HAS_ACTIVE_CASE");
 }
 
 async fn concurrent_creates_are_decided_by_the_database(app: crate::helpers::TestApp) {
@@ -391,6 +396,7 @@ async fn listing_pages_through_own_cases_with_filters() {
             .await
             .expect_err("bad token");
         assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(reason(&err), "VALIDATION_FAILED");
         assert!(violations(&err).contains_key("page_token"));
     }
     // A real token used with other filters.
@@ -412,6 +418,7 @@ async fn listing_pages_through_own_cases_with_filters() {
         .await
         .expect_err("mismatched filters");
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason(&err), "VALIDATION_FAILED");
 
     let err = a
         .list_deregistrations(pb::ListDeregistrationsRequest {
@@ -421,6 +428,7 @@ async fn listing_pages_through_own_cases_with_filters() {
         .await
         .expect_err("foreign unit");
     assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(reason(&err), "UNIT_NOT_GRANTED");
     let err = a
         .list_deregistrations(pb::ListDeregistrationsRequest {
             page_size: -1,
@@ -429,6 +437,7 @@ async fn listing_pages_through_own_cases_with_filters() {
         .await
         .expect_err("negative size");
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason(&err), "VALIDATION_FAILED");
 }
 
 #[tokio::test]
@@ -483,6 +492,7 @@ async fn cancel_frees_the_card_and_is_idempotent() {
         .await
         .expect_err("personnummer in free text");
     assert_eq!(leak.code(), Code::InvalidArgument);
+    assert_eq!(reason(&leak), "VALIDATION_FAILED");
     assert!(!leak.message().contains("1212-1212"));
     let missing = a
         .cancel_deregistration(pb::CancelDeregistrationRequest {
@@ -492,11 +502,13 @@ async fn cancel_frees_the_card_and_is_idempotent() {
         .await
         .expect_err("unknown");
     assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(reason(&missing), "CASE_NOT_FOUND");
     let malformed = a
         .get_deregistration(pb::GetDeregistrationRequest { id: "nope".into() })
         .await
         .expect_err("malformed id");
     assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert_eq!(reason(&malformed), "VALIDATION_FAILED");
 }
 
 #[cfg_attr(
@@ -528,6 +540,9 @@ async fn a_store_outage_is_unavailable_and_a_retry_stores_once() {
         .await
         .expect_err("store down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(reason(&err), "STORE_UNAVAILABLE");
+    let retry = tonic_types::StatusExt::get_details_retry_info(&err).expect("RetryInfo");
+    assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()), "{retry:?}");
     admin
         .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         .await
@@ -596,6 +611,7 @@ async fn impossible_card_received_times_are_refused_with_the_rule() {
             .await
             .expect_err(code);
         assert_eq!(err.code(), Code::InvalidArgument, "{code}");
+        assert_eq!(reason(&err), "VALIDATION_FAILED");
         assert_eq!(reasons(&err).get(field).map(String::as_str), Some(code));
     }
     // The boundaries themselves are fine: received on the birthday, and at 2000-01-01.
@@ -710,6 +726,7 @@ async fn a_revoke_time_must_lie_between_the_report_and_now() {
             .await
             .expect_err(code);
         assert_eq!(err.code(), Code::InvalidArgument, "{code}");
+        assert_eq!(reason(&err), "VALIDATION_FAILED");
         assert_eq!(
             reasons(&err).get("revoke_time").map(String::as_str),
             Some(code)

@@ -6,7 +6,7 @@ use pb::deregistration_service_client::DeregistrationServiceClient;
 use pb::revocation_service_client::RevocationServiceClient;
 use tonic::Code;
 
-use crate::helpers::{create, report, spawn_app, unit_a, unit_b};
+use crate::helpers::{create, reason, report, spawn_app, unit_a, unit_b};
 
 #[tokio::test]
 async fn connections_without_a_trusted_client_certificate_are_refused() {
@@ -48,6 +48,7 @@ async fn principals_are_denied_outside_their_grant() {
         .await
         .expect_err("unknown principal");
     assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(reason(&err), "UNKNOWN_PRINCIPAL");
 
     // Trusted CA, no serialNumber at all.
     let anonymous = app.issue_from_server_ca(None);
@@ -58,6 +59,7 @@ async fn principals_are_denied_outside_their_grant() {
         .await
         .expect_err("no HSA-id");
     assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(reason(&err), "NO_HSA_ID_IN_CERTIFICATE");
 
     // Role mix-ups: the office and TjänsteID-service cannot report cards.
     for who in ["office", "tjansteid", "operator"] {
@@ -67,6 +69,7 @@ async fn principals_are_denied_outside_their_grant() {
             .await
             .expect_err(who);
         assert_eq!(err.code(), Code::PermissionDenied, "{who}");
+        assert_eq!(reason(&err), "ROLE_REQUIRED");
     }
     // A provider cannot confirm revocations, TjänsteID-service can reach the RPC.
     let mut r = RevocationServiceClient::new(app.channel("provider-a").await);
@@ -75,6 +78,7 @@ async fn principals_are_denied_outside_their_grant() {
         .await
         .expect_err("provider confirming");
     assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(reason(&err), "ROLE_REQUIRED");
     let mut r = RevocationServiceClient::new(app.channel("tjansteid").await);
     let err = r
         .confirm_revocation(pb::ConfirmRevocationRequest::default())
@@ -85,6 +89,7 @@ async fn principals_are_denied_outside_their_grant() {
         Code::InvalidArgument,
         "TjänsteID-service reaches the RPC"
     );
+    assert_eq!(reason(&err), "VALIDATION_FAILED");
 
     // A provider reporting for a care unit it does not hold.
     let mut a = app.provider("provider-a").await;
@@ -93,6 +98,7 @@ async fn principals_are_denied_outside_their_grant() {
         .await
         .expect_err("foreign unit");
     assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(reason(&err), "UNIT_NOT_GRANTED");
 }
 
 #[tokio::test]
@@ -114,6 +120,7 @@ async fn another_providers_case_does_not_exist_for_you() {
         .await
         .expect_err("foreign case");
     assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(reason(&err), "CASE_NOT_FOUND");
     let listed = b
         .list_deregistrations(pb::ListDeregistrationsRequest::default())
         .await
@@ -178,5 +185,61 @@ async fn health_and_reflection_are_served() {
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
+    }
+}
+
+/// grpcurl prints an error's details by name only if reflection serves the `google.rpc` types,
+/// and the files they import.
+#[tokio::test]
+async fn reflection_serves_the_error_detail_types() {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let app = spawn_app().await;
+    let mut refl = ServerReflectionClient::new(app.channel("provider-a").await);
+    let mut ask = async |request: MessageRequest| -> Vec<prost_types::FileDescriptorProto> {
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request.clone()),
+        };
+        let resp = refl
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("reflection")
+            .into_inner()
+            .message()
+            .await
+            .expect("answer")
+            .expect("one message");
+        match resp.message_response {
+            Some(MessageResponse::FileDescriptorResponse(f)) => f
+                .file_descriptor_proto
+                .iter()
+                .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).expect("file"))
+                .collect(),
+            other => panic!("{request:?} answered {other:?}"),
+        }
+    };
+    for symbol in [
+        "google.rpc.BadRequest",
+        "google.rpc.ErrorInfo",
+        "google.rpc.RetryInfo",
+        "google.rpc.Status",
+    ] {
+        let files = ask(MessageRequest::FileContainingSymbol(symbol.into())).await;
+        let file = files.first().expect("a file");
+        assert!(
+            file.name().starts_with("google/rpc/"),
+            "{symbol}: {}",
+            file.name()
+        );
+        // A client resolves the imports by name next (google/protobuf/duration.proto, …).
+        for dep in &file.dependency {
+            let found = ask(MessageRequest::FileByFilename(dep.clone())).await;
+            assert!(found.iter().any(|f| f.name() == dep), "{dep} not served");
+        }
     }
 }

@@ -406,3 +406,18 @@ pub fn reasons(status: &tonic::Status) -> HashMap<String, String> {
         })
         .unwrap_or_default()
 }
+
+/// The `google.rpc.ErrorInfo` reason of an error status (every error the gateway answers
+/// carries one), after checking its domain.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+    assert_eq!(
+        info.domain,
+        etjanstekort_gateway::api::error::ERROR_DOMAIN,
+        "{status:?}"
+    );
+    info.reason
+}

@@ -9,7 +9,7 @@ use pb::operations_service_client::OperationsServiceClient;
 use pb::revocation_service_client::RevocationServiceClient;
 use tonic::Code;
 
-use crate::helpers::{Options, TestApp, TestDb, report, spawn_app_opts, unit_a};
+use crate::helpers::{Options, TestApp, TestDb, reason, report, spawn_app_opts, unit_a};
 
 fn holder() -> Personnummer {
     Personnummer::parse(
@@ -176,6 +176,7 @@ async fn the_office_route_opens_the_task_only_after_confirmation() {
         .await
         .expect_err("too early");
     assert_eq!(early.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&early), "REVOCATION_NOT_CONFIRMED");
     let kinds = event_kinds(&app, &id).await;
     assert!(
         kinds.iter().any(|(k, _)| k == "early_kiv_removal_refused"),
@@ -229,6 +230,7 @@ async fn a_rejection_is_terminal_and_kiv_is_never_touched() {
         .await
         .expect_err("late cancel");
     assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&late), "CANCEL_TOO_LATE");
 
     let mut r = RevocationServiceClient::new(app.channel("tjansteid").await);
     let rejected = r
@@ -249,6 +251,10 @@ async fn a_rejection_is_terminal_and_kiv_is_never_touched() {
     assert_eq!(
         confirm(&app, &id).await.expect_err("settled").code(),
         Code::FailedPrecondition
+    );
+    assert_eq!(
+        reason(&confirm(&app, &id).await.expect_err("settled")),
+        "OUTCOME_SETTLED"
     );
     // The stream ends at the terminal state; nothing may follow the rejection.
     let kinds = app
@@ -437,6 +443,7 @@ async fn a_permanent_refusal_needs_attention_and_an_operator_can_resume() {
         .await
         .expect_err("needs justification and attention");
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason(&err), "VALIDATION_FAILED");
 }
 
 #[tokio::test]
@@ -490,6 +497,7 @@ async fn no_outcome_in_time_escalates_with_reminders_and_a_late_confirmation_sti
         .await
         .expect_err("conflicting reference");
     assert_eq!(other.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&other), "CONFLICTING_REVOCATION_REFERENCE");
 }
 
 #[tokio::test]
@@ -527,6 +535,10 @@ async fn an_operator_retry_of_an_escalated_case_starts_reminding_again() {
     assert_eq!(
         confirm(&app, &id).await.expect_err("closed").code(),
         Code::FailedPrecondition
+    );
+    assert_eq!(
+        reason(&confirm(&app, &id).await.expect_err("closed")),
+        "OUTCOME_SETTLED"
     );
 }
 
@@ -583,6 +595,7 @@ async fn references_carrying_an_identity_number_are_refused() {
             .await
             .expect_err(reference);
         assert_eq!(err.code(), Code::InvalidArgument, "{reference}");
+        assert_eq!(reason(&err), "VALIDATION_FAILED");
     }
     // Long ticket numbers that are not identity numbers are fine.
     confirm(&app, &id).await.expect("a plain reference");
@@ -685,4 +698,5 @@ async fn the_office_gets_no_task_without_a_recorded_confirmation() {
         .await
         .expect_err("not confirmed");
     assert_eq!(early.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&early), "REVOCATION_NOT_CONFIRMED");
 }

@@ -5,7 +5,7 @@
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseTransaction, EntityTrait, TryInsertResult};
+use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, TryInsertResult};
 
 use super::changes::ChangeSet;
 use super::codec::Codec;
@@ -40,21 +40,17 @@ pub(crate) async fn create_in(
 
     if let Some(request_id) = &cmd.request_id {
         let request_key = codec.request_key(cmd.principal.as_str(), request_id);
-        let mut existing =
-            idempotency_keys::Entity::find_by_id((cmd.principal.to_string(), request_key.clone()))
-                .one(txn)
-                .await
-                .map_err(StoreError::Unavailable)?;
-        if existing.is_none() {
-            // Records from before request ids were digested hold the id itself.
-            existing = idempotency_keys::Entity::find_by_id((
-                cmd.principal.to_string(),
-                request_id.clone(),
-            ))
+        // One look-up for the digest and, for records from before request ids were digested,
+        // the id itself (a new request misses both; no second round trip).
+        let existing = idempotency_keys::Entity::find()
+            .filter(idempotency_keys::Column::PrincipalHsaId.eq(cmd.principal.to_string()))
+            .filter(
+                idempotency_keys::Column::RequestId
+                    .is_in([request_key.clone(), request_id.clone()]),
+            )
             .one(txn)
             .await
             .map_err(StoreError::Unavailable)?;
-        }
         if let Some(prior) = existing {
             if prior.fingerprint != cmd.fingerprint {
                 return Err(StoreError::RequestIdReused);

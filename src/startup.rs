@@ -246,17 +246,7 @@ impl App {
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
-        let reflection_err = |e| StartError::Read {
-            what: "reflection descriptors",
-            path: "embedded".into(),
-            source: std::io::Error::other(e),
-        };
-        let error_details =
-            crate::api::error::detail_descriptors().map_err(|e| StartError::Read {
-                what: "reflection descriptors",
-                path: "embedded".into(),
-                source: std::io::Error::other(e),
-            })?;
+        let error_details = crate::api::error::detail_descriptors().map_err(reflection_err)?;
         let reflection_builder = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -422,6 +412,15 @@ fn rpc_metrics(metrics: &Arc<Metrics>) -> rpc::RpcHook {
     })
 }
 
+/// An embedded descriptor set that does not decode: a build fault, reported like an unreadable file.
+fn reflection_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StartError {
+    StartError::Read {
+        what: "reflection descriptors",
+        path: "embedded".into(),
+        source: std::io::Error::other(e),
+    }
+}
+
 fn serving(ok: bool) -> ServingStatus {
     if ok {
         ServingStatus::Serving
@@ -433,10 +432,10 @@ fn serving(ok: bool) -> ServingStatus {
 /// The overall gRPC health entry and the API services' entries: they follow readiness.
 const SERVICES: [&str; 5] = [
     "",
-    "etjanstekort.v1.DeregistrationService",
-    "etjanstekort.v1.HealthCareOfficeService",
-    "etjanstekort.v1.RevocationService",
-    "etjanstekort.v1.OperationsService",
+    <DeregistrationServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <HealthCareOfficeServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <RevocationServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <OperationsServiceServer<Api> as tonic::server::NamedService>::NAME,
 ];
 
 /// Where the prober's verdicts go.
@@ -461,7 +460,12 @@ async fn probe_health(
     let mut last = None;
     let mut last_parts: HashMap<String, ServingStatus> = HashMap::new();
     loop {
-        let database = store.ping().await.map_err(|e| e.to_string());
+        // Bounded: a database that accepts connections but stalls must read as down, not
+        // leave the last verdict standing.
+        let database = match tokio::time::timeout(every, store.ping()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {every:?}")),
+        };
         let database_ok = database.is_ok();
         to.readiness.set_database(database_ok);
         to.metrics.set_database_up(database_ok);

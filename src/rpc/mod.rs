@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
 use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::Code;
 use tonic::body::Body;
@@ -39,13 +39,28 @@ pub struct RpcOutcome {
     pub elapsed: Duration,
 }
 
+/// The caller's span as the parent, rebuilt from its ids and flags alone. The caller chooses
+/// them, and they end up in traces, logs and the audit trail: a trace or span id that hides an
+/// identity number is not continued (a new trace starts), and the free-text `tracestate` is
+/// dropped.
+fn clean_parent(sc: &SpanContext) -> Option<opentelemetry::Context> {
+    let trace_id = sc.trace_id().to_string();
+    let ok = sc.is_valid()
+        && crate::domain::TraceId::parse(&trace_id).is_some()
+        && !crate::domain::identity_scan::contains(&sc.span_id().to_string());
+    ok.then(|| {
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags(),
+            true,
+            TraceState::default(),
+        ))
+    })
+}
+
 /// Called once at the end of every RPC (metrics).
 pub type RpcHook = Arc<dyn Fn(&RpcOutcome) + Send + Sync>;
-
-/// A hook that does nothing.
-pub fn no_hook() -> RpcHook {
-    Arc::new(|_| {})
-}
 
 /// Span, timeout, final status and outcome of every RPC.
 #[derive(Clone)]
@@ -209,13 +224,7 @@ where
         // Before the span starts: the caller's span becomes its parent.
         let parent = TraceContextPropagator::new()
             .extract(&opentelemetry_http::HeaderExtractor(req.headers()));
-        // The caller chooses its trace id, and it ends up in traces, logs and the audit trail:
-        // one that hides an identity number is not continued (a new trace starts).
-        let usable = {
-            let id = parent.span().span_context().trace_id().to_string();
-            crate::domain::TraceId::parse(&id).is_some()
-        };
-        if usable {
+        if let Some(parent) = clean_parent(parent.span().span_context()) {
             // Fails only without an OpenTelemetry layer (some in-process tests): then there is
             // nothing to continue.
             let _ = span.set_parent(parent);

@@ -125,9 +125,7 @@ where
                     .or_insert_with(|| Value::from(span.name()));
             }
         }
-        let mut out = Value::Object(line).to_string();
-        out.push('\n');
-        writer.write_str(&out)
+        writeln!(writer, "{}", Value::Object(line))
     }
 }
 

@@ -9,10 +9,9 @@ mod json;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::Deserialize;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
@@ -135,11 +134,6 @@ impl Telemetry {
         })
     }
 
-    /// Whether spans are exported (an OTLP endpoint is configured and export is not disabled).
-    pub fn exporting(&self) -> bool {
-        self.exporting
-    }
-
     /// Exports the spans still buffered and stops the exporter. Call it after the server has
     /// drained, before the runtime ends.
     pub async fn shutdown(self) {
@@ -164,11 +158,6 @@ impl Telemetry {
 /// The W3C trace id (32 lower-case hex digits) of the current span's OpenTelemetry context; a
 /// fresh random one when there is none (e.g. no OpenTelemetry layer installed).
 pub fn current_trace_id() -> String {
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        sc.trace_id().to_string()
-    } else {
-        uuid::Uuid::new_v4().simple().to_string()
-    }
+    crate::trace_context::trace_id_of(&tracing::Span::current())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }

@@ -172,8 +172,39 @@ async fn traffic(server: &Server, dir: &std::path::Path) -> String {
             .expect("metadata"),
     );
     let _ = client.get_deregistration(sneaky).await;
+    // Nor a span id that hides one; and the caller's free-text tracestate is dropped.
+    let mut sneaky = tonic::Request::new(pb::GetDeregistrationRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+    });
+    sneaky.metadata_mut().insert(
+        "traceparent",
+        format!("00-{SNEAKY_TRACE_ID_2}-{SNEAKY_SPAN_ID}-01")
+            .parse()
+            .expect("metadata"),
+    );
+    sneaky
+        .metadata_mut()
+        .insert("tracestate", "x=19121212-1212".parse().expect("metadata"));
+    let _ = client.get_deregistration(sneaky).await;
+    let mut stateful = tonic::Request::new(pb::GetDeregistrationRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+    });
+    stateful.metadata_mut().insert(
+        "traceparent",
+        format!("00-{SNEAKY_TRACE_ID_2}-{PARENT_SPAN}-01")
+            .parse()
+            .expect("metadata"),
+    );
+    stateful
+        .metadata_mut()
+        .insert("tracestate", "x=19121212-1212".parse().expect("metadata"));
+    let _ = client.get_deregistration(stateful).await;
     case.id
 }
+
+/// A clean trace id, sent with a span id carrying 191212121212.
+const SNEAKY_TRACE_ID_2: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
+const SNEAKY_SPAN_ID: &str = "0019121212121200";
 
 /// A caller's trace id carrying 191212121212 (a valid personnummer).
 const SNEAKY_TRACE_ID: &str = "00000000000000000000191212121212";
@@ -264,6 +295,11 @@ fn check_exported(requests: &[ExportTraceServiceRequest]) {
     assert!(
         all.iter().all(|s| hex(&s.trace_id) != SNEAKY_TRACE_ID),
         "a trace id hiding an identity number was continued"
+    );
+    assert!(
+        all.iter()
+            .all(|s| hex(&s.parent_span_id) != SNEAKY_SPAN_ID && !s.trace_state.contains("1912")),
+        "a span id hiding an identity number, or the caller's tracestate, was exported"
     );
     // Every name, attribute, event and status message of everything received.
     let everything = format!("{requests:?}");

@@ -20,6 +20,7 @@ use crate::connectors::smtp::SmtpSettings;
 use crate::connectors::{KivSettings, NotifierSettings, TjansteIdSettings};
 use crate::engine::EngineSettings;
 use crate::privacy::PrivacySettings;
+use crate::rpc::LimitSettings;
 use crate::server::{ServerSettings, TlsSettings};
 use crate::storage::DatabaseSettings;
 use crate::telemetry::TelemetrySettings;
@@ -51,6 +52,7 @@ pub struct Config {
     pub simulated: SimulatedSettings,
     pub admin: AdminSettings,
     pub telemetry: TelemetrySettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,8 @@ impl Layers {
             problems.absorb(smtp);
         }
         let checks = [
+            ("server", c.server.validate()),
+            ("limits", c.limits.validate()),
             ("api", c.api.validate()),
             ("engine", c.engine.validate()),
             ("privacy", c.privacy.validate()),

@@ -75,6 +75,12 @@ struct ConnectorLabels {
     connector: &'static str,
 }
 
+/// A principal's role: four values, never the principal itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// How a step's execution ended (the `outcome` label).
@@ -129,6 +135,8 @@ pub struct Metrics {
     reconciliation_restores: Counter,
     order_violations_refused: Counter,
     db_pool: Family<StateLabels, Gauge>,
+    watch_streams_open: Gauge,
+    rate_limited: Family<RoleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -237,6 +245,18 @@ impl Metrics {
             "Database connections of this process's pool, by state (in_use, idle)",
             db_pool.clone(),
         );
+        let watch_streams_open = Gauge::default();
+        registry.register(
+            "watch_streams_open",
+            "WatchDeregistration streams open now (each holds a task until its client goes away)",
+            watch_streams_open.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Calls refused with RESOURCE_EXHAUSTED by the per-principal rate limit, by role",
+            rate_limited.clone(),
+        );
         Self {
             registry,
             rpc_requests,
@@ -253,6 +273,8 @@ impl Metrics {
             reconciliation_restores,
             order_violations_refused,
             db_pool,
+            watch_streams_open,
+            rate_limited,
         }
     }
 
@@ -334,6 +356,16 @@ impl Metrics {
     /// The reconciliation pass found an employment removed too early and ordered its restore.
     pub fn reconciliation_restore(&self) {
         self.reconciliation_restores.inc();
+    }
+
+    /// A watch stream opened (`+1`) or ended and freed what it held (`-1`).
+    pub fn watch_streams_add(&self, delta: i64) {
+        self.watch_streams_open.inc_by(delta);
+    }
+
+    /// A call of a principal with this role was refused by the rate limit.
+    pub fn rate_limited(&self, role: &'static str) {
+        self.rate_limited.get_or_create(&RoleLabels { role }).inc();
     }
 
     /// An early KIV removal was refused (FAILED_PRECONDITION).

@@ -1,5 +1,8 @@
 //! Settings of the gRPC server itself: where it listens, its limits, its TLS identity and how
-//! often readiness is probed. `startup` builds the server from them.
+//! often readiness is probed. `startup` builds the server from them. `idle` closes connections
+//! that send nothing.
+
+pub mod idle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +28,55 @@ pub struct ServerSettings {
     /// Refuse to start when a connector's server cannot be reached (otherwise start; cases
     /// wait until it can be reached).
     pub require_reachable_at_start: bool,
+    /// How often an HTTP/2 PING is sent on every connection (idle watch streams included).
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// A PING not answered within this closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// A connection from which nothing arrives for this long is closed; `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A TLS handshake not finished within this is abandoned and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Concurrent HTTP/2 streams (calls, watch streams included) one connection may open.
+    pub max_concurrent_streams: u32,
+    /// Largest request message accepted; a larger one is refused with RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+}
+
+impl ServerSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.http2_keepalive_interval.is_zero() || self.http2_keepalive_timeout.is_zero() {
+            problems.push("http2_keepalive_interval and http2_keepalive_timeout must be above 0s");
+        }
+        // A live client answers each ping; with pings rarer than the idle timeout, an open
+        // watch stream waiting for events would be cut as idle.
+        if !self.idle_timeout.is_zero() && self.http2_keepalive_interval >= self.idle_timeout {
+            problems.push("http2_keepalive_interval must be shorter than idle_timeout");
+        }
+        if self.tls_handshake_timeout.is_zero() {
+            problems.push("tls_handshake_timeout must be above 0s");
+        }
+        if self.max_concurrent_streams == 0 {
+            problems.push("max_concurrent_streams must be at least 1");
+        }
+        if self.max_request_bytes < 1024 {
+            problems.push("max_request_bytes must be at least 1024");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The idle timeout, unless turned off.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
 }
 
 /// The server's certificate and the CAs whose client certificates it accepts (mutual TLS).

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -35,7 +36,8 @@ use crate::connectors::{
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
-use crate::rpc::{self, AuthLayer, RpcLayer};
+use crate::rpc::{self, AuthLayer, RateLimitLayer, RateLimiter, RequestSizeLayer, RpcLayer};
+use crate::server::idle::IdleTimeout;
 use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +146,10 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
 }
 
 /// The layers every call passes through (see `App::build`).
-type ServerLayers = Stack<AuthLayer, Stack<RpcLayer, tower_layer::Identity>>;
+type ServerLayers = Stack<
+    RateLimitLayer,
+    Stack<AuthLayer, Stack<RequestSizeLayer, Stack<RpcLayer, tower_layer::Identity>>>,
+>;
 
 #[derive(Debug)]
 pub struct App {
@@ -162,6 +167,8 @@ pub struct App {
     health: tonic_health::server::HealthReporter,
     grace: Duration,
     probe_every: Duration,
+    /// Connections from which nothing arrives for this long are closed (`None`: off).
+    idle_timeout: Option<Duration>,
 }
 
 impl App {
@@ -211,7 +218,7 @@ impl App {
                 &config.tls.client_ca,
             )?))
             .client_auth_optional(false)
-            .timeout(Duration::from_secs(10));
+            .timeout(config.server.tls_handshake_timeout);
 
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -233,6 +240,8 @@ impl App {
             None => None,
         };
 
+        let watchers = crate::api::Watchers::new(config.limits.watch_streams_per_principal)
+            .with_metrics(metrics.clone());
         let api = Api::new(
             Arc::new(
                 Gateway::new(store.clone(), bus, vault)
@@ -240,8 +249,11 @@ impl App {
                     .with_metrics(metrics.clone()),
             ),
             config.api,
+            Arc::new(watchers),
         );
+        let max_request = config.server.max_request_bytes;
         let (health, health_service) = tonic_health::server::health_reporter();
+        let health_service = health_service.max_decoding_message_size(max_request);
         // Not ready until the first probe has seen the database.
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -254,32 +266,51 @@ impl App {
                 // google.rpc.ErrorInfo, BadRequest, RetryInfo: grpcurl prints details by name.
                 .register_file_descriptor_set(error_details.clone())
         };
-        let reflection = reflection_builder().build_v1().map_err(reflection_err)?;
+        let reflection = reflection_builder()
+            .build_v1()
+            .map_err(reflection_err)?
+            .max_decoding_message_size(max_request);
         // v1alpha too: several clients (e.g. grpcio-reflection) still speak only that.
         let reflection_alpha = reflection_builder()
             .build_v1alpha()
-            .map_err(reflection_err)?;
+            .map_err(reflection_err)?
+            .max_decoding_message_size(max_request);
 
-        // Outermost first. The RPC layer wraps everything so that every call, denied or timed
-        // out, has its span, its "request finished" line and its outcome; the timeout lives in
-        // it (not `Server::timeout`, which sits outside user layers and would only drop the
-        // call). Authentication runs inside the span, so denials carry the trace id.
+        // Outermost first. The RPC layer wraps everything so that every call, denied, refused
+        // or timed out, has its span, its "request finished" line and its outcome; the timeout
+        // lives in it (not `Server::timeout`, which sits outside user layers and would only drop
+        // the call). The size layer only rewrites tonic's answer to an oversized message (the
+        // check itself is each service's `max_decoding_message_size`). Authentication runs
+        // inside the span, so denials carry the trace id; the rate limit needs its principal,
+        // so it comes after, and before any handler or database work.
         // The outcome hook is where RPC metrics attach.
+        let rate_limiter = Arc::new(RateLimiter::new(config.limits.clone()));
+        let s = &config.server;
         let router = Server::builder()
             .tls_config(tls)?
-            .concurrency_limit_per_connection(config.server.concurrency_per_connection)
-            .layer(RpcLayer::new(
-                config.server.request_timeout,
-                rpc_metrics(&metrics),
-            ))
+            .concurrency_limit_per_connection(s.concurrency_per_connection)
+            .max_concurrent_streams(s.max_concurrent_streams)
+            .http2_keepalive_interval(Some(s.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
+            .layer(RpcLayer::new(s.request_timeout, rpc_metrics(&metrics)))
+            .layer(RequestSizeLayer::new(max_request))
             .layer(AuthLayer::new(auth))
+            .layer(RateLimitLayer::new(rate_limiter, Some(metrics.clone())))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(DeregistrationServiceServer::new(api.clone()))
-            .add_service(HealthCareOfficeServiceServer::new(api.clone()))
-            .add_service(RevocationServiceServer::new(api.clone()))
-            .add_service(OperationsServiceServer::new(api));
+            .add_service(
+                DeregistrationServiceServer::new(api.clone())
+                    .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                HealthCareOfficeServiceServer::new(api.clone())
+                    .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                RevocationServiceServer::new(api.clone()).max_decoding_message_size(max_request),
+            )
+            .add_service(OperationsServiceServer::new(api).max_decoding_message_size(max_request));
         Ok(Self {
             addr,
             listener,
@@ -300,6 +331,7 @@ impl App {
                 .server
                 .health_probe
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
+            idle_timeout: config.server.idle_timeout(),
         })
     }
 
@@ -361,12 +393,16 @@ impl App {
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = self.router.serve_with_incoming_shutdown(
-            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-            async move {
+        // The idle timeout sits beneath TLS: it also cuts a client that never starts it.
+        let idle = self.idle_timeout;
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .map(move |conn| conn.map(|tcp| IdleTimeout::new(tcp, idle)));
+        let serve = self
+            .router
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
-            },
-        );
+            });
         tokio::pin!(serve);
         let result = tokio::select! {
             r = &mut serve => r,

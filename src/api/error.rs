@@ -44,6 +44,9 @@ pub enum Reason {
     StoreUnavailable,
     ConcurrentRequest,
     RequestTimeout,
+    TooManyWatchStreams,
+    RateLimited,
+    RequestTooLarge,
     Internal,
 }
 
@@ -72,12 +75,14 @@ impl Reason {
             | R::NotNeedingAttention => Code::FailedPrecondition,
             R::StoreUnavailable | R::ConcurrentRequest => Code::Unavailable,
             R::RequestTimeout => Code::DeadlineExceeded,
+            R::TooManyWatchStreams | R::RateLimited | R::RequestTooLarge => Code::ResourceExhausted,
             R::Internal => Code::Internal,
         }
     }
 
     /// The wait suggested in `RetryInfo`, for the causes where the same call (same request_id)
-    /// can simply be sent again.
+    /// can simply be sent again. `RATE_LIMITED` carries one too, computed from the caller's
+    /// bucket ([`rate_limited`]).
     pub fn retry_delay(self) -> Option<Duration> {
         match self {
             // An outage: give the database a moment.
@@ -137,6 +142,18 @@ pub fn status_with(
 /// [`status_with`] without further details.
 pub fn status(reason: Reason, message: impl Into<String>) -> Status {
     status_with(reason, message, ErrorDetails::new())
+}
+
+/// `RATE_LIMITED`: the caller's rate limit is used up; `RetryInfo` says when its next call
+/// will be admitted.
+pub fn rate_limited(retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(retry_after));
+    status_with(
+        Reason::RateLimited,
+        "rate limit of this principal exceeded; retry after the RetryInfo delay",
+        details,
+    )
 }
 
 /// The `google.rpc` error-detail types (`google/rpc/error_details.proto`, `status.proto`) for
@@ -371,6 +388,14 @@ mod tests {
                 "STORE_UNAVAILABLE",
             ),
             (store(StoreError::ConcurrentRetry), "CONCURRENT_REQUEST"),
+            (
+                ApiError::Refused(Reason::TooManyWatchStreams, "cap".into()),
+                "TOO_MANY_WATCH_STREAMS",
+            ),
+            (
+                ApiError::Refused(Reason::RequestTooLarge, "big".into()),
+                "REQUEST_TOO_LARGE",
+            ),
             (store(StoreError::Invariant("x".into())), "INTERNAL"),
             (store(StoreError::Corrupt("x".into())), "INTERNAL"),
         ]
@@ -391,6 +416,14 @@ mod tests {
             let retryable = matches!(want, "STORE_UNAVAILABLE" | "CONCURRENT_REQUEST");
             assert_eq!(retry.is_some(), retryable, "{want}");
         }
+        // The rate limit's status: its reason, code and the caller's own wait.
+        let limited = rate_limited(Duration::from_millis(1500));
+        let info = limited.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "RATE_LIMITED");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+        let retry = limited.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));
         let validation = Status::from(ApiError::invalid("f", "REQUIRED", "is required"));
         let bad = validation
             .get_details_bad_request()
@@ -472,6 +505,7 @@ mod tests {
             Code::FailedPrecondition => "FAILED_PRECONDITION",
             Code::Unavailable => "UNAVAILABLE",
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Code::Internal => "INTERNAL",
             other => unreachable!("no reason uses {other:?}"),
         }

@@ -4,6 +4,7 @@
 
 mod convert;
 pub mod error;
+mod watchers;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::auth::Principal;
 use crate::storage::Created;
 use crate::telemetry::current_trace_id;
 use error::ApiError;
+pub use watchers::Watchers;
 
 /// Generated messages and services of `etjanstekort.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
@@ -56,13 +58,18 @@ impl Paging {
 pub struct Api {
     gateway: Arc<Gateway>,
     paging: Paging,
+    watchers: Arc<Watchers>,
 }
 
 type ApiResult<T> = Result<Response<T>, Status>;
 
 impl Api {
-    pub fn new(gateway: Arc<Gateway>, paging: Paging) -> Self {
-        Self { gateway, paging }
+    pub fn new(gateway: Arc<Gateway>, paging: Paging, watchers: Arc<Watchers>) -> Self {
+        Self {
+            gateway,
+            paging,
+            watchers,
+        }
     }
 
     fn page_size(&self, raw: i32) -> Result<u32, ApiError> {
@@ -199,11 +206,23 @@ impl DeregistrationService for Api {
         let p = principal(&req)?;
         let id = convert::case_id("id", &req.get_ref().id)?;
         record_case(&id);
+        // Counted before anything is held: over the cap nothing is subscribed or spawned.
+        let permit = self.watchers.try_open(&p.hsa_id).ok_or_else(|| {
+            ApiError::Refused(
+                error::Reason::TooManyWatchStreams,
+                "this principal has the maximum number of watch streams open; close one first"
+                    .into(),
+            )
+        })?;
         let (past, mut live) = self.gateway.watch(&p, &id).await.map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let gateway = self.gateway.clone();
-        // One task per watcher, woken only by events this process commits: no polling.
+        // One task per watcher, woken only by events this process commits (no polling) and by
+        // its client going away: tonic drops the response stream when the call is cancelled,
+        // reset or its connection lost, which closes the channel, and the task ends at once,
+        // freeing its subscription and its permit — not at the case's next event.
         tokio::spawn(async move {
+            let _permit = permit;
             let mut last = 0;
             let mut pending = past;
             loop {
@@ -222,7 +241,11 @@ impl DeregistrationService for Api {
                         return;
                     }
                 }
-                pending = match live.recv().await {
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = live.recv() => next,
+                };
+                pending = match next {
                     Ok(e) if e.case_id == id => vec![e],
                     Ok(_) => Vec::new(),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {

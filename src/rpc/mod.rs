@@ -1,10 +1,14 @@
 //! Tower layers every gRPC call passes through, applied once in `startup`: `RpcLayer` (the
 //! RPC's root span continuing the caller's W3C trace, the request timeout, the final status,
-//! one "request finished" line and the outcome hook for metrics) and `auth::AuthLayer`
-//! (certificate → principal in the request extensions). Handlers only convert, call, convert.
+//! one "request finished" line and the outcome hook for metrics), `auth::AuthLayer`
+//! (certificate → principal in the request extensions), `size::RequestSizeLayer` (the request
+//! size limit's answer) and `limit::RateLimitLayer` (per-principal rate). Handlers only
+//! convert, call, convert.
 
 pub mod auth;
+pub mod limit;
 mod names;
+mod size;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,7 +30,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::api::error::Reason;
 
 pub use auth::AuthLayer;
+pub use limit::{LimitSettings, RateLimitLayer, RateLimiter};
 pub use names::RpcName;
+pub use size::RequestSizeLayer;
 
 /// How one RPC ended, handed to the outcome hook. Names are bounded: unknown paths are
 /// `_other`.

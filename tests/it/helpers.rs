@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use etjanstekort_gateway::api::pb;
-use etjanstekort_gateway::config::Layers;
+use etjanstekort_gateway::config::{Config, Layers};
 use etjanstekort_gateway::connectors::Connectors;
 use etjanstekort_gateway::connectors::simulated::{
     Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
@@ -103,6 +103,8 @@ pub struct Options {
     pub engine: bool,
     /// Real connectors instead of the simulated ones.
     pub connectors: Option<Connectors>,
+    /// Last changes to the configuration (e.g. the limits a test exercises).
+    pub configure: Option<fn(&mut Config)>,
 }
 
 impl Default for Options {
@@ -118,6 +120,7 @@ impl Default for Options {
             auto_employ: true,
             engine: true,
             connectors: None,
+            configure: None,
         }
     }
 }
@@ -172,6 +175,19 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.engine.timers.remind_after = secs(opts.remind_after);
     cfg.engine.timers.escalate_after = secs(opts.escalate_after);
     cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
+    // Tests call as fast as they can: the rate limit is out of the way unless a test sets it.
+    for rate in [
+        &mut cfg.limits.care_provider,
+        &mut cfg.limits.health_care_office,
+        &mut cfg.limits.tjansteid_service,
+        &mut cfg.limits.operator,
+    ] {
+        rate.requests_per_second = 1e6;
+        rate.burst = 1_000_000;
+    }
+    if let Some(configure) = opts.configure {
+        configure(&mut cfg);
+    }
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

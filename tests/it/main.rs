@@ -3,8 +3,10 @@
 mod admin;
 mod api;
 mod auth;
+mod connections;
 mod helpers;
 mod launcher;
+mod limits;
 mod privacy;
 mod process;
 mod real;

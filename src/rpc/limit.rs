@@ -1,7 +1,10 @@
 //! Per-principal limits (`[limits]`): a token bucket per caller, at the rate of its role. A
 //! call over its principal's rate is answered `RESOURCE_EXHAUSTED` (`RATE_LIMITED`) with a
 //! `RetryInfo` saying when the next call will be admitted, before any handler or database work,
-//! so one flooding caller spends only its own budget. Buckets exist only for authenticated
+//! so one flooding caller spends only its own budget. The refusal itself is held back for
+//! `refusal_delay`: a caller that retries at once, over and over, gets a few refusals a second
+//! per stream rather than thousands, each costing the server a TLS record, a span and an
+//! answer. Buckets exist only for authenticated
 //! principals (the principals file's entries), so their number is bounded by that file.
 //! Health checks and reflection carry no principal and are not limited here (the per-connection
 //! limits bound them).
@@ -38,6 +41,10 @@ pub struct RateSettings {
 pub struct LimitSettings {
     /// Open `WatchDeregistration` streams per principal.
     pub watch_streams_per_principal: usize,
+    /// A call over the rate is answered only after this long: a caller retrying in a tight
+    /// loop then holds one of its own streams instead of spending the server's CPU.
+    #[serde(with = "humantime_serde")]
+    pub refusal_delay: Duration,
     pub care_provider: RateSettings,
     pub health_care_office: RateSettings,
     pub tjansteid_service: RateSettings,
@@ -203,7 +210,11 @@ where
             // flood the log too): the counter tells.
             tracing::debug!(retry_after_ms = wait.as_millis() as u64, "rate limited");
             let status = crate::api::error::rate_limited(wait);
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+            let delay = self.layer.limiter.settings.refusal_delay;
+            return Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(status.into_http())
+            });
         }
         Box::pin(self.inner.call(req))
     }
@@ -223,6 +234,7 @@ mod tests {
     fn settings(care_provider: RateSettings) -> LimitSettings {
         LimitSettings {
             watch_streams_per_principal: 4,
+            refusal_delay: Duration::ZERO,
             care_provider,
             health_care_office: rate(1.0, 1),
             tjansteid_service: rate(1.0, 1),

@@ -137,6 +137,7 @@ async fn a_flooding_principal_is_rate_limited_while_another_is_served() {
         // Five calls at once, then one per 100 s: the sixth call is over the limit.
         c.limits.care_provider.requests_per_second = 0.01;
         c.limits.care_provider.burst = 5;
+        c.limits.refusal_delay = Duration::from_millis(700);
     })
     .await;
     let list = || pb::ListDeregistrationsRequest::default();
@@ -146,10 +147,17 @@ async fn a_flooding_principal_is_rate_limited_while_another_is_served() {
             .await
             .expect("within the burst");
     }
+    let refused_at = std::time::Instant::now();
     let limited = a
         .list_deregistrations(list())
         .await
         .expect_err("over the limit");
+    // The refusal is held back (a lower bound: a sleep never ends early).
+    assert!(
+        refused_at.elapsed() >= Duration::from_millis(700),
+        "refused after {:?}",
+        refused_at.elapsed()
+    );
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
     assert_eq!(reason(&limited), "RATE_LIMITED");
     let wait = limited

@@ -3,7 +3,8 @@
 //!
 //! - `watchers`: three rounds of 1,000 watch streams opened and then dropped by their client;
 //!   the server's RSS and `etk_watch_streams_open` with the streams open and after the drop.
-//! - `flood`: provider-b's GetDeregistration latency (p50/p99, 50 calls a second) alone, then
+//! - `flood`: provider-b's GetDeregistration latency (p50/p99 of ETK_BENCH_SAMPLES calls,
+//!   default 1000, 50 a second) alone, then
 //!   while provider-a floods from 64 concurrent callers, with the dev rate limit and with the
 //!   limit lifted.
 //!
@@ -262,7 +263,10 @@ async fn probe(addr: &str, dir: &Path, id: &str, n: usize) -> (Duration, Duratio
 }
 
 async fn flood_run(label: &str, env: &[(&str, &str)]) {
-    const SAMPLES: usize = 500;
+    let samples: usize = std::env::var("ETK_BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     const FLOODERS: usize = 64;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path(), env);
@@ -275,7 +279,7 @@ async fn flood_run(label: &str, env: &[(&str, &str)]) {
         "8400003",
     )
     .await;
-    let (p50, p99) = probe(&gw.addr, dir.path(), &b_id, SAMPLES).await;
+    let (p50, p99) = probe(&gw.addr, dir.path(), &b_id, samples).await;
     println!(
         "flood        {label}: provider-b alone:          p50 {:.2} ms, p99 {:.2} ms",
         ms(p50),
@@ -313,7 +317,7 @@ async fn flood_run(label: &str, env: &[(&str, &str)]) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     let (ok0, lim0) = (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed));
-    let (p50, p99) = probe(&gw.addr, dir.path(), &b_id, SAMPLES).await;
+    let (p50, p99) = probe(&gw.addr, dir.path(), &b_id, samples).await;
     let secs = t.elapsed().as_secs_f64();
     let (ok1, lim1) = (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed));
     stop.store(true, Ordering::Relaxed);

@@ -90,3 +90,51 @@ pub struct TlsSettings {
     /// PEM bundle of accepted client CAs.
     pub client_ca: PathBuf,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ServerSettings {
+        ServerSettings {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            concurrency_per_connection: 16,
+            request_timeout: Duration::from_secs(20),
+            shutdown_grace: Duration::from_secs(10),
+            health_probe: Duration::from_secs(5),
+            require_reachable_at_start: false,
+            http2_keepalive_interval: Duration::from_secs(20),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 128,
+            max_request_bytes: 65_536,
+        }
+    }
+
+    #[test]
+    fn connection_limits_that_contradict_each_other_are_refused() {
+        assert!(settings().validate().is_ok());
+        // Pings rarer than the idle timeout would cut quiet watch streams.
+        let mut s = settings();
+        s.http2_keepalive_interval = Duration::from_secs(60);
+        let e = s.validate().expect_err("refused");
+        assert!(e.contains("shorter than idle_timeout"), "{e}");
+        // Unless the idle timeout is off.
+        s.idle_timeout = Duration::ZERO;
+        assert!(s.validate().is_ok());
+        assert_eq!(s.idle_timeout(), None);
+        let mut s = settings();
+        s.tls_handshake_timeout = Duration::ZERO;
+        s.max_concurrent_streams = 0;
+        s.max_request_bytes = 100;
+        let e = s.validate().expect_err("refused");
+        for key in [
+            "tls_handshake_timeout",
+            "max_concurrent_streams",
+            "max_request_bytes",
+        ] {
+            assert!(e.contains(key), "{key} not named in {e}");
+        }
+    }
+}

@@ -228,18 +228,20 @@ impl Gateway {
         }
     }
 
-    /// The case's trail so far and a subscription for what follows. Subscribing first means
-    /// nothing committed between the read and the subscription is missed (duplicates are
-    /// filtered by sequence number by the caller).
-    pub async fn watch(
-        &self,
-        principal: &Principal,
-        id: &CaseId,
-    ) -> Result<(Vec<CaseEvent>, tokio::sync::broadcast::Receiver<CaseEvent>), AppError> {
+    /// The case's trail so far and subscriptions for what follows (events, and resyncs: news
+    /// may have been missed, re-read). Subscribing first means nothing committed between the
+    /// read and the subscription is missed (duplicates are filtered by sequence number by the
+    /// caller).
+    pub async fn watch(&self, principal: &Principal, id: &CaseId) -> Result<Watch, AppError> {
         self.get_own(principal, id).await?;
-        let rx = self.bus.subscribe();
+        let live = self.bus.subscribe();
+        let resyncs = self.bus.resyncs();
         let past = self.store.events(id).await?;
-        Ok((past, rx))
+        Ok(Watch {
+            past,
+            live,
+            resyncs,
+        })
     }
 
     pub async fn events_after(&self, id: &CaseId, after: i64) -> Result<Vec<CaseEvent>, AppError> {
@@ -468,4 +470,15 @@ impl Gateway {
             r.route.as_str().as_bytes(),
         ])
     }
+}
+
+/// What `Gateway::watch` hands a watcher.
+#[derive(Debug)]
+pub struct Watch {
+    /// The trail so far, in order.
+    pub past: Vec<CaseEvent>,
+    /// Events committed from now on (this process's, and on PostgreSQL other replicas').
+    pub live: tokio::sync::broadcast::Receiver<CaseEvent>,
+    /// Changes when events may have been missed (`EventBus::resync`).
+    pub resyncs: tokio::sync::watch::Receiver<u64>,
 }

@@ -125,6 +125,12 @@ impl Engine {
         }
     }
 
+    /// Gives up the leases this process's claims still hold (at shutdown, after its workers
+    /// were stopped or aborted), so other replicas take those steps at once. Returns how many.
+    pub async fn release_leases(&self) -> Result<u64, StoreError> {
+        self.store.release(&format!("{}-", self.owner)).await
+    }
+
     /// Claims one batch, runs it concurrently (latency is hidden by running many at once),
     /// and records all results in one transaction. Returns how many effects it ran.
     pub async fn run_batch(&self) -> Result<usize, StoreError> {

@@ -39,6 +39,10 @@ enum Command {
         /// Configuration file laid over the embedded defaults (also ETK_CONFIG).
         #[arg(long, env = "ETK_CONFIG")]
         config: Option<PathBuf>,
+        /// Do not migrate (overrides database.migrate): refuse to start unless the schema is
+        /// current. For deployments that migrate in a separate job.
+        #[arg(long)]
+        no_migrate: bool,
     },
     /// Apply pending database migrations and exit.
     Migrate {
@@ -87,6 +91,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             data_dir,
             listen,
             config,
+            no_migrate,
         } => {
             let mut layers = Layers::new(config.as_deref())?;
             let telemetry = start_telemetry(&layers)?;
@@ -95,6 +100,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             if let Some(addr) = listen {
                 layers = layers.set("server.listen", addr);
+            }
+            if no_migrate {
+                layers = layers.set("database.migrate", false);
             }
             let served = async {
                 let app = App::build(layers.config()?).await?;
@@ -123,7 +131,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if dev {
                 layers = apply_dev(layers, &data_dir)?;
             }
-            // Only what migrating needs: no TLS, principals or connectors.
+            // Only what migrating needs: no TLS, principals or connectors. `migrate` always
+            // migrates, whatever `database.migrate` says about `serve`.
+            let layers = layers.set("database.migrate", true);
             let database: DatabaseSettings = layers.section("database")?;
             let privacy: PrivacySettings = layers.section("privacy")?;
             let migrated = async {
@@ -133,7 +143,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .await;
             telemetry.shutdown().await;
             migrated?;
-            tracing::info!("migrations applied");
             Ok(())
         }
     }

@@ -54,6 +54,12 @@ pub enum StartError {
     Principals(#[from] crate::auth::PrincipalsError),
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    /// `database.migrate` is off and the schema lacks migrations this build needs.
+    #[error(
+        "the database schema lacks migrations this build needs: {0} (run `migrate` first, or \
+         let `serve` migrate: database.migrate = true)"
+    )]
+    SchemaBehind(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -73,7 +79,8 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError
     })
 }
 
-/// Opens the store and runs pending migrations.
+/// Opens the store. With `db.migrate`, applies the pending migrations (under the migration
+/// lock); without, refuses a schema that lacks any of this build's migrations, naming them.
 pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
     use secrecy::ExposeSecret;
     let store = SeaStore::connect(
@@ -83,7 +90,19 @@ pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaS
         vault,
     )
     .await?;
-    store.migrate().await?;
+    if db.migrate {
+        let applied = store.migrate().await?;
+        if applied.is_empty() {
+            tracing::info!("database schema is current; no migration to apply");
+        } else {
+            tracing::info!(migrations = %applied.join(", "), "migrations applied");
+        }
+    } else {
+        let missing = store.pending_migrations().await?;
+        if !missing.is_empty() {
+            return Err(StartError::SchemaBehind(missing.join(", ")));
+        }
+    }
     Ok(store)
 }
 
@@ -162,6 +181,18 @@ pub struct App {
     health: tonic_health::server::HealthReporter,
     grace: Duration,
     probe_every: Duration,
+    /// Brings other replicas' news (PostgreSQL); stopped with the app.
+    relay: Option<Relay>,
+}
+
+/// The relay task (`SeaStore::spawn_relay`), aborted when dropped.
+#[derive(Debug)]
+struct Relay(tokio::task::JoinHandle<()>);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl App {
@@ -186,6 +217,8 @@ impl App {
             .await?
             .with_timing(timing)
             .with_bus(bus.clone());
+        // PostgreSQL: other replicas' commits reach this process's bus too.
+        let relay = store.spawn_relay().map(Relay);
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
@@ -300,6 +333,7 @@ impl App {
                 .server
                 .health_probe
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
+            relay,
         })
     }
 
@@ -316,7 +350,10 @@ impl App {
         &self.metrics
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and drains for the grace period.
+    /// Serves until `shutdown` resolves, then drains for the grace period: not ready at once,
+    /// no new connections, in-flight RPCs finish and workers finish the steps they hold (and
+    /// claim no more). After the grace, what still runs is cut off and the leases this process
+    /// holds are released, so other replicas take those steps at once.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -369,33 +406,61 @@ impl App {
         );
         tokio::pin!(serve);
         let result = tokio::select! {
-            r = &mut serve => r,
+            r = &mut serve => {
+                let _ = engine_stop.send(true);
+                r
+            }
             () = shutdown => {
-                tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests");
+                tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests and steps");
                 // Not ready first, and for good: the prober must not turn it back.
                 prober.abort();
                 self.readiness.drain();
                 for s in SERVICES {
                     self.health.set_service_status(s, ServingStatus::NotServing).await;
                 }
+                // One grace for both: in-flight RPCs finish while the workers finish the steps
+                // they hold (they claim no more).
+                let deadline = tokio::time::Instant::now() + self.grace;
                 let _ = stop_tx.send(());
-                match tokio::time::timeout(self.grace, &mut serve).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!("grace period over; closing remaining connections");
-                        Ok(())
+                let _ = engine_stop.send(true);
+                let rpcs = async {
+                    match tokio::time::timeout_at(deadline, &mut serve).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!("grace period over; closing remaining connections");
+                            Ok(())
+                        }
                     }
-                }
+                };
+                let steps = async {
+                    if tokio::time::timeout_at(deadline, async {
+                        while engine.join_next().await.is_some() {}
+                    })
+                    .await
+                    .is_err()
+                    {
+                        tracing::warn!("grace period over; steps still running are abandoned and their leases released");
+                    }
+                };
+                let (r, ()) = tokio::join!(rpcs, steps);
+                r
             }
         };
         prober.abort();
-        // Workers finish the batch they hold; anything unfinished is re-claimed after its lease.
-        let _ = engine_stop.send(true);
-        let _ = tokio::time::timeout(self.grace, async {
-            while engine.join_next().await.is_some() {}
-        })
-        .await;
+        // Whatever still runs is stopped; the leases this process still holds (a step
+        // abandoned, a batch whose results could not be recorded) are given up at once, so
+        // other replicas take those steps now rather than when the leases run out.
         engine.abort_all();
+        while engine.join_next().await.is_some() {}
+        match self.engine.release_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(steps = n, "released the leases of unfinished steps"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release leases; other replicas take the steps when they run out")
+            }
+        }
+        // Watchers' news stops with the process.
+        drop(self.relay);
         let _ = admin_stop.send(());
         // Idle keep-alive connections (a scraper's) close at once; a stuck one is cut.
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_tasks.join_next()).await;

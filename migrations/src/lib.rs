@@ -23,6 +23,11 @@ impl MigratorTrait for Migrator {
     }
 }
 
+/// The names of `migrations` (as the migration table records them), in order.
+pub fn names(migrations: &[sea_orm_migration::Migration]) -> Vec<String> {
+    migrations.iter().map(|m| m.name().to_owned()).collect()
+}
+
 /// Runs each statement on its own: not every driver accepts several in one call.
 pub(crate) async fn run_all(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
     let conn = manager.get_connection();

@@ -11,6 +11,7 @@
 //! - `create.rs` — idempotent creation decided by unique constraints;
 //! - `outbox.rs` — claims under a lease, fenced results, due times;
 //! - `queries.rs` — read-only look-ups;
+//! - `listen.rs` — news between replicas on PostgreSQL (`NOTIFY` on commit, the relay);
 //! - `audit.rs` — the audit trail's hash chain;
 //! - `sql.rs` — connection set-up, backend differences, row reads with locks;
 //! - `settings.rs` — the database settings and the saga timers' durations;
@@ -21,6 +22,7 @@ mod changes;
 mod codec;
 mod create;
 mod entities;
+mod listen;
 mod outbox;
 mod queries;
 mod sea;
@@ -235,6 +237,10 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// Records results in one transaction. A result whose lease `owner` no longer holds is
     /// dropped (another worker re-runs the effect under the same key).
     async fn finish(&self, owner: &str, results: Vec<Finished>) -> Result<(), StoreError>;
+
+    /// Gives up the leases of every claim whose owner token starts with `owner_prefix` (a
+    /// process shutting down), so other workers claim those effects at once. Returns how many.
+    async fn release(&self, owner_prefix: &str) -> Result<u64, StoreError>;
 
     /// When the earliest pending effect falls due, if any.
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;

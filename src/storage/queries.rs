@@ -75,6 +75,33 @@ pub(crate) async fn events(
         .collect()
 }
 
+/// The events of several cases' sequence ranges, in case and sequence order.
+pub(crate) async fn events_in(
+    conn: &impl ConnectionTrait,
+    ranges: &[super::listen::Range],
+) -> Result<Vec<CaseEvent>, StoreError> {
+    use case_events::Column as C;
+    let mut any = Condition::any();
+    for r in ranges {
+        any = any.add(
+            Condition::all()
+                .add(C::CaseId.eq(r.case_id.clone()))
+                .add(C::Seq.gte(r.first))
+                .add(C::Seq.lte(r.last)),
+        );
+    }
+    case_events::Entity::find()
+        .filter(any)
+        .order_by_asc(C::CaseId)
+        .order_by_asc(C::Seq)
+        .all(conn)
+        .await
+        .map_err(StoreError::Unavailable)?
+        .into_iter()
+        .map(event_of)
+        .collect()
+}
+
 /// Whether another case of the same holder (by pseudonym) at the same care unit has a confirmed
 /// revocation and is removing, or has removed, the employment.
 pub(crate) async fn kiv_removed_by_other_case(

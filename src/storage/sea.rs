@@ -14,12 +14,16 @@ use super::codec::Codec;
 use super::sql::{self, Lock};
 use super::{
     CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, StoreError, Timing, Work,
-    create, outbox, queries,
+    create, listen, outbox, queries,
 };
 use crate::bus::EventBus;
 use crate::domain::saga::Event;
 use crate::domain::{CaseEvent, CaseId, Deregistration, Employment, HsaId, Timestamp};
 use crate::privacy::Vault;
+
+/// The advisory lock key `migrate` holds on PostgreSQL (any fixed number unique to this
+/// application within the database; here "etkmigr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
 
 #[derive(Clone)]
 pub struct SeaStore {
@@ -27,6 +31,8 @@ pub struct SeaStore {
     codec: Codec,
     timing: Timing,
     bus: EventBus,
+    /// Names this store's commits in its notifications, so its relay skips its own news.
+    origin: String,
 }
 
 impl std::fmt::Debug for SeaStore {
@@ -51,6 +57,7 @@ impl SeaStore {
             codec: Codec::new(vault),
             timing: Timing::default(),
             bus: EventBus::new(),
+            origin: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -66,8 +73,47 @@ impl SeaStore {
         self
     }
 
-    pub async fn migrate(&self) -> Result<(), DbErr> {
-        migration::Migrator::up(&self.db, None).await
+    /// Applies the pending migrations and returns their names (none: nothing to do). On
+    /// PostgreSQL in one transaction holding an advisory lock: concurrent runs (replicas starting
+    /// together, two migration jobs) queue on the lock, and a later one finds nothing left to do.
+    /// SQLite is one process's file with one connection: its runs cannot overlap.
+    pub async fn migrate(&self) -> Result<Vec<String>, DbErr> {
+        use sea_orm::ConnectionTrait;
+        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+            let pending =
+                migration::names(&migration::Migrator::get_pending_migrations(&self.db).await?);
+            migration::Migrator::up(&self.db, None).await?;
+            return Ok(pending);
+        }
+        let txn = self.db.begin().await?;
+        // Held until the commit (or rollback); the lock waits as long as a run takes.
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        let pending = migration::names(&migration::Migrator::get_pending_migrations(&txn).await?);
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+        Ok(pending)
+    }
+
+    /// The migrations this build knows that the database has not applied, in order; writes
+    /// nothing (no DDL: a runtime user without DDL rights may ask).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
+        Ok(migration::names(
+            &migration::Migrator::get_pending_migrations_read_only(&self.db).await?,
+        ))
+    }
+
+    /// On PostgreSQL, the relay that brings other replicas' commits to this store's bus
+    /// (`storage::listen`), running until the returned task is aborted; `None` on SQLite (one
+    /// process: the bus already has everything).
+    pub fn spawn_relay(&self) -> Option<tokio::task::JoinHandle<()>> {
+        (self.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
+            tokio::spawn(listen::relay(
+                self.db.clone(),
+                self.origin.clone(),
+                self.bus.clone(),
+            ))
+        })
     }
 
     async fn begin(&self) -> Result<DatabaseTransaction, StoreError> {
@@ -85,6 +131,10 @@ impl SeaStore {
         txn: DatabaseTransaction,
         appended: Vec<CaseEvent>,
     ) -> Result<(), StoreError> {
+        // Inside the transaction: other replicas hear of it on commit, and never of a rollback.
+        if !appended.is_empty() {
+            listen::announce(&txn, &self.origin, &appended).await?;
+        }
         txn.commit().await.map_err(StoreError::Unavailable)?;
         self.bus.publish(appended);
         // The change may have enqueued effects or made them due.
@@ -202,6 +252,16 @@ impl CaseStore for SeaStore {
         let appended =
             outbox::finish_in(&txn, &self.codec, self.timing, owner, &results, now).await?;
         self.commit_appended(txn, appended).await
+    }
+
+    async fn release(&self, owner_prefix: &str) -> Result<u64, StoreError> {
+        let released = outbox::release(&self.db, owner_prefix).await?;
+        if released > 0 {
+            // Due now: wake the idle workers, here and on the other replicas.
+            self.bus.notify_work();
+            listen::wake_others(&self.db, &self.origin).await?;
+        }
+        Ok(released)
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {

@@ -103,6 +103,8 @@ pub struct Options {
     pub engine: bool,
     /// Real connectors instead of the simulated ones.
     pub connectors: Option<Connectors>,
+    /// Seconds an idle worker sleeps before it looks for work without being woken.
+    pub idle_poll: f64,
 }
 
 impl Default for Options {
@@ -118,6 +120,7 @@ impl Default for Options {
             auto_employ: true,
             engine: true,
             connectors: None,
+            idle_poll: 0.05,
         }
     }
 }
@@ -161,7 +164,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         .expect("test configuration");
     let ms = std::time::Duration::from_millis;
     let secs = std::time::Duration::from_secs_f64;
-    cfg.engine.idle_poll = ms(50);
+    cfg.engine.idle_poll = secs(opts.idle_poll);
     cfg.server.health_probe = ms(100);
     cfg.admin.stats_interval = ms(100);
     cfg.engine.timers.poll_interval = ms(50);

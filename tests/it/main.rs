@@ -8,6 +8,7 @@ mod launcher;
 mod privacy;
 mod process;
 mod real;
+mod replicas;
 mod routine;
 mod saga;
 mod servers;

@@ -111,8 +111,7 @@ async fn admin_db(db: &TestDb) -> DatabaseConnection {
 
 /// Terminates the backends listening for notifications in the test database (the replicas'
 /// relays) once there are `at_least` of them; returns how many were terminated.
-async fn cut_listeners(db: &TestDb, at_least: usize) -> usize {
-    let conn = admin_db(db).await;
+async fn cut_listeners(conn: &DatabaseConnection, at_least: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rows = conn
@@ -132,10 +131,20 @@ async fn cut_listeners(db: &TestDb, at_least: usize) -> usize {
     }
 }
 
+/// How the news is disturbed while A commits the rest of the saga.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    None,
+    /// Every listening connection cut just before.
+    Listeners,
+    /// Cut, and no new connection let in until A has finished: nothing A commits meanwhile is
+    /// announced to anyone; B's watcher learns of it only by resyncing when it listens again.
+    UntilFinished,
+}
+
 /// Replica A does the work, replica B (API only) serves the watcher: B's stream shows every
-/// event A commits, live, once and in order, to the end — optionally with every listening
-/// connection cut just before A commits the rest.
-async fn watch_across_replicas(cut: bool) {
+/// event A commits, live, once and in order, to the end.
+async fn watch_across_replicas(cut: Cut) {
     let db = TestDb::postgres().await;
     let a = replica(&db, true, 0.05).await;
     let b = replica(&db, false, 0.05).await;
@@ -149,11 +158,31 @@ async fn watch_across_replicas(cut: bool) {
         .await
         .expect("watch on B")
         .into_inner();
-    if cut {
-        assert!(cut_listeners(&db, 2).await >= 2);
+    let admin = admin_db(&db).await;
+    // The database's own setting is changed from another database.
+    let server = Database::connect(std::env::var("ETK_TEST_POSTGRES_URL").expect("set"))
+        .await
+        .expect("connect");
+    let allow = |yes: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {yes}", db.name);
+    if cut == Cut::UntilFinished {
+        // The replicas keep the connections they have; no new one is let in.
+        server
+            .execute_unprepared(&allow(false))
+            .await
+            .expect("lock out");
+    }
+    if cut != Cut::None {
+        assert!(cut_listeners(&admin, 2).await >= 2);
     }
     // The rest of the saga happens on A after B's watcher subscribed.
     confirm(&a, &id).await;
+    if cut == Cut::UntilFinished {
+        wait_state(&mut on_a, &id, pb::State::Completed).await;
+        server
+            .execute_unprepared(&allow(true))
+            .await
+            .expect("let in");
+    }
     let mut seqs = Vec::new();
     let last = read_to_end(&mut stream, &mut seqs).await;
     assert_eq!(last, pb::State::Completed as i32, "{seqs:?}");
@@ -171,7 +200,7 @@ async fn watch_across_replicas(cut: bool) {
     ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
 )]
 async fn a_watcher_on_one_replica_follows_a_case_another_replica_works() {
-    watch_across_replicas(false).await;
+    watch_across_replicas(Cut::None).await;
 }
 
 #[tokio::test]
@@ -180,7 +209,16 @@ async fn a_watcher_on_one_replica_follows_a_case_another_replica_works() {
     ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
 )]
 async fn the_news_survives_a_dropped_listening_connection() {
-    watch_across_replicas(true).await;
+    watch_across_replicas(Cut::Listeners).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn events_committed_while_a_replica_cannot_listen_reach_its_watcher_when_it_can() {
+    watch_across_replicas(Cut::UntilFinished).await;
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@ pub struct ServerSettings {
     pub concurrency_per_connection: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Time to drain in-flight requests on shutdown.
+    /// Time to drain on shutdown: in-flight requests and the steps the workers hold finish
+    /// within it; leases still held after it are released.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// How often the database (readiness) and the connectors' servers are probed.

@@ -580,3 +580,195 @@ async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
         s.terminate();
     }
 }
+
+/// A valid personnummer per `i` (distinct birth dates in 1980, so distinct KIV persons).
+fn personnummer(i: u32) -> String {
+    let (month, day) = (1 + i / 28, 1 + i % 28);
+    let body = format!("80{month:02}{day:02}123");
+    let sum: u32 = body
+        .chars()
+        .enumerate()
+        .map(|(n, c)| {
+            let d = c.to_digit(10).expect("digit") * if n % 2 == 0 { 2 } else { 1 };
+            d / 10 + d % 10
+        })
+        .sum();
+    let check = (10 - sum % 10) % 10;
+    format!("19{}-{}{check}", &body[..6], &body[6..])
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(etk_postgres, etk_real_servers)),
+    ignore = "needs PostgreSQL, slapd and aiosmtpd: set ETK_TEST_POSTGRES_URL and ETK_REQUIRE_REAL_SERVERS=1"
+)]
+async fn three_replicas_on_real_registries_one_killed_every_effect_under_one_key() {
+    use crate::real::{KivWorld, ldap_kiv, unit};
+    use crate::servers::{LDAP_ADMIN, LDAP_PASSWORD, Slapd, SmtpServer};
+    use etjanstekort_gateway::connectors::Kiv;
+    use etjanstekort_gateway::connectors::ldap::Removal;
+    use etjanstekort_gateway::domain::Personnummer;
+
+    let slapd = Slapd::start();
+    let mail = SmtpServer::start();
+    let smtp_ca = mail.dir.path().join("ca.pem");
+    std::fs::write(&smtp_ca, &mail.ca_pem).expect("write the CA");
+    const CASES: u32 = 24;
+    let today = etjanstekort_gateway::clock::now().utc_date();
+    let people: Vec<Personnummer> = (0..CASES)
+        .map(|i| Personnummer::parse(&personnummer(i), today).expect("valid"))
+        .collect();
+    for p in &people {
+        slapd.employ(p, &unit()).await;
+    }
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().expect("dir");
+    devcerts::ensure(dir.path()).expect("dev environment");
+    let (ok, out) = run(dir.path(), &["migrate"], &env_db(&db.url));
+    assert!(ok, "{out}");
+    let s = |v: &str| v.to_owned();
+    let env: Vec<(&str, String)> = vec![
+        ("ETK_DATABASE__URL", db.url.clone()),
+        ("ETK_ENGINE__IDLE_POLL", s("100ms")),
+        ("ETK_ENGINE__LEASE", s("3s")),
+        ("ETK_ENGINE__BATCH_SIZE", s("4")),
+        ("ETK_KIV__KIND", s("ldap")),
+        ("ETK_KIV__URL", slapd.url()),
+        ("ETK_KIV__BASE_DN", s("ou=Personal,o=VGR")),
+        ("ETK_KIV__OBJECT_CLASS", s("vgrAnstallning")),
+        ("ETK_KIV__BIND__DN", s(LDAP_ADMIN)),
+        ("ETK_KIV__BIND__PASSWORD", s(LDAP_PASSWORD)),
+        (
+            "ETK_KIV__CA_FILE",
+            slapd.dir.path().join("ca.pem").display().to_string(),
+        ),
+        ("ETK_KIV__TIMEOUT", s("2s")),
+        ("ETK_TJANSTEID__KIND", s("smtp")),
+        ("ETK_TJANSTEID__SERVICE_DESK", s("tjansteid@desk.test")),
+        ("ETK_NOTIFIER__KIND", s("smtp")),
+        ("ETK_SMTP__HOST", s("127.0.0.1")),
+        ("ETK_SMTP__PORT", mail.port.to_string()),
+        (
+            "ETK_SMTP__FROM",
+            s("eTjänstekort-gateway <noreply@gateway.test>"),
+        ),
+        ("ETK_SMTP__CA_FILE", smtp_ca.display().to_string()),
+        ("ETK_SMTP__HELLO_NAME", s("gateway.test")),
+        ("ETK_SMTP__TIMEOUT", s("2s")),
+    ];
+    let servers: Vec<Server> = (0..3).map(|_| Server::start(dir.path(), &env)).collect();
+    let mut ids = Vec::new();
+    for (i, p) in people.iter().enumerate() {
+        let s = &servers[i % 3];
+        let mut c = DeregistrationServiceClient::new(s.channel(dir.path(), "provider-a").await);
+        let id = c
+            .create_deregistration(create(
+                &format!("real-{i}"),
+                report(&unit_a(), &p.expose_digits(), &format!("66{i:05}")),
+            ))
+            .await
+            .expect("create")
+            .into_inner()
+            .deregistration
+            .expect("case")
+            .id;
+        ids.push(id);
+    }
+    // The desk confirms each report as it arrives (through the second replica); the first
+    // replica dies once the work after the confirmations is under way.
+    let conn = admin_db(&db).await;
+    let desk = servers[1].channel(dir.path(), "tjansteid").await;
+    let mut confirmed = BTreeSet::new();
+    let mut killed = None;
+    let mut servers: Vec<Option<Server>> = servers.into_iter().map(Some).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut on_b = DeregistrationServiceClient::new(
+            servers[1]
+                .as_ref()
+                .expect("up")
+                .channel(dir.path(), "provider-a")
+                .await,
+        );
+        let mut open = 0;
+        for id in &ids {
+            let state = on_b
+                .get_deregistration(pb::GetDeregistrationRequest { id: id.clone() })
+                .await
+                .expect("get")
+                .into_inner()
+                .deregistration
+                .expect("case")
+                .state;
+            if state == pb::State::RevocationRequested as i32 && confirmed.insert(id.clone()) {
+                RevocationServiceClient::new(desk.clone())
+                    .confirm_revocation(pb::ConfirmRevocationRequest {
+                        deregistration_id: id.clone(),
+                        revocation_reference: "TJID-7".into(),
+                        revoke_time: None,
+                    })
+                    .await
+                    .expect("confirm");
+            }
+            if state != pb::State::Completed as i32 {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        let completed = count(
+            &conn,
+            "SELECT count(*) FROM cases WHERE state = 'completed'",
+        )
+        .await;
+        if killed.is_none() && completed > 0 {
+            servers[0].take().expect("up").kill9();
+            killed = Some(completed);
+        }
+        assert!(Instant::now() < deadline, "{open} cases did not complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = killed.expect("a replica was killed");
+    assert!(
+        killed < i64::from(CASES),
+        "the kill came too late to mean anything"
+    );
+
+    // Every message under its one key: the report and the two notices per case, whichever
+    // replica sent them (a re-run after the kill re-sends under the same Message-ID).
+    let message_ids: Vec<String> = mail
+        .messages()
+        .iter()
+        .filter_map(|m| {
+            m.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("message-id")
+                    .then(|| value.trim().to_owned())
+            })
+        })
+        .collect();
+    for id in &ids {
+        let keys: BTreeSet<&str> = message_ids
+            .iter()
+            .filter(|m| m.starts_with(&format!("<{id}.")))
+            .map(String::as_str)
+            .collect();
+        let expected: BTreeSet<String> = ["report", "notify_head", "notify_holder"]
+            .iter()
+            .map(|step| format!("<{id}.{step}@gateway.test>"))
+            .collect();
+        assert_eq!(
+            keys,
+            expected.iter().map(String::as_str).collect::<BTreeSet<_>>()
+        );
+    }
+    // And every employment is gone from the directory.
+    let kiv = ldap_kiv(&slapd, Removal::Delete);
+    for p in &people {
+        assert!(kiv.lookup(p, &unit()).await.expect("lookup").is_none());
+    }
+    for s in servers.into_iter().flatten() {
+        s.terminate();
+    }
+}

@@ -4,6 +4,7 @@
 
 mod convert;
 pub mod error;
+mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -199,78 +200,12 @@ impl DeregistrationService for Api {
         let p = principal(&req)?;
         let id = convert::case_id("id", &req.get_ref().id)?;
         record_case(&id);
-        let crate::app::Watch {
-            past,
-            mut live,
-            mut resyncs,
-        } = self.gateway.watch(&p, &id).await.map_err(ApiError::from)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let gateway = self.gateway.clone();
-        // One task per watcher, woken only by committed events (this replica's, and on
-        // PostgreSQL other replicas') and resyncs: no polling. Each event is sent once, in
-        // sequence order: repeats are dropped, and a gap is filled from the store.
-        tokio::spawn(async move {
-            let mut last = 0;
-            let mut pending = past;
-            loop {
-                let mut gap = false;
-                for e in &pending {
-                    if e.sequence <= last {
-                        continue;
-                    }
-                    if e.sequence > last + 1 {
-                        // Missed something (e.g. news lost with a dropped connection).
-                        gap = true;
-                        break;
-                    }
-                    let msg = pb::WatchDeregistrationResponse {
-                        event: Some(convert::event_out(e)),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                    last = e.sequence;
-                    if e.state.is_terminal() {
-                        return;
-                    }
-                }
-                let reread = gap
-                    || tokio::select! {
-                        r = live.recv() => match r {
-                            Ok(e) => {
-                                pending = if e.case_id == id { vec![e] } else { Vec::new() };
-                                false
-                            }
-                            // Fell behind the broadcast: read what was missed from the store.
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                        },
-                        // News may have been missed (the relay reconnected).
-                        r = resyncs.changed() => {
-                            if r.is_err() {
-                                return;
-                            }
-                            true
-                        }
-                    };
-                if reread {
-                    pending = match gateway.events_after(&id, last).await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let _ = tx.send(Err(ApiError::from(e).into())).await;
-                            return;
-                        }
-                    };
-                    if gap && pending.first().is_none_or(|e| e.sequence != last + 1) {
-                        // The store has nothing newer after all: wait for the next news.
-                        pending.clear();
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let watch = self.gateway.watch(&p, &id).await.map_err(ApiError::from)?;
+        Ok(Response::new(Box::pin(watch::stream(
+            self.gateway.clone(),
+            id,
+            watch,
+        ))))
     }
 
     async fn cancel_deregistration(

@@ -454,10 +454,18 @@ async fn sigterm_drains_not_ready_first_and_hands_held_steps_over_at_once() {
         assert!(Instant::now() < deadline, "A never claimed the first steps");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // B, fast, but its workers only look every 100 ms: A's leases block it.
+    // B, fast; A's leases block it, and its idle workers look again only after a minute
+    // unless woken (A's release wakes them).
     let b = Server::start(
         dir.path(),
-        &replica_env(&db, &journal, &[("ETK_TJANSTEID__CONFIRM_AFTER", "100ms")]),
+        &replica_env(
+            &db,
+            &journal,
+            &[
+                ("ETK_TJANSTEID__CONFIRM_AFTER", "100ms"),
+                ("ETK_ENGINE__IDLE_POLL", "60s"),
+            ],
+        ),
     );
     let sent = Instant::now();
     let mut a = a;
@@ -474,16 +482,16 @@ async fn sigterm_drains_not_ready_first_and_hands_held_steps_over_at_once() {
     }
     assert!(saw_503, "/readyz never said 503 during the drain");
     let out = a.terminate();
-    assert!(
-        out.contains("released the leases of unfinished steps"),
-        "{out}"
-    );
-    // B takes the steps over long before A's leases would have run out.
+    // B takes the steps over long before A's leases (or B's idle poll) would have run out.
     let mut on_b = DeregistrationServiceClient::new(b.channel(dir.path(), "provider-a").await);
     wait_state(&mut on_b, &id, pb::State::Completed).await;
     assert!(
         sent.elapsed() < Duration::from_secs(60),
         "waited for the lease"
+    );
+    assert!(
+        out.contains("released the leases of unfinished steps"),
+        "{out}"
     );
     b.terminate();
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod api;
 mod auth;
+mod deploy;
 mod helpers;
 mod launcher;
 mod privacy;

@@ -40,6 +40,16 @@ SECRET_STAND_INS = {
     "ETK_SMTP__LOGIN__PASSWORD": "stand-in",
 }
 
+# Values values.schema.json must refuse (a schema that lets them through fails the check).
+SCHEMA_REFUSES = [
+    {"replicaCount": 0},
+    {"unknownKey": 1},
+    {"secrets": {"database": {"name": "Not_A_Name"}}},
+    {"otel": {"protocol": "udp"}},
+    {"image": {"digest": "latest"}},
+    {"ports": {"grpc": 70000}},
+]
+
 failures: list[str] = []
 
 
@@ -204,6 +214,13 @@ def chart_checks(case: str, objects: list[dict[str, Any]], values: dict[str, Any
 def main() -> int:
     binary, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
     print(f"Helm {helm.helm_sdk_version()} (helm-python-sdk {helm.__version__}), Kubernetes {KUBERNETES_VERSION}")
+    chart = helm.Chart.load(CHART)
+    for bad in SCHEMA_REFUSES:
+        try:
+            chart.validate_schema(bad)
+            failures.append(f"values.schema.json accepts {bad}")
+        except helm.HelmValuesError:
+            pass
     for case, values_file in CASES.items():
         objects, values = render(values_file)
         target = out / case

@@ -4,6 +4,7 @@ mod admin;
 mod api;
 mod auth;
 mod deploy;
+mod fuzz;
 mod helpers;
 mod launcher;
 mod privacy;

@@ -276,6 +276,47 @@ fn the_build_context_holds_everything_the_release_build_reads() {
         .output()
         .expect("cargo metadata");
     assert!(o.status.success(), "{}", text(&o));
+    // Every target the manifests declare (the bench is declared explicitly) has its source.
+    let metadata: serde_json::Value = serde_json::from_slice(&o.stdout).expect("metadata JSON");
+    let members = metadata["workspace_members"].as_array().expect("members");
+    let mut targets = 0;
+    for package in metadata["packages"].as_array().expect("packages") {
+        if !members.contains(&package["id"]) {
+            continue;
+        }
+        for target in package["targets"].as_array().expect("targets") {
+            let src = target["src_path"].as_str().expect("src_path");
+            assert!(
+                Path::new(src).exists(),
+                "{src} is a build target but .dockerignore keeps it out"
+            );
+            targets += 1;
+        }
+    }
+    assert!(targets >= 3, "lib, bin, build script: {targets}");
+    // cargo metadata drops a declared target whose file is missing; cargo build fails on it.
+    for manifest in ["Cargo.toml", "migrations/Cargo.toml"] {
+        let path = context.path().join(manifest);
+        let dir = path.parent().expect("dir");
+        let m: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("TOML");
+        for (kind, default_dir) in [("bench", "benches"), ("bin", "src/bin"), ("test", "tests")] {
+            for t in m.get(kind).and_then(|v| v.as_array()).into_iter().flatten() {
+                let src = match t.get("path").and_then(|p| p.as_str()) {
+                    Some(p) => dir.join(p),
+                    None => dir.join(format!(
+                        "{default_dir}/{}.rs",
+                        t.get("name").and_then(|n| n.as_str()).expect("name")
+                    )),
+                };
+                assert!(
+                    src.exists(),
+                    "{manifest} declares {kind} {}, which .dockerignore keeps out",
+                    src.display()
+                );
+            }
+        }
+    }
 }
 
 const COMPLETE: &str = r#"

@@ -254,7 +254,7 @@ proptest! {
         (p, forms) in any_pnr(),
         which in 0usize..4,
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
-        misplaced in 0usize..6,
+        misplaced in 0usize..8,
     ) {
         let mut d = report(&unit_a(), &forms[which], "8100001");
         // The number also where it does not belong.
@@ -267,13 +267,19 @@ proptest! {
             4 => if let Some(r) = d.reported_by.as_mut() { r.hsa_id = pnr },
             _ => {}
         }
-        let mut bytes = create(&forms[which], d).encode_to_vec();
+        let request_id = if misplaced == 5 { forms[which].as_str() } else { "fuzz-1" };
+        // Untouched, in a twelve-digit form and nowhere else: a valid report (so the accepted
+        // branch below is exercised too).
+        let valid = flips.is_empty() && misplaced >= 6 && which < 2;
+        let mut bytes = create(request_id, d).encode_to_vec();
         for (i, b) in flips {
             let at = i.index(bytes.len());
             bytes[at] ^= b;
         }
         if let Ok(req) = pb::CreateDeregistrationRequest::decode(bytes.as_slice()) {
-            match convert::new_deregistration(&req, now()) {
+            let result = convert::new_deregistration(&req, now());
+            prop_assert!(!valid || result.is_ok(), "a valid report was refused");
+            match result {
                 Err(e) => assert_not_echoed(&status_text(&Status::from(e)), &p),
                 Ok((rid, new)) => {
                     // Accepted: the request id holds no identity number; the report is

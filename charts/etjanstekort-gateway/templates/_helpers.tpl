@@ -121,7 +121,7 @@ TOML from a dict. Not Helm's toToml: values read from YAML are float64, and toTo
 {{- include "etk.tomlTable" (dict "path" "" "table" (include "etk.configDict" . | fromJson)) }}
 {{- end }}
 
-{{/* The effective configuration as a dict (for decisions such as which egress to open). */}}
+{{/* The kind of a connector section in the effective configuration (which egress to open). */}}
 {{- define "etk.kindOf" -}}
 {{- $c := include "etk.configDict" .root | fromJson -}}
 {{- $section := index $c .section | default dict -}}

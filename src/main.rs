@@ -53,6 +53,13 @@ enum Command {
         #[arg(long, env = "ETK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check the configuration as `serve` would read it (defaults, the file, then `ETK_*`
+    /// variables) and exit: 0 when it is complete and valid, 1 naming every problem. Reads no
+    /// certificate, key or principals file and connects to nothing.
+    CheckConfig {
+        #[arg(long, env = "ETK_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -145,6 +152,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             migrated?;
             Ok(())
         }
+        Command::CheckConfig { config } => {
+            // No telemetry: nothing is logged or exported, the verdict goes to stdout/stderr.
+            Layers::new(config.as_deref())?.config()?;
+            config_ok(config.as_deref());
+            Ok(())
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn config_ok(file: Option<&Path>) {
+    match file {
+        Some(f) => println!(
+            "configuration valid: defaults, {}, environment",
+            f.display()
+        ),
+        None => println!("configuration valid: defaults, environment"),
     }
 }
 

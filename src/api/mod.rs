@@ -2,7 +2,8 @@
 //! Handlers are thin: convert, call `app::Gateway`, convert back. Authentication, the RPC span
 //! and timeouts happen before them, in `crate::rpc`'s layers.
 
-mod convert;
+// Public for the fuzz harnesses (tests/it/fuzz.rs), which feed it decoded arbitrary bytes.
+pub mod convert;
 pub mod error;
 mod watch;
 

@@ -3,6 +3,8 @@
 mod admin;
 mod api;
 mod auth;
+mod deploy;
+mod fuzz;
 mod helpers;
 mod launcher;
 mod privacy;

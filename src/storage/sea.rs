@@ -127,10 +127,14 @@ impl CaseStore for SeaStore {
     }
 
     async fn get(&self, id: &CaseId) -> Result<Option<Deregistration>, StoreError> {
-        sql::find_case(&self.db, id, Lock::No)
-            .await?
-            .map(|m| self.codec.to_domain(&m))
-            .transpose()
+        let Some(m) = sql::find_case(&self.db, id, Lock::No).await? else {
+            return Ok(None);
+        };
+        match self.codec.to_domain(&m) {
+            // Shredded: the case as the API knows it is gone (its record stays).
+            Err(StoreError::NotFound) => Ok(None),
+            other => other.map(Some),
+        }
     }
 
     async fn get_many(&self, ids: &[CaseId]) -> Result<Vec<Deregistration>, StoreError> {

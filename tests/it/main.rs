@@ -8,6 +8,7 @@ mod launcher;
 mod privacy;
 mod process;
 mod real;
+mod retention;
 mod routine;
 mod saga;
 mod servers;

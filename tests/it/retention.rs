@@ -387,7 +387,7 @@ async fn read_all(
     ids: &[etjanstekort_gateway::domain::CaseId],
 ) -> Vec<etjanstekort_gateway::domain::Deregistration> {
     let mut all = store.get_many(ids).await.expect("get_many");
-    all.sort_by(|a, b| a.id.to_string().cmp(&b.id.to_string()));
+    all.sort_by_key(|c| c.id.to_string());
     all
 }
 

@@ -166,6 +166,8 @@ impl App {
     /// Builds with the given connectors (tests hold on to simulated ones to inspect them).
     pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
         let vault = Arc::new(load_vault(&config.privacy)?);
+        // Key ids are not secret: they tell which key is current after a rotation.
+        tracing::info!(current_key = %vault.key_id(), keys = vault.key_ids().len(), "master keys loaded");
         let timing = crate::storage::Timing {
             poll_outcome: connectors.tjansteid.polls(),
             ..config.engine.timers

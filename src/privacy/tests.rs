@@ -153,3 +153,40 @@ fn debug_prints_no_key_material() {
     let (k, _) = v.new_data_key("c").unwrap();
     assert_eq!(format!("{k:?}"), "DataKey(<key>)");
 }
+
+#[test]
+fn the_settings_make_one_keyring() {
+    use base64::Engine;
+    let b64 = |k: [u8; 32]| SecretString::from(base64::engine::general_purpose::STANDARD.encode(k));
+    let dir = std::env::temp_dir().join(format!("etk-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("third.key");
+    std::fs::write(&file, b64([9u8; 32]).expose_secret()).unwrap();
+    let mut s = PrivacySettings {
+        master_key: Some(b64([7u8; 32])),
+        // Ignored: the key wins over the file, as before.
+        master_key_file: Some(dir.join("absent.key")),
+        master_keys: vec![b64([8u8; 32])],
+        master_key_files: vec![file],
+        current_key: Some(key_id_of(&[9u8; 32])),
+        pseudonym_key_id: Some(key_id_of(&[7u8; 32])),
+        ..PrivacySettings::default()
+    };
+    let v = Vault::load(&s).unwrap();
+    assert_eq!(v.key_id(), key_id_of(&[9u8; 32]));
+    assert_eq!(v.key_ids().len(), 3);
+    let pnr = Personnummer::parse("19121212-1212", crate::clock::now().utc_date()).unwrap();
+    assert_eq!(v.pseudonym(&pnr), vault().pseudonym(&pnr));
+    // A pseudonym key of its own and a master key's id at once is ambiguous.
+    s.pseudonym_key = Some(b64([1u8; 32]));
+    assert!(
+        Vault::load(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("not both")
+    );
+    s.pseudonym_key_id = None;
+    let own = Vault::load(&s).unwrap();
+    assert_ne!(own.pseudonym(&pnr), vault().pseudonym(&pnr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

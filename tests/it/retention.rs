@@ -567,3 +567,91 @@ async fn a_row_from_before_m0006_is_shredded_too() {
         1
     );
 }
+
+/// The maintenance commands on the dev deployment: a dry run lists the case and changes
+/// nothing, `keys list` names the key, `keys reencrypt` moves the case to a new current key
+/// (no progress bar when stderr is not a terminal), and a real pass shreds it.
+#[tokio::test]
+async fn the_maintenance_commands_work_on_the_dev_deployment() {
+    use crate::launcher::run_once;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let dev = ["--dev", "--data-dir", data];
+    let with = |cmd: &[&'static str]| -> Vec<&str> { cmd.iter().copied().chain(dev).collect() };
+    let (ok, _, err) = run_once(&with(&["migrate"]), &[]);
+    assert!(ok, "{err}");
+    let master = std::fs::read_to_string(dir.path().join("master.key")).expect("dev key");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("etjanstekort.sqlite").display()
+    );
+    let db = TestDb {
+        url: url.clone(),
+        name: String::new(),
+    };
+    let vault = Vault::from_base64(&master).expect("key");
+    let old_id = vault.key_id();
+    let store = open_with(&db, vault).await;
+    let case = store
+        .create(cmd(None, "f", "9100001"))
+        .await
+        .expect("create")
+        .into_case();
+    store
+        .apply(&case.id, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    drop(store);
+    let now = [("ETK_RETENTION__PERSONAL_DATA", "0s".to_owned())];
+
+    let (ok, out, err) = run_once(&with(&["retention", "purge", "--dry-run"]), &now);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("would shred the personal data of 1 ended case(s)"),
+        "{out}"
+    );
+    assert!(out.contains(&case.id.to_string()), "{out}");
+    let store = open_with(&db, Vault::from_base64(&master).expect("key")).await;
+    assert!(
+        store.get(&case.id).await.expect("get").is_some(),
+        "a dry run changes nothing"
+    );
+    drop(store);
+
+    let (ok, out, err) = run_once(&with(&["keys", "list"]), &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), old_id);
+
+    use base64::Engine;
+    let new_key = base64::engine::general_purpose::STANDARD.encode(key(5));
+    let new_id = etjanstekort_gateway::privacy::key_id_of(&key(5));
+    let rotated = [
+        ("ETK_PRIVACY__MASTER_KEYS", format!("[\"{new_key}\"]")),
+        ("ETK_PRIVACY__CURRENT_KEY", new_id.clone()),
+        ("ETK_PRIVACY__PSEUDONYM_KEY_ID", old_id.clone()),
+    ];
+    let (ok, out, err) = run_once(&with(&["keys", "reencrypt", "--batch", "1"]), &rotated);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("re-encrypted 1 case(s) under key {new_id}")),
+        "{out}"
+    );
+    assert!(
+        !err.contains('\r'),
+        "no progress bar off a terminal: {err:?}"
+    );
+    // Without the current key named, several keys are refused.
+    let (ok, _, err) = run_once(
+        &with(&["keys", "list"]),
+        &[("ETK_PRIVACY__MASTER_KEYS", format!("[\"{new_key}\"]"))],
+    );
+    assert!(!ok && err.contains("current_key"), "{err}");
+
+    let mut env = rotated.to_vec();
+    env.extend(now);
+    let (ok, out, err) = run_once(&with(&["retention", "purge"]), &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("shredded 1 case(s)"), "{out}");
+    let store = open_with(&db, Vault::from_base64(&new_key).expect("key")).await;
+    assert_eq!(store.get(&case.id).await.expect("get"), None);
+}

@@ -103,6 +103,8 @@ pub struct Options {
     pub engine: bool,
     /// Real connectors instead of the simulated ones.
     pub connectors: Option<Connectors>,
+    /// `[retention]` instead of the defaults.
+    pub retention: Option<etjanstekort_gateway::retention::RetentionSettings>,
 }
 
 impl Default for Options {
@@ -118,6 +120,7 @@ impl Default for Options {
             auto_employ: true,
             engine: true,
             connectors: None,
+            retention: None,
         }
     }
 }
@@ -172,6 +175,9 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.engine.timers.remind_after = secs(opts.remind_after);
     cfg.engine.timers.escalate_after = secs(opts.escalate_after);
     cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
+    if let Some(r) = opts.retention.clone() {
+        cfg.retention = r;
+    }
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use etjanstekort_gateway::clock::{Clock, FakeClock};
 use etjanstekort_gateway::domain::saga::{Event, Step};
-use etjanstekort_gateway::domain::{Employment, State};
+use etjanstekort_gateway::domain::{Employment, State, Timestamp};
 use etjanstekort_gateway::metrics::Metrics;
 use etjanstekort_gateway::privacy::{PseudonymKey, Vault};
 use etjanstekort_gateway::retention::{PassReport, RetentionSettings, run_pass};
 use etjanstekort_gateway::storage::{
-    CaseStore, Created, Finished, SeaStore, StoreError, WorkResult, verify_chain,
+    CaseStore, Created, Finished, ListQuery, SeaStore, StoreError, WorkResult, verify_chain,
 };
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 
@@ -148,6 +148,24 @@ async fn retention_contract(db: TestDb) {
     let pass = run_pass(&store, &*clock, &s, &metrics).await.expect("pass");
     assert_eq!(pass, PassReport::default());
     assert!(store.get(&ended.id).await.expect("get").is_some());
+    // The store re-checks on the locked row: a case not due, or active, is left alone; a
+    // record is never purged before its personal data is shredded.
+    let far = Timestamp(i64::MAX / 2);
+    for id in [&ended.id, &active.id] {
+        assert!(
+            !store
+                .shred(id, Timestamp(0), meta("system"))
+                .await
+                .expect("shred")
+        );
+        assert!(!store.purge(id, far, clock.now()).await.expect("purge"));
+    }
+    assert!(
+        !store
+            .shred(&active.id, far, meta("system"))
+            .await
+            .expect("shred")
+    );
 
     // After it, the ended case's personal data is destroyed; the active case is untouched.
     clock.advance(30 * DAY);
@@ -159,6 +177,18 @@ async fn retention_contract(db: TestDb) {
     );
     assert_eq!(store.get(&ended.id).await.expect("get"), None);
     assert_eq!(store.snapshot(&ended.id).await.expect("snapshot"), None);
+    // Not listed either: a page holds only cases that can be shown.
+    let page = store
+        .list(&ListQuery {
+            limit: 1,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        page.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        vec![active.id.clone()]
+    );
     let where_ended = format!("WHERE id = '{}'", ended.id);
     assert_eq!(
         count(
@@ -654,4 +684,53 @@ async fn the_maintenance_commands_work_on_the_dev_deployment() {
     assert!(out.contains("shredded 1 case(s)"), "{out}");
     let store = open_with(&db, Vault::from_base64(&new_key).expect("key")).await;
     assert_eq!(store.get(&case.id).await.expect("get"), None);
+}
+
+/// The engine runs retention passes on its own: a cancelled case's personal data goes once
+/// its period (here zero) has passed, and the API then knows the case no more.
+#[tokio::test]
+async fn the_engine_shreds_ended_cases_on_its_schedule() {
+    use crate::helpers::{Options, create, report as pb_report, spawn_app_opts, unit_a};
+    use etjanstekort_gateway::api::pb;
+    let app = spawn_app_opts(Options {
+        retention: Some(RetentionSettings {
+            personal_data: Duration::ZERO,
+            interval: Duration::from_millis(50),
+            ..RetentionSettings::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    let mut a = app.provider("provider-a").await;
+    let case = a
+        .create_deregistration(create(
+            "r-1",
+            pb_report(&unit_a(), "19121212-1212", "31313131"),
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .deregistration
+        .expect("case");
+    a.cancel_deregistration(pb::CancelDeregistrationRequest {
+        id: case.id.clone(),
+        reason: "reported by mistake".into(),
+    })
+    .await
+    .expect("cancel");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = a
+            .get_deregistration(pb::GetDeregistrationRequest {
+                id: case.id.clone(),
+            })
+            .await;
+        match got {
+            Err(status) if status.code() == tonic::Code::NotFound => break,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the case was not shredded in time: {other:?}"),
+        }
+    }
 }

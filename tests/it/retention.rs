@@ -607,8 +607,10 @@ async fn the_maintenance_commands_work_on_the_dev_deployment() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().to_str().expect("utf-8 path");
     let dev = ["--dev", "--data-dir", data];
-    let with = |cmd: &[&'static str]| -> Vec<&str> { cmd.iter().copied().chain(dev).collect() };
-    let (ok, _, err) = run_once(&with(&["migrate"]), &[]);
+    fn args<'a>(dev: [&'a str; 3], cmd: &[&'a str]) -> Vec<&'a str> {
+        cmd.iter().copied().chain(dev).collect()
+    }
+    let (ok, _, err) = run_once(&args(dev, &["migrate"]), &[]);
     assert!(ok, "{err}");
     let master = std::fs::read_to_string(dir.path().join("master.key")).expect("dev key");
     let url = format!(
@@ -634,7 +636,7 @@ async fn the_maintenance_commands_work_on_the_dev_deployment() {
     drop(store);
     let now = [("ETK_RETENTION__PERSONAL_DATA", "0s".to_owned())];
 
-    let (ok, out, err) = run_once(&with(&["retention", "purge", "--dry-run"]), &now);
+    let (ok, out, err) = run_once(&args(dev, &["retention", "purge", "--dry-run"]), &now);
     assert!(ok, "{err}");
     assert!(
         out.contains("would shred the personal data of 1 ended case(s)"),
@@ -648,9 +650,49 @@ async fn the_maintenance_commands_work_on_the_dev_deployment() {
     );
     drop(store);
 
-    let (ok, out, err) = run_once(&with(&["keys", "list"]), &[]);
+    let (ok, out, err) = run_once(&args(dev, &["keys", "list"]), &[]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), old_id);
+
+    // The pseudonym key in use, exported to a file of its own (0600, never over a file).
+    let exported = dir.path().join("pseudonym.key");
+    let out_arg = exported.to_str().expect("utf-8 path");
+    let (ok, _, err) = run_once(
+        &args(dev, &["keys", "export-pseudonym-key", "--out", out_arg]),
+        &[],
+    );
+    assert!(ok, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&exported)
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let pinned = std::fs::read_to_string(&exported).expect("exported key");
+    let (ok, _, _) = run_once(
+        &args(dev, &["keys", "export-pseudonym-key", "--out", out_arg]),
+        &[],
+    );
+    assert!(!ok, "an existing file is not overwritten");
+    let pnr = etjanstekort_gateway::domain::Personnummer::parse(
+        "19121212-1212",
+        etjanstekort_gateway::clock::now().utc_date(),
+    )
+    .expect("pnr");
+    let own = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(pinned.trim())
+            .expect("base64");
+        Vault::keyring(&[&key(9)], None, PseudonymKey::Own(raw.into())).expect("keyring")
+    };
+    assert_eq!(
+        own.pseudonym(&pnr),
+        Vault::from_base64(&master).expect("key").pseudonym(&pnr)
+    );
 
     use base64::Engine;
     let new_key = base64::engine::general_purpose::STANDARD.encode(key(5));
@@ -660,7 +702,7 @@ async fn the_maintenance_commands_work_on_the_dev_deployment() {
         ("ETK_PRIVACY__CURRENT_KEY", new_id.clone()),
         ("ETK_PRIVACY__PSEUDONYM_KEY_ID", old_id.clone()),
     ];
-    let (ok, out, err) = run_once(&with(&["keys", "reencrypt", "--batch", "1"]), &rotated);
+    let (ok, out, err) = run_once(&args(dev, &["keys", "reencrypt", "--batch", "1"]), &rotated);
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!("re-encrypted 1 case(s) under key {new_id}")),
@@ -672,14 +714,14 @@ async fn the_maintenance_commands_work_on_the_dev_deployment() {
     );
     // Without the current key named, several keys are refused.
     let (ok, _, err) = run_once(
-        &with(&["keys", "list"]),
+        &args(dev, &["keys", "list"]),
         &[("ETK_PRIVACY__MASTER_KEYS", format!("[\"{new_key}\"]"))],
     );
     assert!(!ok && err.contains("current_key"), "{err}");
 
     let mut env = rotated.to_vec();
     env.extend(now);
-    let (ok, out, err) = run_once(&with(&["retention", "purge"]), &env);
+    let (ok, out, err) = run_once(&args(dev, &["retention", "purge"]), &env);
     assert!(ok, "{err}");
     assert!(out.contains("shredded 1 case(s)"), "{out}");
     let store = open_with(&db, Vault::from_base64(&new_key).expect("key")).await;

@@ -25,6 +25,7 @@ const STATEMENTS: &[&str] = &[
     "ALTER TABLE cases ADD COLUMN ended_at BIGINT NULL",
     // When its personal data was destroyed (the data key and every ciphertext nulled).
     "ALTER TABLE cases ADD COLUMN shredded_at BIGINT NULL",
+    // Cases that ended before this migration count from their last change.
     "UPDATE cases SET ended_at = updated_at WHERE state IN ('completed', 'rejected', 'cancelled')",
     "CREATE INDEX cases_ended ON cases (ended_at)",
     "CREATE INDEX cases_key_id ON cases (key_id)",

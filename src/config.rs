@@ -20,6 +20,7 @@ use crate::connectors::smtp::SmtpSettings;
 use crate::connectors::{KivSettings, NotifierSettings, TjansteIdSettings};
 use crate::engine::EngineSettings;
 use crate::privacy::PrivacySettings;
+use crate::retention::RetentionSettings;
 use crate::server::{ServerSettings, TlsSettings};
 use crate::storage::DatabaseSettings;
 use crate::telemetry::TelemetrySettings;
@@ -42,6 +43,7 @@ pub struct Config {
     pub privacy: PrivacySettings,
     pub api: Paging,
     pub engine: EngineSettings,
+    pub retention: RetentionSettings,
     pub tjansteid: TjansteIdSettings,
     pub kiv: KivSettings,
     pub notifier: NotifierSettings,
@@ -130,6 +132,7 @@ impl Layers {
             ("api", c.api.validate()),
             ("engine", c.engine.validate()),
             ("privacy", c.privacy.validate()),
+            ("retention", c.retention.validate()),
             ("simulated", c.simulated.validate()),
         ];
         // After a wrong value its placeholder stands in the tree, and the checks would judge

@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use etjanstekort_gateway::config::Layers;
 use etjanstekort_gateway::devcerts;
 use etjanstekort_gateway::privacy::PrivacySettings;
+use etjanstekort_gateway::privacy::Vault;
+use etjanstekort_gateway::retention::RetentionSettings;
 use etjanstekort_gateway::startup::{App, load_vault, open_store};
-use etjanstekort_gateway::storage::DatabaseSettings;
+use etjanstekort_gateway::storage::{CaseStore, DatabaseSettings, SeaStore};
 use etjanstekort_gateway::telemetry::{Telemetry, TelemetrySettings};
 
 #[derive(Debug, Parser)]
@@ -59,6 +61,69 @@ enum Command {
     CheckConfig {
         #[arg(long, env = "ETK_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Retention of ended cases (docs/privacy.md).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Master keys: rotation and re-encryption (docs/privacy.md).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// Which deployment a maintenance command works on.
+#[derive(Debug, Args)]
+struct Target {
+    /// The dev-mode deployment in `--data-dir`.
+    #[arg(long)]
+    dev: bool,
+    #[arg(long, default_value = "./dev-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "ETK_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Run one retention pass now: shred the personal data of cases ended longer ago than
+    /// `retention.personal_data`, purge records older than `retention.record`, delete
+    /// finished outbox rows older than `retention.outbox`.
+    Purge {
+        /// Print what would go, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print the configured master keys' ids (the current one first); no key material.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move every case to the current master key, in batches (resumable; a progress bar on a
+    /// terminal).
+    Reencrypt {
+        /// Cases per transaction.
+        #[arg(long, default_value_t = 200)]
+        batch: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write the pseudonym key in use to a new file (mode 0600), to pin it with
+    /// `privacy.pseudonym_key_file` before master keys rotate.
+    ExportPseudonymKey {
+        /// The file to create (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -158,18 +223,184 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             config_ok(config.as_deref());
             Ok(())
         }
+        command @ (Command::Retention { .. } | Command::Keys { .. }) => maintenance(command).await,
     }
 }
 
-#[allow(clippy::print_stdout)]
-fn config_ok(file: Option<&Path>) {
-    match file {
-        Some(f) => println!(
-            "configuration valid: defaults, {}, environment",
-            f.display()
-        ),
-        None => println!("configuration valid: defaults, environment"),
+/// The maintenance commands: each logs as `[telemetry]` says, and flushes before it returns.
+async fn maintenance(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    let target = match &command {
+        Command::Retention {
+            command: RetentionCommand::Purge { target, .. },
+        }
+        | Command::Keys {
+            command:
+                KeysCommand::List { target }
+                | KeysCommand::Reencrypt { target, .. }
+                | KeysCommand::ExportPseudonymKey { target, .. },
+        } => target,
+        Command::Serve { .. } | Command::Migrate { .. } | Command::CheckConfig { .. } => {
+            return Ok(());
+        }
+    };
+    let layers = Layers::new(target.config.as_deref())?;
+    let telemetry = start_telemetry(&layers)?;
+    let layers = if target.dev {
+        apply_dev(layers, &target.data_dir)?
+    } else {
+        layers
+    };
+    let done = async {
+        match command {
+            Command::Retention {
+                command: RetentionCommand::Purge { dry_run, .. },
+            } => {
+                let retention: RetentionSettings = layers.section("retention")?;
+                retention
+                    .validate()
+                    .map_err(|e| format!("retention: {e}"))?;
+                let store = maintenance_store(&layers).await?;
+                retention_purge(&store, &retention, dry_run).await
+            }
+            Command::Keys {
+                command: KeysCommand::List { .. },
+            } => {
+                let vault = load_vault(&layers.section("privacy")?)?;
+                print_lines(&vault.key_ids());
+                Ok(())
+            }
+            Command::Keys {
+                command: KeysCommand::Reencrypt { batch, .. },
+            } => {
+                let store = maintenance_store(&layers).await?;
+                keys_reencrypt(&store, batch).await
+            }
+            Command::Keys {
+                command: KeysCommand::ExportPseudonymKey { out, .. },
+            } => {
+                let vault = load_vault(&layers.section("privacy")?)?;
+                export_pseudonym_key(&vault, &out)
+            }
+            Command::Serve { .. } | Command::Migrate { .. } | Command::CheckConfig { .. } => Ok(()),
+        }
     }
+    .await;
+    telemetry.shutdown().await;
+    done
+}
+
+/// The store of a maintenance command: connected, not migrated (that is `migrate`'s job), and
+/// refused unless its schema is this build's.
+async fn maintenance_store(layers: &Layers) -> Result<SeaStore, Box<dyn std::error::Error>> {
+    use secrecy::ExposeSecret;
+    let database: DatabaseSettings = layers.section("database")?;
+    let vault = load_vault(&layers.section("privacy")?)?;
+    let store = SeaStore::connect(
+        database.url.expose_secret(),
+        database.max_connections,
+        database.acquire_timeout,
+        std::sync::Arc::new(vault),
+    )
+    .await?;
+    store.ping().await?;
+    Ok(store)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_lines(lines: &[String]) {
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+/// The most cases a dry run lists by id.
+const DRY_RUN_LIMIT: u32 = 10_000;
+
+#[allow(clippy::print_stdout)]
+async fn retention_purge(
+    store: &SeaStore,
+    settings: &RetentionSettings,
+    dry_run: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let clock = etjanstekort_gateway::clock::SystemClock;
+    if dry_run {
+        let due =
+            etjanstekort_gateway::retention::plan(store, &clock, settings, DRY_RUN_LIMIT).await?;
+        println!(
+            "would shred the personal data of {} ended case(s):",
+            due.shred.len()
+        );
+        for id in &due.shred {
+            println!("  {id}");
+        }
+        println!("would purge the record of {} case(s):", due.purge.len());
+        for id in &due.purge {
+            println!("  {id}");
+        }
+        println!("would delete {} finished outbox row(s)", due.outbox);
+        if due.shred.len() as u64 == u64::from(DRY_RUN_LIMIT)
+            || due.purge.len() as u64 == u64::from(DRY_RUN_LIMIT)
+        {
+            println!("(lists cut at {DRY_RUN_LIMIT} cases)");
+        }
+        return Ok(());
+    }
+    let metrics = etjanstekort_gateway::metrics::Metrics::new();
+    let done = etjanstekort_gateway::retention::run_pass(store, &clock, settings, &metrics).await?;
+    println!(
+        "shredded {} case(s), purged {} record(s), deleted {} outbox row(s)",
+        done.shredded, done.purged, done.outbox
+    );
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn keys_reencrypt(store: &SeaStore, batch: u32) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::IsTerminal;
+    // Drawn on stderr, and only on a terminal: piped output and logs stay clean.
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let report = etjanstekort_gateway::keys::reencrypt(store, batch, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "re-encrypted {} case(s) under key {}",
+        report.moved,
+        store.current_key_id()
+    );
+    if report.failed > 0 {
+        return Err(format!(
+            "{} case(s) could not be read and were left as they are (see the log)",
+            report.failed
+        )
+        .into());
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn export_pseudonym_key(vault: &Vault, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(out)?;
+    file.write_all(vault.pseudonym_key_base64().expose_secret().as_bytes())?;
+    file.sync_all()?;
+    println!(
+        "pseudonym key written to {}; set privacy.pseudonym_key_file to it",
+        out.display()
+    );
+    Ok(())
 }
 
 /// Logs and traces as `[telemetry]` and the `OTEL_*` variables say; first, so that everything
@@ -239,5 +470,16 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn config_ok(file: Option<&Path>) {
+    match file {
+        Some(f) => println!(
+            "configuration valid: defaults, {}, environment",
+            f.display()
+        ),
+        None => println!("configuration valid: defaults, environment"),
     }
 }

@@ -47,6 +47,32 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionLabels {
+    what: &'static str,
+}
+
+/// What a retention pass removed (the `what` label of `etk_retention_removed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retained {
+    /// An ended case's personal data, shredded.
+    PersonalData,
+    /// An ended case's record (row and audit trail), purged.
+    Record,
+    /// A finished outbox row, deleted.
+    Outbox,
+}
+
+impl Retained {
+    fn label(self) -> &'static str {
+        match self {
+            Retained::PersonalData => "personal_data",
+            Retained::Record => "record",
+            Retained::Outbox => "outbox",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
     step: &'static str,
     connector: &'static str,
@@ -129,6 +155,13 @@ pub struct Metrics {
     reconciliation_restores: Counter,
     order_violations_refused: Counter,
     db_pool: Family<StateLabels, Gauge>,
+    retention_removed: Family<RetentionLabels, Counter>,
+    retention_passes: Family<RetentionPassLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionPassLabels {
+    outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -237,6 +270,18 @@ impl Metrics {
             "Database connections of this process's pool, by state (in_use, idle)",
             db_pool.clone(),
         );
+        let retention_removed = Family::default();
+        registry.register(
+            "retention_removed",
+            "What the retention job removed: personal_data (ended cases shredded), record (cases purged with their audit trail), outbox (finished outbox rows deleted)",
+            retention_removed.clone(),
+        );
+        let retention_passes = Family::default();
+        registry.register(
+            "retention_passes",
+            "Retention job passes, by outcome (ok, failed)",
+            retention_passes.clone(),
+        );
         Self {
             registry,
             rpc_requests,
@@ -253,6 +298,8 @@ impl Metrics {
             reconciliation_restores,
             order_violations_refused,
             db_pool,
+            retention_removed,
+            retention_passes,
         }
     }
 
@@ -332,6 +379,19 @@ impl Metrics {
     }
 
     /// The reconciliation pass found an employment removed too early and ordered its restore.
+    pub fn retention_removed(&self, what: Retained, n: u64) {
+        self.retention_removed
+            .get_or_create(&RetentionLabels { what: what.label() })
+            .inc_by(n);
+    }
+
+    pub fn retention_pass(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.retention_passes
+            .get_or_create(&RetentionPassLabels { outcome })
+            .inc();
+    }
+
     pub fn reconciliation_restore(&self) {
         self.reconciliation_restores.inc();
     }
@@ -580,6 +640,10 @@ mod tests {
         m.order_violation_refused();
         m.reconciliation_restore();
         m.set_pool(PoolStats { in_use: 2, idle: 3 });
+        m.retention_removed(Retained::PersonalData, 2);
+        m.retention_removed(Retained::Record, 1);
+        m.retention_removed(Retained::Outbox, 5);
+        m.retention_pass(true);
         let s = samples(&m.render());
         for (series, want) in [
             (
@@ -614,6 +678,10 @@ mod tests {
             ("etk_reconciliation_restores_total", 1.0),
             ("etk_db_pool_connections{state=\"in_use\"}", 2.0),
             ("etk_db_pool_connections{state=\"idle\"}", 3.0),
+            ("etk_retention_removed_total{what=\"personal_data\"}", 2.0),
+            ("etk_retention_removed_total{what=\"record\"}", 1.0),
+            ("etk_retention_removed_total{what=\"outbox\"}", 5.0),
+            ("etk_retention_passes_total{outcome=\"ok\"}", 1.0),
         ] {
             assert_eq!(s.get(series), Some(&want), "{series}: {s:#?}");
         }

@@ -106,19 +106,9 @@ pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaS
     Ok(store)
 }
 
-/// The vault with the configured master key (the key itself wins over the file).
+/// The keyring `[privacy]` describes (key files read, the current and pseudonym keys checked).
 pub fn load_vault(privacy: &PrivacySettings) -> Result<Vault, StartError> {
-    use secrecy::ExposeSecret;
-    if let Some(key) = &privacy.master_key {
-        return Ok(Vault::from_base64(key.expose_secret())?);
-    }
-    let Some(file) = &privacy.master_key_file else {
-        return Err(StartError::Config(crate::config::ConfigError::Invalid(
-            vec!["privacy: missing master_key_file or master_key".into()],
-        )));
-    };
-    let key = secrecy::SecretString::from(read("master key file", file)?);
-    Ok(Vault::from_base64(key.expose_secret())?)
+    Ok(Vault::load(privacy)?)
 }
 
 /// The connectors the configuration chooses.
@@ -207,6 +197,8 @@ impl App {
     /// Builds with the given connectors (tests hold on to simulated ones to inspect them).
     pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
         let vault = Arc::new(load_vault(&config.privacy)?);
+        // Key ids are not secret: they tell which key is current after a rotation.
+        tracing::info!(current_key = %vault.key_id(), keys = vault.key_ids().len(), "master keys loaded");
         let timing = crate::storage::Timing {
             poll_outcome: connectors.tjansteid.polls(),
             ..config.engine.timers
@@ -230,7 +222,8 @@ impl App {
                 connectors,
                 config.engine.clone(),
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_retention(config.retention.clone()),
         );
         let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
 

@@ -159,6 +159,8 @@ impl ChangeSet {
         if saga.state.is_terminal() {
             // Frees the card number for a new case.
             model.active_card_number = None;
+            // The retention periods count from the first terminal state.
+            model.ended_at.get_or_insert(meta.at.0);
             self.terminal.push(model.id.clone());
         }
         if before != Some(saga.state) {
@@ -306,6 +308,7 @@ fn update_cases_statement(rows: &[cases::Model]) -> UpdateStatement {
         C::LastSeq,
         C::LastHash,
         C::HeadNotifiedAt,
+        C::EndedAt,
     ];
     let values = rows.iter().map(|m| {
         ValueTuple::Many(vec![
@@ -324,6 +327,7 @@ fn update_cases_statement(rows: &[cases::Model]) -> UpdateStatement {
             m.last_seq.into(),
             m.last_hash.clone().into(),
             m.head_notified_at.into(),
+            m.ended_at.into(),
         ])
     });
     let v = |i: usize| Expr::col(("v", format!("column{i}")));

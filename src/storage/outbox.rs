@@ -184,7 +184,7 @@ pub(crate) async fn finish_in(
                     },
                 ) = (recorded, &f.result)
                 {
-                    model.kiv_snapshot = Some(codec.seal_snapshot(&model.id, snap)?);
+                    model.kiv_snapshot = Some(codec.seal_snapshot(model, snap)?);
                     cs.touch(model);
                 }
             }

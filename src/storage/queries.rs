@@ -19,7 +19,8 @@ pub(crate) async fn list(
     query: &ListQuery,
 ) -> Result<Vec<cases::Model>, StoreError> {
     use cases::Column as C;
-    let mut q = cases::Entity::find();
+    // A shredded case is no longer served: its personal data is gone.
+    let mut q = cases::Entity::find().filter(C::ShreddedAt.is_null());
     if let Some(p) = &query.care_provider {
         q = q.filter(C::CareProviderHsaId.eq(p.to_string()));
     }

@@ -13,8 +13,9 @@ use super::changes::ChangeSet;
 use super::codec::Codec;
 use super::sql::{self, Lock};
 use super::{
-    CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, StoreError, Timing, Work,
-    create, listen, outbox, queries,
+    CaseRecord, CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, ReencryptBatch,
+    RetentionCutoffs, RetentionDue, StoreError, Timing, Work, create, listen, outbox, queries,
+    retention,
 };
 use crate::bus::EventBus;
 use crate::domain::saga::Event;
@@ -116,6 +117,11 @@ impl SeaStore {
         })
     }
 
+    /// The id of the master key new data is encrypted under.
+    pub fn current_key_id(&self) -> String {
+        self.codec.current_key_id()
+    }
+
     async fn begin(&self) -> Result<DatabaseTransaction, StoreError> {
         self.db.begin().await.map_err(StoreError::Unavailable)
     }
@@ -172,10 +178,14 @@ impl CaseStore for SeaStore {
     }
 
     async fn get(&self, id: &CaseId) -> Result<Option<Deregistration>, StoreError> {
-        sql::find_case(&self.db, id, Lock::No)
-            .await?
-            .map(|m| self.codec.to_domain(&m))
-            .transpose()
+        let Some(m) = sql::find_case(&self.db, id, Lock::No).await? else {
+            return Ok(None);
+        };
+        match self.codec.to_domain(&m) {
+            // Shredded: the case as the API knows it is gone (its record stays).
+            Err(StoreError::NotFound) => Ok(None),
+            other => other.map(Some),
+        }
     }
 
     async fn get_many(&self, ids: &[CaseId]) -> Result<Vec<Deregistration>, StoreError> {
@@ -289,6 +299,106 @@ impl CaseStore for SeaStore {
 
     async fn stats(&self, now: Timestamp) -> Result<super::Stats, StoreError> {
         queries::stats(&self.db, now).await
+    }
+
+    async fn retention_due(
+        &self,
+        cut: &RetentionCutoffs,
+        limit: u32,
+    ) -> Result<RetentionDue, StoreError> {
+        retention::due(&self.db, cut, limit).await
+    }
+
+    async fn shred(
+        &self,
+        id: &CaseId,
+        before: Timestamp,
+        meta: EventMeta,
+    ) -> Result<bool, StoreError> {
+        let txn = self.begin().await?;
+        let mut model = match sql::lock_case(&txn, id).await {
+            Err(StoreError::NotFound) => return Ok(false),
+            other => other?,
+        };
+        if !retention::shred_in(&txn, &mut model, before, meta.at).await? {
+            txn.rollback().await.map_err(StoreError::Unavailable)?;
+            return Ok(false);
+        }
+        let mut cs = ChangeSet::new(self.timing);
+        cs.audit(&mut model, "personal_data_shredded", &meta)?;
+        self.commit(txn, cs).await?;
+        Ok(true)
+    }
+
+    async fn purge(
+        &self,
+        id: &CaseId,
+        before: Timestamp,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let txn = self.begin().await?;
+        let model = match sql::lock_case(&txn, id).await {
+            Err(StoreError::NotFound) => return Ok(false),
+            other => other?,
+        };
+        if !retention::purge_in(&txn, &model, before, at).await? {
+            txn.rollback().await.map_err(StoreError::Unavailable)?;
+            return Ok(false);
+        }
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        Ok(true)
+    }
+
+    async fn purge_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        retention::purge_outbox(&self.db, before, limit).await
+    }
+
+    async fn record(&self, id: &CaseId) -> Result<Option<CaseRecord>, StoreError> {
+        sql::find_case(&self.db, id, Lock::No)
+            .await?
+            .as_ref()
+            .map(retention::record_of)
+            .transpose()
+    }
+
+    async fn reencrypt_pending(&self) -> Result<u64, StoreError> {
+        retention::rekey_pending(&self.db, &self.codec.current_key_id()).await
+    }
+
+    async fn reencrypt_batch(
+        &self,
+        after: Option<&CaseId>,
+        limit: u32,
+    ) -> Result<ReencryptBatch, StoreError> {
+        let current = self.codec.current_key_id();
+        let ids = retention::rekey_batch(&self.db, &current, after, limit).await?;
+        let mut batch = ReencryptBatch {
+            last: ids.last().cloned(),
+            ..ReencryptBatch::default()
+        };
+        if ids.is_empty() {
+            return Ok(batch);
+        }
+        let txn = self.begin().await?;
+        // Row locks in id order, like every other multi-case transaction.
+        let refs: Vec<&CaseId> = ids.iter().collect();
+        let rows = sql::load_cases(&txn, &refs, Lock::ForUpdate).await?;
+        for id in &ids {
+            let Some(mut model) = rows.get(&id.to_string()).cloned() else {
+                continue;
+            };
+            match retention::rekey_in(&txn, &self.codec, &mut model).await {
+                Ok(super::codec::Rekeyed::Current) => {}
+                Ok(_) => batch.moved += 1,
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::error!(case_id = %id, error = %e, "case row not re-encrypted: unreadable");
+                    batch.failed += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        Ok(batch)
     }
 
     fn pool(&self) -> Option<super::PoolStats> {

@@ -105,6 +105,8 @@ pub struct Options {
     pub connectors: Option<Connectors>,
     /// Seconds an idle worker sleeps before it looks for work without being woken.
     pub idle_poll: f64,
+    /// `[retention]` instead of the defaults.
+    pub retention: Option<etjanstekort_gateway::retention::RetentionSettings>,
 }
 
 impl Default for Options {
@@ -121,6 +123,7 @@ impl Default for Options {
             engine: true,
             connectors: None,
             idle_poll: 0.05,
+            retention: None,
         }
     }
 }
@@ -175,6 +178,9 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.engine.timers.remind_after = secs(opts.remind_after);
     cfg.engine.timers.escalate_after = secs(opts.escalate_after);
     cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
+    if let Some(r) = opts.retention.clone() {
+        cfg.retention = r;
+    }
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

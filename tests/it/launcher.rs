@@ -223,3 +223,19 @@ pub fn run(dir: &Path, args: &[&str], env: &[(&str, String)]) -> (bool, String) 
     let out = output.lock().map(|o| o.clone()).unwrap_or_default();
     (status.success(), out)
 }
+
+/// Runs a one-shot command of the real binary (`migrate`, `retention …`, `keys …`) to its end;
+/// returns whether it succeeded, its stdout and its stderr.
+pub fn run_once(args: &[&str], env: &[(&str, String)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etjanstekort-gateway"));
+    cmd.args(args).env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -11,6 +11,7 @@ mod privacy;
 mod process;
 mod real;
 mod replicas;
+mod retention;
 mod routine;
 mod saga;
 mod servers;

@@ -26,11 +26,11 @@ async fn open(db: &TestDb) -> SeaStore {
     store
 }
 
-fn hsa(s: &str) -> HsaId {
+pub(crate) fn hsa(s: &str) -> HsaId {
     HsaId::parse(s).expect("hsa")
 }
 
-fn report(card: &str) -> NewDeregistration {
+pub(crate) fn report(card: &str) -> NewDeregistration {
     NewDeregistration {
         care_unit: hsa("SE1655999991-S1"),
         card_holder: CardHolder {
@@ -54,7 +54,7 @@ fn report(card: &str) -> NewDeregistration {
     }
 }
 
-fn meta(actor: &str) -> EventMeta {
+pub(crate) fn meta(actor: &str) -> EventMeta {
     EventMeta {
         actor: actor.into(),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
@@ -63,7 +63,7 @@ fn meta(actor: &str) -> EventMeta {
     }
 }
 
-fn cmd(request_id: Option<&str>, fingerprint: &str, card: &str) -> CreateCase {
+pub(crate) fn cmd(request_id: Option<&str>, fingerprint: &str, card: &str) -> CreateCase {
     CreateCase {
         id: etjanstekort_gateway::clock::new_case_id(),
         principal: hsa("SE1655999991-E1"),

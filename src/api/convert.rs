@@ -384,6 +384,7 @@ pub fn event_out(e: &CaseEvent) -> pb::DeregistrationEvent {
         trace_id: e.trace_id.clone(),
         detail: e.detail.clone(),
         hash: e.hash.clone(),
+        key_id: String::new(),
     }
 }
 

@@ -449,4 +449,52 @@ impl OperationsService for Api {
             deregistration: Some(convert::deregistration_out(&case)),
         })
     }
+
+    async fn get_case(&self, _req: Request<pb::GetCaseRequest>) -> ApiResult<pb::GetCaseResponse> {
+        Err(Status::unimplemented("GetCase is not implemented yet"))
+    }
+
+    async fn list_cases(
+        &self,
+        _req: Request<pb::ListCasesRequest>,
+    ) -> ApiResult<pb::ListCasesResponse> {
+        Err(Status::unimplemented("ListCases is not implemented yet"))
+    }
+
+    async fn get_case_timeline(
+        &self,
+        _req: Request<pb::GetCaseTimelineRequest>,
+    ) -> ApiResult<pb::GetCaseTimelineResponse> {
+        Err(Status::unimplemented(
+            "GetCaseTimeline is not implemented yet",
+        ))
+    }
+
+    async fn cancel_case(
+        &self,
+        _req: Request<pb::CancelCaseRequest>,
+    ) -> ApiResult<pb::CancelCaseResponse> {
+        Err(Status::unimplemented("CancelCase is not implemented yet"))
+    }
+
+    type VerifyAuditChainStream =
+        Pin<Box<dyn Stream<Item = Result<pb::VerifyAuditChainResponse, Status>> + Send + 'static>>;
+
+    async fn verify_audit_chain(
+        &self,
+        _req: Request<pb::VerifyAuditChainRequest>,
+    ) -> ApiResult<Self::VerifyAuditChainStream> {
+        Err(Status::unimplemented(
+            "VerifyAuditChain is not implemented yet",
+        ))
+    }
+
+    async fn export_audit_record(
+        &self,
+        _req: Request<pb::ExportAuditRecordRequest>,
+    ) -> ApiResult<pb::ExportAuditRecordResponse> {
+        Err(Status::unimplemented(
+            "ExportAuditRecord is not implemented yet",
+        ))
+    }
 }

@@ -82,22 +82,48 @@ pub enum Command {
     /// Find, inspect and act on cases.
     #[command(subcommand)]
     Cases(CasesCommand),
+    /// Verify and export the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CasesCommand {
-    /// Lists the cases that need attention (oldest first).
+    /// Lists cases of every care provider, oldest first (filters combine).
     List {
-        /// At most this many cases (the gateway caps it).
+        /// Only cases in this state (repeatable), e.g. needs-attention, accepted.
+        #[arg(long = "state", value_enum)]
+        states: Vec<StateArg>,
+        /// Only cases that need attention.
+        #[arg(long)]
+        needs_attention: bool,
+        /// Only this care provider's cases (HSA-id).
+        #[arg(long)]
+        care_provider: Option<String>,
+        /// Only this care unit's cases (HSA-id).
+        #[arg(long)]
+        care_unit: Option<String>,
+        /// Only cases created at least this long ago, e.g. 2h, 3days.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_age: Option<std::time::Duration>,
+        /// Only cases created at most this long ago.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_age: Option<std::time::Duration>,
+        /// At most this many cases.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+    /// Shows one case: its state, its audit events and its outbox steps.
+    Show {
+        /// The case id.
+        id: String,
     },
     /// Makes the case's pending step due now.
     Retry {
         /// The case id.
         id: String,
     },
-    /// Ends a case by hand; the justification goes to the audit trail.
+    /// Ends a case that needs attention by hand; the justification goes to the audit trail.
     Resolve {
         /// The case id.
         id: String,
@@ -107,6 +133,37 @@ pub enum CasesCommand {
         /// How the case ends.
         #[arg(long, value_enum, default_value_t = Resolution::Completed)]
         resolution: Resolution,
+    },
+    /// Cancels a case where the routine still allows it; the justification is audited.
+    Cancel {
+        /// The case id.
+        id: String,
+        /// Why (required; recorded in the audit trail: no personal data).
+        #[arg(long)]
+        justification: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verifies the keyed audit chain of one case or of every case; exit code 4 when a chain
+    /// is broken (each broken case is named with its first broken link).
+    Verify {
+        /// Only this case (default: every case).
+        #[arg(long = "case")]
+        case: Option<String>,
+    },
+    /// Writes one case's audit record (JSON: events, hashes, chain head) to stdout.
+    Export {
+        /// The case id.
+        id: String,
+        /// Personal data in clear, for the record keeper's 10-year keeping (needs
+        /// --justification; audited). Default: personal data only as keyed pseudonyms.
+        #[arg(long, requires = "justification")]
+        for_record_keeper: bool,
+        /// Why the record keeper needs the clear record.
+        #[arg(long)]
+        justification: Option<String>,
     },
 }
 
@@ -119,12 +176,40 @@ pub enum Resolution {
     Cancelled,
 }
 
+/// `cases list --state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    Accepted,
+    RevocationRequested,
+    Revoked,
+    KivRemovalPending,
+    Completed,
+    Rejected,
+    Cancelled,
+    NeedsAttention,
+}
+
+impl From<StateArg> for pb::State {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Accepted => pb::State::Accepted,
+            StateArg::RevocationRequested => pb::State::RevocationRequested,
+            StateArg::Revoked => pb::State::Revoked,
+            StateArg::KivRemovalPending => pb::State::KivRemovalPending,
+            StateArg::Completed => pb::State::Completed,
+            StateArg::Rejected => pb::State::Rejected,
+            StateArg::Cancelled => pb::State::Cancelled,
+            StateArg::NeedsAttention => pb::State::NeedsAttention,
+        }
+    }
+}
+
 /// Why a command failed, with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error(transparent)]
     Target(#[from] TargetError),
-    #[error("the gateway answered {}: {}", .0.code(), .0.message())]
+    #[error("{}", status_text(.0))]
     Status(#[from] tonic::Status),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -176,6 +261,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
     };
     match cli.command {
         Command::Cases(c) => ctl.cases(c).await,
+        Command::Audit(c) => ctl.audit(c).await,
     }
 }
 
@@ -188,10 +274,31 @@ struct Ctl {
 impl Ctl {
     async fn cases(mut self, command: CasesCommand) -> Result<(), CtlError> {
         match command {
-            CasesCommand::List { limit } => {
-                let cases = self.list_attention(limit).await?;
+            CasesCommand::List {
+                states,
+                needs_attention,
+                care_provider,
+                care_unit,
+                min_age,
+                max_age,
+                limit,
+            } => {
+                let filter = pb::ListCasesRequest {
+                    states: states
+                        .into_iter()
+                        .map(|s| pb::State::from(s) as i32)
+                        .collect(),
+                    needs_attention,
+                    care_provider_hsa_id: care_provider.unwrap_or_default(),
+                    care_unit_hsa_id: care_unit.unwrap_or_default(),
+                    min_age: min_age.map(duration),
+                    max_age: max_age.map(duration),
+                    ..Default::default()
+                };
+                let cases = self.list(filter, limit).await?;
                 self.show_cases(&cases)
             }
+            CasesCommand::Show { id } => self.show(id).await,
             CasesCommand::Retry { id } => {
                 let d = self
                     .ops
@@ -224,11 +331,148 @@ impl Ctl {
                     .unwrap_or_default();
                 self.show_case(&d, "resolved")
             }
+            CasesCommand::Cancel { id, justification } => {
+                let d = self
+                    .ops
+                    .cancel_case(pb::CancelCaseRequest { id, justification })
+                    .await?
+                    .into_inner()
+                    .deregistration
+                    .unwrap_or_default();
+                self.show_case(&d, "cancelled")
+            }
         }
     }
 
-    /// Pages through the attention list up to `limit` cases.
-    async fn list_attention(&mut self, limit: u32) -> Result<Vec<pb::Deregistration>, CtlError> {
+    async fn audit(mut self, command: AuditCommand) -> Result<(), CtlError> {
+        match command {
+            AuditCommand::Verify { case } => self.verify(case.unwrap_or_default()).await,
+            AuditCommand::Export {
+                id,
+                for_record_keeper,
+                justification,
+            } => {
+                let purpose = if for_record_keeper {
+                    pb::ExportPurpose::RecordKeeper
+                } else {
+                    pb::ExportPurpose::Pseudonymized
+                };
+                let record = self
+                    .ops
+                    .export_audit_record(pb::ExportAuditRecordRequest {
+                        id,
+                        purpose: purpose as i32,
+                        justification: justification.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                // The record is JSON already, whatever --output says: written as it came.
+                let mut json = record.record_json;
+                if !json.ends_with('\n') {
+                    json.push('\n');
+                }
+                render::print(&json)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// `cases show`: the case and its timeline.
+    async fn show(&mut self, id: String) -> Result<(), CtlError> {
+        let case = self
+            .ops
+            .get_case(pb::GetCaseRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        let timeline = self
+            .ops
+            .get_case_timeline(pb::GetCaseTimelineRequest { id })
+            .await?
+            .into_inner();
+        let d = case.deregistration.unwrap_or_default();
+        match self.output {
+            Output::Json => {
+                render::print_json(&render::CaseDetail::new(&d, &case.chain_head, &timeline))?
+            }
+            Output::Table => {
+                let mut text = render::case_fields(&d);
+                if let Some(h) = &timeline.chain_head {
+                    text.push_str(&format!(
+                        "{:<22}{} {}\n",
+                        "audit chain head",
+                        h.sequence,
+                        render::terminal_safe(&h.hash)
+                    ));
+                }
+                text.push_str("\nTIMELINE\n");
+                text.push_str(&render::events_table(&timeline.events).render());
+                text.push_str("\nSTEPS\n");
+                let steps = render::steps_table(&timeline.steps);
+                if steps.is_empty() {
+                    text.push_str("(none)\n");
+                } else {
+                    text.push_str(&steps.render());
+                }
+                render::print(&text)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `audit verify`: streams the gateway's verification, a progress bar on a terminal, and
+    /// names every broken case.
+    async fn verify(&mut self, id: String) -> Result<(), CtlError> {
+        let mut stream = self
+            .ops
+            .verify_audit_chain(pb::VerifyAuditChainRequest { id })
+            .await?
+            .into_inner();
+        let mut progress = render::Progress::new();
+        let mut broken = Vec::new();
+        let mut last = pb::VerifyAuditChainResponse::default();
+        while let Some(m) = stream.message().await? {
+            progress.update(
+                m.cases_checked.max(0) as u64,
+                m.cases_total.max(0) as u64,
+                "cases verified",
+            );
+            if let Some(b) = &m.broken {
+                broken.push(b.clone());
+            }
+            let done = m.done;
+            last = m;
+            if done {
+                break;
+            }
+        }
+        progress.finish();
+        if !last.done {
+            return Err(CtlError::Finding {
+                exit: Exit::Error,
+                message: "the verification stream ended before its summary".into(),
+            });
+        }
+        let summary = render::VerifySummary::new(&last, &broken);
+        match self.output {
+            Output::Json => render::print_json(&summary)?,
+            Output::Table => render::print(&summary.text())?,
+        }
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            Err(CtlError::Finding {
+                exit: Exit::ChainBroken,
+                message: format!("audit chain broken in {} case(s)", broken.len()),
+            })
+        }
+    }
+
+    /// Pages through the filtered list up to `limit` cases.
+    async fn list(
+        &mut self,
+        filter: pb::ListCasesRequest,
+        limit: u32,
+    ) -> Result<Vec<pb::Deregistration>, CtlError> {
         let mut cases = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -238,9 +482,10 @@ impl Ctl {
             }
             let page = self
                 .ops
-                .list_attention_cases(pb::ListAttentionCasesRequest {
+                .list_cases(pb::ListCasesRequest {
                     page_size: want as i32,
                     page_token,
+                    ..filter.clone()
                 })
                 .await?
                 .into_inner();
@@ -256,12 +501,9 @@ impl Ctl {
 
     fn show_cases(&self, cases: &[pb::Deregistration]) -> Result<(), CtlError> {
         match self.output {
-            Output::Json => render::print_json(
-                &cases
-                    .iter()
-                    .map(render::CaseView::from)
-                    .collect::<Vec<_>>(),
-            )?,
+            Output::Json => {
+                render::print_json(&cases.iter().map(render::CaseView::from).collect::<Vec<_>>())?
+            }
             Output::Table => {
                 let table = render::cases_table(cases, now());
                 if table.is_empty() {
@@ -282,6 +524,43 @@ impl Ctl {
             }
         }
         Ok(())
+    }
+}
+
+/// A gateway's answer as one line: its message, its code and its `ErrorInfo` reason.
+fn status_text(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    let code = match s.code() {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        _ => "ERROR",
+    };
+    let mut text = format!("{} ({code}", s.message());
+    if let Some(info) = s.get_details_error_info() {
+        text.push_str(&format!(", reason {}", info.reason));
+    }
+    if let Some(bad) = s.get_details_bad_request() {
+        for v in bad.field_violations {
+            text.push_str(&format!("; {}: {}", v.field, v.description));
+        }
+    }
+    text.push(')');
+    text
+}
+
+fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
     }
 }
 

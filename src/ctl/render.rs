@@ -32,7 +32,8 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells.into_iter().map(|c| terminal_safe(&c)).collect());
+        self.rows
+            .push(cells.into_iter().map(|c| terminal_safe(&c)).collect());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,6 +197,233 @@ pub fn case_fields(d: &pb::Deregistration) -> String {
         }
     }
     out
+}
+
+/// A step status's or error class's short name, from the enum's proto name.
+fn enum_name(name: Option<&str>, prefix: &str, raw: i32) -> String {
+    match name {
+        Some(n) => n.strip_prefix(prefix).unwrap_or(n).to_owned(),
+        None => format!("UNKNOWN({raw})"),
+    }
+}
+
+fn step_status(raw: i32) -> String {
+    enum_name(
+        pb::StepStatus::try_from(raw).ok().map(|s| s.as_str_name()),
+        "STEP_STATUS_",
+        raw,
+    )
+}
+
+fn error_class(raw: i32) -> String {
+    match pb::ErrorClass::try_from(raw) {
+        Ok(pb::ErrorClass::Unspecified) => String::new(),
+        other => enum_name(other.ok().map(|c| c.as_str_name()), "ERROR_CLASS_", raw),
+    }
+}
+
+fn problem(raw: i32) -> String {
+    enum_name(
+        pb::AuditChainProblem::try_from(raw)
+            .ok()
+            .map(|p| p.as_str_name()),
+        "AUDIT_CHAIN_PROBLEM_",
+        raw,
+    )
+}
+
+/// A case's audit events, one line each.
+pub fn events_table(events: &[pb::DeregistrationEvent]) -> Table {
+    let mut t = Table::new(&["SEQ", "TIME", "EVENT", "STATE", "ACTOR", "TRACE", "DETAIL"]);
+    for e in events {
+        t.row(vec![
+            e.sequence.to_string(),
+            timestamp(e.event_time.as_ref()),
+            e.kind.clone(),
+            state(e.state),
+            e.actor.clone(),
+            e.trace_id.clone(),
+            e.detail.clone(),
+        ]);
+    }
+    t
+}
+
+/// A case's outbox steps, one line each.
+pub fn steps_table(steps: &[pb::OutboxStep]) -> Table {
+    let mut t = Table::new(&[
+        "STEP",
+        "STATUS",
+        "ATTEMPTS",
+        "NEXT DUE",
+        "ERROR",
+        "LAST ERROR",
+    ]);
+    for s in steps {
+        let status = if s.leased {
+            format!("{} (running)", step_status(s.status))
+        } else {
+            step_status(s.status)
+        };
+        t.row(vec![
+            s.step.clone(),
+            status,
+            s.attempts.to_string(),
+            timestamp(s.next_due_time.as_ref()),
+            error_class(s.last_error_class),
+            s.last_error.clone(),
+        ]);
+    }
+    t
+}
+
+/// `cases show --output json`.
+#[derive(Debug, serde::Serialize)]
+pub struct CaseDetail {
+    pub case: CaseView,
+    pub chain_head: Option<ChainHeadView>,
+    pub events: Vec<EventView>,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ChainHeadView {
+    pub sequence: i64,
+    pub hash: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct EventView {
+    pub sequence: i64,
+    pub time: String,
+    pub kind: String,
+    pub state: String,
+    pub actor: String,
+    pub trace_id: String,
+    pub detail: String,
+    pub hash: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct StepView {
+    pub step: String,
+    pub key: String,
+    pub status: String,
+    pub attempts: i32,
+    pub leased: bool,
+    pub next_due_time: String,
+    pub last_error_class: String,
+    pub last_error: String,
+}
+
+impl CaseDetail {
+    pub fn new(
+        d: &pb::Deregistration,
+        head: &Option<pb::AuditChainHead>,
+        timeline: &pb::GetCaseTimelineResponse,
+    ) -> Self {
+        Self {
+            case: CaseView::from(d),
+            chain_head: timeline
+                .chain_head
+                .as_ref()
+                .or(head.as_ref())
+                .map(|h| ChainHeadView {
+                    sequence: h.sequence,
+                    hash: h.hash.clone(),
+                    key_id: h.key_id.clone(),
+                }),
+            events: timeline
+                .events
+                .iter()
+                .map(|e| EventView {
+                    sequence: e.sequence,
+                    time: rfc3339(e.event_time.as_ref()),
+                    kind: e.kind.clone(),
+                    state: state(e.state),
+                    actor: e.actor.clone(),
+                    trace_id: e.trace_id.clone(),
+                    detail: e.detail.clone(),
+                    hash: e.hash.clone(),
+                })
+                .collect(),
+            steps: timeline
+                .steps
+                .iter()
+                .map(|s| StepView {
+                    step: s.step.clone(),
+                    key: s.key.clone(),
+                    status: step_status(s.status),
+                    attempts: s.attempts,
+                    leased: s.leased,
+                    next_due_time: rfc3339(s.next_due_time.as_ref()),
+                    last_error_class: error_class(s.last_error_class),
+                    last_error: s.last_error.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `audit verify`'s result.
+#[derive(Debug, serde::Serialize)]
+pub struct VerifySummary {
+    pub ok: bool,
+    pub cases_checked: i64,
+    pub cases_broken: i64,
+    pub events_checked: i64,
+    pub legacy_events: i64,
+    pub broken: Vec<BrokenView>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct BrokenView {
+    pub id: String,
+    pub sequence: i64,
+    pub problem: String,
+    pub detail: String,
+}
+
+impl VerifySummary {
+    pub fn new(last: &pb::VerifyAuditChainResponse, broken: &[pb::BrokenAuditChain]) -> Self {
+        Self {
+            ok: broken.is_empty(),
+            cases_checked: last.cases_checked,
+            cases_broken: last.cases_broken.max(broken.len() as i64),
+            events_checked: last.events_checked,
+            legacy_events: last.legacy_events,
+            broken: broken
+                .iter()
+                .map(|b| BrokenView {
+                    id: b.deregistration_id.clone(),
+                    sequence: b.sequence,
+                    problem: problem(b.problem),
+                    detail: b.detail.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "{} case(s) and {} event(s) verified ({} legacy, unkeyed); {} broken\n",
+            self.cases_checked, self.events_checked, self.legacy_events, self.cases_broken
+        );
+        if !self.broken.is_empty() {
+            let mut t = Table::new(&["CASE", "FIRST BROKEN", "PROBLEM", "DETAIL"]);
+            for b in &self.broken {
+                t.row(vec![
+                    b.id.clone(),
+                    b.sequence.to_string(),
+                    b.problem.clone(),
+                    b.detail.clone(),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
+        out
+    }
 }
 
 /// JSON on stdout (pretty: people read it too).

@@ -44,7 +44,12 @@ pub struct TargetArgs {
     #[arg(long, env = "ETKCTL_PROFILE", global = true)]
     pub profile: Option<PathBuf>,
     /// The dev data directory of `serve --dev`, for whatever nothing else sets.
-    #[arg(long, env = "ETKCTL_DEV_DATA_DIR", global = true, default_value = "./dev-data")]
+    #[arg(
+        long,
+        env = "ETKCTL_DEV_DATA_DIR",
+        global = true,
+        default_value = "./dev-data"
+    )]
     pub dev_data_dir: PathBuf,
 }
 
@@ -229,7 +234,11 @@ mod tests {
         assert_eq!(t.address, "https://gw.example:443");
         assert_eq!(t.cert, dir.path().join("op.pem"), "relative to the profile");
         assert_eq!(t.key, PathBuf::from("/flag.key"), "the flag wins");
-        assert_eq!(t.ca, PathBuf::from("/dev-dir/certs/ca.pem"), "dev fills the rest");
+        assert_eq!(
+            t.ca,
+            PathBuf::from("/dev-dir/certs/ca.pem"),
+            "dev fills the rest"
+        );
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! `etkctl` end to end: the real binary against a running gateway over mTLS, its output and
+//! its exit codes as a script sees them.
+
+use std::process::Output;
+
+use etjanstekort_gateway::api::pb;
+use serde_json::Value;
+
+use crate::helpers::{Options, TestApp, report, spawn_app_opts, unit_a};
+
+/// Runs `etkctl` with `args` as `identity` (a dev identity's certificate) against `app`.
+async fn etkctl_as(app: &TestApp, identity: &str, args: &[&str]) -> Output {
+    let (cert, key) = app.identity_paths(identity);
+    etkctl_env(
+        app,
+        args,
+        &[
+            ("ETKCTL_CERT", cert.display().to_string()),
+            ("ETKCTL_KEY", key.display().to_string()),
+        ],
+    )
+    .await
+}
+
+async fn etkctl(app: &TestApp, args: &[&str]) -> Output {
+    etkctl_as(app, "operator", args).await
+}
+
+/// Runs `etkctl` with only the address and TLS name set, the rest from `env` and the dev
+/// data directory (the app's, laid out as `serve --dev` lays it out).
+async fn etkctl_env(app: &TestApp, args: &[&str], env: &[(&str, String)]) -> Output {
+    etkctl_at(app, &format!("https://{}", app.addr), args, env).await
+}
+
+async fn etkctl_at(app: &TestApp, address: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etkctl"));
+    cmd.args(["--address", address])
+        .args(["--tls-name", "localhost", "--dev-data-dir"])
+        .arg(app.dir.path())
+        .args(args)
+        // No profile of the machine's user may leak in.
+        .env("HOME", app.dir.path())
+        .env_remove("XDG_CONFIG_HOME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run etkctl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+/// A case parked in NEEDS_ATTENTION (TjänsteID-service refuses the report).
+async fn stuck_case(app: &TestApp, card: &str) -> String {
+    app.tjansteid.set_refusing(true);
+    let id = app
+        .create_case(
+            &format!("ctl-{card}"),
+            report(&unit_a(), "191212121212", card),
+        )
+        .await;
+    app.wait_for(&id, pb::State::NeedsAttention).await;
+    id
+}
+
+fn engine_app() -> Options {
+    Options::default()
+}
+
+#[tokio::test]
+async fn an_operator_finds_a_stuck_case_retries_it_and_resolves_another() {
+    let app = spawn_app_opts(engine_app()).await;
+    let stuck = stuck_case(&app, "8800001").await;
+
+    let listed = etkctl(&app, &["cases", "list", "--needs-attention"]).await;
+    assert_exit(&listed, 0);
+    let text = stdout(&listed);
+    assert!(text.starts_with("ID "), "a table with a header: {text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&stuck))
+        .unwrap_or_else(|| panic!("the stuck case is listed: {text}"));
+    assert!(line.contains("NEEDS_ATTENTION"), "{line}");
+    assert!(line.contains("refused"), "its reason is shown: {line}");
+    assert!(!text.contains("191212121212") && !text.contains("Tolvan"));
+
+    let listed = etkctl(&app, &["cases", "list", "--needs-attention", "-o", "json"]).await;
+    assert_exit(&listed, 0);
+    let cases = json(&listed);
+    let cases = cases.as_array().expect("an array");
+    assert_eq!(cases.len(), 1, "{cases:?}");
+    assert_eq!(cases[0]["id"], stuck.as_str());
+    assert_eq!(cases[0]["state"], "NEEDS_ATTENTION");
+
+    // Retried once the registry takes reports again: the case moves on.
+    app.tjansteid.set_refusing(false);
+    let retried = etkctl(&app, &["cases", "retry", &stuck, "--output", "json"]).await;
+    assert_exit(&retried, 0);
+    assert_eq!(json(&retried)["id"], stuck.as_str());
+    app.wait_for(&stuck, pb::State::RevocationRequested).await;
+
+    // Resolving needs a justification (clap: usage, exit 2) ...
+    let other = stuck_case(&app, "8800002").await;
+    let no_reason = etkctl(&app, &["cases", "resolve", &other]).await;
+    assert_exit(&no_reason, 2);
+    // ... and ends the case with it.
+    let resolved = etkctl(
+        &app,
+        &[
+            "cases",
+            "resolve",
+            &other,
+            "--justification",
+            "revoked by phone with the service desk",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_exit(&resolved, 0);
+    assert_eq!(json(&resolved)["state"], "COMPLETED");
+    // A case that no longer needs attention cannot be resolved again: refused, exit 5.
+    let again = etkctl(
+        &app,
+        &["cases", "resolve", &other, "--justification", "twice"],
+    )
+    .await;
+    assert_exit(&again, 5);
+    assert!(
+        stderr(&again).contains("FAILED_PRECONDITION") || stderr(&again).contains("precondition"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_tell_not_found_bad_input_and_a_wrong_certificate_apart() {
+    let app = spawn_app_opts(Options {
+        engine: false,
+        ..Options::default()
+    })
+    .await;
+    let missing = uuid::Uuid::now_v7().to_string();
+    assert_exit(&etkctl(&app, &["cases", "retry", &missing]).await, 3);
+    let bad = etkctl(&app, &["cases", "retry", "not-a-case-id"]).await;
+    assert_exit(&bad, 2);
+    assert!(
+        stderr(&bad).starts_with("etkctl: error:"),
+        "{}",
+        stderr(&bad)
+    );
+    // A care provider's certificate is not an operator's.
+    let denied = etkctl_as(&app, "provider-a", &["cases", "retry", &missing]).await;
+    assert_exit(&denied, 6);
+    // Unknown subcommands and flags are usage errors.
+    assert_exit(&etkctl(&app, &["cases", "frobnicate"]).await, 2);
+    // A gateway that is not there: an error, not a finding.
+    let gone = etkctl_at(
+        &app,
+        "https://127.0.0.1:9",
+        &["cases", "retry", &missing],
+        &[],
+    )
+    .await;
+    assert_exit(&gone, 1);
+}
+
+#[tokio::test]
+async fn connection_settings_come_from_flags_env_a_profile_or_the_dev_data_dir() {
+    let app = spawn_app_opts(Options {
+        engine: false,
+        ..Options::default()
+    })
+    .await;
+    let missing = uuid::Uuid::now_v7().to_string();
+    // Nothing but the address: the operator identity and CA of the dev data directory.
+    assert_exit(
+        &etkctl_env(&app, &["cases", "retry", &missing], &[]).await,
+        3,
+    );
+
+    // A profile naming provider-a's certificate: used (so refused as no operator) ...
+    let profile = app.dir.path().join("profile.toml");
+    std::fs::write(
+        &profile,
+        "cert = \"certs/provider-a.pem\"\nkey = \"certs/provider-a.key\"\n",
+    )
+    .unwrap();
+    let p = profile.display().to_string();
+    let by_profile = etkctl_env(&app, &["--profile", &p, "cases", "retry", &missing], &[]).await;
+    assert_exit(&by_profile, 6);
+    // ... unless a flag or variable says otherwise.
+    let (cert, key) = app.identity_paths("operator");
+    let by_env = etkctl_env(
+        &app,
+        &["cases", "retry", &missing],
+        &[
+            ("ETKCTL_PROFILE", p.clone()),
+            ("ETKCTL_CERT", cert.display().to_string()),
+            ("ETKCTL_KEY", key.display().to_string()),
+        ],
+    )
+    .await;
+    assert_exit(&by_env, 3);
+    // The default profile place ($HOME/.config/etkctl/profile.toml) is read too.
+    let default = app.dir.path().join(".config/etkctl");
+    std::fs::create_dir_all(&default).unwrap();
+    std::fs::write(
+        default.join("profile.toml"),
+        format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            app.identity_paths("provider-a").0.display(),
+            app.identity_paths("provider-a").1.display()
+        ),
+    )
+    .unwrap();
+    assert_exit(
+        &etkctl_env(&app, &["cases", "retry", &missing], &[]).await,
+        6,
+    );
+}

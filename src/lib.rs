@@ -11,6 +11,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod connectors;
+pub mod console;
 pub mod ctl;
 pub mod devcerts;
 pub mod domain;

@@ -260,6 +260,23 @@ impl App {
             .build_v1alpha()
             .map_err(reflection_err)?;
 
+        // The console's pages share the listener (and so mutual TLS and the auth layer, which
+        // admits operators only to `/console`); unknown paths still end in UNIMPLEMENTED.
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(DeregistrationServiceServer::new(api.clone()))
+            .add_service(HealthCareOfficeServiceServer::new(api.clone()))
+            .add_service(RevocationServiceServer::new(api.clone()))
+            .add_service(OperationsServiceServer::new(api));
+        let mut routes = routes.routes();
+        if config.console.enabled {
+            let console = crate::console::router(store.clone(), config.console.clone());
+            let grpc = std::mem::take(routes.axum_router_mut());
+            *routes.axum_router_mut() = grpc.merge(console);
+        }
         // Outermost first. The RPC layer wraps everything so that every call, denied or timed
         // out, has its span, its "request finished" line and its outcome; the timeout lives in
         // it (not `Server::timeout`, which sits outside user layers and would only drop the
@@ -273,13 +290,7 @@ impl App {
                 rpc_metrics(&metrics),
             ))
             .layer(AuthLayer::new(auth))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .add_service(DeregistrationServiceServer::new(api.clone()))
-            .add_service(HealthCareOfficeServiceServer::new(api.clone()))
-            .add_service(RevocationServiceServer::new(api.clone()))
-            .add_service(OperationsServiceServer::new(api));
+            .add_routes(routes);
         Ok(Self {
             addr,
             listener,

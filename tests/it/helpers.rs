@@ -18,6 +18,9 @@ use etjanstekort_gateway::startup::App;
 use pb::deregistration_service_client::DeregistrationServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// The console's trace links in tests.
+pub const TRACE_URL_TEMPLATE: &str = "https://jaeger.test/trace/{trace_id}";
+
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -103,6 +106,8 @@ pub struct Options {
     pub engine: bool,
     /// Real connectors instead of the simulated ones.
     pub connectors: Option<Connectors>,
+    /// Serve the operator console (`[console] enabled`).
+    pub console: bool,
 }
 
 impl Default for Options {
@@ -118,6 +123,7 @@ impl Default for Options {
             auto_employ: true,
             engine: true,
             connectors: None,
+            console: true,
         }
     }
 }
@@ -172,6 +178,8 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.engine.timers.remind_after = secs(opts.remind_after);
     cfg.engine.timers.escalate_after = secs(opts.escalate_after);
     cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
+    cfg.console.enabled = opts.console;
+    cfg.console.trace_url_template = TRACE_URL_TEMPLATE.into();
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

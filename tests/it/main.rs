@@ -3,6 +3,7 @@
 mod admin;
 mod api;
 mod auth;
+mod console;
 mod ctl;
 mod helpers;
 mod launcher;

@@ -182,3 +182,156 @@ async fn a_disabled_console_serves_no_pages() {
     let (status, _, page) = get(&app, &app.issued("operator"), "/console").await;
     assert!(!page.contains("<html") && status != 403, "{status}: {page}");
 }
+
+/// Headless Chromium with a client certificate: its own HOME with an NSS database holding the
+/// gateway's CA (trusted) and one identity, and the managed policy that makes Chromium present
+/// that certificate to `https://127.0.0.1:*` without asking (Chromium reads policies only from
+/// `/etc/chromium/policies/managed/`, so the test needs root, as CI has).
+struct Browser {
+    home: tempfile::TempDir,
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const POLICY_FILE: &str = "/etc/chromium/policies/managed/etjanstekort-gateway-tests.json";
+const POLICY: &str =
+    r#"{"AutoSelectCertificateForUrls":["{\"pattern\":\"https://127.0.0.1:*\",\"filter\":{}}"]}"#;
+
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} cannot run ({e}); `bash .ci/run` installs it"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Browser {
+    fn new(app: &TestApp, identity: &str) -> Self {
+        assert!(
+            std::path::Path::new(CHROMIUM).exists(),
+            "chromium is not installed (`bash .ci/run` installs it)"
+        );
+        if std::fs::read_to_string(POLICY_FILE).ok().as_deref() != Some(POLICY) {
+            std::fs::create_dir_all("/etc/chromium/policies/managed")
+                .and_then(|()| std::fs::write(POLICY_FILE, POLICY))
+                .unwrap_or_else(|e| panic!("cannot write {POLICY_FILE} (needs root): {e}"));
+        }
+        let home = tempfile::tempdir().expect("home");
+        let nss = home.path().join(".pki/nssdb");
+        std::fs::create_dir_all(&nss).expect("nssdb dir");
+        let db = format!("sql:{}", nss.display());
+        let certs = app.dir.path().join("certs");
+        let (cert, key) = app.identity_paths(identity);
+        let p12 = home.path().join("client.p12");
+        run(std::process::Command::new("certutil").args(["-N", "-d", &db, "--empty-password"]));
+        run(std::process::Command::new("certutil")
+            .args(["-A", "-d", &db, "-n", "etk-test-ca", "-t", "C,,", "-i"])
+            .arg(certs.join("ca.pem")));
+        run(std::process::Command::new("openssl")
+            .args([
+                "pkcs12", "-export", "-passout", "pass:", "-name", identity, "-in",
+            ])
+            .arg(&cert)
+            .arg("-inkey")
+            .arg(&key)
+            .arg("-out")
+            .arg(&p12));
+        run(std::process::Command::new("pk12util")
+            .args(["-d", &db, "-W", "", "-i"])
+            .arg(&p12));
+        Self { home }
+    }
+
+    /// Runs headless Chromium on `url` with `args`; returns stdout.
+    async fn chromium(&self, args: &[&str], url: &str) -> String {
+        let profile = self.home.path().join("profile");
+        let run = tokio::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .arg(url)
+            .env("HOME", self.home.path())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(90), run)
+            .await
+            .expect("chromium finished in time")
+            .expect("chromium runs");
+        assert!(
+            out.status.success(),
+            "chromium {args:?} {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The page's DOM after rendering.
+    async fn dom(&self, url: &str) -> String {
+        self.chromium(&["--dump-dom"], url).await
+    }
+
+    /// A PNG screenshot of the page at `to`.
+    async fn screenshot(&self, url: &str, to: &std::path::Path) {
+        let _ = std::fs::remove_file(to);
+        self.chromium(
+            &[
+                &format!("--screenshot={}", to.display()),
+                "--window-size=1280,900",
+                "--hide-scrollbars",
+            ],
+            url,
+        )
+        .await;
+        let png = std::fs::read(to).expect("screenshot written");
+        assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", to.display());
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_real_servers),
+    ignore = "needs chromium, certutil and root (ETK_REQUIRE_REAL_SERVERS=1; .ci/run installs them)"
+)]
+async fn a_real_headless_browser_renders_the_pages_for_an_operator_and_refuses_a_care_provider() {
+    let app = spawn_app_opts(Options::default()).await;
+    let id = stuck_case(&app, "7700004").await;
+    let base = format!("https://127.0.0.1:{}", app.addr.port());
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+
+    let operator = Browser::new(&app, "operator");
+    let overview = operator.dom(&format!("{base}/console")).await;
+    assert!(overview.contains("Needs attention (1)"), "{overview}");
+    assert!(
+        overview.contains(&format!("href=\"/console/cases/{id}\"")),
+        "the stuck case is listed with a link: {overview}"
+    );
+    assert_no_personal_data(&overview);
+    operator
+        .screenshot(&format!("{base}/console"), &shots.join("overview.png"))
+        .await;
+
+    let case_url = format!("{base}/console/cases/{id}");
+    let case = operator.dom(&case_url).await;
+    assert!(case.contains("step_failed"), "{case}");
+    assert!(case.contains("https://jaeger.test/trace/"), "{case}");
+    assert_no_personal_data(&case);
+    operator
+        .screenshot(&case_url, &shots.join("case.png"))
+        .await;
+
+    let provider = Browser::new(&app, "provider-a");
+    let refused = provider.dom(&format!("{base}/console")).await;
+    assert!(refused.contains("Forbidden"), "{refused}");
+    assert!(!refused.contains(&id), "{refused}");
+    provider
+        .screenshot(&format!("{base}/console"), &shots.join("refused.png"))
+        .await;
+}

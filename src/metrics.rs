@@ -429,6 +429,11 @@ fn served() -> &'static HashMap<&'static str, HashSet<&'static str>> {
                 }
             }
         }
+        // The console's pages (`crate::console`), one bounded name for all of them.
+        served
+            .entry(crate::rpc::names::CONSOLE.service)
+            .or_default()
+            .insert(crate::rpc::names::CONSOLE.method);
         served
     })
 }

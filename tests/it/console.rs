@@ -150,6 +150,12 @@ async fn operators_see_counts_the_attention_list_and_a_timeline_without_personal
     let (status, h, _) = get(&app, &operator, "/console/nothing/here").await;
     assert_eq!(status, 404);
     assert_secure_headers(&h);
+    // Pages are counted by their HTTP outcome under one bounded name.
+    let series = |code: &str| {
+        format!("etk_rpc_requests_total{{service=\"console\",method=\"page\",code=\"{code}\"}}")
+    };
+    crate::admin::wait_metric(&app, &series("OK"), |v| v >= 2.0).await;
+    crate::admin::wait_metric(&app, &series("NotFound"), |v| v >= 2.0).await;
 }
 
 #[tokio::test]
@@ -169,6 +175,12 @@ async fn a_care_providers_or_any_other_non_operator_certificate_is_refused() {
     let stranger = app.issue_from_server_ca(Some("SE1655999991-O000000000999"));
     let (status, _, _) = get(&app, &stranger, "/console").await;
     assert_eq!(status, 403);
+    crate::admin::wait_metric(
+        &app,
+        "etk_rpc_requests_total{service=\"console\",method=\"page\",code=\"PermissionDenied\"}",
+        |v| v >= 10.0,
+    )
+    .await;
 }
 
 #[tokio::test]

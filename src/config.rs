@@ -51,6 +51,7 @@ pub struct Config {
     pub simulated: SimulatedSettings,
     pub admin: AdminSettings,
     pub telemetry: TelemetrySettings,
+    pub audit: crate::verifier::AuditSettings,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -103,6 +103,8 @@ pub struct Options {
     pub engine: bool,
     /// Real connectors instead of the simulated ones.
     pub connectors: Option<Connectors>,
+    /// Seconds between the gateway's own audit chain verifications; `None`: off.
+    pub audit_every: Option<f64>,
 }
 
 impl Default for Options {
@@ -118,6 +120,7 @@ impl Default for Options {
             auto_employ: true,
             engine: true,
             connectors: None,
+            audit_every: None,
         }
     }
 }
@@ -172,6 +175,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.engine.timers.remind_after = secs(opts.remind_after);
     cfg.engine.timers.escalate_after = secs(opts.escalate_after);
     cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
+    cfg.audit.verify_interval = opts.audit_every.map_or(std::time::Duration::ZERO, secs);
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

@@ -53,6 +53,7 @@ pub struct Config {
     pub admin: AdminSettings,
     pub console: ConsoleSettings,
     pub telemetry: TelemetrySettings,
+    pub audit: crate::verifier::AuditSettings,
 }
 
 #[derive(Debug, thiserror::Error)]

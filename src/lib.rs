@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod audit_record;
 pub mod auth;
 pub mod bus;
 pub mod clock;
@@ -25,3 +26,4 @@ pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod trace_context;
+pub mod verifier;

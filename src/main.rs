@@ -5,12 +5,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use etjanstekort_gateway::audit_record::AuditRecord;
 use etjanstekort_gateway::config::Layers;
 use etjanstekort_gateway::devcerts;
+use etjanstekort_gateway::domain::CaseId;
 use etjanstekort_gateway::privacy::PrivacySettings;
 use etjanstekort_gateway::startup::{App, load_vault, open_store};
-use etjanstekort_gateway::storage::DatabaseSettings;
+use etjanstekort_gateway::storage::{
+    CaseStore, ChainKeys, ChainReport, DatabaseSettings, SeaStore,
+};
 use etjanstekort_gateway::telemetry::{Telemetry, TelemetrySettings};
+use etjanstekort_gateway::verifier::Walk;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,7 +54,45 @@ enum Command {
         #[arg(long, env = "ETK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The audit trail, read from the database directly (no running gateway needed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify every case's keyed audit chain (or one case's); read-only. Prints each broken case
+    /// with its first broken link; exit status 0 when all verify, 3 when a chain is broken,
+    /// 1 when the check could not run.
+    Verify {
+        #[arg(long)]
+        dev: bool,
+        #[arg(long, default_value = "./dev-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "ETK_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this case.
+        #[arg(long = "case")]
+        case_id: Option<String>,
+    },
+    /// Verify an exported audit record (ExportAuditRecord's JSON) against its chain head, with
+    /// the gateway's key. Exit status as for `verify`.
+    VerifyExport {
+        /// The exported JSON file.
+        file: PathBuf,
+        #[arg(long)]
+        dev: bool,
+        #[arg(long, default_value = "./dev-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "ETK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `audit verify`'s exit status when a chain is broken (1 is kept for "could not run").
+const EXIT_BROKEN: u8 = 3;
 
 fn main() -> ExitCode {
     // One process-wide TLS crypto provider (ring), chosen before anything builds a TLS config.
@@ -63,7 +106,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => fail(&*e),
     }
 }
@@ -80,7 +123,7 @@ fn fail(e: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve {
             dev,
@@ -111,7 +154,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             telemetry.shutdown().await;
             served?;
             tracing::info!("stopped");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate {
             dev,
@@ -134,8 +177,113 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             telemetry.shutdown().await;
             migrated?;
             tracing::info!("migrations applied");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    dev,
+                    data_dir,
+                    config,
+                    case_id,
+                },
+        } => {
+            let (database, privacy) = audit_sections(dev, &data_dir, config.as_deref())?;
+            audit_verify(&database, &privacy, case_id.as_deref()).await
+        }
+        Command::Audit {
+            command:
+                AuditCommand::VerifyExport {
+                    file,
+                    dev,
+                    data_dir,
+                    config,
+                },
+        } => {
+            let (_, privacy) = audit_sections(dev, &data_dir, config.as_deref())?;
+            let vault = load_vault(&privacy)?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let record = AuditRecord::from_json(&text)?;
+            let report = record.verify(&ChainKeys::new(&vault))?;
+            Ok(print_report(&record.case.id, &report))
+        }
+    }
+}
+
+/// The two sections the audit commands need (no TLS, principals or connectors); dev mode
+/// points them at the dev data directory.
+fn audit_sections(
+    dev: bool,
+    data_dir: &Path,
+    config: Option<&Path>,
+) -> Result<(DatabaseSettings, PrivacySettings), Box<dyn std::error::Error>> {
+    let mut layers = Layers::new(config)?;
+    if dev {
+        layers = apply_dev(layers, data_dir)?;
+    }
+    Ok((layers.section("database")?, layers.section("privacy")?))
+}
+
+/// Verifies the chains in the database, read-only: no migration, no anchoring (a database
+/// whose schema is behind this build is refused).
+#[allow(clippy::print_stdout)] // the command's output
+async fn audit_verify(
+    database: &DatabaseSettings,
+    privacy: &PrivacySettings,
+    case_id: Option<&str>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use secrecy::ExposeSecret;
+    let vault = std::sync::Arc::new(load_vault(privacy)?);
+    let store = SeaStore::connect(
+        database.url.expose_secret(),
+        database.max_connections,
+        database.acquire_timeout,
+        vault,
+    )
+    .await?;
+    store.ping().await?;
+    let store: std::sync::Arc<dyn CaseStore> = std::sync::Arc::new(store);
+    let mut walk = match case_id {
+        Some(raw) => Walk::one(
+            store,
+            CaseId::parse(raw).ok_or_else(|| format!("--case {raw:?} is not a case id"))?,
+        ),
+        None => Walk::all(store).await?,
+    };
+    let mut broken = 0u64;
+    while let Some(next) = walk.next().await {
+        let (id, report) = next?;
+        if print_report(&id.to_string(), &report) != ExitCode::SUCCESS {
+            broken += 1;
+        }
+    }
+    let p = walk.progress();
+    println!(
+        "{} case(s) verified, {} event(s) ({} legacy), {broken} broken",
+        p.checked, p.events, p.legacy
+    );
+    Ok(if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BROKEN)
+    })
+}
+
+/// Prints a broken chain as `BROKEN <case id> event <n> <problem>: <detail>`.
+#[allow(clippy::print_stdout)] // the command's output
+fn print_report(case_id: &str, report: &ChainReport) -> ExitCode {
+    match &report.broken {
+        Some(b) => {
+            println!(
+                "BROKEN {case_id} event {} {}: {}",
+                b.sequence,
+                b.problem.as_str(),
+                b.detail
+            );
+            ExitCode::from(EXIT_BROKEN)
+        }
+        None => ExitCode::SUCCESS,
     }
 }
 

@@ -129,6 +129,8 @@ pub struct Metrics {
     reconciliation_restores: Counter,
     order_violations_refused: Counter,
     db_pool: Family<StateLabels, Gauge>,
+    audit_broken_cases: Gauge,
+    audit_verifications: Counter,
 }
 
 impl Default for Metrics {
@@ -237,6 +239,18 @@ impl Metrics {
             "Database connections of this process's pool, by state (in_use, idle)",
             db_pool.clone(),
         );
+        let audit_broken_cases = Gauge::default();
+        registry.register(
+            "audit_chain_broken_cases",
+            "Cases whose audit chain did not verify in the last periodic verification",
+            audit_broken_cases.clone(),
+        );
+        let audit_verifications = Counter::default();
+        registry.register(
+            "audit_chain_verifications",
+            "Completed periodic verifications of every case's audit chain",
+            audit_verifications.clone(),
+        );
         Self {
             registry,
             rpc_requests,
@@ -253,6 +267,8 @@ impl Metrics {
             reconciliation_restores,
             order_violations_refused,
             db_pool,
+            audit_broken_cases,
+            audit_verifications,
         }
     }
 
@@ -354,6 +370,12 @@ impl Metrics {
         self.cases_needing_attention
             .set(clamp(stats.needs_attention));
         self.outbox_lag.set(stats.oldest_due_age.as_secs_f64());
+    }
+
+    /// A periodic verification of every audit chain finished and found `broken` cases.
+    pub fn audit_verified(&self, broken: u64) {
+        self.audit_broken_cases.set(clamp(broken));
+        self.audit_verifications.inc();
     }
 
     pub fn set_pool(&self, pool: PoolStats) {

@@ -52,6 +52,10 @@ pub enum VaultError {
 pub struct Vault {
     aead: LessSafeKey,
     mac: hmac::Key,
+    /// Keys the audit chain (`storage::audit`); its own HKDF branch.
+    chain: hmac::Key,
+    /// Names the master key without revealing it (`key_id`).
+    key_id: String,
     rng: SystemRandom,
 }
 
@@ -84,11 +88,15 @@ impl Vault {
         };
         let enc = derive(b"aead")?;
         let mac = derive(b"hmac")?;
+        let chain = derive(b"etk audit chain v1")?;
+        let id = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, master), b"etk key id v1");
         let aead =
             LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &enc).map_err(|_| VaultError::BadKey)?);
         Ok(Self {
             aead,
             mac: hmac::Key::new(hmac::HMAC_SHA256, &mac),
+            chain: hmac::Key::new(hmac::HMAC_SHA256, &chain),
+            key_id: hex::encode(&id.as_ref()[..8]),
             rng: SystemRandom::new(),
         })
     }
@@ -110,6 +118,19 @@ impl Vault {
             .fill(&mut key)
             .map_err(|_| VaultError::Random)?;
         Ok(base64::engine::general_purpose::STANDARD.encode(key))
+    }
+
+    /// Names the master key: lowercase hex of the first 8 bytes of
+    /// HMAC-SHA256(master, "etk key id v1"). Stored with what the key made (audit events), so
+    /// the right key is found again after a rotation; reveals nothing of the key.
+    pub fn key_id(&self) -> String {
+        self.key_id.clone()
+    }
+
+    /// The HMAC-SHA256 key of the audit chain, derived from the master key (HKDF info
+    /// "etk audit chain v1"). Only `storage::audit` uses it.
+    pub fn audit_chain_key(&self) -> &hmac::Key {
+        &self.chain
     }
 
     /// Encrypts with a fresh random nonce; `context` (e.g. the case id) is bound as
@@ -180,6 +201,29 @@ mod tests {
         assert!(v.open("case-2", &sealed).is_err());
         let other = Vault::from_master_key(&[8u8; 32]).unwrap();
         assert!(other.open("case-1", &sealed).is_err());
+    }
+
+    #[test]
+    fn key_id_names_the_master_key_and_chain_key_is_its_own() {
+        let v = vault();
+        // The contract: hex of the first 8 bytes of HMAC-SHA256(master, "etk key id v1").
+        let expected = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]),
+            b"etk key id v1",
+        );
+        assert_eq!(v.key_id(), hex::encode(&expected.as_ref()[..8]));
+        assert_eq!(v.key_id().len(), 16);
+        assert_ne!(
+            v.key_id(),
+            Vault::from_master_key(&[8u8; 32]).unwrap().key_id()
+        );
+        // The chain key is neither the pseudonym key nor the master key.
+        let tag = |k: &hmac::Key| hex::encode(hmac::sign(k, b"x").as_ref());
+        assert_ne!(tag(v.audit_chain_key()), tag(&v.mac));
+        assert_ne!(
+            tag(v.audit_chain_key()),
+            tag(&hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]))
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
 use crate::rpc::{self, AuthLayer, RpcLayer};
-use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
+use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -63,6 +63,8 @@ pub enum StartError {
     Tls(#[from] tonic::transport::Error),
     #[error("connector: {0}")]
     Connector(String),
+    #[error("database: {0}")]
+    Store(#[from] crate::storage::StoreError),
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError> {
@@ -84,7 +86,24 @@ pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaS
     )
     .await?;
     store.migrate().await?;
+    anchor_legacy_chains(&store).await?;
     Ok(store)
+}
+
+/// Covers trails from before the keyed chain (m0005) with a keyed link, once per case (see
+/// `storage::audit`). Idempotent: an anchored trail ends in a keyed link.
+async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
+    let meta = EventMeta {
+        actor: "system".into(),
+        trace_id: uuid::Uuid::new_v4().simple().to_string(),
+        at: crate::clock::now(),
+        detail: "legacy SHA-256 trail anchored in the keyed audit chain".into(),
+    };
+    let n = store.anchor_legacy_chains(meta).await?;
+    if n > 0 {
+        tracing::info!(cases = n, "legacy audit trails anchored in the keyed chain");
+    }
+    Ok(())
 }
 
 /// The vault with the configured master key (the key itself wins over the file).
@@ -162,6 +181,8 @@ pub struct App {
     health: tonic_health::server::HealthReporter,
     grace: Duration,
     probe_every: Duration,
+    /// How often every audit chain is verified (zero: never).
+    audit_every: Duration,
 }
 
 impl App {
@@ -311,6 +332,7 @@ impl App {
                 .server
                 .health_probe
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
+            audit_every: config.audit.verify_interval,
         })
     }
 
@@ -369,6 +391,13 @@ impl App {
                 self.stats_every,
             ));
         }
+        let audit_verifier = (!self.audit_every.is_zero()).then(|| {
+            tokio::spawn(crate::verifier::run_periodic(
+                self.store.clone(),
+                self.metrics.clone(),
+                self.audit_every,
+            ))
+        });
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -400,6 +429,9 @@ impl App {
             }
         };
         prober.abort();
+        if let Some(v) = audit_verifier {
+            v.abort();
+        }
         // Workers finish the batch they hold; anything unfinished is re-claimed after its lease.
         let _ = engine_stop.send(true);
         let _ = tokio::time::timeout(self.grace, async {

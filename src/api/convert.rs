@@ -384,8 +384,116 @@ pub fn event_out(e: &CaseEvent) -> pb::DeregistrationEvent {
         trace_id: e.trace_id.clone(),
         detail: e.detail.clone(),
         hash: e.hash.clone(),
-        key_id: String::new(),
+        key_id: e.key_id.clone().unwrap_or_default(),
     }
+}
+
+/// What operators see in place of a name or an e-mail address.
+pub const MASK: &str = "***";
+
+/// A case as operators see it: the personal identity number masked (`YYYYMMDD-****`), names
+/// and e-mail addresses replaced by `MASK` (an absent e-mail address stays empty).
+pub fn deregistration_masked(c: &Deregistration) -> pb::Deregistration {
+    let mut d = deregistration_out(c);
+    let mask = |s: &mut String| {
+        if !s.is_empty() {
+            *s = MASK.to_owned();
+        }
+    };
+    if let Some(h) = d.card_holder.as_mut() {
+        mask(&mut h.full_name);
+        mask(&mut h.email);
+    }
+    if let Some(r) = d.reported_by.as_mut() {
+        mask(&mut r.full_name);
+        mask(&mut r.email);
+    }
+    d
+}
+
+pub fn chain_head_out(h: &crate::storage::ChainHead) -> pb::AuditChainHead {
+    pb::AuditChainHead {
+        sequence: h.sequence,
+        hash: h.hash.clone(),
+        key_id: h.key_id().to_owned(),
+    }
+}
+
+pub fn step_out(s: &crate::storage::StepView) -> pb::OutboxStep {
+    let (status, class) = match s.status.as_str() {
+        "pending" => (pb::StepStatus::Pending, pb::ErrorClass::Retryable),
+        "done" => (pb::StepStatus::Done, pb::ErrorClass::Unspecified),
+        "failed" => (pb::StepStatus::Failed, pb::ErrorClass::Terminal),
+        "cancelled" => (pb::StepStatus::Cancelled, pb::ErrorClass::Unspecified),
+        _ => (pb::StepStatus::Unspecified, pb::ErrorClass::Unspecified),
+    };
+    let class = if s.last_error.is_some() {
+        class
+    } else {
+        pb::ErrorClass::Unspecified
+    };
+    pb::OutboxStep {
+        step: s.step.clone(),
+        key: s.key.clone(),
+        status: status as i32,
+        attempts: i32::try_from(s.attempts).unwrap_or(i32::MAX),
+        last_error_class: class as i32,
+        last_error: s.last_error.clone().unwrap_or_default(),
+        next_due_time: (status == pb::StepStatus::Pending).then(|| timestamp_out(s.due_at)),
+        leased: s.leased,
+        create_time: Some(timestamp_out(s.created_at)),
+        update_time: Some(timestamp_out(s.updated_at)),
+    }
+}
+
+pub fn broken_out(id: &CaseId, b: &crate::storage::BrokenLink) -> pb::BrokenAuditChain {
+    use crate::storage::ChainProblem as P;
+    let problem = match b.problem {
+        P::HashMismatch => pb::AuditChainProblem::HashMismatch,
+        P::SequenceGap => pb::AuditChainProblem::SequenceGap,
+        P::UnknownKey => pb::AuditChainProblem::UnknownKey,
+        P::LegacyAfterKeyed | P::UnanchoredLegacy => pb::AuditChainProblem::LegacyAfterKeyed,
+        P::HeadMismatch => pb::AuditChainProblem::HeadMismatch,
+    };
+    pb::BrokenAuditChain {
+        deregistration_id: id.to_string(),
+        sequence: b.sequence,
+        problem: problem as i32,
+        detail: b.detail.clone(),
+    }
+}
+
+/// The states of a filter; UNSPECIFIED and unknown values are invalid.
+pub fn states(field: &str, raw: &[i32]) -> Result<Vec<State>, ApiError> {
+    raw.iter()
+        .map(|&s| match optional_state(field, s)? {
+            Some(s) => Ok(s),
+            None => Err(ApiError::invalid(
+                field,
+                "UNSPECIFIED",
+                "must not contain STATE_UNSPECIFIED",
+            )),
+        })
+        .collect()
+}
+
+/// `now` minus an age; `None` when the age is unset. Negative ages are invalid.
+pub fn age_bound(
+    field: &str,
+    age: Option<&prost_types::Duration>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, ApiError> {
+    let Some(d) = age else {
+        return Ok(None);
+    };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ApiError::invalid(field, "NEGATIVE", "must not be negative"));
+    }
+    let micros = d
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(d.nanos / 1000));
+    Ok(Some(Timestamp(now.0.saturating_sub(micros))))
 }
 
 /// The card holder with the full personnummer: only for roles that must act on it

@@ -58,6 +58,10 @@ impl Codec {
         Self { vault }
     }
 
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
     /// How a caller's `request_id` is kept: a keyed digest, scoped to the caller. The id is the
     /// caller's free choice, so it is never stored in clear, whatever it may hide.
     pub(crate) fn request_key(&self, principal: &str, request_id: &str) -> String {
@@ -97,6 +101,7 @@ impl Codec {
             last_hash: Set(GENESIS_HASH.to_owned()),
             head_notified_at: Set(None),
             trace_parent: Set(cmd.trace_parent.clone()),
+            head_seal: Set(None),
         })
     }
 
@@ -244,6 +249,7 @@ pub(crate) fn event_row(e: &CaseEvent, prev_hash: String) -> case_events::Active
         detail: Set(e.detail.clone()),
         prev_hash: Set(prev_hash),
         hash: Set(e.hash.clone()),
+        key_id: Set(e.key_id.clone()),
     }
 }
 
@@ -258,6 +264,7 @@ pub(crate) fn event_of(row: case_events::Model) -> Result<CaseEvent, StoreError>
         trace_id: row.trace_id,
         detail: row.detail,
         hash: row.hash,
+        key_id: row.key_id,
     })
 }
 

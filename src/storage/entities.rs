@@ -35,6 +35,9 @@ pub(crate) mod cases {
         pub head_notified_at: Option<i64>,
         /// W3C `traceparent` of the creating request (m0004); NULL for older cases.
         pub trace_parent: Option<String>,
+        /// `audit::head_seal` of (`last_seq`, `last_hash`) (m0005); NULL until the case's first
+        /// keyed event.
+        pub head_seal: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -61,6 +64,8 @@ pub(crate) mod case_events {
         pub detail: String,
         pub prev_hash: String,
         pub hash: String,
+        /// The key that made `hash` (m0005); NULL for legacy, plain SHA-256 events.
+        pub key_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -108,6 +108,8 @@ pub struct Options {
     pub connectors: Option<Connectors>,
     /// Serve the operator console (`[console] enabled`).
     pub console: bool,
+    /// Seconds between the gateway's own audit chain verifications; `None`: off.
+    pub audit_every: Option<f64>,
 }
 
 impl Default for Options {
@@ -124,6 +126,7 @@ impl Default for Options {
             engine: true,
             connectors: None,
             console: true,
+            audit_every: None,
         }
     }
 }
@@ -180,6 +183,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
     cfg.console.enabled = opts.console;
     cfg.console.trace_url_template = TRACE_URL_TEMPLATE.into();
+    cfg.audit.verify_interval = opts.audit_every.map_or(std::time::Duration::ZERO, secs);
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

@@ -130,9 +130,13 @@ async fn case(State(c): State<Console>, Path(id): Path<String>) -> Response {
         Ok(events) => events,
         Err(e) => return unavailable(&e),
     };
+    let steps = match c.store.steps(&id).await {
+        Ok(steps) => steps,
+        Err(e) => return unavailable(&e),
+    };
     page(
         StatusCode::OK,
-        pages::case(&case, &events, &c.settings, crate::clock::now()),
+        pages::case(&case, &events, &steps, &c.settings, crate::clock::now()),
     )
 }
 

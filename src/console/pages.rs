@@ -7,7 +7,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::ConsoleSettings;
 use crate::domain::{CaseEvent, Deregistration, State, Timestamp};
-use crate::storage::Stats;
+use crate::storage::{Stats, StepView};
 
 /// The one style sheet, inline; the CSP allows exactly this text (by its hash).
 pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}\
@@ -120,6 +120,7 @@ pub fn overview(stats: &Stats, attention: &[Deregistration], limit: u32, now: Ti
 pub fn case(
     c: &Deregistration,
     events: &[CaseEvent],
+    steps: &[StepView],
     settings: &ConsoleSettings,
     now: Timestamp,
 ) -> Markup {
@@ -160,6 +161,25 @@ pub fn case(
                                 } @else if !e.trace_id.is_empty() {
                                     code { (e.trace_id) }
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Steps" }
+            @if steps.is_empty() {
+                p { "No outbox steps." }
+            } @else {
+                table id="steps" {
+                    thead { tr { th { "Step" } th { "Status" } th { "Attempts" } th { "Due" } th { "Last error" } } }
+                    tbody {
+                        @for s in steps {
+                            tr class=[(s.status == "failed").then_some("attention")] {
+                                td { (s.step) }
+                                td { (s.status) @if s.leased { " (running)" } }
+                                td class="n" { (s.attempts) }
+                                td { @if s.status == "pending" { (when(s.due_at)) } }
+                                td { (s.last_error.as_deref().unwrap_or("")) }
                             }
                         }
                     }

@@ -145,6 +145,13 @@ async fn operators_see_counts_the_attention_list_and_a_timeline_without_personal
     );
     assert_no_personal_data(&page);
 
+    // The outbox steps: the refused report failed for good.
+    assert!(page.contains("<table id=\"steps\">"), "{page}");
+    assert!(
+        page.contains("<tr class=\"attention\"><td>"),
+        "the failed step stands out: {page}"
+    );
+    assert!(page.contains("<td>failed</td>"), "{page}");
     let (status, _, page) = get(&app, &operator, "/console/cases/not-a-case").await;
     assert_eq!(status, 404, "{page}");
     let (status, h, _) = get(&app, &operator, "/console/nothing/here").await;

@@ -240,3 +240,159 @@ async fn connection_settings_come_from_flags_env_a_profile_or_the_dev_data_dir()
         6,
     );
 }
+
+/// Rewrites the detail of a case's first audit event straight in the test's SQLite database,
+/// as someone with write access to the database could (dropping the append-only trigger first).
+async fn rewrite_first_event(app: &TestApp, id: &str) {
+    use sea_orm::{ConnectionTrait, Database};
+    let url = crate::helpers::TestDb::sqlite(app.dir.path()).url;
+    let conn = Database::connect(&url).await.expect("raw connection");
+    conn.execute_unprepared("DROP TRIGGER case_events_no_update")
+        .await
+        .expect("drop trigger");
+    conn.execute_unprepared(&format!(
+        "UPDATE case_events SET detail = 'rewritten' WHERE case_id = '{id}' AND seq = 1"
+    ))
+    .await
+    .expect("rewrite");
+}
+
+#[tokio::test]
+async fn an_operator_reads_a_timeline_lists_cancels_verifies_and_exports() {
+    let app = spawn_app_opts(Options {
+        engine: false,
+        ..Options::default()
+    })
+    .await;
+    let a = app
+        .create_case("ctl-a", report(&unit_a(), "191212121212", "8800011"))
+        .await;
+    let b = app
+        .create_case("ctl-b", report(&unit_a(), "200001012384", "8800012"))
+        .await;
+
+    // show: the case, its events and its steps, as a table and as JSON.
+    let shown = etkctl(&app, &["cases", "show", &a]).await;
+    assert_exit(&shown, 0);
+    let text = stdout(&shown);
+    assert!(
+        text.contains("TIMELINE") && text.contains("STEPS"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("1 ") && l.contains("accepted")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("191212121212") && !text.contains("Tolvan"),
+        "{text}"
+    );
+    let shown = json(&etkctl(&app, &["cases", "show", &a, "-o", "json"]).await);
+    assert_eq!(shown["case"]["id"], a.as_str());
+    assert_eq!(shown["case"]["state"], "ACCEPTED");
+    assert_eq!(shown["events"][0]["kind"], "accepted");
+    assert!(
+        shown["chain_head"]["sequence"].as_i64() >= Some(1),
+        "{shown}"
+    );
+    assert!(
+        !shown["steps"].as_array().expect("steps").is_empty(),
+        "{shown}"
+    );
+    let missing = uuid::Uuid::now_v7().to_string();
+    assert_exit(&etkctl(&app, &["cases", "show", &missing]).await, 3);
+
+    // list with filters.
+    let listed = json(
+        &etkctl(
+            &app,
+            &["cases", "list", "--state", "accepted", "-o", "json"],
+        )
+        .await,
+    );
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![a.as_str(), b.as_str()]);
+    let other_unit = crate::helpers::unit_b();
+    let none = json(
+        &etkctl(
+            &app,
+            &["cases", "list", "--care-unit", &other_unit, "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(none.as_array().map(Vec::len), Some(0), "{none}");
+    let limited = json(&etkctl(&app, &["cases", "list", "--limit", "1", "-o", "json"]).await);
+    assert_eq!(limited.as_array().map(Vec::len), Some(1), "{limited}");
+
+    // An untouched database verifies.
+    let verified = etkctl(&app, &["audit", "verify", "-o", "json"]).await;
+    assert_exit(&verified, 0);
+    let v = json(&verified);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["cases_checked"].as_i64() >= Some(2), "{v}");
+
+    // export: JSON of the events with their hashes and the chain head; no personal data.
+    let exported = etkctl(&app, &["audit", "export", &a]).await;
+    assert_exit(&exported, 0);
+    let record = json(&exported);
+    assert!(record.is_object(), "{record}");
+    let raw = stdout(&exported);
+    assert!(raw.contains(&a), "{raw}");
+    assert!(
+        !raw.contains("191212121212") && !raw.contains("Tolvan"),
+        "{raw}"
+    );
+    // The record keeper's export needs a justification (usage, exit 2).
+    assert_exit(
+        &etkctl(&app, &["audit", "export", &a, "--for-record-keeper"]).await,
+        2,
+    );
+
+    // cancel: before the report went out, with a justification.
+    let cancelled = etkctl(
+        &app,
+        &[
+            "cases",
+            "cancel",
+            &a,
+            "--justification",
+            "reported twice",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_exit(&cancelled, 0);
+    assert_eq!(json(&cancelled)["state"], "CANCELLED");
+    let gone = etkctl(&app, &["cases", "cancel", &missing, "--justification", "x"]).await;
+    assert_exit(&gone, 3);
+
+    // A rewritten event: verify names the case and exits 4; the other case still verifies.
+    rewrite_first_event(&app, &b).await;
+    let broken = etkctl(&app, &["audit", "verify"]).await;
+    assert_exit(&broken, 4);
+    assert!(
+        stdout(&broken).lines().any(|l| l.starts_with(&b)),
+        "{}",
+        stdout(&broken)
+    );
+    assert!(
+        !stdout(&broken).lines().any(|l| l.starts_with(&a)),
+        "{}",
+        stdout(&broken)
+    );
+    assert!(stderr(&broken).contains("broken"), "{}", stderr(&broken));
+    assert_exit(&etkctl(&app, &["audit", "verify", "--case", &a]).await, 0);
+    let one = etkctl(&app, &["audit", "verify", "--case", &b, "-o", "json"]).await;
+    assert_exit(&one, 4);
+    let one = json(&one);
+    assert_eq!(one["ok"], false);
+    assert_eq!(one["broken"][0]["id"], b.as_str(), "{one}");
+    assert_eq!(one["broken"][0]["sequence"], 1, "{one}");
+}

@@ -333,6 +333,12 @@ async fn an_operator_reads_a_timeline_lists_cancels_verifies_and_exports() {
     // An untouched database verifies.
     let verified = etkctl(&app, &["audit", "verify", "-o", "json"]).await;
     assert_exit(&verified, 0);
+    // No progress bar into a pipe: stderr is not a terminal here.
+    assert!(
+        !stderr(&verified).contains('\r') && !stderr(&verified).contains("cases verified"),
+        "{}",
+        stderr(&verified)
+    );
     let v = json(&verified);
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["cases_checked"].as_i64() >= Some(2), "{v}");

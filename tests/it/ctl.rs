@@ -402,3 +402,25 @@ async fn an_operator_reads_a_timeline_lists_cancels_verifies_and_exports() {
     assert_eq!(one["broken"][0]["id"], b.as_str(), "{one}");
     assert_eq!(one["broken"][0]["sequence"], 1, "{one}");
 }
+
+/// Next to `serve --dev` (the real binary, its data in `./dev-data`), `etkctl` needs only the
+/// address (the dev listen address is taken when the default port is free; tests use port 0):
+/// certificate, key and CA come from `./dev-data`, and the server's IP address is verified
+/// against its certificate without a TLS name.
+#[tokio::test]
+async fn next_to_a_dev_gateway_only_the_address_is_needed() {
+    crate::helpers::install_crypto();
+    let cwd = tempfile::tempdir().expect("dir");
+    let server = crate::launcher::Server::start(&cwd.path().join("dev-data"), &[]);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_etkctl"))
+        .args(["--address", &server.addr, "cases", "list", "-o", "json"])
+        .current_dir(cwd.path())
+        .env("HOME", cwd.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .await
+        .expect("run etkctl");
+    assert_exit(&out, 0);
+    assert_eq!(json(&out), serde_json::json!([]));
+    server.terminate();
+}

@@ -213,7 +213,8 @@ pub enum CtlError {
     Status(#[from] tonic::Status),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
-    /// A finding, not a failure of the tool (the message was printed already).
+    /// A finding, not a failure of the tool (e.g. a broken audit chain); its details went
+    /// to stdout, the message goes to stderr.
     #[error("{message}")]
     Finding { exit: Exit, message: String },
 }
@@ -567,4 +568,52 @@ fn duration(d: std::time::Duration) -> prost_types::Duration {
 /// Unix seconds now (for ages).
 fn now() -> i64 {
     crate::clock::now().unix_seconds()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_answer_has_its_exit_code() {
+        assert_eq!(Exit::of(Code::Ok), Exit::Ok);
+        assert_eq!(Exit::of(Code::InvalidArgument), Exit::Usage);
+        assert_eq!(Exit::of(Code::NotFound), Exit::NotFound);
+        for c in [Code::FailedPrecondition, Code::Aborted, Code::AlreadyExists] {
+            assert_eq!(Exit::of(c), Exit::Refused, "{c:?}");
+        }
+        for c in [Code::PermissionDenied, Code::Unauthenticated] {
+            assert_eq!(Exit::of(c), Exit::NotAuthorized, "{c:?}");
+        }
+        for c in [
+            Code::Unavailable,
+            Code::Internal,
+            Code::Unknown,
+            Code::DeadlineExceeded,
+        ] {
+            assert_eq!(Exit::of(c), Exit::Error, "{c:?}");
+        }
+        let codes = [
+            Exit::Ok,
+            Exit::Error,
+            Exit::Usage,
+            Exit::NotFound,
+            Exit::ChainBroken,
+            Exit::Refused,
+            Exit::NotAuthorized,
+        ];
+        assert_eq!(codes.map(|e| e as u8), [0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_status_reads_as_its_message_code_and_reason() {
+        let s = crate::api::error::status(
+            crate::api::error::Reason::CaseNotFound,
+            "deregistration not found",
+        );
+        assert_eq!(
+            status_text(&s),
+            "deregistration not found (NOT_FOUND, reason CASE_NOT_FOUND)"
+        );
+    }
 }

@@ -257,6 +257,7 @@ where
         }
         let limit =
             grpc_timeout(req.headers()).map_or(self.layer.timeout, |t| t.min(self.layer.timeout));
+        let console = name == names::CONSOLE;
         let mut done = Completion {
             span: span.clone(),
             hook: self.layer.hook.clone(),
@@ -279,7 +280,7 @@ where
                 // An error is trailers-only: its status is in the headers. Otherwise it comes
                 // in the trailers at the end of the body.
                 done.status_from(&parts.headers);
-                if !is_grpc(&parts.headers) {
+                if console && !is_grpc(&parts.headers) {
                     // The console's pages: their outcome is their HTTP status.
                     done.code = Some(http_outcome(parts.status));
                 }

@@ -200,8 +200,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     config,
                 },
         } => {
-            let (_, privacy) = audit_sections(dev, &data_dir, config.as_deref())?;
-            let vault = load_vault(&privacy)?;
+            let vault =
+                load_vault(&audit_layers(dev, &data_dir, config.as_deref())?.section("privacy")?)?;
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let record = AuditRecord::from_json(&text)?;
@@ -218,11 +218,21 @@ fn audit_sections(
     data_dir: &Path,
     config: Option<&Path>,
 ) -> Result<(DatabaseSettings, PrivacySettings), Box<dyn std::error::Error>> {
-    let mut layers = Layers::new(config)?;
-    if dev {
-        layers = apply_dev(layers, data_dir)?;
-    }
+    let layers = audit_layers(dev, data_dir, config)?;
     Ok((layers.section("database")?, layers.section("privacy")?))
+}
+
+fn audit_layers(
+    dev: bool,
+    data_dir: &Path,
+    config: Option<&Path>,
+) -> Result<Layers, Box<dyn std::error::Error>> {
+    let layers = Layers::new(config)?;
+    Ok(if dev {
+        apply_dev(layers, data_dir)?
+    } else {
+        layers
+    })
 }
 
 /// Verifies the chains in the database, read-only: no migration, no anchoring (a database

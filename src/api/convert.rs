@@ -452,7 +452,8 @@ pub fn broken_out(id: &CaseId, b: &crate::storage::BrokenLink) -> pb::BrokenAudi
         P::HashMismatch => pb::AuditChainProblem::HashMismatch,
         P::SequenceGap => pb::AuditChainProblem::SequenceGap,
         P::UnknownKey => pb::AuditChainProblem::UnknownKey,
-        P::LegacyAfterKeyed | P::UnanchoredLegacy => pb::AuditChainProblem::LegacyAfterKeyed,
+        P::LegacyAfterKeyed => pb::AuditChainProblem::LegacyAfterKeyed,
+        P::UnanchoredLegacy => pb::AuditChainProblem::UnanchoredLegacy,
         P::HeadMismatch => pb::AuditChainProblem::HeadMismatch,
     };
     pb::BrokenAuditChain {

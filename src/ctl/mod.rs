@@ -5,8 +5,9 @@
 //!
 //! Exit codes (scripts may rely on them; see docs/operations.md):
 //! 0 done; 1 error (connection, TLS, server); 2 usage (bad flags or arguments, also an
-//! argument the gateway refuses as invalid); 3 no such case; 4 an audit chain is broken;
-//! 5 the case's state does not allow the action; 6 the certificate is not an operator's.
+//! argument the gateway refuses as invalid); 3 an audit chain is broken (as the gateway's own
+//! offline `audit verify`); 4 no such case; 5 the case's state does not allow the action;
+//! 6 the certificate is not an operator's.
 
 pub mod render;
 pub mod target;
@@ -29,8 +30,8 @@ pub enum Exit {
     Ok = 0,
     Error = 1,
     Usage = 2,
-    NotFound = 3,
-    ChainBroken = 4,
+    ChainBroken = 3,
+    NotFound = 4,
     Refused = 5,
     NotAuthorized = 6,
 }
@@ -64,7 +65,7 @@ impl Exit {
                   retries, resolves or cancels them, verifies and exports the audit trail. \
                   Connects over mutual TLS with an operator certificate; with no connection \
                   flags it uses the dev gateway of `etjanstekort-gateway serve --dev`.\n\n\
-                  Exit codes: 0 done, 1 error, 2 usage, 3 no such case, 4 audit chain broken, \
+                  Exit codes: 0 done, 1 error, 2 usage, 3 audit chain broken, 4 no such case, \
                   5 the case's state does not allow it, 6 not an operator's certificate."
 )]
 pub struct Cli {
@@ -146,7 +147,7 @@ pub enum CasesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verifies the keyed audit chain of one case or of every case; exit code 4 when a chain
+    /// Verifies the keyed audit chain of one case or of every case; exit code 3 when a chain
     /// is broken (each broken case is named with its first broken link).
     Verify {
         /// Only this case (default: every case).
@@ -597,8 +598,8 @@ mod tests {
             Exit::Ok,
             Exit::Error,
             Exit::Usage,
-            Exit::NotFound,
             Exit::ChainBroken,
+            Exit::NotFound,
             Exit::Refused,
             Exit::NotAuthorized,
         ];

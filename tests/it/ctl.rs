@@ -162,7 +162,7 @@ async fn exit_codes_tell_not_found_bad_input_and_a_wrong_certificate_apart() {
     })
     .await;
     let missing = uuid::Uuid::now_v7().to_string();
-    assert_exit(&etkctl(&app, &["cases", "retry", &missing]).await, 3);
+    assert_exit(&etkctl(&app, &["cases", "retry", &missing]).await, 4);
     let bad = etkctl(&app, &["cases", "retry", "not-a-case-id"]).await;
     assert_exit(&bad, 2);
     assert!(
@@ -197,7 +197,7 @@ async fn connection_settings_come_from_flags_env_a_profile_or_the_dev_data_dir()
     // Nothing but the address: the operator identity and CA of the dev data directory.
     assert_exit(
         &etkctl_env(&app, &["cases", "retry", &missing], &[]).await,
-        3,
+        4,
     );
 
     // A profile naming provider-a's certificate: used (so refused as no operator) ...
@@ -222,7 +222,7 @@ async fn connection_settings_come_from_flags_env_a_profile_or_the_dev_data_dir()
         ],
     )
     .await;
-    assert_exit(&by_env, 3);
+    assert_exit(&by_env, 4);
     // The default profile place ($HOME/.config/etkctl/profile.toml) is read too.
     let default = app.dir.path().join(".config/etkctl");
     std::fs::create_dir_all(&default).unwrap();
@@ -301,7 +301,7 @@ async fn an_operator_reads_a_timeline_lists_cancels_verifies_and_exports() {
         "{shown}"
     );
     let missing = uuid::Uuid::now_v7().to_string();
-    assert_exit(&etkctl(&app, &["cases", "show", &missing]).await, 3);
+    assert_exit(&etkctl(&app, &["cases", "show", &missing]).await, 4);
 
     // list with filters.
     let listed = json(
@@ -377,12 +377,12 @@ async fn an_operator_reads_a_timeline_lists_cancels_verifies_and_exports() {
     assert_exit(&cancelled, 0);
     assert_eq!(json(&cancelled)["state"], "CANCELLED");
     let gone = etkctl(&app, &["cases", "cancel", &missing, "--justification", "x"]).await;
-    assert_exit(&gone, 3);
+    assert_exit(&gone, 4);
 
     // A rewritten event: verify names the case and exits 4; the other case still verifies.
     rewrite_first_event(&app, &b).await;
     let broken = etkctl(&app, &["audit", "verify"]).await;
-    assert_exit(&broken, 4);
+    assert_exit(&broken, 3);
     assert!(
         stdout(&broken).lines().any(|l| l.starts_with(&b)),
         "{}",
@@ -396,7 +396,7 @@ async fn an_operator_reads_a_timeline_lists_cancels_verifies_and_exports() {
     assert!(stderr(&broken).contains("broken"), "{}", stderr(&broken));
     assert_exit(&etkctl(&app, &["audit", "verify", "--case", &a]).await, 0);
     let one = etkctl(&app, &["audit", "verify", "--case", &b, "-o", "json"]).await;
-    assert_exit(&one, 4);
+    assert_exit(&one, 3);
     let one = json(&one);
     assert_eq!(one["ok"], false);
     assert_eq!(one["broken"][0]["id"], b.as_str(), "{one}");

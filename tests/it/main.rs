@@ -2,6 +2,7 @@
 
 mod admin;
 mod api;
+mod audit;
 mod auth;
 mod console;
 mod ctl;

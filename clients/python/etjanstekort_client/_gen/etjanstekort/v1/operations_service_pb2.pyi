@@ -40,6 +40,7 @@ class AuditChainProblem(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_CHAIN_PROBLEM_UNKNOWN_KEY: _ClassVar[AuditChainProblem]
     AUDIT_CHAIN_PROBLEM_LEGACY_AFTER_KEYED: _ClassVar[AuditChainProblem]
     AUDIT_CHAIN_PROBLEM_HEAD_MISMATCH: _ClassVar[AuditChainProblem]
+    AUDIT_CHAIN_PROBLEM_UNANCHORED_LEGACY: _ClassVar[AuditChainProblem]
 
 class ExportPurpose(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -63,6 +64,7 @@ AUDIT_CHAIN_PROBLEM_SEQUENCE_GAP: AuditChainProblem
 AUDIT_CHAIN_PROBLEM_UNKNOWN_KEY: AuditChainProblem
 AUDIT_CHAIN_PROBLEM_LEGACY_AFTER_KEYED: AuditChainProblem
 AUDIT_CHAIN_PROBLEM_HEAD_MISMATCH: AuditChainProblem
+AUDIT_CHAIN_PROBLEM_UNANCHORED_LEGACY: AuditChainProblem
 EXPORT_PURPOSE_UNSPECIFIED: ExportPurpose
 EXPORT_PURPOSE_PSEUDONYMIZED: ExportPurpose
 EXPORT_PURPOSE_RECORD_KEEPER: ExportPurpose

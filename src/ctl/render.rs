@@ -52,14 +52,14 @@ impl Table {
         }
         let mut out = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
-            let last = row.len().saturating_sub(1);
+            let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
-                out.push_str(cell);
-                if i < last {
-                    let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count();
-                    out.extend(std::iter::repeat_n(' ', pad + 2));
-                }
+                line.push_str(cell);
+                let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count();
+                line.extend(std::iter::repeat_n(' ', pad + 2));
             }
+            // No trailing blanks (empty last columns included).
+            out.push_str(line.trim_end());
             out.push('\n');
         }
         out
@@ -510,9 +510,10 @@ mod tests {
         let mut t = Table::new(&["ID", "STATE"]);
         t.row(vec!["a".into(), "X".into()]);
         t.row(vec!["long-id".into(), "evil\x1b[2Jtext".into()]);
+        t.row(vec!["b".into(), String::new()]);
         assert_eq!(
             t.render(),
-            "ID       STATE\na        X\nlong-id  evil\\u{1b}[2Jtext\n"
+            "ID       STATE\na        X\nlong-id  evil\\u{1b}[2Jtext\nb\n"
         );
     }
 

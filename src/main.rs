@@ -144,6 +144,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 announce(
                     app.local_addr(),
                     app.admin_addr(),
+                    app.console_enabled(),
                     dev.then_some(data_dir.as_path()),
                 );
                 app.run(shutdown_signal()).await?;
@@ -329,10 +330,13 @@ fn apply_dev(layers: Layers, data_dir: &Path) -> Result<Layers, Box<dyn std::err
 const DEV_ADMIN: &str = "127.0.0.1:9464";
 
 #[allow(clippy::print_stdout)]
-fn announce(addr: SocketAddr, admin: Option<SocketAddr>, dev_dir: Option<&Path>) {
+fn announce(addr: SocketAddr, admin: Option<SocketAddr>, console: bool, dev_dir: Option<&Path>) {
     println!("etjanstekort-gateway listening on {addr}");
     if let Some(a) = admin {
         println!("admin listener on http://{a} (/metrics, /livez, /readyz)");
+    }
+    if console {
+        println!("operator console on https://{addr}/console (operator certificates only)");
     }
     if let Some(dir) = dev_dir {
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
@@ -342,6 +346,10 @@ fn announce(addr: SocketAddr, admin: Option<SocketAddr>, dev_dir: Option<&Path>)
         println!("  try (with grpcurl installed):");
         println!(
             "    grpcurl -cacert {d}/certs/ca.pem -cert {d}/certs/provider-a.pem -key {d}/certs/provider-a.key \\\n      -import-path proto -proto etjanstekort/v1/deregistration_service.proto \\\n      {addr} etjanstekort.v1.DeregistrationService/ListDeregistrations"
+        );
+        // etkctl's defaults are this data directory's operator identity and 127.0.0.1:50051.
+        println!(
+            "  operators: etkctl --dev-data-dir {d} --address https://{addr} cases list --needs-attention"
         );
     }
 }

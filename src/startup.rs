@@ -180,6 +180,8 @@ pub struct App {
     probes: Connectors,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    /// Whether the operator console is served (`[console] enabled`).
+    console: bool,
     probe_every: Duration,
     /// How often every audit chain is verified (zero: never).
     audit_every: Duration,
@@ -328,6 +330,7 @@ impl App {
             probes,
             health,
             grace: config.server.shutdown_grace,
+            console: config.console.enabled,
             probe_every: config
                 .server
                 .health_probe
@@ -338,6 +341,11 @@ impl App {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the operator console is served at `/console` on the gRPC listener.
+    pub fn console_enabled(&self) -> bool {
+        self.console
     }
 
     /// The admin listener's bound address (`/metrics`, `/livez`, `/readyz`), if it is on.

@@ -412,6 +412,7 @@ async fn next_to_a_dev_gateway_only_the_address_is_needed() {
     crate::helpers::install_crypto();
     let cwd = tempfile::tempdir().expect("dir");
     let server = crate::launcher::Server::start(&cwd.path().join("dev-data"), &[]);
+    let server_addr = server.addr.clone();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_etkctl"))
         .args(["--address", &server.addr, "cases", "list", "-o", "json"])
         .current_dir(cwd.path())
@@ -422,5 +423,17 @@ async fn next_to_a_dev_gateway_only_the_address_is_needed() {
         .expect("run etkctl");
     assert_exit(&out, 0);
     assert_eq!(json(&out), serde_json::json!([]));
-    server.terminate();
+    // The gateway tells the developer where the console is and how to call etkctl.
+    let printed = server.terminate();
+    assert!(
+        printed.contains(&format!(
+            "operator console on https://{}/console",
+            server_addr
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("operators: etkctl --dev-data-dir "),
+        "{printed}"
+    );
 }

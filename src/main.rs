@@ -253,7 +253,9 @@ async fn audit_verify(
         vault,
     )
     .await?;
-    store.ping().await?;
+    store.ping().await.map_err(|e| {
+        format!("the database is unreachable or not migrated to this build (run `migrate`): {e}")
+    })?;
     let store: std::sync::Arc<dyn CaseStore> = std::sync::Arc::new(store);
     let mut walk = match case_id {
         Some(raw) => Walk::one(

@@ -547,3 +547,59 @@ pub fn required_text(field: &str, raw: &str) -> Result<FreeText, ApiError> {
 pub fn free_text(field: &str, raw: &str) -> Result<FreeText, ApiError> {
     FreeText::parse(raw).map_err(|e| ApiError::invalid(field, e.code(), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StepView;
+
+    fn step(status: &str, last_error: Option<&str>) -> StepView {
+        StepView {
+            key: "k".into(),
+            step: "report".into(),
+            status: status.into(),
+            attempts: 2,
+            last_error: last_error.map(str::to_owned),
+            due_at: Timestamp(1_700_000_000_000_000),
+            leased: false,
+            created_at: Timestamp(1_699_000_000_000_000),
+            updated_at: Timestamp(1_700_000_000_000_000),
+        }
+    }
+
+    #[test]
+    fn a_step_shows_its_error_class_and_a_due_time_only_while_pending() {
+        let retrying = step_out(&step("pending", Some("connection refused")));
+        assert_eq!(retrying.status, pb::StepStatus::Pending as i32);
+        assert_eq!(retrying.last_error_class, pb::ErrorClass::Retryable as i32);
+        assert_eq!(retrying.last_error, "connection refused");
+        assert!(retrying.next_due_time.is_some());
+        let failed = step_out(&step("failed", Some("550 no such user")));
+        assert_eq!(failed.status, pb::StepStatus::Failed as i32);
+        assert_eq!(failed.last_error_class, pb::ErrorClass::Terminal as i32);
+        assert!(failed.next_due_time.is_none());
+        let fresh = step_out(&step("pending", None));
+        assert_eq!(fresh.last_error_class, pb::ErrorClass::Unspecified as i32);
+        assert_eq!(fresh.attempts, 2);
+        let done = step_out(&step("done", None));
+        assert_eq!(done.status, pb::StepStatus::Done as i32);
+        assert!(done.next_due_time.is_none());
+        assert_eq!(
+            step_out(&step("cancelled", None)).status,
+            pb::StepStatus::Cancelled as i32
+        );
+    }
+
+    #[test]
+    fn an_age_is_taken_from_now_and_never_negative() {
+        let now = Timestamp(10_000_000);
+        let age = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(age_bound("a", None, now).unwrap(), None);
+        assert_eq!(
+            age_bound("a", Some(&age(3, 500_000_000)), now).unwrap(),
+            Some(Timestamp(6_500_000))
+        );
+        assert!(age_bound("a", Some(&age(-1, 0)), now).is_err());
+        assert!(age_bound("a", Some(&age(0, -1)), now).is_err());
+    }
+}

@@ -498,6 +498,32 @@ async fn legacy_trails_are_anchored_on_postgres() {
     legacy_trails_are_anchored(TestDb::postgres().await).await;
 }
 
+/// The walk pages through every case (more than one page of ids).
+#[tokio::test]
+async fn the_walk_reaches_every_case() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = TestDb::sqlite(dir.path());
+    let store = open(&db).await;
+    let n = 205;
+    for i in 0..n {
+        store
+            .create(new_case(&format!("{}", 7_000_000 + i)))
+            .await
+            .expect("create");
+    }
+    let store: Arc<dyn CaseStore> = Arc::new(store);
+    let mut walk = Walk::all(store).await.expect("walk");
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(next) = walk.next().await {
+        let (id, report) = next.expect("verify");
+        assert_eq!(report.broken, None);
+        seen.insert(id.to_string());
+    }
+    assert_eq!(seen.len(), n);
+    let p = walk.progress();
+    assert_eq!((p.checked, p.total, p.events, p.broken), (205, 205, 205, 0));
+}
+
 async fn app_on(dir: &tempfile::TempDir, audit_every: Option<f64>) -> (TestApp, TestDb) {
     let db = TestDb::sqlite(dir.path());
     let app = spawn_app_opts(Options {

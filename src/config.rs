@@ -18,6 +18,7 @@ use crate::auth::AuthSettings;
 use crate::connectors::simulated::SimulatedSettings;
 use crate::connectors::smtp::SmtpSettings;
 use crate::connectors::{KivSettings, NotifierSettings, TjansteIdSettings};
+use crate::console::ConsoleSettings;
 use crate::engine::EngineSettings;
 use crate::privacy::PrivacySettings;
 use crate::retention::RetentionSettings;
@@ -52,7 +53,9 @@ pub struct Config {
     pub smtp: Option<SmtpSettings>,
     pub simulated: SimulatedSettings,
     pub admin: AdminSettings,
+    pub console: ConsoleSettings,
     pub telemetry: TelemetrySettings,
+    pub audit: crate::verifier::AuditSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,7 @@ impl Layers {
         }
         let checks = [
             ("api", c.api.validate()),
+            ("console", c.console.validate()),
             ("engine", c.engine.validate()),
             ("privacy", c.privacy.validate()),
             ("retention", c.retention.validate()),

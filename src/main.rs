@@ -5,14 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use etjanstekort_gateway::audit_record::AuditRecord;
 use etjanstekort_gateway::config::Layers;
 use etjanstekort_gateway::devcerts;
+use etjanstekort_gateway::domain::CaseId;
 use etjanstekort_gateway::privacy::PrivacySettings;
 use etjanstekort_gateway::privacy::Vault;
 use etjanstekort_gateway::retention::RetentionSettings;
 use etjanstekort_gateway::startup::{App, load_vault, open_store};
-use etjanstekort_gateway::storage::{CaseStore, DatabaseSettings, SeaStore};
+use etjanstekort_gateway::storage::{
+    CaseStore, ChainKeys, ChainReport, DatabaseSettings, SeaStore,
+};
 use etjanstekort_gateway::telemetry::{Telemetry, TelemetrySettings};
+use etjanstekort_gateway::verifier::Walk;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +66,11 @@ enum Command {
     CheckConfig {
         #[arg(long, env = "ETK_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// The audit trail, read from the database directly (no running gateway needed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Retention of ended cases (docs/privacy.md).
     Retention {
@@ -127,6 +137,39 @@ enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify every case's keyed audit chain (or one case's); read-only. Prints each broken case
+    /// with its first broken link; exit status 0 when all verify, 3 when a chain is broken,
+    /// 1 when the check could not run.
+    Verify {
+        #[arg(long)]
+        dev: bool,
+        #[arg(long, default_value = "./dev-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "ETK_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this case.
+        #[arg(long = "case")]
+        case_id: Option<String>,
+    },
+    /// Verify an exported audit record (ExportAuditRecord's JSON) against its chain head, with
+    /// the gateway's key. Exit status as for `verify`.
+    VerifyExport {
+        /// The exported JSON file.
+        file: PathBuf,
+        #[arg(long)]
+        dev: bool,
+        #[arg(long, default_value = "./dev-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "ETK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `audit verify`'s exit status when a chain is broken (1 is kept for "could not run").
+const EXIT_BROKEN: u8 = 3;
+
 fn main() -> ExitCode {
     // One process-wide TLS crypto provider (ring), chosen before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -139,7 +182,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => fail(&*e),
     }
 }
@@ -156,7 +199,7 @@ fn fail(e: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve {
             dev,
@@ -181,6 +224,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 announce(
                     app.local_addr(),
                     app.admin_addr(),
+                    app.console_enabled(),
                     dev.then_some(data_dir.as_path()),
                 );
                 app.run(shutdown_signal()).await?;
@@ -191,7 +235,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             telemetry.shutdown().await;
             served?;
             tracing::info!("stopped");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate {
             dev,
@@ -215,15 +259,134 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .await;
             telemetry.shutdown().await;
             migrated?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
             // No telemetry: nothing is logged or exported, the verdict goes to stdout/stderr.
             Layers::new(config.as_deref())?.config()?;
             config_ok(config.as_deref());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        command @ (Command::Retention { .. } | Command::Keys { .. }) => maintenance(command).await,
+        command @ (Command::Retention { .. } | Command::Keys { .. }) => {
+            maintenance(command).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    dev,
+                    data_dir,
+                    config,
+                    case_id,
+                },
+        } => {
+            let (database, privacy) = audit_sections(dev, &data_dir, config.as_deref())?;
+            audit_verify(&database, &privacy, case_id.as_deref()).await
+        }
+        Command::Audit {
+            command:
+                AuditCommand::VerifyExport {
+                    file,
+                    dev,
+                    data_dir,
+                    config,
+                },
+        } => {
+            let vault =
+                load_vault(&audit_layers(dev, &data_dir, config.as_deref())?.section("privacy")?)?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let record = AuditRecord::from_json(&text)?;
+            let report = record.verify(&ChainKeys::new(&vault))?;
+            Ok(print_report(&record.case.id, &report))
+        }
+    }
+}
+
+/// The two sections the audit commands need (no TLS, principals or connectors); dev mode
+/// points them at the dev data directory.
+fn audit_sections(
+    dev: bool,
+    data_dir: &Path,
+    config: Option<&Path>,
+) -> Result<(DatabaseSettings, PrivacySettings), Box<dyn std::error::Error>> {
+    let layers = audit_layers(dev, data_dir, config)?;
+    Ok((layers.section("database")?, layers.section("privacy")?))
+}
+
+fn audit_layers(
+    dev: bool,
+    data_dir: &Path,
+    config: Option<&Path>,
+) -> Result<Layers, Box<dyn std::error::Error>> {
+    let layers = Layers::new(config)?;
+    Ok(if dev {
+        apply_dev(layers, data_dir)?
+    } else {
+        layers
+    })
+}
+
+/// Verifies the chains in the database, read-only: no migration, no anchoring (a database
+/// whose schema is behind this build is refused).
+#[allow(clippy::print_stdout)] // the command's output
+async fn audit_verify(
+    database: &DatabaseSettings,
+    privacy: &PrivacySettings,
+    case_id: Option<&str>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use secrecy::ExposeSecret;
+    let vault = std::sync::Arc::new(load_vault(privacy)?);
+    let store = SeaStore::connect(
+        database.url.expose_secret(),
+        database.max_connections,
+        database.acquire_timeout,
+        vault,
+    )
+    .await?;
+    store.ping().await.map_err(|e| {
+        format!("the database is unreachable or not migrated to this build (run `migrate`): {e}")
+    })?;
+    let store: std::sync::Arc<dyn CaseStore> = std::sync::Arc::new(store);
+    let mut walk = match case_id {
+        Some(raw) => Walk::one(
+            store,
+            CaseId::parse(raw).ok_or_else(|| format!("--case {raw:?} is not a case id"))?,
+        ),
+        None => Walk::all(store).await?,
+    };
+    let mut broken = 0u64;
+    while let Some(next) = walk.next().await {
+        let (id, report) = next?;
+        if print_report(&id.to_string(), &report) != ExitCode::SUCCESS {
+            broken += 1;
+        }
+    }
+    let p = walk.progress();
+    println!(
+        "{} case(s) verified, {} event(s) ({} legacy), {broken} broken",
+        p.checked, p.events, p.legacy
+    );
+    Ok(if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BROKEN)
+    })
+}
+
+/// Prints a broken chain as `BROKEN <case id> event <n> <problem>: <detail>`.
+#[allow(clippy::print_stdout)] // the command's output
+fn print_report(case_id: &str, report: &ChainReport) -> ExitCode {
+    match &report.broken {
+        Some(b) => {
+            println!(
+                "BROKEN {case_id} event {} {}: {}",
+                b.sequence,
+                b.problem.as_str(),
+                b.detail
+            );
+            ExitCode::from(EXIT_BROKEN)
+        }
+        None => ExitCode::SUCCESS,
     }
 }
 
@@ -239,7 +402,10 @@ async fn maintenance(command: Command) -> Result<(), Box<dyn std::error::Error>>
                 | KeysCommand::Reencrypt { target, .. }
                 | KeysCommand::ExportPseudonymKey { target, .. },
         } => target,
-        Command::Serve { .. } | Command::Migrate { .. } | Command::CheckConfig { .. } => {
+        Command::Serve { .. }
+        | Command::Migrate { .. }
+        | Command::CheckConfig { .. }
+        | Command::Audit { .. } => {
             return Ok(());
         }
     };
@@ -281,7 +447,10 @@ async fn maintenance(command: Command) -> Result<(), Box<dyn std::error::Error>>
                 let vault = load_vault(&layers.section("privacy")?)?;
                 export_pseudonym_key(&vault, &out)
             }
-            Command::Serve { .. } | Command::Migrate { .. } | Command::CheckConfig { .. } => Ok(()),
+            Command::Serve { .. }
+            | Command::Migrate { .. }
+            | Command::CheckConfig { .. }
+            | Command::Audit { .. } => Ok(()),
         }
     }
     .await;
@@ -435,10 +604,13 @@ fn apply_dev(layers: Layers, data_dir: &Path) -> Result<Layers, Box<dyn std::err
 const DEV_ADMIN: &str = "127.0.0.1:9464";
 
 #[allow(clippy::print_stdout)]
-fn announce(addr: SocketAddr, admin: Option<SocketAddr>, dev_dir: Option<&Path>) {
+fn announce(addr: SocketAddr, admin: Option<SocketAddr>, console: bool, dev_dir: Option<&Path>) {
     println!("etjanstekort-gateway listening on {addr}");
     if let Some(a) = admin {
         println!("admin listener on http://{a} (/metrics, /livez, /readyz)");
+    }
+    if console {
+        println!("operator console on https://{addr}/console (operator certificates only)");
     }
     if let Some(dir) = dev_dir {
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
@@ -448,6 +620,10 @@ fn announce(addr: SocketAddr, admin: Option<SocketAddr>, dev_dir: Option<&Path>)
         println!("  try (with grpcurl installed):");
         println!(
             "    grpcurl -cacert {d}/certs/ca.pem -cert {d}/certs/provider-a.pem -key {d}/certs/provider-a.key \\\n      -import-path proto -proto etjanstekort/v1/deregistration_service.proto \\\n      {addr} etjanstekort.v1.DeregistrationService/ListDeregistrations"
+        );
+        // etkctl's defaults are this data directory's operator identity and 127.0.0.1:50051.
+        println!(
+            "  operators: etkctl --dev-data-dir {d} --address https://{addr} cases list --needs-attention"
         );
     }
 }

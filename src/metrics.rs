@@ -157,6 +157,8 @@ pub struct Metrics {
     db_pool: Family<StateLabels, Gauge>,
     retention_removed: Family<RetentionLabels, Counter>,
     retention_passes: Family<RetentionPassLabels, Counter>,
+    audit_broken_cases: Gauge,
+    audit_verifications: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -282,6 +284,18 @@ impl Metrics {
             "Retention job passes, by outcome (ok, failed)",
             retention_passes.clone(),
         );
+        let audit_broken_cases = Gauge::default();
+        registry.register(
+            "audit_chain_broken_cases",
+            "Cases whose audit chain did not verify in the last periodic verification",
+            audit_broken_cases.clone(),
+        );
+        let audit_verifications = Counter::default();
+        registry.register(
+            "audit_chain_verifications",
+            "Completed periodic verifications of every case's audit chain",
+            audit_verifications.clone(),
+        );
         Self {
             registry,
             rpc_requests,
@@ -300,6 +314,8 @@ impl Metrics {
             db_pool,
             retention_removed,
             retention_passes,
+            audit_broken_cases,
+            audit_verifications,
         }
     }
 
@@ -416,6 +432,12 @@ impl Metrics {
         self.outbox_lag.set(stats.oldest_due_age.as_secs_f64());
     }
 
+    /// A periodic verification of every audit chain finished and found `broken` cases.
+    pub fn audit_verified(&self, broken: u64) {
+        self.audit_broken_cases.set(clamp(broken));
+        self.audit_verifications.inc();
+    }
+
     pub fn set_pool(&self, pool: PoolStats) {
         for (state, n) in [("in_use", pool.in_use), ("idle", pool.idle)] {
             self.db_pool
@@ -489,6 +511,11 @@ fn served() -> &'static HashMap<&'static str, HashSet<&'static str>> {
                 }
             }
         }
+        // The console's pages (`crate::console`), one bounded name for all of them.
+        served
+            .entry(crate::rpc::names::CONSOLE.service)
+            .or_default()
+            .insert(crate::rpc::names::CONSOLE.method);
         served
     })
 }

@@ -228,7 +228,7 @@ impl MasterKey {
                 .map_err(|_| VaultError::BadKey)?;
             Ok(out)
         };
-        let audit = derive(b"audit-chain")?;
+        let audit = derive(b"etk audit chain v1")?;
         Ok(Self {
             cipher: Cipher::new(key_id_bytes(master), &derive(b"aead")?)?,
             audit: hmac::Key::new(hmac::HMAC_SHA256, &audit),

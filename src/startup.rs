@@ -36,7 +36,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
 use crate::rpc::{self, AuthLayer, RpcLayer};
-use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
+use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -69,6 +69,8 @@ pub enum StartError {
     Tls(#[from] tonic::transport::Error),
     #[error("connector: {0}")]
     Connector(String),
+    #[error("database: {0}")]
+    Store(#[from] crate::storage::StoreError),
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError> {
@@ -103,7 +105,24 @@ pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaS
             return Err(StartError::SchemaBehind(missing.join(", ")));
         }
     }
+    anchor_legacy_chains(&store).await?;
     Ok(store)
+}
+
+/// Covers trails from before the keyed chain (m0005) with a keyed link, once per case (see
+/// `storage::audit`). Idempotent: an anchored trail ends in a keyed link.
+async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
+    let meta = EventMeta {
+        actor: "system".into(),
+        trace_id: uuid::Uuid::new_v4().simple().to_string(),
+        at: crate::clock::now(),
+        detail: "legacy SHA-256 trail anchored in the keyed audit chain".into(),
+    };
+    let n = store.anchor_legacy_chains(meta).await?;
+    if n > 0 {
+        tracing::info!(cases = n, "legacy audit trails anchored in the keyed chain");
+    }
+    Ok(())
 }
 
 /// The keyring `[privacy]` describes (key files read, the current and pseudonym keys checked).
@@ -170,9 +189,13 @@ pub struct App {
     probes: Connectors,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    /// Whether the operator console is served (`[console] enabled`).
+    console: bool,
     probe_every: Duration,
     /// Brings other replicas' news (PostgreSQL); stopped with the app.
     relay: Option<Relay>,
+    /// How often every audit chain is verified (zero: never).
+    audit_every: Duration,
 }
 
 /// The relay task (`SeaStore::spawn_relay`), aborted when dropped.
@@ -286,6 +309,23 @@ impl App {
             .build_v1alpha()
             .map_err(reflection_err)?;
 
+        // The console's pages share the listener (and so mutual TLS and the auth layer, which
+        // admits operators only to `/console`); unknown paths still end in UNIMPLEMENTED.
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(DeregistrationServiceServer::new(api.clone()))
+            .add_service(HealthCareOfficeServiceServer::new(api.clone()))
+            .add_service(RevocationServiceServer::new(api.clone()))
+            .add_service(OperationsServiceServer::new(api));
+        let mut routes = routes.routes();
+        if config.console.enabled {
+            let console = crate::console::router(store.clone(), config.console.clone());
+            let grpc = std::mem::take(routes.axum_router_mut());
+            *routes.axum_router_mut() = grpc.merge(console);
+        }
         // Outermost first. The RPC layer wraps everything so that every call, denied or timed
         // out, has its span, its "request finished" line and its outcome; the timeout lives in
         // it (not `Server::timeout`, which sits outside user layers and would only drop the
@@ -299,13 +339,7 @@ impl App {
                 rpc_metrics(&metrics),
             ))
             .layer(AuthLayer::new(auth))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .add_service(DeregistrationServiceServer::new(api.clone()))
-            .add_service(HealthCareOfficeServiceServer::new(api.clone()))
-            .add_service(RevocationServiceServer::new(api.clone()))
-            .add_service(OperationsServiceServer::new(api));
+            .add_routes(routes);
         Ok(Self {
             addr,
             listener,
@@ -322,16 +356,23 @@ impl App {
             probes,
             health,
             grace: config.server.shutdown_grace,
+            console: config.console.enabled,
             probe_every: config
                 .server
                 .health_probe
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
             relay,
+            audit_every: config.audit.verify_interval,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the operator console is served at `/console` on the gRPC listener.
+    pub fn console_enabled(&self) -> bool {
+        self.console
     }
 
     /// The admin listener's bound address (`/metrics`, `/livez`, `/readyz`), if it is on.
@@ -388,6 +429,13 @@ impl App {
                 self.stats_every,
             ));
         }
+        let audit_verifier = (!self.audit_every.is_zero()).then(|| {
+            tokio::spawn(crate::verifier::run_periodic(
+                self.store.clone(),
+                self.metrics.clone(),
+                self.audit_every,
+            ))
+        });
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -440,6 +488,9 @@ impl App {
             }
         };
         prober.abort();
+        if let Some(v) = audit_verifier {
+            v.abort();
+        }
         // Whatever still runs is stopped; the leases this process still holds (a step
         // abandoned, a batch whose results could not be recorded) are given up at once, so
         // other replicas take those steps now rather than when the leases run out.

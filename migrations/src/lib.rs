@@ -7,6 +7,7 @@ mod m0001_cases;
 mod m0002_saga;
 mod m0003_head_notified;
 mod m0004_trace_parent;
+mod m0005_keyed_audit;
 mod m0006_retention;
 
 #[derive(Debug)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_saga::Migration),
             Box::new(m0003_head_notified::Migration),
             Box::new(m0004_trace_parent::Migration),
+            Box::new(m0005_keyed_audit::Migration),
             Box::new(m0006_retention::Migration),
         ]
     }

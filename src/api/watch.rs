@@ -124,6 +124,7 @@ mod tests {
                 trace_id: String::new(),
                 detail: String::new(),
                 hash: String::new(),
+                key_id: None,
             })
             .collect()
     }

@@ -23,8 +23,19 @@ fn required_role(path: &str) -> Option<Role> {
         pb::health_care_office_service_server::SERVICE_NAME => Some(Role::HealthCareOffice),
         pb::revocation_service_server::SERVICE_NAME => Some(Role::TjansteidService),
         pb::operations_service_server::SERVICE_NAME => Some(Role::Operator),
+        // The console's pages (`crate::console`): operators only, like their RPCs.
+        s if s == CONSOLE => Some(Role::Operator),
         _ => None,
     }
+}
+
+/// The first path segment of the console's pages.
+const CONSOLE: &str = "console";
+
+fn is_console(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|p| p.split('/').next())
+        .is_some_and(|s| s == CONSOLE)
 }
 
 /// The status a denial is answered with (messages name the rule, never personal data), with
@@ -101,7 +112,13 @@ where
             }
             Err(e) => {
                 tracing::info!(reason = %e, "request denied");
-                Box::pin(std::future::ready(Ok(denial(&e).into_http())))
+                // A browser gets a page (HTTP 403), a gRPC client its status.
+                let response = if is_console(req.uri().path()) {
+                    crate::console::forbidden()
+                } else {
+                    denial(&e).into_http()
+                };
+                Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
@@ -136,6 +153,11 @@ mod tests {
             Some(Role::Operator)
         );
         assert_eq!(role("/grpc.health.v1.Health/Check"), None);
+        // The console's pages, whatever follows the prefix; not a look-alike.
+        assert_eq!(role("/console"), Some(Role::Operator));
+        assert_eq!(role("/console/cases/x"), Some(Role::Operator));
+        assert_eq!(role("/consoles"), None);
+        assert!(is_console("/console/") && !is_console("/consoles/x"));
         assert_eq!(
             role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             None

@@ -105,6 +105,10 @@ impl Codec {
         self.vault.key_id()
     }
 
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
     /// How a caller's `request_id` is kept: a keyed digest, scoped to the caller. The id is the
     /// caller's free choice, so it is never stored in clear, whatever it may hide.
     pub(crate) fn request_key(&self, principal: &str, request_id: &str) -> String {
@@ -153,6 +157,7 @@ impl Codec {
             key_id: Set(Some(self.vault.key_id())),
             ended_at: Set(None),
             shredded_at: Set(None),
+            head_seal: Set(None),
         })
     }
 
@@ -389,6 +394,7 @@ pub(crate) fn event_row(e: &CaseEvent, prev_hash: String) -> case_events::Active
         detail: Set(e.detail.clone()),
         prev_hash: Set(prev_hash),
         hash: Set(e.hash.clone()),
+        key_id: Set(e.key_id.clone()),
     }
 }
 
@@ -403,6 +409,7 @@ pub(crate) fn event_of(row: case_events::Model) -> Result<CaseEvent, StoreError>
         trace_id: row.trace_id,
         detail: row.detail,
         hash: row.hash,
+        key_id: row.key_id,
     })
 }
 

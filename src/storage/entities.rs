@@ -43,6 +43,9 @@ pub(crate) mod cases {
         pub ended_at: Option<i64>,
         /// When its personal data was destroyed (m0006).
         pub shredded_at: Option<i64>,
+        /// `audit::head_seal` of (`last_seq`, `last_hash`) (m0005); NULL until the case's first
+        /// keyed event.
+        pub head_seal: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -69,6 +72,8 @@ pub(crate) mod case_events {
         pub detail: String,
         pub prev_hash: String,
         pub hash: String,
+        /// The key that made `hash` (m0005); NULL for legacy, plain SHA-256 events.
+        pub key_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

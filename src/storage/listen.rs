@@ -212,6 +212,7 @@ mod tests {
             trace_id: String::new(),
             detail: String::new(),
             hash: String::new(),
+            key_id: None,
         }
     }
 

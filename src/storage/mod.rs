@@ -41,7 +41,7 @@ use crate::domain::{
     State, Timestamp,
 };
 
-pub use audit::verify_chain;
+pub use audit::{BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
 pub use sea::SeaStore;
 pub use settings::{DatabaseSettings, Timing};
 
@@ -101,6 +101,10 @@ pub struct ListQuery {
     /// Also cases needing attention that stopped in one of `states` (e.g. an escalated case
     /// still awaits TjänsteID-service's outcome).
     pub include_attention_from: bool,
+    /// Only cases created at or before this instant.
+    pub created_before: Option<Timestamp>,
+    /// Only cases created at or after this instant.
+    pub created_after: Option<Timestamp>,
     /// Keyset pagination: only cases with a greater id (ids are time-ordered).
     pub after: Option<CaseId>,
     pub limit: u32,
@@ -138,6 +142,25 @@ pub enum WorkResult {
 pub struct Finished {
     pub work: Work,
     pub result: WorkResult,
+}
+
+/// One outbox row of a case, as the operators' timeline shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepView {
+    pub key: String,
+    /// The stored step name, e.g. `report_revocation`.
+    pub step: String,
+    /// `pending`, `done`, `failed` or `cancelled`.
+    pub status: String,
+    pub attempts: u32,
+    /// The last error's reason (no personal data: connectors redact at the source). On a
+    /// `pending` row it was retryable; on a `failed` row, terminal.
+    pub last_error: Option<String>,
+    pub due_at: Timestamp,
+    /// A worker holds the row (its lease may have run out).
+    pub leased: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// The database's view of all cases, for the gauges (the same on every replica).
@@ -360,6 +383,31 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
         after: Option<&CaseId>,
         limit: u32,
     ) -> Result<ReencryptBatch, StoreError>;
+    /// The audit chain head recorded on the case row (`NotFound` without the case).
+    async fn chain_head(&self, id: &CaseId) -> Result<ChainHead, StoreError>;
+
+    /// The case's trail and the head on its row, read in one snapshot (`NotFound` without the
+    /// case).
+    async fn audit_trail(&self, id: &CaseId) -> Result<(Vec<CaseEvent>, ChainHead), StoreError>;
+
+    /// Verifies the case's audit chain against the head on its row, with the store's chain keys,
+    /// reading both in one snapshot. `NotFound` without the case.
+    async fn verify_audit(&self, id: &CaseId) -> Result<ChainReport, StoreError>;
+
+    /// Every case id after `after`, in id order, at most `limit` (undecryptable cases too).
+    async fn case_ids(&self, after: Option<&CaseId>, limit: u32)
+    -> Result<Vec<CaseId>, StoreError>;
+
+    /// How many cases there are.
+    async fn count_cases(&self) -> Result<u64, StoreError>;
+
+    /// The case's outbox rows, in creation order.
+    async fn steps(&self, id: &CaseId) -> Result<Vec<StepView>, StoreError>;
+
+    /// Appends a keyed `audit_chain_keyed` event to every case whose trail ends in a legacy
+    /// (pre-m0005) link that verifies, so the keyed chain covers it. Returns how many were
+    /// anchored; a legacy trail that does not verify is left for the verifier to report.
+    async fn anchor_legacy_chains(&self, meta: EventMeta) -> Result<u64, StoreError>;
 
     /// The connection pool's use, where the implementation has one.
     fn pool(&self) -> Option<PoolStats> {

@@ -162,7 +162,7 @@ pub(crate) async fn finish_in(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let mut cs = ChangeSet::new(timing);
+    let mut cs = ChangeSet::new(timing, codec);
     for (f, event, detail) in events {
         let Some(model) = models.get_mut(&f.work.case_id.to_string()) else {
             continue;

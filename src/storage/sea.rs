@@ -9,13 +9,14 @@ use async_trait::async_trait;
 use migration::MigratorTrait;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
+use super::audit::{ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
 use super::changes::ChangeSet;
 use super::codec::Codec;
 use super::sql::{self, Lock};
 use super::{
     CaseRecord, CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, ReencryptBatch,
-    RetentionCutoffs, RetentionDue, StoreError, Timing, Work, create, listen, outbox, queries,
-    retention,
+    RetentionCutoffs, RetentionDue, StepView, StoreError, Timing, Work, create, listen, outbox,
+    queries, retention,
 };
 use crate::bus::EventBus;
 use crate::domain::saga::Event;
@@ -30,6 +31,8 @@ const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
 pub struct SeaStore {
     db: DatabaseConnection,
     codec: Codec,
+    /// The keys the audit chain is verified with (the current one; a rotation adds earlier ones).
+    keys: ChainKeys,
     timing: Timing,
     bus: EventBus,
     /// Names this store's commits in its notifications, so its relay skips its own news.
@@ -55,6 +58,7 @@ impl SeaStore {
     ) -> Result<Self, DbErr> {
         Ok(Self {
             db: sql::connect(url, max_connections, acquire_timeout).await?,
+            keys: ChainKeys::new(&vault),
             codec: Codec::new(vault),
             timing: Timing::default(),
             bus: EventBus::new(),
@@ -120,6 +124,27 @@ impl SeaStore {
     /// The id of the master key new data is encrypted under.
     pub fn current_key_id(&self) -> String {
         self.codec.current_key_id()
+    }
+
+    /// A read-only transaction that sees one snapshot (PostgreSQL's default READ COMMITTED takes
+    /// a new one per statement; SQLite's read transaction keeps its first).
+    async fn begin_snapshot(&self) -> Result<DatabaseTransaction, StoreError> {
+        use sea_orm::{AccessMode, IsolationLevel};
+        let isolation = (self.db.get_database_backend() == sea_orm::DbBackend::Postgres)
+            .then_some(IsolationLevel::RepeatableRead);
+        let access = isolation.map(|_| AccessMode::ReadOnly);
+        self.db
+            .begin_with_config(isolation, access)
+            .await
+            .map_err(StoreError::Unavailable)
+    }
+
+    async fn read_chain(&self, id: &CaseId) -> Result<(Vec<CaseEvent>, ChainHead), StoreError> {
+        let txn = self.begin_snapshot().await?;
+        let head = queries::chain_head(&txn, id).await?;
+        let events = queries::events(&txn, id).await?;
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        Ok((events, head))
     }
 
     async fn begin(&self) -> Result<DatabaseTransaction, StoreError> {
@@ -214,7 +239,7 @@ impl CaseStore for SeaStore {
         if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
             return Err(StoreError::NotFound);
         }
-        let mut cs = ChangeSet::new(self.timing);
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
         cs.event(&mut model, event, &meta)?;
         self.commit(txn, cs).await?;
         self.codec.to_domain(&model)
@@ -223,7 +248,7 @@ impl CaseStore for SeaStore {
     async fn audit(&self, id: &CaseId, kind: &str, meta: EventMeta) -> Result<(), StoreError> {
         let txn = self.begin().await?;
         let mut model = sql::lock_case(&txn, id).await?;
-        let mut cs = ChangeSet::new(self.timing);
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
         cs.audit(&mut model, kind, &meta)?;
         self.commit(txn, cs).await
     }
@@ -282,7 +307,7 @@ impl CaseStore for SeaStore {
         let txn = self.begin().await?;
         let mut model = sql::lock_case(&txn, id).await?;
         outbox::expedite(&txn, id, meta.at).await?;
-        let mut cs = ChangeSet::new(self.timing);
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
         cs.audit(&mut model, "operator_expedited", &meta)?;
         self.commit(txn, cs).await
     }
@@ -324,7 +349,7 @@ impl CaseStore for SeaStore {
             txn.rollback().await.map_err(StoreError::Unavailable)?;
             return Ok(false);
         }
-        let mut cs = ChangeSet::new(self.timing);
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
         cs.audit(&mut model, "personal_data_shredded", &meta)?;
         self.commit(txn, cs).await?;
         Ok(true)
@@ -399,6 +424,80 @@ impl CaseStore for SeaStore {
         }
         txn.commit().await.map_err(StoreError::Unavailable)?;
         Ok(batch)
+    }
+
+    async fn chain_head(&self, id: &CaseId) -> Result<ChainHead, StoreError> {
+        queries::chain_head(&self.db, id).await
+    }
+
+    async fn audit_trail(&self, id: &CaseId) -> Result<(Vec<CaseEvent>, ChainHead), StoreError> {
+        self.read_chain(id).await
+    }
+
+    async fn verify_audit(&self, id: &CaseId) -> Result<ChainReport, StoreError> {
+        let (events, head) = self.read_chain(id).await?;
+        Ok(verify_case(&events, &head, &self.keys))
+    }
+
+    async fn case_ids(
+        &self,
+        after: Option<&CaseId>,
+        limit: u32,
+    ) -> Result<Vec<CaseId>, StoreError> {
+        let ids = queries::case_ids(&self.db, after, limit).await?;
+        ids.iter()
+            .map(|id| {
+                CaseId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("case id {id:?}")))
+            })
+            .collect()
+    }
+
+    async fn count_cases(&self) -> Result<u64, StoreError> {
+        queries::count_cases(&self.db).await
+    }
+
+    async fn steps(&self, id: &CaseId) -> Result<Vec<StepView>, StoreError> {
+        queries::steps(&self.db, id).await
+    }
+
+    async fn anchor_legacy_chains(&self, meta: EventMeta) -> Result<u64, StoreError> {
+        const BATCH: u32 = 100;
+        let mut anchored = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let ids = queries::unanchored_cases(&self.db, after.as_deref(), BATCH).await?;
+            let Some(last) = ids.last() else {
+                return Ok(anchored);
+            };
+            after = Some(last.clone());
+            for id in &ids {
+                let Some(case_id) = CaseId::parse(id) else {
+                    continue;
+                };
+                let txn = self.begin().await?;
+                let mut model = sql::lock_case(&txn, &case_id).await?;
+                let head = queries::chain_head(&txn, &case_id).await?;
+                let events = queries::events(&txn, &case_id).await?;
+                // Only a legacy trail that verifies up to the row's head is anchored; anything
+                // else stays as found, for the verifier to report.
+                let report = verify_case(&events, &head, &self.keys);
+                let intact = report
+                    .broken
+                    .is_some_and(|b| b.problem == ChainProblem::UnanchoredLegacy)
+                    && events
+                        .last()
+                        .is_some_and(|e| e.sequence == head.sequence && e.hash == head.hash);
+                if !intact {
+                    txn.rollback().await.map_err(StoreError::Unavailable)?;
+                    tracing::warn!(case_id = %case_id, "legacy audit trail does not verify; not anchored");
+                    continue;
+                }
+                let mut cs = ChangeSet::new(self.timing, &self.codec);
+                cs.audit(&mut model, "audit_chain_keyed", &meta)?;
+                self.commit(txn, cs).await?;
+                anchored += 1;
+            }
+        }
     }
 
     fn pool(&self) -> Option<super::PoolStats> {

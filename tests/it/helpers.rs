@@ -18,6 +18,9 @@ use etjanstekort_gateway::startup::App;
 use pb::deregistration_service_client::DeregistrationServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// The console's trace links in tests.
+pub const TRACE_URL_TEMPLATE: &str = "https://jaeger.test/trace/{trace_id}";
+
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -107,6 +110,10 @@ pub struct Options {
     pub idle_poll: f64,
     /// `[retention]` instead of the defaults.
     pub retention: Option<etjanstekort_gateway::retention::RetentionSettings>,
+    /// Serve the operator console (`[console] enabled`).
+    pub console: bool,
+    /// Seconds between the gateway's own audit chain verifications; `None`: off.
+    pub audit_every: Option<f64>,
 }
 
 impl Default for Options {
@@ -124,6 +131,8 @@ impl Default for Options {
             connectors: None,
             idle_poll: 0.05,
             retention: None,
+            console: true,
+            audit_every: None,
         }
     }
 }
@@ -181,6 +190,9 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     if let Some(r) = opts.retention.clone() {
         cfg.retention = r;
     }
+    cfg.console.enabled = opts.console;
+    cfg.console.trace_url_template = TRACE_URL_TEMPLATE.into();
+    cfg.audit.verify_interval = opts.audit_every.map_or(std::time::Duration::ZERO, secs);
     let faults = Faults {
         latency: std::time::Duration::ZERO,
         failure_rate: opts.failure_rate,

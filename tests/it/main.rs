@@ -2,7 +2,10 @@
 
 mod admin;
 mod api;
+mod audit;
 mod auth;
+mod console;
+mod ctl;
 mod deploy;
 mod fuzz;
 mod helpers;

@@ -12,7 +12,7 @@ use etjanstekort_gateway::metrics::Metrics;
 use etjanstekort_gateway::privacy::{PseudonymKey, Vault};
 use etjanstekort_gateway::retention::{PassReport, RetentionSettings, run_pass};
 use etjanstekort_gateway::storage::{
-    CaseStore, Created, Finished, ListQuery, SeaStore, StoreError, WorkResult, verify_chain,
+    CaseStore, Created, Finished, ListQuery, SeaStore, StoreError, WorkResult,
 };
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 
@@ -250,7 +250,8 @@ async fn retention_contract(db: TestDb) {
     assert_eq!(record.shredded_at, Some(clock.now()));
     assert!(record.ended_at.is_some());
     let events = store.events(&ended.id).await.expect("events");
-    assert!(verify_chain(&events));
+    let chain = store.verify_audit(&ended.id).await.expect("verify");
+    assert!(chain.broken.is_none(), "{chain:?}");
     assert_eq!(
         events.last().map(|e| e.kind.as_str()),
         Some("personal_data_shredded")

@@ -131,6 +131,7 @@ impl Layers {
             ("engine", c.engine.validate()),
             ("privacy", c.privacy.validate()),
             ("simulated", c.simulated.validate()),
+            ("tls", c.tls.validate()),
         ];
         // After a wrong value its placeholder stands in the tree, and the checks would judge
         // it; only the privacy check (two optional keys, never stood in for) still applies.

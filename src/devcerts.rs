@@ -4,6 +4,7 @@
 //! data directory and reused on later starts.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
@@ -143,6 +144,37 @@ impl DevCa {
         self.sign(params)
     }
 
+    /// A CRL (PEM) signed by this CA listing the given serial numbers (DER integer bytes, as
+    /// in the certificates), valid from `this_update` until `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[Vec<u8>],
+        this_update: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<String, rcgen::Error> {
+        let at = time::OffsetDateTime::from;
+        let number = this_update
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: at(this_update),
+            next_update: at(next_update),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial),
+                    revocation_time: at(this_update),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer)?.pem()
+    }
+
     fn sign(&self, params: CertificateParams) -> Result<IssuedCert, rcgen::Error> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -158,6 +190,8 @@ impl DevCa {
 pub struct DevPaths {
     pub dir: PathBuf,
     pub ca: PathBuf,
+    /// The dev CA's CRL (empty; renewed on start when it nears its nextUpdate).
+    pub crl: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub principals: PathBuf,
@@ -172,6 +206,7 @@ impl DevPaths {
         Self {
             dir: dir.to_owned(),
             ca: certs.join("ca.pem"),
+            crl: certs.join("ca.crl.pem"),
             server_cert: certs.join("server.pem"),
             server_key: certs.join("server.key"),
             principals: dir.join("principals.toml"),
@@ -211,13 +246,14 @@ pub enum DevError {
 /// so an interrupted first start is redone). Returns its paths and whether it was created.
 pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
     let paths = DevPaths::new(dir);
-    if paths.identities.exists() {
-        return Ok((paths, false));
-    }
     let io = |source| DevError::Io {
         dir: dir.display().to_string(),
         source,
     };
+    if paths.identities.exists() {
+        renew_crl(&paths).map_err(io)?;
+        return Ok((paths, false));
+    }
     std::fs::create_dir_all(dir.join("certs")).map_err(io)?;
     let ca = DevCa::generate("etjanstekort-gateway TEST dev CA")?;
     write(&paths.ca, &ca.cert_pem, false).map_err(io)?;
@@ -260,6 +296,13 @@ pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
         );
     }
     write(&paths.principals, &principals, false).map_err(io)?;
+    let now = SystemTime::now();
+    write(
+        &paths.crl,
+        &ca.crl(&[], now, now + DEV_CRL_VALIDITY)?,
+        false,
+    )
+    .map_err(io)?;
     write(
         &paths.master_key,
         &crate::privacy::Vault::generate_base64()?,
@@ -273,6 +316,35 @@ pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
     .map_err(|e| io(std::io::Error::other(e)))?;
     write(&paths.identities, &json, false).map_err(io)?;
     Ok((paths, true))
+}
+
+/// How long the dev CRL is valid; it is renewed on a start within its last week.
+const DEV_CRL_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
+
+/// Writes a fresh empty dev CRL when there is none or it expires within a week (a data
+/// directory kept for months must not lock its own clients out as stale).
+fn renew_crl(paths: &DevPaths) -> std::io::Result<()> {
+    use x509_parser::prelude::FromDer;
+    let soon = SystemTime::now() + Duration::from_secs(7 * 86_400);
+    let current = std::fs::read(&paths.crl).ok().and_then(|pem| {
+        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&block.contents)
+                .ok()?;
+        let next = crl.next_update()?.timestamp();
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(next).ok()?))
+    });
+    if current.is_some_and(|next| next > soon) {
+        return Ok(());
+    }
+    let key = std::fs::read_to_string(paths.dir.join("certs/ca.key"))?;
+    let cert = std::fs::read_to_string(&paths.ca)?;
+    let ca = DevCa::from_pem(&cert, &key).map_err(std::io::Error::other)?;
+    let now = SystemTime::now();
+    let pem = ca
+        .crl(&[], now, now + DEV_CRL_VALIDITY)
+        .map_err(std::io::Error::other)?;
+    write(&paths.crl, &pem, false)
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {

@@ -12,7 +12,7 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::api::pb;
-use crate::auth::{AuthError, Authorizer, Role};
+use crate::auth::{AuthError, Principals, Role};
 
 /// The role each API service requires. Health and reflection need only the client
 /// certificate that mutual TLS has already verified; unknown paths end in UNIMPLEMENTED.
@@ -36,11 +36,11 @@ pub fn denial(e: &AuthError) -> tonic::Status {
 /// Certificate → principal, role by service.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
-    auth: Arc<Authorizer>,
+    auth: Arc<Principals>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authorizer>) -> Self {
+    pub fn new(auth: Arc<Principals>) -> Self {
         Self { auth }
     }
 }
@@ -59,7 +59,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
-    auth: Arc<Authorizer>,
+    auth: Arc<Principals>,
 }
 
 impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
@@ -89,10 +89,9 @@ where
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
-        match self
-            .auth
-            .authorize(certs.as_deref().map(Vec::as_slice), needs)
-        {
+        // The principals in force now: a reload applies to the very next call.
+        let principals = self.auth.current();
+        match principals.authorize(certs.as_deref().map(Vec::as_slice), needs) {
             Ok(principal) => {
                 // The RPC span (current here) names the caller: an HSA-id, not personal data.
                 tracing::Span::current().record("principal", principal.hsa_id.as_str());

@@ -87,6 +87,9 @@ pub fn test_vault_key() -> String {
     "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned()
 }
 
+/// Settings laid over a test's configuration: dotted keys and values.
+pub type Settings = Vec<(&'static str, serde_json::Value)>;
+
 /// Knobs for the simulated registries and the engine's timing in a test.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -103,6 +106,11 @@ pub struct Options {
     pub engine: bool,
     /// Real connectors instead of the simulated ones.
     pub connectors: Option<Connectors>,
+    /// Settings laid over the test configuration (dotted keys).
+    pub settings: Settings,
+    /// Runs on the data directory after the dev environment is written, before the server
+    /// starts (e.g. to put a different CRL in place); returns settings to lay over the rest.
+    pub prepare: Option<fn(&std::path::Path) -> Settings>,
 }
 
 impl Default for Options {
@@ -118,6 +126,8 @@ impl Default for Options {
             auto_employ: true,
             engine: true,
             connectors: None,
+            settings: Vec::new(),
+            prepare: None,
         }
     }
 }
@@ -144,11 +154,12 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     install_crypto();
     let dir = tempfile::tempdir().expect("tempdir");
     let (paths, _) = devcerts::ensure(dir.path()).expect("dev environment");
+    let prepared = opts.prepare.map(|p| p(dir.path())).unwrap_or_default();
     let db_url = opts
         .db
         .clone()
         .unwrap_or_else(|| TestDb::sqlite(dir.path()).url);
-    let mut cfg = Layers::defaults()
+    let mut layers = Layers::defaults()
         .set("server.listen", "127.0.0.1:0")
         .set("tls.cert", &paths.server_cert)
         .set("tls.key", &paths.server_key)
@@ -157,8 +168,13 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         .set("database.url", db_url)
         .set("privacy.master_key", test_vault_key())
         .set("admin.listen", "127.0.0.1:0")
-        .config()
-        .expect("test configuration");
+        // As in dev mode: the dev CA's CRL is checked, and changed files are picked up fast.
+        .set("tls.revocation.files", [&paths.crl])
+        .set("server.reload_interval", "100ms");
+    for (key, value) in opts.settings.iter().chain(&prepared) {
+        layers = layers.set(key, value);
+    }
+    let mut cfg = layers.config().expect("test configuration");
     let ms = std::time::Duration::from_millis;
     let secs = std::time::Duration::from_secs_f64;
     cfg.engine.idle_poll = ms(50);
@@ -242,6 +258,27 @@ impl TestApp {
         ca.issue_client("test client", serial).expect("issue")
     }
 
+    /// The dev CA (certificate and key) of this app.
+    pub fn dev_ca(&self) -> DevCa {
+        dev_ca(self.dir.path())
+    }
+
+    /// Replaces the CRL file the app checks with one from the dev CA revoking `revoked`
+    /// (written beside it and renamed over it: a reader never sees half a file).
+    pub fn publish_crl(&self, revoked: &[Vec<u8>]) {
+        let now = std::time::SystemTime::now();
+        // One second on: a list is never older than the one it replaces.
+        let pem = self
+            .dev_ca()
+            .crl(
+                revoked,
+                now + std::time::Duration::from_secs(1),
+                now + std::time::Duration::from_secs(86_400),
+            )
+            .expect("crl");
+        replace_file(&self.dir.path().join("certs/ca.crl.pem"), &pem);
+    }
+
     pub async fn channel_with(
         &self,
         client: Option<&IssuedCert>,
@@ -267,6 +304,29 @@ impl TestApp {
     pub async fn provider(&self, name: &str) -> DeregistrationServiceClient<Channel> {
         DeregistrationServiceClient::new(self.channel(name).await)
     }
+}
+
+/// The dev CA of a data directory.
+pub fn dev_ca(dir: &std::path::Path) -> DevCa {
+    let cert = std::fs::read_to_string(dir.join("certs/ca.pem")).expect("ca");
+    let key = std::fs::read_to_string(dir.join("certs/ca.key")).expect("ca key");
+    DevCa::from_pem(&cert, &key).expect("ca loads")
+}
+
+/// Writes `contents` beside `path` and renames it over `path` (atomic replacement).
+pub fn replace_file(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// The serial number (DER integer bytes) of a PEM certificate.
+pub fn serial_of(cert_pem: &str) -> Vec<u8> {
+    use x509_parser::prelude::FromDer;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("pem");
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&pem.contents).expect("der");
+    cert.raw_serial().to_vec()
 }
 
 pub fn unit_a() -> String {

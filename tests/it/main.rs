@@ -8,6 +8,8 @@ mod launcher;
 mod privacy;
 mod process;
 mod real;
+mod reload;
+mod revocation;
 mod routine;
 mod saga;
 mod servers;

@@ -1,0 +1,228 @@
+//! Revoked client certificates: the dev CA publishes CRLs, the server refuses what they list,
+//! picks up a replaced CRL file without a restart, fails closed on a stale one (unless told
+//! otherwise) and does not believe a CRL its CA did not sign.
+
+use std::time::{Duration, SystemTime};
+
+use etjanstekort_gateway::api::pb;
+use etjanstekort_gateway::devcerts::{DevCa, IssuedCert};
+use pb::deregistration_service_client::DeregistrationServiceClient;
+
+use crate::admin::{scrape, wait_metric};
+use crate::helpers::{
+    Options, Settings, TestApp, dev_ca, replace_file, serial_of, spawn_app, spawn_app_opts,
+};
+
+/// Whether a new connection with `cert` gets a call through.
+pub async fn served(app: &TestApp, cert: &IssuedCert) -> bool {
+    let Ok(channel) = app.channel_with(Some(cert)).await else {
+        return false;
+    };
+    DeregistrationServiceClient::new(channel)
+        .list_deregistrations(pb::ListDeregistrationsRequest::default())
+        .await
+        .is_ok()
+}
+
+/// Waits (bounded) until `cert` is served (`want`) or refused (`!want`) on new connections.
+pub async fn eventually_served(app: &TestApp, cert: &IssuedCert, want: bool) {
+    for _ in 0..200 {
+        if served(app, cert).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the certificate was never {}",
+        if want { "served" } else { "refused" }
+    );
+}
+
+const REVOKED: &str = "etk_client_certificates_refused_total{reason=\"revoked\"}";
+
+#[tokio::test]
+async fn a_certificate_on_a_replaced_crl_is_refused_without_a_restart() {
+    let app = spawn_app().await;
+    let a = app.issued("provider-a");
+    let b = app.issued("provider-b");
+    // The dev CA's empty CRL is in force: both are served.
+    assert!(served(&app, &a).await && served(&app, &b).await);
+    assert_eq!(scrape(&app).await.get(REVOKED), None);
+
+    app.publish_crl(&[serial_of(&b.cert_pem)]);
+    eventually_served(&app, &b, false).await;
+    // Refused at the handshake for revocation: counted under its reason.
+    wait_metric(&app, REVOKED, |v| v >= 1.0).await;
+    assert!(
+        served(&app, &a).await,
+        "a certificate not on the list is served"
+    );
+    let m = scrape(&app).await;
+    assert!(
+        m.get("etk_crl_updates_total{source=\"file\",outcome=\"applied\"}") >= Some(&2.0),
+        "start and replacement counted: {m:?}"
+    );
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("etk_crl_next_update_timestamp_seconds{issuer=")),
+        "{m:?}"
+    );
+
+    // Taken off the list again: served again.
+    app.publish_crl(&[]);
+    eventually_served(&app, &b, true).await;
+}
+
+#[tokio::test]
+async fn a_crl_not_signed_by_the_ca_is_not_believed() {
+    let app = spawn_app().await;
+    let a = app.issued("provider-a");
+    // Same name as the dev CA, another key: it "revokes" provider-a.
+    let impostor = DevCa::generate("etjanstekort-gateway TEST dev CA").expect("ca");
+    let now = SystemTime::now();
+    let forged = impostor
+        .crl(
+            &[serial_of(&a.cert_pem)],
+            now + Duration::from_secs(1),
+            now + Duration::from_secs(3600),
+        )
+        .expect("crl");
+    replace_file(&app.dir.path().join("certs/ca.crl.pem"), &forged);
+    wait_metric(
+        &app,
+        "etk_crl_updates_total{source=\"file\",outcome=\"bad_signature\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(served(&app, &a).await, "the forged CRL was believed");
+
+    // Nor is an older list of the right CA (a roll-back).
+    let old = app
+        .dev_ca()
+        .crl(
+            &[serial_of(&a.cert_pem)],
+            now - Duration::from_secs(3600),
+            now + Duration::from_secs(3600),
+        )
+        .expect("crl");
+    replace_file(&app.dir.path().join("certs/ca.crl.pem"), &old);
+    wait_metric(
+        &app,
+        "etk_crl_updates_total{source=\"file\",outcome=\"rollback\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(served(&app, &a).await, "the older CRL was believed");
+}
+
+/// Puts a CRL of the dev CA whose nextUpdate passed an hour ago in place.
+fn stale_crl(dir: &std::path::Path) -> Settings {
+    let now = SystemTime::now();
+    let pem = dev_ca(dir)
+        .crl(
+            &[],
+            now - Duration::from_secs(2 * 86_400),
+            now - Duration::from_secs(3600),
+        )
+        .expect("crl");
+    replace_file(&dir.join("certs/ca.crl.pem"), &pem);
+    vec![]
+}
+
+#[tokio::test]
+async fn a_stale_crl_fails_closed_unless_the_policy_accepts_it() {
+    let strict = spawn_app_opts(Options {
+        engine: false,
+        prepare: Some(stale_crl),
+        settings: vec![("tls.revocation.stale_grace", "10m".into())],
+        ..Options::default()
+    })
+    .await;
+    assert!(!served(&strict, &strict.issued("provider-a")).await);
+    wait_metric(
+        &strict,
+        "etk_client_certificates_refused_total{reason=\"crl_stale\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+
+    // Within the grace: served.
+    let graceful = spawn_app_opts(Options {
+        engine: false,
+        prepare: Some(stale_crl),
+        settings: vec![("tls.revocation.stale_grace", "2h".into())],
+        ..Options::default()
+    })
+    .await;
+    assert!(served(&graceful, &graceful.issued("provider-a")).await);
+
+    let lenient = spawn_app_opts(Options {
+        engine: false,
+        prepare: Some(stale_crl),
+        settings: vec![
+            ("tls.revocation.stale_grace", "10m".into()),
+            ("tls.revocation.when_stale", "accept".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    assert!(served(&lenient, &lenient.issued("provider-a")).await);
+}
+
+#[tokio::test]
+async fn a_certificate_of_a_ca_without_a_crl_is_refused_unless_the_policy_accepts_it() {
+    // A second CA in the client-CA bundle, without a CRL of its own.
+    fn second_ca(dir: &std::path::Path) -> Settings {
+        let other = DevCa::generate("Second TEST CA").expect("ca");
+        let bundle = std::fs::read_to_string(dir.join("certs/ca.pem")).expect("ca");
+        std::fs::write(
+            dir.join("certs/bundle.pem"),
+            format!("{bundle}{}", other.cert_pem),
+        )
+        .expect("bundle");
+        std::fs::write(dir.join("certs/second-ca.pem"), &other.cert_pem).expect("ca");
+        std::fs::write(dir.join("certs/second-ca.key"), &other.key_pem).expect("key");
+        vec![]
+    }
+    fn from_second_ca(app: &TestApp) -> IssuedCert {
+        let d = app.dir.path().join("certs");
+        let ca = DevCa::from_pem(
+            &std::fs::read_to_string(d.join("second-ca.pem")).expect("ca"),
+            &std::fs::read_to_string(d.join("second-ca.key")).expect("key"),
+        )
+        .expect("ca");
+        ca.issue_client("second", Some("SE1655999991-E000000000001"))
+            .expect("cert")
+    }
+    for (policy, expect_served) in [("refuse", false), ("accept", true)] {
+        let app = spawn_app_opts(Options {
+            engine: false,
+            prepare: Some(second_ca),
+            settings: vec![("tls.revocation.without_crl", policy.into())],
+            ..Options::default()
+        })
+        .await;
+        let cert = from_second_ca(&app);
+        assert!(!served(&app, &cert).await, "not trusted yet");
+        // The client-CA bundle is replaced on disk: the second CA is trusted from now on, but
+        // there is no CRL of it.
+        let bundle = std::fs::read_to_string(app.dir.path().join("certs/bundle.pem")).expect("b");
+        replace_file(&app.dir.path().join("certs/ca.pem"), &bundle);
+        wait_metric(
+            &app,
+            "etk_config_reloads_total{file=\"client_ca\",outcome=\"applied\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        assert!(served(&app, &app.issued("provider-a")).await, "{policy}");
+        assert_eq!(served(&app, &cert).await, expect_served, "{policy}");
+        if !expect_served {
+            wait_metric(
+                &app,
+                "etk_client_certificates_refused_total{reason=\"no_crl\"}",
+                |v| v >= 1.0,
+            )
+            .await;
+        }
+    }
+}

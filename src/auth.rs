@@ -75,6 +75,8 @@ pub enum AuthError {
     NoCertificate,
     #[error("the client certificate's subject has no valid HSA-id in serialNumber (2.5.4.5)")]
     NoHsaId,
+    #[error("the client certificate (serial number {serial}) is revoked by its CA")]
+    Revoked { serial: String },
     #[error("principal {0} is not granted access")]
     UnknownPrincipal(HsaId),
     #[error("principal {principal} has role {has} but this call requires role {needs}")]

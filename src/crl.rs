@@ -309,6 +309,15 @@ impl CrlSet {
         self.by_issuer.values().map(|c| c.der.clone()).collect()
     }
 
+    /// The serial number and issuer (as text) of a DER certificate when it is on its issuer's
+    /// CRL; `None` when it is not (or no CRL of its issuer is held).
+    pub fn revocation_of(&self, certificate: &[u8]) -> Option<(String, String)> {
+        let (_, cert) = X509Certificate::from_der(certificate).ok()?;
+        let crl = self.for_issuer(cert.issuer().as_raw())?;
+        crl.is_revoked(cert.raw_serial())
+            .then(|| (cert.raw_serial_as_string(), cert.issuer().to_string()))
+    }
+
     pub fn freshness(&self, issuer: &[u8], now: SystemTime, grace: Duration) -> Freshness {
         match self.for_issuer(issuer) {
             None => Freshness::Missing,

@@ -267,7 +267,7 @@ impl Metrics {
         let client_certificates_refused = Family::default();
         registry.register(
             "client_certificates_refused",
-            "Client certificates refused at the TLS handshake for revocation, by reason (revoked, crl_stale, no_crl)",
+            "Client certificates refused for revocation (at the handshake, or on a call of a connection opened before), by reason (revoked, crl_stale, no_crl)",
             client_certificates_refused.clone(),
         );
         let config_reloads = Family::default();

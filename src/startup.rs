@@ -207,10 +207,14 @@ impl App {
             &config.auth.principals_file,
         )?));
         let (tls, crls) = build_tls(&config, &metrics).await?;
+        let mut auth_layer = AuthLayer::new(principals.clone());
+        if let Some(crls) = &crls {
+            auth_layer = auth_layer.with_revocation(crls.clone(), metrics.clone());
+        }
         let reloader = Reloader::new(
             &config.auth.principals_file,
             &config.tls,
-            principals.clone(),
+            principals,
             tls.clone(),
             crls,
             metrics.clone(),
@@ -276,7 +280,7 @@ impl App {
                 config.server.request_timeout,
                 rpc_metrics(&metrics),
             ))
-            .layer(AuthLayer::new(principals))
+            .layer(auth_layer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)

@@ -13,6 +13,8 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::api::pb;
 use crate::auth::{AuthError, Principals, Role};
+use crate::crl::CrlStore;
+use crate::metrics::Metrics;
 
 /// The role each API service requires. Health and reflection need only the client
 /// certificate that mutual TLS has already verified; unknown paths end in UNIMPLEMENTED.
@@ -37,11 +39,29 @@ pub fn denial(e: &AuthError) -> tonic::Status {
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     auth: Arc<Principals>,
+    revocation: Option<Revocation>,
+}
+
+/// The CRLs in force, consulted on every call: a certificate revoked while its connection is
+/// open is refused on its next call, not only at its next handshake.
+#[derive(Clone, Debug)]
+struct Revocation {
+    crls: Arc<CrlStore>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
     pub fn new(auth: Arc<Principals>) -> Self {
-        Self { auth }
+        Self {
+            auth,
+            revocation: None,
+        }
+    }
+
+    /// Checks each call's client certificate against `crls` as well.
+    pub fn with_revocation(mut self, crls: Arc<CrlStore>, metrics: Arc<Metrics>) -> Self {
+        self.revocation = Some(Revocation { crls, metrics });
+        self
     }
 }
 
@@ -52,6 +72,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            revocation: self.revocation.clone(),
         }
     }
 }
@@ -60,6 +81,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Principals>,
+    revocation: Option<Revocation>,
 }
 
 impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
@@ -89,6 +111,16 @@ where
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
+        let leaf = certs.as_deref().and_then(|c| c.first());
+        if let (Some(r), Some(leaf)) = (&self.revocation, leaf)
+            && let Some((serial, issuer)) = r.crls.snapshot().revocation_of(leaf.as_ref())
+        {
+            tracing::warn!(serial = %serial, issuer = %issuer,
+                "request denied: the client certificate has been revoked");
+            r.metrics.client_certificate_refused("revoked");
+            let e = AuthError::Revoked { serial };
+            return Box::pin(std::future::ready(Ok(denial(&e).into_http())));
+        }
         // The principals in force now: a reload applies to the very next call.
         let principals = self.auth.current();
         match principals.authorize(certs.as_deref().map(Vec::as_slice), needs) {

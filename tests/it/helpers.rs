@@ -306,6 +306,54 @@ impl TestApp {
     }
 }
 
+/// A TLS connection to the app's gRPC port made with rustls directly (no HTTP/2 on top),
+/// trusting `ca_pem`, presenting `client`.
+pub async fn raw_tls(
+    app: &TestApp,
+    ca_pem: &str,
+    client: &IssuedCert,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).expect("key");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    let tcp = tokio::net::TcpStream::connect(app.addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+}
+
+/// The server's verdict on a handshake with `client`: `Ok` when it accepted the certificate
+/// (its HTTP/2 SETTINGS frame arrives), otherwise the TLS error (e.g. the alert it sent).
+/// Under TLS 1.3 the client finishes its side first; the server's refusal is the next read.
+pub async fn handshake_verdict(app: &TestApp, client: &IssuedCert) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut tls = raw_tls(app, &app.ca_pem, client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err("closed without a word".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
 /// The dev CA of a data directory.
 pub fn dev_ca(dir: &std::path::Path) -> DevCa {
     let cert = std::fs::read_to_string(dir.join("certs/ca.pem")).expect("ca");

@@ -3,16 +3,17 @@
 //! new handshakes, and a file that does not load leaves the configuration in force.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use etjanstekort_gateway::api::pb;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::Code;
 
 use crate::admin::wait_metric;
-use crate::helpers::{Options, Settings, TestApp, dev_ca, reason, replace_file, spawn_app_opts};
+use crate::helpers::{
+    Options, Settings, TestApp, dev_ca, raw_tls, reason, replace_file, spawn_app_opts,
+};
 use crate::revocation::served;
 
 /// Lays the principals file out as a Kubernetes Secret volume does: `secret/principals.toml`
@@ -110,28 +111,7 @@ async fn a_principal_removed_from_the_file_is_refused_on_its_next_call_on_the_sa
 
 /// The certificate the server presents to a new handshake (DER).
 async fn presented_certificate(app: &TestApp, ca_pem: &str) -> Option<Vec<u8>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.expect("ca")).expect("root");
-    }
-    let client = app.issued("provider-a");
-    let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("chain");
-    let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).expect("key");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client auth");
-    let tcp = tokio::net::TcpStream::connect(app.addr).await.ok()?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .ok()?;
+    let tls = raw_tls(app, ca_pem, &app.issued("provider-a")).await.ok()?;
     let (_, session) = tls.get_ref();
     session
         .peer_certificates()

@@ -2,6 +2,8 @@
 //! picks up a replaced CRL file without a restart, fails closed on a stale one (unless told
 //! otherwise) and does not believe a CRL its CA did not sign.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use etjanstekort_gateway::api::pb;
@@ -10,7 +12,8 @@ use pb::deregistration_service_client::DeregistrationServiceClient;
 
 use crate::admin::{scrape, wait_metric};
 use crate::helpers::{
-    Options, Settings, TestApp, dev_ca, replace_file, serial_of, spawn_app, spawn_app_opts,
+    Options, Settings, TestApp, dev_ca, handshake_verdict, reason, replace_file, serial_of,
+    spawn_app, spawn_app_opts,
 };
 
 /// Whether a new connection with `cert` gets a call through.
@@ -48,10 +51,39 @@ async fn a_certificate_on_a_replaced_crl_is_refused_without_a_restart() {
     // The dev CA's empty CRL is in force: both are served.
     assert!(served(&app, &a).await && served(&app, &b).await);
     assert_eq!(scrape(&app).await.get(REVOKED), None);
+    // A connection opened before the revocation.
+    let mut open_b = app.provider("provider-b").await;
+    open_b
+        .list_deregistrations(pb::ListDeregistrationsRequest::default())
+        .await
+        .expect("served before");
 
     app.publish_crl(&[serial_of(&b.cert_pem)]);
-    eventually_served(&app, &b, false).await;
-    // Refused at the handshake for revocation: counted under its reason.
+    // New handshakes are refused, with the alert that says why.
+    let mut verdict = Ok(());
+    for _ in 0..200 {
+        verdict = handshake_verdict(&app, &b).await;
+        if verdict.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|e| e.contains("CertificateRevoked")),
+        "{verdict:?}"
+    );
+    assert!(!served(&app, &b).await);
+    // The connection opened before: its next call is refused too.
+    let e = open_b
+        .list_deregistrations(pb::ListDeregistrationsRequest::default())
+        .await
+        .expect_err("revoked on an open connection");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(reason(&e), "CERTIFICATE_REVOKED");
+    assert!(!e.message().contains("E000000000002"), "{}", e.message());
+    assert_eq!(handshake_verdict(&app, &a).await, Ok(()));
     wait_metric(&app, REVOKED, |v| v >= 1.0).await;
     assert!(
         served(&app, &a).await,
@@ -138,6 +170,8 @@ async fn a_stale_crl_fails_closed_unless_the_policy_accepts_it() {
         ..Options::default()
     })
     .await;
+    let verdict = handshake_verdict(&strict, &strict.issued("provider-a")).await;
+    assert!(verdict.is_err(), "a stale CRL was accepted");
     assert!(!served(&strict, &strict.issued("provider-a")).await);
     wait_metric(
         &strict,
@@ -225,4 +259,104 @@ async fn a_certificate_of_a_ca_without_a_crl_is_refused_unless_the_policy_accept
             .await;
         }
     }
+}
+
+/// A CRL distribution point on loopback: serves `crl` (503 while it is empty, and for the next
+/// `fail_next` requests), counting requests.
+#[derive(Clone, Default)]
+struct Publication {
+    crl: Arc<Mutex<String>>,
+    fail_next: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn distribution_point(p: Publication) -> std::net::SocketAddr {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/ca.crl",
+        axum::routing::get(move || {
+            let p = p.clone();
+            async move {
+                p.requests.fetch_add(1, Ordering::SeqCst);
+                let crl = p.crl.lock().expect("lock").clone();
+                let failing = p
+                    .fail_next
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if crl.is_empty() || failing {
+                    (StatusCode::SERVICE_UNAVAILABLE, String::new())
+                } else {
+                    (StatusCode::OK, crl)
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn a_crl_from_a_url_is_fetched_with_retries_and_refreshed_on_schedule() {
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let app = spawn_app_opts(Options {
+        engine: false,
+        settings: vec![
+            ("tls.revocation.files", serde_json::json!([])),
+            (
+                "tls.revocation.urls",
+                serde_json::json!([format!("http://{addr}/ca.crl")]),
+            ),
+            ("tls.revocation.refresh", "1s".into()),
+            ("tls.revocation.fetch_attempts", 2.into()),
+            ("tls.revocation.fetch_timeout", "5s".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let a = app.issued("provider-a");
+    // Nothing published yet: no CRL of the dev CA, so its certificates are refused (fail closed).
+    assert_eq!(
+        publication.requests.load(Ordering::SeqCst),
+        2,
+        "two attempts"
+    );
+    assert!(!served(&app, &a).await);
+    wait_metric(
+        &app,
+        "etk_crl_updates_total{source=\"url\",outcome=\"fetch_failed\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+
+    // Published, but the next request fails once: the retry gets it.
+    let now = SystemTime::now();
+    *publication.crl.lock().expect("lock") = app
+        .dev_ca()
+        .crl(&[], now, now + Duration::from_secs(3600))
+        .expect("crl");
+    publication.fail_next.store(1, Ordering::SeqCst);
+    eventually_served(&app, &a, true).await;
+    assert_eq!(publication.fail_next.load(Ordering::SeqCst), 0);
+
+    // A new publication revoking provider-a is picked up on schedule.
+    *publication.crl.lock().expect("lock") = app
+        .dev_ca()
+        .crl(
+            &[serial_of(&a.cert_pem)],
+            now + Duration::from_secs(1),
+            now + Duration::from_secs(3600),
+        )
+        .expect("crl");
+    eventually_served(&app, &a, false).await;
+    wait_metric(
+        &app,
+        "etk_crl_updates_total{source=\"url\",outcome=\"applied\"}",
+        |v| v >= 2.0,
+    )
+    .await;
 }

@@ -145,8 +145,19 @@ async fn a_new_server_certificate_is_presented_to_new_handshakes_and_a_bad_one_i
     let renewed = dev_ca(app.dir.path())
         .issue_server(&["localhost", "127.0.0.1"])
         .expect("server cert");
-    // The key first: for a moment cert and key do not match (refused, the old pair stays).
+    // The key first: cert and key do not match, so the pair is refused and the old one stays.
     replace_file(&certs.join("server.key"), &renewed.key_pem);
+    wait_metric(
+        &app,
+        "etk_config_reloads_total{file=\"server_certificate\",outcome=\"refused\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        presented_certificate(&app, &app.ca_pem).await,
+        Some(old.clone())
+    );
+    // Then the certificate: the pair matches and is put in force.
     replace_file(&certs.join("server.pem"), &renewed.cert_pem);
     let new = der_of(&renewed.cert_pem);
     let mut seen = None;

@@ -29,6 +29,9 @@ use crate::reload::FileStamp;
 /// The largest CRL body fetched over HTTP (large national CAs publish lists of some MiB).
 const MAX_CRL_BYTES: usize = 64 * 1024 * 1024;
 
+/// At most this many distribution points are learnt from certificates (a CA has one or two).
+const MAX_LEARNT_URLS: usize = 16;
+
 /// What to do when the answer cannot be trusted: refuse (fail closed) or accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +50,9 @@ pub struct CrlSettings {
     /// Plain-HTTP URLs of CRLs (e.g. the CAs' CRL distribution points).
     #[serde(default)]
     pub urls: Vec<String>,
+    /// Also fetch the `http://` CRL distribution points named in verified client certificates
+    /// whose issuer has no CRL yet (at most 16 URLs are learnt).
+    pub distribution_points: bool,
     /// URLs are fetched again at least this often, and at their list's `nextUpdate`.
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
@@ -67,7 +73,7 @@ pub struct CrlSettings {
 impl CrlSettings {
     /// Whether any CRL source is configured (otherwise revocation is not checked).
     pub fn enabled(&self) -> bool {
-        !self.files.is_empty() || !self.urls.is_empty()
+        !self.files.is_empty() || !self.urls.is_empty() || self.distribution_points
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -366,6 +372,8 @@ pub struct CrlStore {
     entries: Mutex<HashMap<Source, Entry>>,
     current: RwLock<Arc<CrlSet>>,
     metrics: Arc<Metrics>,
+    /// Woken when a URL is learnt (the refresh loop fetches it at once).
+    learnt: tokio::sync::Notify,
 }
 
 impl CrlStore {
@@ -384,7 +392,41 @@ impl CrlStore {
             entries: Mutex::new(entries),
             current: RwLock::new(Arc::new(CrlSet::default())),
             metrics,
+            learnt: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Adds an `http://` URL to fetch (a certificate's CRL distribution point); returns whether
+    /// it is new. Beyond `MAX_LEARNT_URLS` learnt URLs, or for other schemes, nothing is added.
+    pub fn learn_url(&self, url: &str) -> bool {
+        if HttpUrl::parse(url).is_err() {
+            return false;
+        }
+        let mut entries = self.lock_entries();
+        let source = Source::Url(url.to_owned());
+        if entries.contains_key(&source) {
+            return false;
+        }
+        let learnt = entries
+            .keys()
+            .filter(|s| matches!(s, Source::Url(u) if !self.settings.urls.contains(u)))
+            .count();
+        if learnt >= MAX_LEARNT_URLS {
+            return false;
+        }
+        entries.insert(source, Entry::default());
+        drop(entries);
+        tracing::info!(
+            url,
+            "CRL distribution point learnt from a client certificate"
+        );
+        self.learnt.notify_one();
+        true
+    }
+
+    /// Resolves when a URL was learnt since the last call.
+    pub async fn url_learnt(&self) {
+        self.learnt.notified().await;
     }
 
     pub fn settings(&self) -> &CrlSettings {
@@ -478,18 +520,15 @@ impl CrlStore {
         let now = tokio::time::Instant::now();
         let due: Vec<String> = {
             let entries = self.lock_entries();
-            self.settings
-                .urls
+            let mut due: Vec<String> = entries
                 .iter()
-                .filter(|u| {
-                    force
-                        || entries
-                            .get(&Source::Url((*u).clone()))
-                            .and_then(|e| e.due)
-                            .is_none_or(|d| d <= now)
+                .filter_map(|(s, e)| match s {
+                    Source::Url(u) if force || e.due.is_none_or(|d| d <= now) => Some(u.clone()),
+                    _ => None,
                 })
-                .cloned()
-                .collect()
+                .collect();
+            due.sort();
+            due
         };
         let mut changed = false;
         for url in due {
@@ -707,6 +746,32 @@ async fn get(target: &HttpUrl) -> Result<Vec<u8>, String> {
     result
 }
 
+/// The `http://` CRL distribution points of a DER certificate.
+pub fn distribution_points(certificate: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    let Ok((_, cert)) = X509Certificate::from_der(certificate) else {
+        return Vec::new();
+    };
+    let mut urls = Vec::new();
+    for ext in cert.extensions() {
+        let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() else {
+            continue;
+        };
+        for point in points.iter() {
+            if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                for name in names {
+                    if let GeneralName::URI(uri) = name
+                        && uri.starts_with("http://")
+                    {
+                        urls.push((*uri).to_owned());
+                    }
+                }
+            }
+        }
+    }
+    urls
+}
+
 /// Reads the certificates of a PEM bundle (the configured CAs).
 pub fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -809,6 +874,7 @@ mod tests {
         CrlSettings {
             files: vec![],
             urls: vec![],
+            distribution_points: false,
             refresh: Duration::from_secs(3600),
             fetch_timeout: Duration::from_secs(5),
             fetch_attempts: 1,
@@ -831,5 +897,33 @@ mod tests {
         s.urls = vec![];
         s.fetch_attempts = 0;
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn distribution_points_are_read_from_certificates_and_learnt_within_a_bound() {
+        let ca = DevCa::generate("Test CA").expect("ca");
+        let cert = ca
+            .issue_client_with(
+                "c",
+                None,
+                &[
+                    "http://crl.example.se/ca.crl".into(),
+                    "ldap://crl.example.se/cn=ca".into(),
+                ],
+            )
+            .expect("cert");
+        let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(
+            distribution_points(der.as_ref()),
+            vec!["http://crl.example.se/ca.crl".to_owned()]
+        );
+        let store = CrlStore::new(settings(), &[ca_der(&ca)], Arc::new(Metrics::new()));
+        assert!(store.learn_url("http://crl.example.se/ca.crl"));
+        assert!(!store.learn_url("http://crl.example.se/ca.crl"), "known");
+        assert!(!store.learn_url("ldap://crl.example.se/cn=ca"), "not http");
+        for i in 1..MAX_LEARNT_URLS {
+            assert!(store.learn_url(&format!("http://crl.example.se/{i}.crl")));
+        }
+        assert!(!store.learn_url("http://crl.example.se/one-too-many.crl"));
     }
 }

@@ -130,7 +130,22 @@ impl DevCa {
         common_name: &str,
         serial_number: Option<&str>,
     ) -> Result<IssuedCert, rcgen::Error> {
+        self.issue_client_with(common_name, serial_number, &[])
+    }
+
+    /// `issue_client` naming CRL distribution points (URIs).
+    pub fn issue_client_with(
+        &self,
+        common_name: &str,
+        serial_number: Option<&str>,
+        crl_urls: &[String],
+    ) -> Result<IssuedCert, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        if !crl_urls.is_empty() {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: crl_urls.to_vec(),
+            }];
+        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params
             .distinguished_name

@@ -159,8 +159,16 @@ impl Reloader {
             if let Some(due) = self.crls.as_ref().and_then(|c| c.next_fetch()) {
                 wake = wake.min(due);
             }
+            let crls = self.crls.clone();
             let forced = tokio::select! {
                 () = tokio::time::sleep_until(wake) => false,
+                // A distribution point learnt at a handshake: fetched now (it is due).
+                () = async {
+                    match &crls {
+                        Some(c) => c.url_learnt().await,
+                        None => std::future::pending().await,
+                    }
+                } => false,
                 Some(()) = async {
                     match hangup.as_mut() {
                         Some(h) => h.recv().await,

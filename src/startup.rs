@@ -447,14 +447,8 @@ async fn build_tls(
         None
     };
     let snapshot = crls.as_ref().map(|c| c.snapshot()).unwrap_or_default();
-    let state = TlsState::new(
-        identity,
-        roots,
-        snapshot,
-        revocation.enabled().then(|| revocation.clone()),
-        metrics.clone(),
-    )
-    .map_err(|e| tls_err("configuration", e))?;
+    let state = TlsState::new(identity, roots, snapshot, crls.clone(), metrics.clone())
+        .map_err(|e| tls_err("configuration", e))?;
     Ok((Arc::new(state), crls))
 }
 

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::crl::{CrlSet, CrlSettings, Freshness, Policy};
+use crate::crl::{CrlSet, CrlSettings, CrlStore, Freshness, Policy};
 use crate::metrics::Metrics;
 
 /// A TLS handshake not finished within this is dropped.
@@ -76,17 +76,18 @@ struct Parts {
 pub struct TlsState {
     parts: Mutex<Parts>,
     config: RwLock<Arc<ServerConfig>>,
-    revocation: Option<CrlSettings>,
+    revocation: Option<Arc<CrlStore>>,
     metrics: Arc<Metrics>,
 }
 
 impl TlsState {
-    /// `revocation`: the CRL policy when CRLs are configured (`None`: not checked).
+    /// `revocation`: the CRLs when revocation is checked (`None`: not checked); the set in
+    /// force is `crls` until `set_crls`.
     pub fn new(
         identity: Arc<CertifiedKey>,
         roots: Arc<RootCertStore>,
         crls: Arc<CrlSet>,
-        revocation: Option<CrlSettings>,
+        revocation: Option<Arc<CrlStore>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let parts = Parts {
@@ -147,7 +148,7 @@ impl TlsState {
 
 fn build(
     parts: &Parts,
-    revocation: Option<&CrlSettings>,
+    revocation: Option<&Arc<CrlStore>>,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<ServerConfig>, String> {
     let mut verifier = WebPkiClientVerifier::builder_with_provider(parts.roots.clone(), provider());
@@ -162,7 +163,8 @@ fn build(
     let guard = Arc::new(RevocationGuard {
         inner,
         crls: parts.crls.clone(),
-        policy: revocation.cloned(),
+        policy: revocation.map(|r| r.settings().clone()),
+        store: revocation.cloned(),
         metrics: metrics.clone(),
     });
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -191,6 +193,8 @@ struct RevocationGuard {
     inner: Arc<dyn ClientCertVerifier>,
     crls: Arc<CrlSet>,
     policy: Option<CrlSettings>,
+    /// Where distribution points of certificates without a CRL are handed to be fetched.
+    store: Option<Arc<CrlStore>>,
     metrics: Arc<Metrics>,
 }
 
@@ -251,10 +255,18 @@ impl ClientCertVerifier for RevocationGuard {
         let issuer = X509Certificate::from_der(end_entity.as_ref())
             .map(|(_, c)| c.issuer().as_raw().to_vec())
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        match self
+        let freshness = self
             .crls
-            .freshness(&issuer, system_time(now), policy.stale_grace)
+            .freshness(&issuer, system_time(now), policy.stale_grace);
+        if freshness == Freshness::Missing
+            && policy.distribution_points
+            && let Some(store) = &self.store
         {
+            for url in crate::crl::distribution_points(end_entity.as_ref()) {
+                store.learn_url(&url);
+            }
+        }
+        match freshness {
             Freshness::Fresh => Ok(verified),
             Freshness::Stale if policy.when_stale == Policy::Accept => Ok(verified),
             Freshness::Stale => Err(self.refuse(

@@ -360,3 +360,43 @@ async fn a_crl_from_a_url_is_fetched_with_retries_and_refreshed_on_schedule() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_distribution_point_named_in_a_client_certificate_is_learnt_and_fetched() {
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let app = spawn_app_opts(Options {
+        engine: false,
+        settings: vec![
+            ("tls.revocation.files", serde_json::json!([])),
+            ("tls.revocation.distribution_points", true.into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let now = SystemTime::now();
+    let b = app.issued("provider-b");
+    *publication.crl.lock().expect("lock") = app
+        .dev_ca()
+        .crl(
+            &[serial_of(&b.cert_pem)],
+            now,
+            now + Duration::from_secs(3600),
+        )
+        .expect("crl");
+    // provider-a's system with a certificate naming the distribution point.
+    let a = app
+        .dev_ca()
+        .issue_client_with(
+            "provider-a (TEST)",
+            Some("SE1655999991-E000000000001"),
+            &[format!("http://{addr}/ca.crl")],
+        )
+        .expect("cert");
+    // No CRL of the dev CA yet: refused, and the point is learnt and fetched.
+    assert!(!served(&app, &a).await);
+    eventually_served(&app, &a, true).await;
+    assert!(publication.requests.load(Ordering::SeqCst) >= 1);
+    // The fetched list is in force for every certificate of that CA.
+    assert!(!served(&app, &b).await, "provider-b is on the fetched list");
+}

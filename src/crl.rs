@@ -199,7 +199,10 @@ impl Crl {
 
     /// Past `nextUpdate + grace` at `now`.
     pub fn is_stale(&self, now: SystemTime, grace: Duration) -> bool {
-        now > self.next_update + grace
+        // A grace beyond the representable end of time is no limit.
+        self.next_update
+            .checked_add(grace)
+            .is_some_and(|end| now > end)
     }
 }
 
@@ -560,7 +563,11 @@ impl CrlStore {
             {
                 next = next.min(until.max(Duration::from_secs(1)));
             }
-            entry.due = Some(tokio::time::Instant::now() + next);
+            let at = tokio::time::Instant::now();
+            entry.due = Some(
+                at.checked_add(next)
+                    .unwrap_or_else(|| at + Duration::from_secs(86_400)),
+            );
         }
         if changed {
             self.publish();

@@ -106,6 +106,7 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     interval: Duration,
     watched: Vec<Watched>,
+    principals_file: PathBuf,
     tls_paths: TlsSettings,
 }
 
@@ -132,8 +133,14 @@ impl Reloader {
             tls,
             crls,
             metrics,
-            interval,
+            // Zero stays zero (SIGHUP only); otherwise within 50 ms and a day.
+            interval: if interval.is_zero() {
+                interval
+            } else {
+                interval.clamp(Duration::from_millis(50), Duration::from_secs(86_400))
+            },
             watched,
+            principals_file: principals_file.to_owned(),
             tls_paths: tls_paths.clone(),
         }
     }
@@ -209,9 +216,8 @@ impl Reloader {
     fn reload(&self, kind: Kind) -> Result<(), String> {
         match kind {
             Kind::Principals => {
-                let path = &self.watched[0].paths[0];
                 // A TOML error quotes the offending line: only its first line (where) is kept.
-                let a = Authorizer::load(path).map_err(|e| match e {
+                let a = Authorizer::load(&self.principals_file).map_err(|e| match e {
                     PrincipalsError::Parse { path, message } => format!(
                         "invalid principals file {path}: {}",
                         message.lines().next().unwrap_or_default()

@@ -156,8 +156,11 @@ fn build(
         verifier = verifier
             .with_crls(parts.crls.ders())
             .only_check_end_entity_revocation();
-        // A missing CRL is judged by the guard (with its log line and metric).
-        verifier = verifier.allow_unknown_revocation_status();
+        // Unknown status (no CRL of the issuer, or none whose scope covers the certificate)
+        // refuses unless the policy accepts it; the guard logs and counts either way.
+        if revocation.is_some_and(|r| r.settings().without_crl == Policy::Accept) {
+            verifier = verifier.allow_unknown_revocation_status();
+        }
     }
     let inner = verifier.build().map_err(|e| e.to_string())?;
     let guard = Arc::new(RevocationGuard {
@@ -199,6 +202,18 @@ struct RevocationGuard {
 }
 
 impl RevocationGuard {
+    /// Hands the certificate's `http://` CRL distribution points to the store to fetch, when
+    /// `distribution_points` is on. Only for certificates a trusted CA signed.
+    fn learn_distribution_points(&self, end_entity: &CertificateDer<'_>) {
+        if let (Some(policy), Some(store)) = (&self.policy, &self.store)
+            && policy.distribution_points
+        {
+            for url in crate::crl::distribution_points(end_entity.as_ref()) {
+                store.learn_url(&url);
+            }
+        }
+    }
+
     fn refuse(
         &self,
         leaf: &CertificateDer<'_>,
@@ -246,6 +261,15 @@ impl ClientCertVerifier for RevocationGuard {
             Err(rustls::Error::InvalidCertificate(CertificateError::Revoked)) => {
                 return Err(self.refuse(end_entity, "revoked", CertificateError::Revoked));
             }
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus)) => {
+                // Signed by a trusted CA, but no CRL covers it: learn where the CA publishes.
+                self.learn_distribution_points(end_entity);
+                return Err(self.refuse(
+                    end_entity,
+                    "no_crl",
+                    CertificateError::UnknownRevocationStatus,
+                ));
+            }
             other => other?,
         };
         let Some(policy) = &self.policy else {
@@ -258,13 +282,8 @@ impl ClientCertVerifier for RevocationGuard {
         let freshness = self
             .crls
             .freshness(&issuer, system_time(now), policy.stale_grace);
-        if freshness == Freshness::Missing
-            && policy.distribution_points
-            && let Some(store) = &self.store
-        {
-            for url in crate::crl::distribution_points(end_entity.as_ref()) {
-                store.learn_url(&url);
-            }
+        if freshness == Freshness::Missing {
+            self.learn_distribution_points(end_entity);
         }
         match freshness {
             Freshness::Fresh => Ok(verified),

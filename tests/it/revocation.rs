@@ -205,38 +205,22 @@ async fn a_stale_crl_fails_closed_unless_the_policy_accepts_it() {
 
 #[tokio::test]
 async fn a_certificate_of_a_ca_without_a_crl_is_refused_unless_the_policy_accepts_it() {
-    // A second CA in the client-CA bundle, without a CRL of its own.
-    fn second_ca(dir: &std::path::Path) -> Settings {
-        let other = DevCa::generate("Second TEST CA").expect("ca");
-        let bundle = std::fs::read_to_string(dir.join("certs/ca.pem")).expect("ca");
-        std::fs::write(
-            dir.join("certs/bundle.pem"),
-            format!("{bundle}{}", other.cert_pem),
-        )
-        .expect("bundle");
-        std::fs::write(dir.join("certs/second-ca.pem"), &other.cert_pem).expect("ca");
-        std::fs::write(dir.join("certs/second-ca.key"), &other.key_pem).expect("key");
+    // A second CA, without a CRL of its own, written beside the dev CA but not trusted yet.
+    fn second_ca_written(dir: &std::path::Path) -> Settings {
+        second_ca_configured(dir);
         vec![]
-    }
-    fn from_second_ca(app: &TestApp) -> IssuedCert {
-        let d = app.dir.path().join("certs");
-        let ca = DevCa::from_pem(
-            &std::fs::read_to_string(d.join("second-ca.pem")).expect("ca"),
-            &std::fs::read_to_string(d.join("second-ca.key")).expect("key"),
-        )
-        .expect("ca");
-        ca.issue_client("second", Some("SE1655999991-E000000000001"))
-            .expect("cert")
     }
     for (policy, expect_served) in [("refuse", false), ("accept", true)] {
         let app = spawn_app_opts(Options {
             engine: false,
-            prepare: Some(second_ca),
+            prepare: Some(second_ca_written),
             settings: vec![("tls.revocation.without_crl", policy.into())],
             ..Options::default()
         })
         .await;
-        let cert = from_second_ca(&app);
+        let cert = second_ca(&app)
+            .issue_client("second", Some("SE1655999991-E000000000001"))
+            .expect("cert");
         assert!(!served(&app, &cert).await, "not trusted yet");
         // The client-CA bundle is replaced on disk: the second CA is trusted from now on, but
         // there is no CRL of it.
@@ -361,42 +345,69 @@ async fn a_crl_from_a_url_is_fetched_with_retries_and_refreshed_on_schedule() {
     .await;
 }
 
+/// A second CA beside the dev CA in the client-CA bundle (`certs/bundle.pem`, configured).
+fn second_ca_configured(dir: &std::path::Path) -> Settings {
+    let other = DevCa::generate("Second TEST CA").expect("ca");
+    let bundle = std::fs::read_to_string(dir.join("certs/ca.pem")).expect("ca");
+    let path = dir.join("certs/bundle.pem");
+    std::fs::write(&path, format!("{bundle}{}", other.cert_pem)).expect("bundle");
+    std::fs::write(dir.join("certs/second-ca.pem"), &other.cert_pem).expect("ca");
+    std::fs::write(dir.join("certs/second-ca.key"), &other.key_pem).expect("key");
+    vec![("tls.client_ca", path.display().to_string().into())]
+}
+
+fn second_ca(app: &TestApp) -> DevCa {
+    let d = app.dir.path().join("certs");
+    DevCa::from_pem(
+        &std::fs::read_to_string(d.join("second-ca.pem")).expect("ca"),
+        &std::fs::read_to_string(d.join("second-ca.key")).expect("key"),
+    )
+    .expect("ca")
+}
+
 #[tokio::test]
 async fn a_distribution_point_named_in_a_client_certificate_is_learnt_and_fetched() {
     let publication = Publication::default();
     let addr = distribution_point(publication.clone()).await;
+    // The dev CA's CRL is a file; the second CA's is only at its distribution point.
     let app = spawn_app_opts(Options {
         engine: false,
-        settings: vec![
-            ("tls.revocation.files", serde_json::json!([])),
-            ("tls.revocation.distribution_points", true.into()),
-        ],
+        prepare: Some(second_ca_configured),
+        settings: vec![("tls.revocation.distribution_points", true.into())],
         ..Options::default()
     })
     .await;
+    let ca = second_ca(&app);
     let now = SystemTime::now();
-    let b = app.issued("provider-b");
-    *publication.crl.lock().expect("lock") = app
-        .dev_ca()
+    let url = format!("http://{addr}/ca.crl");
+    let revoked = ca
+        .issue_client_with(
+            "revoked",
+            Some("SE1655999991-E000000000002"),
+            std::slice::from_ref(&url),
+        )
+        .expect("cert");
+    *publication.crl.lock().expect("lock") = ca
         .crl(
-            &[serial_of(&b.cert_pem)],
+            &[serial_of(&revoked.cert_pem)],
             now,
             now + Duration::from_secs(3600),
         )
         .expect("crl");
-    // provider-a's system with a certificate naming the distribution point.
-    let a = app
-        .dev_ca()
+    // provider-a's system with a certificate of the second CA naming the distribution point.
+    let a = ca
         .issue_client_with(
             "provider-a (TEST)",
             Some("SE1655999991-E000000000001"),
-            &[format!("http://{addr}/ca.crl")],
+            &[url],
         )
         .expect("cert");
-    // No CRL of the dev CA yet: refused, and the point is learnt and fetched.
+    // No CRL of the second CA yet: refused, and the point is learnt and fetched.
     assert!(!served(&app, &a).await);
     eventually_served(&app, &a, true).await;
     assert!(publication.requests.load(Ordering::SeqCst) >= 1);
     // The fetched list is in force for every certificate of that CA.
-    assert!(!served(&app, &b).await, "provider-b is on the fetched list");
+    assert!(!served(&app, &revoked).await, "on the fetched list");
+    // The dev CA's file is still in force beside it.
+    assert!(served(&app, &app.issued("provider-b")).await);
 }

@@ -370,3 +370,58 @@ fn write(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next_update(path: &Path) -> SystemTime {
+        use x509_parser::prelude::FromDer;
+        let pem = std::fs::read(path).expect("crl");
+        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&block.contents)
+                .expect("crl");
+        let secs = crl.next_update().expect("next update").timestamp();
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).expect("after 1970"))
+    }
+
+    /// A data directory from before CRLs, or with a CRL near its end, gets a fresh one; a
+    /// current one is left alone.
+    #[test]
+    fn the_dev_crl_is_written_and_renewed_before_it_goes_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (paths, created) = ensure(dir.path()).expect("created");
+        assert!(created);
+        let first = next_update(&paths.crl);
+        assert!(first > SystemTime::now() + Duration::from_secs(29 * 86_400));
+
+        let written = std::fs::read(&paths.crl).expect("crl");
+        ensure(dir.path()).expect("again");
+        assert_eq!(std::fs::read(&paths.crl).expect("crl"), written, "kept");
+
+        std::fs::remove_file(&paths.crl).expect("rm");
+        ensure(dir.path()).expect("again");
+        assert!(paths.crl.exists(), "written for an older data directory");
+
+        let ca = DevCa::from_pem(
+            &std::fs::read_to_string(&paths.ca).expect("ca"),
+            &std::fs::read_to_string(dir.path().join("certs/ca.key")).expect("key"),
+        )
+        .expect("ca");
+        let now = SystemTime::now();
+        let ending = ca
+            .crl(
+                &[],
+                now - Duration::from_secs(86_400),
+                now + Duration::from_secs(86_400),
+            )
+            .expect("crl");
+        std::fs::write(&paths.crl, ending).expect("write");
+        ensure(dir.path()).expect("again");
+        assert!(
+            next_update(&paths.crl) > now + Duration::from_secs(29 * 86_400),
+            "renewed"
+        );
+    }
+}

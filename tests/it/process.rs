@@ -74,7 +74,12 @@ async fn dev_mode_completes_a_case_by_itself() {
     // Later starts reuse the generated identities.
     drop(client);
     let ca_before = std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca");
-    server.terminate();
+    let log = server.terminate();
+    // Dev mode checks client certificates against the dev CA's CRL, as production does.
+    assert!(
+        log.contains("CRL loaded") && !log.contains("no CRLs configured"),
+        "{log}"
+    );
     let again = Server::start(dir.path(), &[]);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca"),

@@ -375,6 +375,37 @@ mod tests {
     }
 
     #[test]
+    fn revocation_settings_default_to_fail_closed_and_are_checked() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            let c = Config::load(None).expect("loads");
+            let r = &c.tls.revocation;
+            assert!(!r.enabled(), "no CRL source by default");
+            assert_eq!(r.when_stale, crate::crl::Policy::Refuse);
+            assert_eq!(r.without_crl, crate::crl::Policy::Refuse);
+            assert_eq!(c.server.reload_interval.as_secs(), 10);
+            jail.set_env("ETK_TLS__REVOCATION__FETCH_ATTEMPTS", "0");
+            jail.set_env(
+                "ETK_TLS__REVOCATION__URLS",
+                "[\"https://crl.example.se/x.crl\"]",
+            );
+            let e = error(Config::load(None));
+            assert!(e.contains("tls: revocation.fetch_attempts"), "{e}");
+            jail.set_env("ETK_TLS__REVOCATION__FETCH_ATTEMPTS", "3");
+            let e = error(Config::load(None));
+            assert!(
+                e.contains("revocation.urls") && e.contains("http://"),
+                "{e}"
+            );
+            jail.set_env("ETK_TLS__REVOCATION__URLS", "[]");
+            jail.set_env("ETK_TLS__REVOCATION__WHEN_STALE", "shrug");
+            let e = error(Config::load(None));
+            assert!(e.contains("tls.revocation.when_stale"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn durations_are_written_as_people_write_them() {
         Jail::expect_with(|jail| {
             required_env(jail);

@@ -411,3 +411,35 @@ async fn a_distribution_point_named_in_a_client_certificate_is_learnt_and_fetche
     // The dev CA's file is still in force beside it.
     assert!(served(&app, &app.issued("provider-b")).await);
 }
+
+#[tokio::test]
+async fn a_crl_file_that_does_not_verify_stops_the_start() {
+    crate::helpers::install_crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (paths, _) = etjanstekort_gateway::devcerts::ensure(dir.path()).expect("dev environment");
+    let impostor = DevCa::generate("etjanstekort-gateway TEST dev CA").expect("ca");
+    let now = SystemTime::now();
+    let forged = impostor
+        .crl(&[], now, now + Duration::from_secs(3600))
+        .expect("crl");
+    std::fs::write(&paths.crl, forged).expect("write");
+    let config = etjanstekort_gateway::config::Layers::defaults()
+        .set("server.listen", "127.0.0.1:0")
+        .set("tls.cert", &paths.server_cert)
+        .set("tls.key", &paths.server_key)
+        .set("tls.client_ca", &paths.ca)
+        .set("tls.revocation.files", [&paths.crl])
+        .set("auth.principals_file", &paths.principals)
+        .set(
+            "database.url",
+            crate::helpers::TestDb::sqlite(dir.path()).url,
+        )
+        .set("privacy.master_key", crate::helpers::test_vault_key())
+        .config()
+        .expect("configuration");
+    let e = etjanstekort_gateway::startup::App::build(config)
+        .await
+        .expect_err("started with a forged CRL");
+    let e = e.to_string();
+    assert!(e.contains("CRL file") && e.contains("signature"), "{e}");
+}

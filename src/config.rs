@@ -138,6 +138,7 @@ impl Layers {
             ("privacy", c.privacy.validate()),
             ("retention", c.retention.validate()),
             ("simulated", c.simulated.validate()),
+            ("tls", c.tls.validate()),
         ];
         // After a wrong value its placeholder stands in the tree, and the checks would judge
         // it; only the privacy check (two optional keys, never stood in for) still applies.
@@ -376,6 +377,37 @@ mod tests {
             jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "1");
             jail.set_env("ETK_PRIVACY__MASTER_KEY", "");
             Config::load(None).expect("an empty key is still a key; the vault refuses it");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn revocation_settings_default_to_fail_closed_and_are_checked() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            let c = Config::load(None).expect("loads");
+            let r = &c.tls.revocation;
+            assert!(!r.enabled(), "no CRL source by default");
+            assert_eq!(r.when_stale, crate::crl::Policy::Refuse);
+            assert_eq!(r.without_crl, crate::crl::Policy::Refuse);
+            assert_eq!(c.server.reload_interval.as_secs(), 10);
+            jail.set_env("ETK_TLS__REVOCATION__FETCH_ATTEMPTS", "0");
+            jail.set_env(
+                "ETK_TLS__REVOCATION__URLS",
+                "[\"https://crl.example.se/x.crl\"]",
+            );
+            let e = error(Config::load(None));
+            assert!(e.contains("tls: revocation.fetch_attempts"), "{e}");
+            jail.set_env("ETK_TLS__REVOCATION__FETCH_ATTEMPTS", "3");
+            let e = error(Config::load(None));
+            assert!(
+                e.contains("revocation.urls") && e.contains("http://"),
+                "{e}"
+            );
+            jail.set_env("ETK_TLS__REVOCATION__URLS", "[]");
+            jail.set_env("ETK_TLS__REVOCATION__WHEN_STALE", "shrug");
+            let e = error(Config::load(None));
+            assert!(e.contains("tls.revocation.when_stale"), "{e}");
             Ok(())
         });
     }

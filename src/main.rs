@@ -590,6 +590,9 @@ fn apply_dev(layers: Layers, data_dir: &Path) -> Result<Layers, Box<dyn std::err
         .fill("tls.cert", &paths.server_cert)
         .fill("tls.key", &paths.server_key)
         .fill("tls.client_ca", &paths.ca)
+        // The dev CA's (empty) CRL: client certificates are checked for revocation in dev
+        // mode as in production. Ignored where `tls.revocation` names files itself.
+        .fill("tls.revocation.files", [&paths.crl])
         .fill("auth.principals_file", &paths.principals)
         .fill("privacy.master_key_file", &paths.master_key)
         .fill(

@@ -101,6 +101,29 @@ struct ConnectorLabels {
     connector: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrlUpdateLabels {
+    source: &'static str,
+    outcome: &'static str,
+}
+
+/// A CA's name: bounded by the configured client-CA bundle.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// How a step's execution ended (the `outcome` label).
@@ -159,6 +182,10 @@ pub struct Metrics {
     retention_passes: Family<RetentionPassLabels, Counter>,
     audit_broken_cases: Gauge,
     audit_verifications: Counter,
+    client_certificates_refused: Family<ReasonLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    crl_updates: Family<CrlUpdateLabels, Counter>,
+    crl_next_update: Family<IssuerLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -296,8 +323,37 @@ impl Metrics {
             "Completed periodic verifications of every case's audit chain",
             audit_verifications.clone(),
         );
+        let client_certificates_refused = Family::default();
+        registry.register(
+            "client_certificates_refused",
+            "Client certificates refused for revocation (at the handshake, or on a call of a connection opened before), by reason (revoked, crl_stale, no_crl)",
+            client_certificates_refused.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Reloads of trusted files, by file (principals, server_certificate, client_ca) and outcome (applied, refused)",
+            config_reloads.clone(),
+        );
+        let crl_updates = Family::default();
+        registry.register(
+            "crl_updates",
+            "CRLs loaded or refused, by source (file, url) and outcome (applied, bad_signature, rollback, fetch_failed, ...)",
+            crl_updates.clone(),
+        );
+        let crl_next_update = Family::default();
+        registry.register_with_unit(
+            "crl_next_update_timestamp",
+            "nextUpdate of the CRL in force, by issuing CA (Unix time)",
+            Unit::Seconds,
+            crl_next_update.clone(),
+        );
         Self {
             registry,
+            client_certificates_refused,
+            config_reloads,
+            crl_updates,
+            crl_next_update,
             rpc_requests,
             rpc_duration,
             cases,
@@ -415,6 +471,37 @@ impl Metrics {
     /// An early KIV removal was refused (FAILED_PRECONDITION).
     pub fn order_violation_refused(&self) {
         self.order_violations_refused.inc();
+    }
+
+    /// A client certificate was refused at the handshake for revocation (`reason`: revoked,
+    /// crl_stale, no_crl).
+    pub fn client_certificate_refused(&self, reason: &'static str) {
+        self.client_certificates_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A changed trusted file was put in force (`applied`) or refused (`refused`).
+    pub fn config_reload(&self, file: &'static str, outcome: &'static str) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { file, outcome })
+            .inc();
+    }
+
+    /// A CRL from a file or URL was put in force or refused (`outcome` names why).
+    pub fn crl_update(&self, source: &'static str, outcome: &'static str) {
+        self.crl_updates
+            .get_or_create(&CrlUpdateLabels { source, outcome })
+            .inc();
+    }
+
+    /// The `nextUpdate` of the CRL in force for a CA, as Unix seconds.
+    pub fn set_crl_next_update(&self, issuer: &str, unix_seconds: u64) {
+        self.crl_next_update
+            .get_or_create(&IssuerLabels {
+                issuer: issuer.to_owned(),
+            })
+            .set(clamp(unix_seconds));
     }
 
     /// The database's view of all cases; every state is set, zeros included, so a state that

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::crl::CrlSettings;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
@@ -26,6 +28,10 @@ pub struct ServerSettings {
     /// Refuse to start when a connector's server cannot be reached (otherwise start; cases
     /// wait until it can be reached).
     pub require_reachable_at_start: bool,
+    /// How often the principals file, the TLS files and the CRL files are checked for changes
+    /// ("0s": only on SIGHUP). See `reload`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 /// The server's certificate and the CAs whose client certificates it accepts (mutual TLS).
@@ -38,4 +44,12 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// PEM bundle of accepted client CAs.
     pub client_ca: PathBuf,
+    /// The CRLs client certificates are checked against (off while no source is configured).
+    pub revocation: CrlSettings,
+}
+
+impl TlsSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        self.revocation.validate()
+    }
 }

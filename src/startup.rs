@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower_layer::Stack;
 
@@ -23,7 +22,7 @@ use crate::api::pb::operations_service_server::OperationsServiceServer;
 use crate::api::pb::revocation_service_server::RevocationServiceServer;
 use crate::api::{Api, pb};
 use crate::app::Gateway;
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, Principals};
 use crate::bus::EventBus;
 use crate::config::Config;
 use crate::connectors::simulated::{LogNotifier, SimulatedKiv, SimulatedTjansteId};
@@ -32,11 +31,14 @@ use crate::connectors::{
     Connectors, Kiv, KivSettings, Notifier, NotifierSettings, OfficeOnly, TjansteId,
     TjansteIdSettings, ldap::LdapKiv,
 };
+use crate::crl::CrlStore;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
+use crate::reload::Reloader;
 use crate::rpc::{self, AuthLayer, RpcLayer};
 use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
+use crate::tls::TlsState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -66,7 +68,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("TLS configuration: {0}")]
-    Tls(#[from] tonic::transport::Error),
+    Tls(String),
     #[error("connector: {0}")]
     Connector(String),
     #[error("database: {0}")]
@@ -184,6 +186,8 @@ pub struct App {
     readiness: Readiness,
     stats_every: Duration,
     router: tonic::transport::server::Router<ServerLayers>,
+    tls: Arc<TlsState>,
+    reloader: Reloader,
     store: Arc<dyn CaseStore>,
     engine: Arc<Engine>,
     probes: Connectors,
@@ -248,19 +252,23 @@ impl App {
             .with_metrics(metrics.clone())
             .with_retention(config.retention.clone()),
         );
-        let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
-
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                read("TLS certificate", &config.tls.cert)?,
-                read("TLS key", &config.tls.key)?,
-            ))
-            .client_ca_root(Certificate::from_pem(read(
-                "client CA bundle",
-                &config.tls.client_ca,
-            )?))
-            .client_auth_optional(false)
-            .timeout(Duration::from_secs(10));
+        let principals = Arc::new(Principals::new(Authorizer::load(
+            &config.auth.principals_file,
+        )?));
+        let (tls, crls) = build_tls(&config, &metrics).await?;
+        let mut auth_layer = AuthLayer::new(principals.clone());
+        if let Some(crls) = &crls {
+            auth_layer = auth_layer.with_revocation(crls.clone(), metrics.clone());
+        }
+        let reloader = Reloader::new(
+            &config.auth.principals_file,
+            &config.tls,
+            principals,
+            tls.clone(),
+            crls,
+            metrics.clone(),
+            config.server.reload_interval,
+        );
 
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -331,14 +339,14 @@ impl App {
         // it (not `Server::timeout`, which sits outside user layers and would only drop the
         // call). Authentication runs inside the span, so denials carry the trace id.
         // The outcome hook is where RPC metrics attach.
+        // TLS is ours (`tls::incoming`): its configuration is swapped on reload.
         let router = Server::builder()
-            .tls_config(tls)?
             .concurrency_limit_per_connection(config.server.concurrency_per_connection)
             .layer(RpcLayer::new(
                 config.server.request_timeout,
                 rpc_metrics(&metrics),
             ))
-            .layer(AuthLayer::new(auth))
+            .layer(auth_layer)
             .add_routes(routes);
         Ok(Self {
             addr,
@@ -351,6 +359,8 @@ impl App {
                 .stats_interval
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
             router,
+            tls,
+            reloader,
             store,
             engine,
             probes,
@@ -436,11 +446,12 @@ impl App {
                 self.audit_every,
             ))
         });
+        let reloader = tokio::spawn(self.reloader.run());
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = self.router.serve_with_incoming_shutdown(
-            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+            crate::tls::incoming(self.listener, self.tls),
             async move {
                 let _ = stop_rx.await;
             },
@@ -488,6 +499,7 @@ impl App {
             }
         };
         prober.abort();
+        reloader.abort();
         if let Some(v) = audit_verifier {
             v.abort();
         }
@@ -511,6 +523,42 @@ impl App {
         admin_tasks.abort_all();
         result
     }
+}
+
+/// The TLS configuration of the gRPC listener: server identity, client CAs and, when CRL
+/// sources are configured, the CRLs (files must load at start; URLs that cannot be fetched yet
+/// are logged and retried by the reloader, and `without_crl` decides meanwhile).
+async fn build_tls(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<TlsState>, Option<Arc<CrlStore>>), StartError> {
+    let tls_err = |what: &str, e: String| StartError::Tls(format!("{what}: {e}"));
+    let identity = crate::tls::load_server_identity(
+        read("TLS certificate", &config.tls.cert)?.as_bytes(),
+        read("TLS key", &config.tls.key)?.as_bytes(),
+    )
+    .map_err(|e| tls_err("server certificate and key", e))?;
+    let cas = crate::crl::read_pem_certificates(&config.tls.client_ca)
+        .map_err(|e| tls_err("client CA bundle", e))?;
+    let roots = crate::tls::load_client_roots(&cas).map_err(|e| tls_err("client CA bundle", e))?;
+    let revocation = &config.tls.revocation;
+    let crls = if revocation.enabled() {
+        let store = Arc::new(CrlStore::new(revocation.clone(), &cas, metrics.clone()));
+        if let (_, Some(e)) = store.refresh_files(true) {
+            return Err(tls_err("CRL file", e.to_string()));
+        }
+        store.refresh_urls(true).await;
+        Some(store)
+    } else {
+        tracing::warn!(
+            "no CRLs configured ([tls.revocation]): client certificates are not checked for revocation"
+        );
+        None
+    };
+    let snapshot = crls.as_ref().map(|c| c.snapshot()).unwrap_or_default();
+    let state = TlsState::new(identity, roots, snapshot, crls.clone(), metrics.clone())
+        .map_err(|e| tls_err("configuration", e))?;
+    Ok((Arc::new(state), crls))
 }
 
 /// The RPC layer's outcome hook: each finished RPC counted and timed.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::audit_record::{AuditRecord, Purpose};
 use crate::auth::Principal;
 use crate::bus::EventBus;
 use crate::clock::{Clock, SystemClock};
@@ -14,7 +15,9 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 use crate::privacy::Vault;
-use crate::storage::{CaseStore, CreateCase, Created, EventMeta, ListQuery, StoreError};
+use crate::storage::{
+    CaseStore, ChainHead, CreateCase, Created, EventMeta, ListQuery, StepView, StoreError,
+};
 
 /// Errors of the use cases; `api::error` maps them to gRPC statuses in one place.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,25 @@ pub struct Gateway {
     removes_kiv: bool,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+}
+
+/// The operators' filters over every care provider's cases.
+#[derive(Clone, Debug, Default)]
+pub struct CaseFilter {
+    /// Any of these states (empty: any).
+    pub states: Vec<State>,
+    pub care_provider: Option<HsaId>,
+    pub care_unit: Option<HsaId>,
+    pub created_before: Option<Timestamp>,
+    pub created_after: Option<Timestamp>,
+}
+
+/// A case's audit trail, its outbox steps and its chain head, for operators.
+#[derive(Debug)]
+pub struct Timeline {
+    pub events: Vec<CaseEvent>,
+    pub steps: Vec<StepView>,
+    pub head: ChainHead,
 }
 
 /// A page of cases and the id to continue after, if there may be more.
@@ -228,18 +250,20 @@ impl Gateway {
         }
     }
 
-    /// The case's trail so far and a subscription for what follows. Subscribing first means
-    /// nothing committed between the read and the subscription is missed (duplicates are
-    /// filtered by sequence number by the caller).
-    pub async fn watch(
-        &self,
-        principal: &Principal,
-        id: &CaseId,
-    ) -> Result<(Vec<CaseEvent>, tokio::sync::broadcast::Receiver<CaseEvent>), AppError> {
+    /// The case's trail so far and subscriptions for what follows (events, and resyncs: news
+    /// may have been missed, re-read). Subscribing first means nothing committed between the
+    /// read and the subscription is missed (duplicates are filtered by sequence number by the
+    /// caller).
+    pub async fn watch(&self, principal: &Principal, id: &CaseId) -> Result<Watch, AppError> {
         self.get_own(principal, id).await?;
-        let rx = self.bus.subscribe();
+        let live = self.bus.subscribe();
+        let resyncs = self.bus.resyncs();
         let past = self.store.events(id).await?;
-        Ok((past, rx))
+        Ok(Watch {
+            past,
+            live,
+            resyncs,
+        })
     }
 
     pub async fn events_after(&self, id: &CaseId, after: i64) -> Result<Vec<CaseEvent>, AppError> {
@@ -446,6 +470,104 @@ impl Gateway {
         .await
     }
 
+    /// Any care provider's case and its chain head. Reading is logged by the API layer, not
+    /// recorded as an audit event (it changes nothing and discloses no personal data).
+    pub async fn get_any(&self, id: &CaseId) -> Result<(Deregistration, ChainHead), AppError> {
+        let case = self.store.get(id).await?.ok_or(AppError::NotFound)?;
+        let head = self.store.chain_head(id).await?;
+        Ok((case, head))
+    }
+
+    /// Every care provider's cases, filtered, in id (creation) order.
+    pub async fn list_cases(
+        &self,
+        filter: CaseFilter,
+        after: Option<CaseId>,
+        limit: u32,
+    ) -> Result<Page, AppError> {
+        self.page(ListQuery {
+            states: filter.states,
+            care_provider: filter.care_provider,
+            care_units: filter.care_unit.map(|u| vec![u]),
+            created_before: filter.created_before,
+            created_after: filter.created_after,
+            after,
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn timeline(&self, id: &CaseId) -> Result<Timeline, AppError> {
+        let (events, head) = match self.store.audit_trail(id).await {
+            Err(StoreError::NotFound) => return Err(AppError::NotFound),
+            other => other?,
+        };
+        let steps = self.store.steps(id).await?;
+        Ok(Timeline {
+            events,
+            steps,
+            head,
+        })
+    }
+
+    /// An operator cancels a case where the saga allows it; the justification is audited.
+    pub async fn cancel_case(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+        justification: FreeText,
+        trace_id: String,
+    ) -> Result<Deregistration, AppError> {
+        self.apply_any(
+            id,
+            &Event::Cancel,
+            self.meta(principal, trace_id, justification.into_string()),
+        )
+        .await
+    }
+
+    /// The case's audit record. The export is first recorded as an audit event of the case
+    /// (`audit_exported`, or `audit_exported_for_record_keeper` with the justification), so the
+    /// record includes its own export.
+    pub async fn export(
+        &self,
+        principal: &Principal,
+        id: &CaseId,
+        purpose: Purpose,
+        justification: Option<FreeText>,
+        trace_id: String,
+    ) -> Result<AuditRecord, AppError> {
+        let kind = match purpose {
+            Purpose::Pseudonymized => "audit_exported",
+            Purpose::RecordKeeper => "audit_exported_for_record_keeper",
+        };
+        let detail = justification.map(FreeText::into_string).unwrap_or_default();
+        match self
+            .store
+            .audit(id, kind, self.meta(principal, trace_id, detail))
+            .await
+        {
+            Err(StoreError::NotFound) => return Err(AppError::NotFound),
+            other => other?,
+        }
+        let case = self.store.get(id).await?.ok_or(AppError::NotFound)?;
+        let (events, head) = self.store.audit_trail(id).await?;
+        Ok(AuditRecord::new(
+            &self.vault,
+            purpose,
+            &case,
+            &events,
+            &head,
+            principal.hsa_id.as_str(),
+            self.now(),
+        ))
+    }
+
+    pub fn store(&self) -> &Arc<dyn CaseStore> {
+        &self.store
+    }
+
     /// Keyed digest of everything the caller sent, in a fixed order.
     fn fingerprint(&self, r: &NewDeregistration) -> String {
         let pnr = r.card_holder.personnummer.expose_digits();
@@ -468,4 +590,15 @@ impl Gateway {
             r.route.as_str().as_bytes(),
         ])
     }
+}
+
+/// What `Gateway::watch` hands a watcher.
+#[derive(Debug)]
+pub struct Watch {
+    /// The trail so far, in order.
+    pub past: Vec<CaseEvent>,
+    /// Events committed from now on (this process's, and on PostgreSQL other replicas').
+    pub live: tokio::sync::broadcast::Receiver<CaseEvent>,
+    /// Changes when events may have been missed (`EventBus::resync`).
+    pub resyncs: tokio::sync::watch::Receiver<u64>,
 }

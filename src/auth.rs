@@ -75,6 +75,8 @@ pub enum AuthError {
     NoCertificate,
     #[error("the client certificate's subject has no valid HSA-id in serialNumber (2.5.4.5)")]
     NoHsaId,
+    #[error("the client certificate (serial number {serial}) is revoked by its CA")]
+    Revoked { serial: String },
     #[error("principal {0} is not granted access")]
     UnknownPrincipal(HsaId),
     #[error("principal {principal} has role {has} but this call requires role {needs}")]
@@ -104,7 +106,32 @@ pub struct AuthSettings {
     pub principals_file: PathBuf,
 }
 
-/// The principals configuration, loaded once at start-up.
+/// The principals in force: replaced as a whole when the file is reloaded, read by every call
+/// (so a principal removed from the file is refused on its next call, on any connection).
+#[derive(Debug, Default)]
+pub struct Principals(std::sync::RwLock<std::sync::Arc<Authorizer>>);
+
+impl Principals {
+    pub fn new(authorizer: Authorizer) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(authorizer)))
+    }
+
+    pub fn current(&self) -> std::sync::Arc<Authorizer> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, authorizer: Authorizer) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(authorizer);
+    }
+}
+
+/// One version of the principals file.
 #[derive(Debug, Default, Clone)]
 pub struct Authorizer {
     principals: HashMap<HsaId, Principal>,

@@ -1,12 +1,15 @@
-//! The in-process event bus: what this process has committed, told to whoever waits for it.
-//! Owns the broadcast of committed audit events (watchers subscribe) and the work signal (idle
-//! engine workers wake early). The store publishes only after a commit; the bus stores nothing
-//! and must not be relied on for delivery — the database stays the source of truth (a lagging
-//! watcher re-reads the trail; a worker also wakes on its idle poll).
+//! The in-process event bus: what was committed, told to whoever waits for it in this process.
+//! Owns the broadcast of committed audit events (watchers subscribe), the work signal (idle
+//! engine workers wake early) and the resync signal (news may have been missed: re-read).
+//! The store publishes what this process commits after the commit and, on PostgreSQL, what
+//! other replicas commit as their notifications arrive (`storage::listen`). The bus stores
+//! nothing and must not be relied on for delivery — the database stays the source of truth (a
+//! lagging watcher, or one told to resync, re-reads the trail; a worker also wakes on its idle
+//! poll).
 
 use std::sync::Arc;
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::domain::CaseEvent;
 
@@ -18,6 +21,8 @@ const CAPACITY: usize = 4096;
 pub struct EventBus {
     events: broadcast::Sender<CaseEvent>,
     work: Arc<Notify>,
+    /// Counts resyncs; watchers wait for it to change.
+    resync: Arc<watch::Sender<u64>>,
 }
 
 impl Default for EventBus {
@@ -32,6 +37,7 @@ impl EventBus {
         Self {
             events,
             work: Arc::new(Notify::new()),
+            resync: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -48,6 +54,24 @@ impl EventBus {
     /// or made due).
     pub fn notify_work(&self) {
         self.work.notify_waiters();
+    }
+
+    /// Tells every subscriber that events may have been committed without being published here
+    /// (the news from other replicas was interrupted): watchers re-read their case's trail
+    /// from the last event they sent, and idle workers look for work.
+    pub fn resync(&self) {
+        self.resync.send_modify(|n| *n = n.wrapping_add(1));
+        self.notify_work();
+    }
+
+    /// The resync signal: `changed()` resolves after each `resync` from now on.
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.resync.subscribe()
+    }
+
+    /// Whether anyone is subscribed to the events (else there is nobody to publish to).
+    pub fn has_subscribers(&self) -> bool {
+        self.events.receiver_count() > 0
     }
 
     /// Events published from now on.
@@ -80,6 +104,7 @@ mod tests {
             trace_id: String::new(),
             detail: String::new(),
             hash: String::new(),
+            key_id: None,
         }
     }
 
@@ -113,6 +138,31 @@ mod tests {
             idle.recv().await,
             Err(broadcast::error::RecvError::Lagged(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn resync_reaches_every_watcher_and_wakes_workers() {
+        let bus = EventBus::new();
+        assert!(!bus.has_subscribers());
+        let _rx = bus.subscribe();
+        assert!(bus.has_subscribers());
+        let mut a = bus.resyncs();
+        let mut b = bus.clone().resyncs();
+        let signal = bus.work_signal();
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        assert!(!a.has_changed().expect("open"), "nothing happened yet");
+        bus.resync();
+        for rx in [&mut a, &mut b] {
+            tokio::time::timeout(Duration::from_secs(5), rx.changed())
+                .await
+                .expect("told")
+                .expect("open");
+        }
+        tokio::time::timeout(Duration::from_secs(5), notified)
+            .await
+            .expect("a resync also wakes workers");
     }
 
     #[tokio::test]

@@ -18,8 +18,10 @@ use crate::auth::AuthSettings;
 use crate::connectors::simulated::SimulatedSettings;
 use crate::connectors::smtp::SmtpSettings;
 use crate::connectors::{KivSettings, NotifierSettings, TjansteIdSettings};
+use crate::console::ConsoleSettings;
 use crate::engine::EngineSettings;
 use crate::privacy::PrivacySettings;
+use crate::retention::RetentionSettings;
 use crate::rpc::LimitSettings;
 use crate::server::{ServerSettings, TlsSettings};
 use crate::storage::DatabaseSettings;
@@ -43,6 +45,7 @@ pub struct Config {
     pub privacy: PrivacySettings,
     pub api: Paging,
     pub engine: EngineSettings,
+    pub retention: RetentionSettings,
     pub tjansteid: TjansteIdSettings,
     pub kiv: KivSettings,
     pub notifier: NotifierSettings,
@@ -51,8 +54,10 @@ pub struct Config {
     pub smtp: Option<SmtpSettings>,
     pub simulated: SimulatedSettings,
     pub admin: AdminSettings,
+    pub console: ConsoleSettings,
     pub telemetry: TelemetrySettings,
     pub limits: LimitSettings,
+    pub audit: crate::verifier::AuditSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,9 +137,12 @@ impl Layers {
             ("server", c.server.validate()),
             ("limits", c.limits.validate()),
             ("api", c.api.validate()),
+            ("console", c.console.validate()),
             ("engine", c.engine.validate()),
             ("privacy", c.privacy.validate()),
+            ("retention", c.retention.validate()),
             ("simulated", c.simulated.validate()),
+            ("tls", c.tls.validate()),
         ];
         // After a wrong value its placeholder stands in the tree, and the checks would judge
         // it; only the privacy check (two optional keys, never stood in for) still applies.
@@ -373,6 +381,37 @@ mod tests {
             jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "1");
             jail.set_env("ETK_PRIVACY__MASTER_KEY", "");
             Config::load(None).expect("an empty key is still a key; the vault refuses it");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn revocation_settings_default_to_fail_closed_and_are_checked() {
+        Jail::expect_with(|jail| {
+            required_env(jail);
+            let c = Config::load(None).expect("loads");
+            let r = &c.tls.revocation;
+            assert!(!r.enabled(), "no CRL source by default");
+            assert_eq!(r.when_stale, crate::crl::Policy::Refuse);
+            assert_eq!(r.without_crl, crate::crl::Policy::Refuse);
+            assert_eq!(c.server.reload_interval.as_secs(), 10);
+            jail.set_env("ETK_TLS__REVOCATION__FETCH_ATTEMPTS", "0");
+            jail.set_env(
+                "ETK_TLS__REVOCATION__URLS",
+                "[\"https://crl.example.se/x.crl\"]",
+            );
+            let e = error(Config::load(None));
+            assert!(e.contains("tls: revocation.fetch_attempts"), "{e}");
+            jail.set_env("ETK_TLS__REVOCATION__FETCH_ATTEMPTS", "3");
+            let e = error(Config::load(None));
+            assert!(
+                e.contains("revocation.urls") && e.contains("http://"),
+                "{e}"
+            );
+            jail.set_env("ETK_TLS__REVOCATION__URLS", "[]");
+            jail.set_env("ETK_TLS__REVOCATION__WHEN_STALE", "shrug");
+            let e = error(Config::load(None));
+            assert!(e.contains("tls.revocation.when_stale"), "{e}");
             Ok(())
         });
     }

@@ -4,6 +4,7 @@
 //! data directory and reused on later starts.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
@@ -129,7 +130,22 @@ impl DevCa {
         common_name: &str,
         serial_number: Option<&str>,
     ) -> Result<IssuedCert, rcgen::Error> {
+        self.issue_client_with(common_name, serial_number, &[])
+    }
+
+    /// `issue_client` naming CRL distribution points (URIs).
+    pub fn issue_client_with(
+        &self,
+        common_name: &str,
+        serial_number: Option<&str>,
+        crl_urls: &[String],
+    ) -> Result<IssuedCert, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        if !crl_urls.is_empty() {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: crl_urls.to_vec(),
+            }];
+        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params
             .distinguished_name
@@ -141,6 +157,37 @@ impl DevCa {
             );
         }
         self.sign(params)
+    }
+
+    /// A CRL (PEM) signed by this CA listing the given serial numbers (DER integer bytes, as
+    /// in the certificates), valid from `this_update` until `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[Vec<u8>],
+        this_update: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<String, rcgen::Error> {
+        let at = time::OffsetDateTime::from;
+        let number = this_update
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: at(this_update),
+            next_update: at(next_update),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial),
+                    revocation_time: at(this_update),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer)?.pem()
     }
 
     fn sign(&self, params: CertificateParams) -> Result<IssuedCert, rcgen::Error> {
@@ -158,6 +205,8 @@ impl DevCa {
 pub struct DevPaths {
     pub dir: PathBuf,
     pub ca: PathBuf,
+    /// The dev CA's CRL (empty; renewed on start when it nears its nextUpdate).
+    pub crl: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub principals: PathBuf,
@@ -172,6 +221,7 @@ impl DevPaths {
         Self {
             dir: dir.to_owned(),
             ca: certs.join("ca.pem"),
+            crl: certs.join("ca.crl.pem"),
             server_cert: certs.join("server.pem"),
             server_key: certs.join("server.key"),
             principals: dir.join("principals.toml"),
@@ -211,13 +261,14 @@ pub enum DevError {
 /// so an interrupted first start is redone). Returns its paths and whether it was created.
 pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
     let paths = DevPaths::new(dir);
-    if paths.identities.exists() {
-        return Ok((paths, false));
-    }
     let io = |source| DevError::Io {
         dir: dir.display().to_string(),
         source,
     };
+    if paths.identities.exists() {
+        renew_crl(&paths).map_err(io)?;
+        return Ok((paths, false));
+    }
     std::fs::create_dir_all(dir.join("certs")).map_err(io)?;
     let ca = DevCa::generate("etjanstekort-gateway TEST dev CA")?;
     write(&paths.ca, &ca.cert_pem, false).map_err(io)?;
@@ -260,6 +311,13 @@ pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
         );
     }
     write(&paths.principals, &principals, false).map_err(io)?;
+    let now = SystemTime::now();
+    write(
+        &paths.crl,
+        &ca.crl(&[], now, now + DEV_CRL_VALIDITY)?,
+        false,
+    )
+    .map_err(io)?;
     write(
         &paths.master_key,
         &crate::privacy::Vault::generate_base64()?,
@@ -275,6 +333,35 @@ pub fn ensure(dir: &Path) -> Result<(DevPaths, bool), DevError> {
     Ok((paths, true))
 }
 
+/// How long the dev CRL is valid; it is renewed on a start within its last week.
+const DEV_CRL_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
+
+/// Writes a fresh empty dev CRL when there is none or it expires within a week (a data
+/// directory kept for months must not lock its own clients out as stale).
+fn renew_crl(paths: &DevPaths) -> std::io::Result<()> {
+    use x509_parser::prelude::FromDer;
+    let soon = SystemTime::now() + Duration::from_secs(7 * 86_400);
+    let current = std::fs::read(&paths.crl).ok().and_then(|pem| {
+        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&block.contents)
+                .ok()?;
+        let next = crl.next_update()?.timestamp();
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(next).ok()?))
+    });
+    if current.is_some_and(|next| next > soon) {
+        return Ok(());
+    }
+    let key = std::fs::read_to_string(paths.dir.join("certs/ca.key"))?;
+    let cert = std::fs::read_to_string(&paths.ca)?;
+    let ca = DevCa::from_pem(&cert, &key).map_err(std::io::Error::other)?;
+    let now = SystemTime::now();
+    let pem = ca
+        .crl(&[], now, now + DEV_CRL_VALIDITY)
+        .map_err(std::io::Error::other)?;
+    write(&paths.crl, &pem, false)
+}
+
 fn write(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
     std::fs::write(path, contents)?;
     if secret {
@@ -282,4 +369,59 @@ fn write(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next_update(path: &Path) -> SystemTime {
+        use x509_parser::prelude::FromDer;
+        let pem = std::fs::read(path).expect("crl");
+        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&block.contents)
+                .expect("crl");
+        let secs = crl.next_update().expect("next update").timestamp();
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).expect("after 1970"))
+    }
+
+    /// A data directory from before CRLs, or with a CRL near its end, gets a fresh one; a
+    /// current one is left alone.
+    #[test]
+    fn the_dev_crl_is_written_and_renewed_before_it_goes_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (paths, created) = ensure(dir.path()).expect("created");
+        assert!(created);
+        let first = next_update(&paths.crl);
+        assert!(first > SystemTime::now() + Duration::from_secs(29 * 86_400));
+
+        let written = std::fs::read(&paths.crl).expect("crl");
+        ensure(dir.path()).expect("again");
+        assert_eq!(std::fs::read(&paths.crl).expect("crl"), written, "kept");
+
+        std::fs::remove_file(&paths.crl).expect("rm");
+        ensure(dir.path()).expect("again");
+        assert!(paths.crl.exists(), "written for an older data directory");
+
+        let ca = DevCa::from_pem(
+            &std::fs::read_to_string(&paths.ca).expect("ca"),
+            &std::fs::read_to_string(dir.path().join("certs/ca.key")).expect("key"),
+        )
+        .expect("ca");
+        let now = SystemTime::now();
+        let ending = ca
+            .crl(
+                &[],
+                now - Duration::from_secs(86_400),
+                now + Duration::from_secs(86_400),
+            )
+            .expect("crl");
+        std::fs::write(&paths.crl, ending).expect("write");
+        ensure(dir.path()).expect("again");
+        assert!(
+            next_update(&paths.crl) > now + Duration::from_secs(29 * 86_400),
+            "renewed"
+        );
+    }
 }

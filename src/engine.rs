@@ -19,6 +19,7 @@ use crate::connectors::{
 use crate::domain::saga::{Event, SnapshotState, Step, step_applies};
 use crate::domain::{Deregistration, State, Timestamp};
 use crate::metrics::Metrics;
+use crate::retention::RetentionSettings;
 use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work, WorkResult};
 
 mod retry;
@@ -40,6 +41,8 @@ pub struct Engine {
     /// recorded only by the claim that still holds the effect, even within one process.
     claims: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
+    /// The retention job's settings; `None` runs no retention passes.
+    retention: Option<RetentionSettings>,
 }
 
 impl Engine {
@@ -57,7 +60,14 @@ impl Engine {
             owner: format!("etk-{}", uuid::Uuid::new_v4().simple()),
             claims: std::sync::atomic::AtomicU64::new(0),
             metrics: Arc::new(Metrics::new()),
+            retention: None,
         }
+    }
+
+    /// Runs retention passes (`crate::retention`) every `settings.interval` (none when zero).
+    pub fn with_retention(mut self, settings: RetentionSettings) -> Self {
+        self.retention = Some(settings);
+        self
     }
 
     /// Records into the process's metrics (by default, a registry of its own).
@@ -77,11 +87,45 @@ impl Engine {
             let stop = shutdown.clone();
             set.spawn(async move { me.worker(i, stop).await });
         }
+        if self
+            .retention
+            .as_ref()
+            .is_some_and(|r| !r.interval.is_zero())
+        {
+            let me = self.clone();
+            let stop = shutdown.clone();
+            set.spawn(async move { me.retention_job(stop).await });
+        }
         if !self.cfg.reconcile_interval.is_zero() {
             let me = self.clone();
             set.spawn(async move { me.reconciler(shutdown).await });
         }
         set
+    }
+
+    /// A retention pass at start and then every interval. Every replica with workers runs it:
+    /// a pass re-checks each case on its locked row, so two replicas' passes never both act.
+    async fn retention_job(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(settings) = self.retention.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let clock = crate::clock::SystemClock;
+            if let Err(e) =
+                crate::retention::run_pass(&*self.store, &clock, &settings, &self.metrics).await
+            {
+                tracing::warn!(error = %e, "retention pass failed; next one at the next interval");
+            }
+        }
     }
 
     async fn worker(self: Arc<Self>, index: usize, mut stop: watch::Receiver<bool>) {
@@ -123,6 +167,12 @@ impl Engine {
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// Gives up the leases this process's claims still hold (at shutdown, after its workers
+    /// were stopped or aborted), so other replicas take those steps at once. Returns how many.
+    pub async fn release_leases(&self) -> Result<u64, StoreError> {
+        self.store.release(&format!("{}-", self.owner)).await
     }
 
     /// Claims one batch, runs it concurrently (latency is hidden by running many at once),

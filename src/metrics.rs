@@ -47,6 +47,32 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionLabels {
+    what: &'static str,
+}
+
+/// What a retention pass removed (the `what` label of `etk_retention_removed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retained {
+    /// An ended case's personal data, shredded.
+    PersonalData,
+    /// An ended case's record (row and audit trail), purged.
+    Record,
+    /// A finished outbox row, deleted.
+    Outbox,
+}
+
+impl Retained {
+    fn label(self) -> &'static str {
+        match self {
+            Retained::PersonalData => "personal_data",
+            Retained::Record => "record",
+            Retained::Outbox => "outbox",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
     step: &'static str,
     connector: &'static str,
@@ -79,6 +105,29 @@ struct ConnectorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrlUpdateLabels {
+    source: &'static str,
+    outcome: &'static str,
+}
+
+/// A CA's name: bounded by the configured client-CA bundle.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -137,6 +186,19 @@ pub struct Metrics {
     db_pool: Family<StateLabels, Gauge>,
     watch_streams_open: Gauge,
     rate_limited: Family<RoleLabels, Counter>,
+    retention_removed: Family<RetentionLabels, Counter>,
+    retention_passes: Family<RetentionPassLabels, Counter>,
+    audit_broken_cases: Gauge,
+    audit_verifications: Counter,
+    client_certificates_refused: Family<ReasonLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    crl_updates: Family<CrlUpdateLabels, Counter>,
+    crl_next_update: Family<IssuerLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionPassLabels {
+    outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -257,8 +319,61 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED by the per-principal rate limit, by role",
             rate_limited.clone(),
         );
+        let retention_removed = Family::default();
+        registry.register(
+            "retention_removed",
+            "What the retention job removed: personal_data (ended cases shredded), record (cases purged with their audit trail), outbox (finished outbox rows deleted)",
+            retention_removed.clone(),
+        );
+        let retention_passes = Family::default();
+        registry.register(
+            "retention_passes",
+            "Retention job passes, by outcome (ok, failed)",
+            retention_passes.clone(),
+        );
+        let audit_broken_cases = Gauge::default();
+        registry.register(
+            "audit_chain_broken_cases",
+            "Cases whose audit chain did not verify in the last periodic verification",
+            audit_broken_cases.clone(),
+        );
+        let audit_verifications = Counter::default();
+        registry.register(
+            "audit_chain_verifications",
+            "Completed periodic verifications of every case's audit chain",
+            audit_verifications.clone(),
+        );
+        let client_certificates_refused = Family::default();
+        registry.register(
+            "client_certificates_refused",
+            "Client certificates refused for revocation (at the handshake, or on a call of a connection opened before), by reason (revoked, crl_stale, no_crl)",
+            client_certificates_refused.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Reloads of trusted files, by file (principals, server_certificate, client_ca) and outcome (applied, refused)",
+            config_reloads.clone(),
+        );
+        let crl_updates = Family::default();
+        registry.register(
+            "crl_updates",
+            "CRLs loaded or refused, by source (file, url) and outcome (applied, bad_signature, rollback, fetch_failed, ...)",
+            crl_updates.clone(),
+        );
+        let crl_next_update = Family::default();
+        registry.register_with_unit(
+            "crl_next_update_timestamp",
+            "nextUpdate of the CRL in force, by issuing CA (Unix time)",
+            Unit::Seconds,
+            crl_next_update.clone(),
+        );
         Self {
             registry,
+            client_certificates_refused,
+            config_reloads,
+            crl_updates,
+            crl_next_update,
             rpc_requests,
             rpc_duration,
             cases,
@@ -275,6 +390,10 @@ impl Metrics {
             db_pool,
             watch_streams_open,
             rate_limited,
+            retention_removed,
+            retention_passes,
+            audit_broken_cases,
+            audit_verifications,
         }
     }
 
@@ -354,6 +473,19 @@ impl Metrics {
     }
 
     /// The reconciliation pass found an employment removed too early and ordered its restore.
+    pub fn retention_removed(&self, what: Retained, n: u64) {
+        self.retention_removed
+            .get_or_create(&RetentionLabels { what: what.label() })
+            .inc_by(n);
+    }
+
+    pub fn retention_pass(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.retention_passes
+            .get_or_create(&RetentionPassLabels { outcome })
+            .inc();
+    }
+
     pub fn reconciliation_restore(&self) {
         self.reconciliation_restores.inc();
     }
@@ -373,6 +505,37 @@ impl Metrics {
         self.order_violations_refused.inc();
     }
 
+    /// A client certificate was refused at the handshake for revocation (`reason`: revoked,
+    /// crl_stale, no_crl).
+    pub fn client_certificate_refused(&self, reason: &'static str) {
+        self.client_certificates_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A changed trusted file was put in force (`applied`) or refused (`refused`).
+    pub fn config_reload(&self, file: &'static str, outcome: &'static str) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { file, outcome })
+            .inc();
+    }
+
+    /// A CRL from a file or URL was put in force or refused (`outcome` names why).
+    pub fn crl_update(&self, source: &'static str, outcome: &'static str) {
+        self.crl_updates
+            .get_or_create(&CrlUpdateLabels { source, outcome })
+            .inc();
+    }
+
+    /// The `nextUpdate` of the CRL in force for a CA, as Unix seconds.
+    pub fn set_crl_next_update(&self, issuer: &str, unix_seconds: u64) {
+        self.crl_next_update
+            .get_or_create(&IssuerLabels {
+                issuer: issuer.to_owned(),
+            })
+            .set(clamp(unix_seconds));
+    }
+
     /// The database's view of all cases; every state is set, zeros included, so a state that
     /// empties reads 0 rather than its last value.
     pub fn set_case_stats(&self, stats: &Stats) {
@@ -386,6 +549,12 @@ impl Metrics {
         self.cases_needing_attention
             .set(clamp(stats.needs_attention));
         self.outbox_lag.set(stats.oldest_due_age.as_secs_f64());
+    }
+
+    /// A periodic verification of every audit chain finished and found `broken` cases.
+    pub fn audit_verified(&self, broken: u64) {
+        self.audit_broken_cases.set(clamp(broken));
+        self.audit_verifications.inc();
     }
 
     pub fn set_pool(&self, pool: PoolStats) {
@@ -461,6 +630,11 @@ fn served() -> &'static HashMap<&'static str, HashSet<&'static str>> {
                 }
             }
         }
+        // The console's pages (`crate::console`), one bounded name for all of them.
+        served
+            .entry(crate::rpc::names::CONSOLE.service)
+            .or_default()
+            .insert(crate::rpc::names::CONSOLE.method);
         served
     })
 }
@@ -612,6 +786,10 @@ mod tests {
         m.order_violation_refused();
         m.reconciliation_restore();
         m.set_pool(PoolStats { in_use: 2, idle: 3 });
+        m.retention_removed(Retained::PersonalData, 2);
+        m.retention_removed(Retained::Record, 1);
+        m.retention_removed(Retained::Outbox, 5);
+        m.retention_pass(true);
         let s = samples(&m.render());
         for (series, want) in [
             (
@@ -646,6 +824,10 @@ mod tests {
             ("etk_reconciliation_restores_total", 1.0),
             ("etk_db_pool_connections{state=\"in_use\"}", 2.0),
             ("etk_db_pool_connections{state=\"idle\"}", 3.0),
+            ("etk_retention_removed_total{what=\"personal_data\"}", 2.0),
+            ("etk_retention_removed_total{what=\"record\"}", 1.0),
+            ("etk_retention_removed_total{what=\"outbox\"}", 5.0),
+            ("etk_retention_passes_total{outcome=\"ok\"}", 1.0),
         ] {
             assert_eq!(s.get(series), Some(&want), "{series}: {s:#?}");
         }

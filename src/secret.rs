@@ -18,6 +18,14 @@ pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>,
     Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
 }
 
+/// For `#[serde(default, deserialize_with = "crate::secret::list")]`: several secrets.
+pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    Ok(Vec::<Text>::deserialize(d)?
+        .into_iter()
+        .map(|t| t.0)
+        .collect())
+}
+
 /// A secret read only from a string. The environment layer reads an all-digit value as a
 /// number, which would lose leading zeros and, through serde's default errors, print the
 /// value: numbers are refused with a hint instead.

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::crl::CrlSettings;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
@@ -19,7 +21,8 @@ pub struct ServerSettings {
     pub concurrency_per_connection: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Time to drain in-flight requests on shutdown.
+    /// Time to drain on shutdown: in-flight requests and the steps the workers hold finish
+    /// within it; leases still held after it are released.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// How often the database (readiness) and the connectors' servers are probed.
@@ -44,6 +47,10 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Largest request message accepted; a larger one is refused with RESOURCE_EXHAUSTED.
     pub max_request_bytes: usize,
+    /// How often the principals file, the TLS files and the CRL files are checked for changes
+    /// ("0s": only on SIGHUP). See `reload`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl ServerSettings {
@@ -89,6 +96,14 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// PEM bundle of accepted client CAs.
     pub client_ca: PathBuf,
+    /// The CRLs client certificates are checked against (off while no source is configured).
+    pub revocation: CrlSettings,
+}
+
+impl TlsSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        self.revocation.validate()
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +124,7 @@ mod tests {
             tls_handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
             max_request_bytes: 65_536,
+            reload_interval: Duration::from_secs(10),
         }
     }
 

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower_layer::Stack;
 
@@ -24,7 +22,7 @@ use crate::api::pb::operations_service_server::OperationsServiceServer;
 use crate::api::pb::revocation_service_server::RevocationServiceServer;
 use crate::api::{Api, pb};
 use crate::app::Gateway;
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, Principals};
 use crate::bus::EventBus;
 use crate::config::Config;
 use crate::connectors::simulated::{LogNotifier, SimulatedKiv, SimulatedTjansteId};
@@ -33,12 +31,14 @@ use crate::connectors::{
     Connectors, Kiv, KivSettings, Notifier, NotifierSettings, OfficeOnly, TjansteId,
     TjansteIdSettings, ldap::LdapKiv,
 };
+use crate::crl::CrlStore;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
+use crate::reload::Reloader;
 use crate::rpc::{self, AuthLayer, RateLimitLayer, RateLimiter, RequestSizeLayer, RpcLayer};
-use crate::server::idle::IdleTimeout;
-use crate::storage::{CaseStore, DatabaseSettings, SeaStore};
+use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
+use crate::tls::TlsState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,15 +56,23 @@ pub enum StartError {
     Principals(#[from] crate::auth::PrincipalsError),
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    /// `database.migrate` is off and the schema lacks migrations this build needs.
+    #[error(
+        "the database schema lacks migrations this build needs: {0} (run `migrate` first, or \
+         let `serve` migrate: database.migrate = true)"
+    )]
+    SchemaBehind(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("TLS configuration: {0}")]
-    Tls(#[from] tonic::transport::Error),
+    Tls(String),
     #[error("connector: {0}")]
     Connector(String),
+    #[error("database: {0}")]
+    Store(#[from] crate::storage::StoreError),
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError> {
@@ -75,7 +83,8 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError
     })
 }
 
-/// Opens the store and runs pending migrations.
+/// Opens the store. With `db.migrate`, applies the pending migrations (under the migration
+/// lock); without, refuses a schema that lacks any of this build's migrations, naming them.
 pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
     use secrecy::ExposeSecret;
     let store = SeaStore::connect(
@@ -85,23 +94,42 @@ pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaS
         vault,
     )
     .await?;
-    store.migrate().await?;
+    if db.migrate {
+        let applied = store.migrate().await?;
+        if applied.is_empty() {
+            tracing::info!("database schema is current; no migration to apply");
+        } else {
+            tracing::info!(migrations = %applied.join(", "), "migrations applied");
+        }
+    } else {
+        let missing = store.pending_migrations().await?;
+        if !missing.is_empty() {
+            return Err(StartError::SchemaBehind(missing.join(", ")));
+        }
+    }
+    anchor_legacy_chains(&store).await?;
     Ok(store)
 }
 
-/// The vault with the configured master key (the key itself wins over the file).
-pub fn load_vault(privacy: &PrivacySettings) -> Result<Vault, StartError> {
-    use secrecy::ExposeSecret;
-    if let Some(key) = &privacy.master_key {
-        return Ok(Vault::from_base64(key.expose_secret())?);
-    }
-    let Some(file) = &privacy.master_key_file else {
-        return Err(StartError::Config(crate::config::ConfigError::Invalid(
-            vec!["privacy: missing master_key_file or master_key".into()],
-        )));
+/// Covers trails from before the keyed chain (m0005) with a keyed link, once per case (see
+/// `storage::audit`). Idempotent: an anchored trail ends in a keyed link.
+async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
+    let meta = EventMeta {
+        actor: "system".into(),
+        trace_id: uuid::Uuid::new_v4().simple().to_string(),
+        at: crate::clock::now(),
+        detail: "legacy SHA-256 trail anchored in the keyed audit chain".into(),
     };
-    let key = secrecy::SecretString::from(read("master key file", file)?);
-    Ok(Vault::from_base64(key.expose_secret())?)
+    let n = store.anchor_legacy_chains(meta).await?;
+    if n > 0 {
+        tracing::info!(cases = n, "legacy audit trails anchored in the keyed chain");
+    }
+    Ok(())
+}
+
+/// The keyring `[privacy]` describes (key files read, the current and pseudonym keys checked).
+pub fn load_vault(privacy: &PrivacySettings) -> Result<Vault, StartError> {
+    Ok(Vault::load(privacy)?)
 }
 
 /// The connectors the configuration chooses.
@@ -161,14 +189,34 @@ pub struct App {
     readiness: Readiness,
     stats_every: Duration,
     router: tonic::transport::server::Router<ServerLayers>,
+    tls: Arc<TlsState>,
+    reloader: Reloader,
     store: Arc<dyn CaseStore>,
     engine: Arc<Engine>,
     probes: Connectors,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    /// Whether the operator console is served (`[console] enabled`).
+    console: bool,
     probe_every: Duration,
     /// Connections from which nothing arrives for this long are closed (`None`: off).
     idle_timeout: Option<Duration>,
+    /// A TLS handshake not finished within this is dropped.
+    handshake_timeout: Duration,
+    /// Brings other replicas' news (PostgreSQL); stopped with the app.
+    relay: Option<Relay>,
+    /// How often every audit chain is verified (zero: never).
+    audit_every: Duration,
+}
+
+/// The relay task (`SeaStore::spawn_relay`), aborted when dropped.
+#[derive(Debug)]
+struct Relay(tokio::task::JoinHandle<()>);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl App {
@@ -183,6 +231,8 @@ impl App {
     /// Builds with the given connectors (tests hold on to simulated ones to inspect them).
     pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
         let vault = Arc::new(load_vault(&config.privacy)?);
+        // Key ids are not secret: they tell which key is current after a rotation.
+        tracing::info!(current_key = %vault.key_id(), keys = vault.key_ids().len(), "master keys loaded");
         let timing = crate::storage::Timing {
             poll_outcome: connectors.tjansteid.polls(),
             ..config.engine.timers
@@ -193,6 +243,8 @@ impl App {
             .await?
             .with_timing(timing)
             .with_bus(bus.clone());
+        // PostgreSQL: other replicas' commits reach this process's bus too.
+        let relay = store.spawn_relay().map(Relay);
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
@@ -204,21 +256,26 @@ impl App {
                 connectors,
                 config.engine.clone(),
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_retention(config.retention.clone()),
         );
-        let auth = Arc::new(Authorizer::load(&config.auth.principals_file)?);
-
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                read("TLS certificate", &config.tls.cert)?,
-                read("TLS key", &config.tls.key)?,
-            ))
-            .client_ca_root(Certificate::from_pem(read(
-                "client CA bundle",
-                &config.tls.client_ca,
-            )?))
-            .client_auth_optional(false)
-            .timeout(config.server.tls_handshake_timeout);
+        let principals = Arc::new(Principals::new(Authorizer::load(
+            &config.auth.principals_file,
+        )?));
+        let (tls, crls) = build_tls(&config, &metrics).await?;
+        let mut auth_layer = AuthLayer::new(principals.clone());
+        if let Some(crls) = &crls {
+            auth_layer = auth_layer.with_revocation(crls.clone(), metrics.clone());
+        }
+        let reloader = Reloader::new(
+            &config.auth.principals_file,
+            &config.tls,
+            principals,
+            tls.clone(),
+            crls,
+            metrics.clone(),
+            config.server.reload_interval,
+        );
 
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -276,26 +333,10 @@ impl App {
             .map_err(reflection_err)?
             .max_decoding_message_size(max_request);
 
-        // Outermost first. The RPC layer wraps everything so that every call, denied, refused
-        // or timed out, has its span, its "request finished" line and its outcome; the timeout
-        // lives in it (not `Server::timeout`, which sits outside user layers and would only drop
-        // the call). The size layer only rewrites tonic's answer to an oversized message (the
-        // check itself is each service's `max_decoding_message_size`). Authentication runs
-        // inside the span, so denials carry the trace id; the rate limit needs its principal,
-        // so it comes after, and before any handler or database work.
-        // The outcome hook is where RPC metrics attach.
-        let rate_limiter = Arc::new(RateLimiter::new(config.limits.clone()));
-        let s = &config.server;
-        let router = Server::builder()
-            .tls_config(tls)?
-            .concurrency_limit_per_connection(s.concurrency_per_connection)
-            .max_concurrent_streams(s.max_concurrent_streams)
-            .http2_keepalive_interval(Some(s.http2_keepalive_interval))
-            .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
-            .layer(RpcLayer::new(s.request_timeout, rpc_metrics(&metrics)))
-            .layer(RequestSizeLayer::new(max_request))
-            .layer(AuthLayer::new(auth))
-            .layer(RateLimitLayer::new(rate_limiter, Some(metrics.clone())))
+        // The console's pages share the listener (and so mutual TLS and the auth layer, which
+        // admits operators only to `/console`); unknown paths still end in UNIMPLEMENTED.
+        let mut routes = tonic::service::Routes::builder();
+        routes
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -311,6 +352,33 @@ impl App {
                 RevocationServiceServer::new(api.clone()).max_decoding_message_size(max_request),
             )
             .add_service(OperationsServiceServer::new(api).max_decoding_message_size(max_request));
+        let mut routes = routes.routes();
+        if config.console.enabled {
+            let console = crate::console::router(store.clone(), config.console.clone());
+            let grpc = std::mem::take(routes.axum_router_mut());
+            *routes.axum_router_mut() = grpc.merge(console);
+        }
+        // Outermost first. The RPC layer wraps everything so that every call, denied, refused
+        // or timed out, has its span, its "request finished" line and its outcome; the timeout
+        // lives in it (not `Server::timeout`, which sits outside user layers and would only drop
+        // the call). The size layer only rewrites tonic's answer to an oversized message (the
+        // check itself is each service's `max_decoding_message_size`). Authentication runs
+        // inside the span, so denials carry the trace id; the rate limit needs its principal,
+        // so it comes after, and before any handler or database work.
+        // The outcome hook is where RPC metrics attach.
+        // TLS is ours (`tls::incoming`): its configuration is swapped on reload.
+        let rate_limiter = Arc::new(RateLimiter::new(config.limits.clone()));
+        let s = &config.server;
+        let router = Server::builder()
+            .concurrency_limit_per_connection(s.concurrency_per_connection)
+            .max_concurrent_streams(s.max_concurrent_streams)
+            .http2_keepalive_interval(Some(s.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
+            .layer(RpcLayer::new(s.request_timeout, rpc_metrics(&metrics)))
+            .layer(RequestSizeLayer::new(max_request))
+            .layer(auth_layer)
+            .layer(RateLimitLayer::new(rate_limiter, Some(metrics.clone())))
+            .add_routes(routes);
         Ok(Self {
             addr,
             listener,
@@ -322,21 +390,32 @@ impl App {
                 .stats_interval
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
             router,
+            tls,
+            reloader,
             store,
             engine,
             probes,
             health,
             grace: config.server.shutdown_grace,
+            console: config.console.enabled,
             probe_every: config
                 .server
                 .health_probe
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
             idle_timeout: config.server.idle_timeout(),
+            handshake_timeout: config.server.tls_handshake_timeout,
+            relay,
+            audit_every: config.audit.verify_interval,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the operator console is served at `/console` on the gRPC listener.
+    pub fn console_enabled(&self) -> bool {
+        self.console
     }
 
     /// The admin listener's bound address (`/metrics`, `/livez`, `/readyz`), if it is on.
@@ -348,7 +427,10 @@ impl App {
         &self.metrics
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and drains for the grace period.
+    /// Serves until `shutdown` resolves, then drains for the grace period: not ready at once,
+    /// no new connections, in-flight RPCs finish and workers finish the steps they hold (and
+    /// claim no more). After the grace, what still runs is cut off and the leases this process
+    /// holds are released, so other replicas take those steps at once.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -390,54 +472,131 @@ impl App {
                 self.stats_every,
             ));
         }
+        let audit_verifier = (!self.audit_every.is_zero()).then(|| {
+            tokio::spawn(crate::verifier::run_periodic(
+                self.store.clone(),
+                self.metrics.clone(),
+                self.audit_every,
+            ))
+        });
+        let reloader = tokio::spawn(self.reloader.run());
         let (engine_stop, engine_rx) = tokio::sync::watch::channel(false);
         let mut engine = self.engine.clone().spawn(engine_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // The idle timeout sits beneath TLS: it also cuts a client that never starts it.
-        let idle = self.idle_timeout;
-        let incoming = TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .map(move |conn| conn.map(|tcp| IdleTimeout::new(tcp, idle)));
-        let serve = self
-            .router
-            .serve_with_incoming_shutdown(incoming, async move {
+        let serve = self.router.serve_with_incoming_shutdown(
+            crate::tls::incoming(
+                self.listener,
+                self.tls,
+                self.handshake_timeout,
+                self.idle_timeout,
+            ),
+            async move {
                 let _ = stop_rx.await;
-            });
+            },
+        );
         tokio::pin!(serve);
         let result = tokio::select! {
-            r = &mut serve => r,
+            r = &mut serve => {
+                let _ = engine_stop.send(true);
+                r
+            }
             () = shutdown => {
-                tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests");
+                tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests and steps");
                 // Not ready first, and for good: the prober must not turn it back.
                 prober.abort();
                 self.readiness.drain();
                 for s in SERVICES {
                     self.health.set_service_status(s, ServingStatus::NotServing).await;
                 }
+                // One grace for both: in-flight RPCs finish while the workers finish the steps
+                // they hold (they claim no more).
+                let deadline = tokio::time::Instant::now() + self.grace;
                 let _ = stop_tx.send(());
-                match tokio::time::timeout(self.grace, &mut serve).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!("grace period over; closing remaining connections");
-                        Ok(())
+                let _ = engine_stop.send(true);
+                let rpcs = async {
+                    match tokio::time::timeout_at(deadline, &mut serve).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!("grace period over; closing remaining connections");
+                            Ok(())
+                        }
                     }
-                }
+                };
+                let steps = async {
+                    if tokio::time::timeout_at(deadline, async {
+                        while engine.join_next().await.is_some() {}
+                    })
+                    .await
+                    .is_err()
+                    {
+                        tracing::warn!("grace period over; steps still running are abandoned and their leases released");
+                    }
+                };
+                let (r, ()) = tokio::join!(rpcs, steps);
+                r
             }
         };
         prober.abort();
-        // Workers finish the batch they hold; anything unfinished is re-claimed after its lease.
-        let _ = engine_stop.send(true);
-        let _ = tokio::time::timeout(self.grace, async {
-            while engine.join_next().await.is_some() {}
-        })
-        .await;
+        reloader.abort();
+        if let Some(v) = audit_verifier {
+            v.abort();
+        }
+        // Whatever still runs is stopped; the leases this process still holds (a step
+        // abandoned, a batch whose results could not be recorded) are given up at once, so
+        // other replicas take those steps now rather than when the leases run out.
         engine.abort_all();
+        while engine.join_next().await.is_some() {}
+        match self.engine.release_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(steps = n, "released the leases of unfinished steps"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release leases; other replicas take the steps when they run out")
+            }
+        }
+        // Watchers' news stops with the process.
+        drop(self.relay);
         let _ = admin_stop.send(());
         // Idle keep-alive connections (a scraper's) close at once; a stuck one is cut.
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_tasks.join_next()).await;
         admin_tasks.abort_all();
         result
     }
+}
+
+/// The TLS configuration of the gRPC listener: server identity, client CAs and, when CRL
+/// sources are configured, the CRLs (files must load at start; URLs that cannot be fetched yet
+/// are logged and retried by the reloader, and `without_crl` decides meanwhile).
+async fn build_tls(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<TlsState>, Option<Arc<CrlStore>>), StartError> {
+    let tls_err = |what: &str, e: String| StartError::Tls(format!("{what}: {e}"));
+    let identity = crate::tls::load_server_identity(
+        read("TLS certificate", &config.tls.cert)?.as_bytes(),
+        read("TLS key", &config.tls.key)?.as_bytes(),
+    )
+    .map_err(|e| tls_err("server certificate and key", e))?;
+    let cas = crate::crl::read_pem_certificates(&config.tls.client_ca)
+        .map_err(|e| tls_err("client CA bundle", e))?;
+    let roots = crate::tls::load_client_roots(&cas).map_err(|e| tls_err("client CA bundle", e))?;
+    let revocation = &config.tls.revocation;
+    let crls = if revocation.enabled() {
+        let store = Arc::new(CrlStore::new(revocation.clone(), &cas, metrics.clone()));
+        if let (_, Some(e)) = store.refresh_files(true) {
+            return Err(tls_err("CRL file", e.to_string()));
+        }
+        store.refresh_urls(true).await;
+        Some(store)
+    } else {
+        tracing::warn!(
+            "no CRLs configured ([tls.revocation]): client certificates are not checked for revocation"
+        );
+        None
+    };
+    let snapshot = crls.as_ref().map(|c| c.snapshot()).unwrap_or_default();
+    let state = TlsState::new(identity, roots, snapshot, crls.clone(), metrics.clone())
+        .map_err(|e| tls_err("configuration", e))?;
+    Ok((Arc::new(state), crls))
 }
 
 /// The RPC layer's outcome hook: each finished RPC counted and timed.

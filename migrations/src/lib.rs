@@ -7,6 +7,8 @@ mod m0001_cases;
 mod m0002_saga;
 mod m0003_head_notified;
 mod m0004_trace_parent;
+mod m0005_keyed_audit;
+mod m0006_retention;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -19,8 +21,15 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_saga::Migration),
             Box::new(m0003_head_notified::Migration),
             Box::new(m0004_trace_parent::Migration),
+            Box::new(m0005_keyed_audit::Migration),
+            Box::new(m0006_retention::Migration),
         ]
     }
+}
+
+/// The names of `migrations` (as the migration table records them), in order.
+pub fn names(migrations: &[sea_orm_migration::Migration]) -> Vec<String> {
+    migrations.iter().map(|m| m.name().to_owned()).collect()
 }
 
 /// Runs each statement on its own: not every driver accepts several in one call.

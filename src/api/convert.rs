@@ -384,7 +384,117 @@ pub fn event_out(e: &CaseEvent) -> pb::DeregistrationEvent {
         trace_id: e.trace_id.clone(),
         detail: e.detail.clone(),
         hash: e.hash.clone(),
+        key_id: e.key_id.clone().unwrap_or_default(),
     }
+}
+
+/// What operators see in place of a name or an e-mail address.
+pub const MASK: &str = "***";
+
+/// A case as operators see it: the personal identity number masked (`YYYYMMDD-****`), names
+/// and e-mail addresses replaced by `MASK` (an absent e-mail address stays empty).
+pub fn deregistration_masked(c: &Deregistration) -> pb::Deregistration {
+    let mut d = deregistration_out(c);
+    let mask = |s: &mut String| {
+        if !s.is_empty() {
+            *s = MASK.to_owned();
+        }
+    };
+    if let Some(h) = d.card_holder.as_mut() {
+        mask(&mut h.full_name);
+        mask(&mut h.email);
+    }
+    if let Some(r) = d.reported_by.as_mut() {
+        mask(&mut r.full_name);
+        mask(&mut r.email);
+    }
+    d
+}
+
+pub fn chain_head_out(h: &crate::storage::ChainHead) -> pb::AuditChainHead {
+    pb::AuditChainHead {
+        sequence: h.sequence,
+        hash: h.hash.clone(),
+        key_id: h.key_id().to_owned(),
+    }
+}
+
+pub fn step_out(s: &crate::storage::StepView) -> pb::OutboxStep {
+    let (status, class) = match s.status.as_str() {
+        "pending" => (pb::StepStatus::Pending, pb::ErrorClass::Retryable),
+        "done" => (pb::StepStatus::Done, pb::ErrorClass::Unspecified),
+        "failed" => (pb::StepStatus::Failed, pb::ErrorClass::Terminal),
+        "cancelled" => (pb::StepStatus::Cancelled, pb::ErrorClass::Unspecified),
+        _ => (pb::StepStatus::Unspecified, pb::ErrorClass::Unspecified),
+    };
+    let class = if s.last_error.is_some() {
+        class
+    } else {
+        pb::ErrorClass::Unspecified
+    };
+    pb::OutboxStep {
+        step: s.step.clone(),
+        key: s.key.clone(),
+        status: status as i32,
+        attempts: i32::try_from(s.attempts).unwrap_or(i32::MAX),
+        last_error_class: class as i32,
+        last_error: s.last_error.clone().unwrap_or_default(),
+        next_due_time: (status == pb::StepStatus::Pending).then(|| timestamp_out(s.due_at)),
+        leased: s.leased,
+        create_time: Some(timestamp_out(s.created_at)),
+        update_time: Some(timestamp_out(s.updated_at)),
+    }
+}
+
+pub fn broken_out(id: &CaseId, b: &crate::storage::BrokenLink) -> pb::BrokenAuditChain {
+    use crate::storage::ChainProblem as P;
+    let problem = match b.problem {
+        P::HashMismatch => pb::AuditChainProblem::HashMismatch,
+        P::SequenceGap => pb::AuditChainProblem::SequenceGap,
+        P::UnknownKey => pb::AuditChainProblem::UnknownKey,
+        P::LegacyAfterKeyed => pb::AuditChainProblem::LegacyAfterKeyed,
+        P::UnanchoredLegacy => pb::AuditChainProblem::UnanchoredLegacy,
+        P::HeadMismatch => pb::AuditChainProblem::HeadMismatch,
+    };
+    pb::BrokenAuditChain {
+        deregistration_id: id.to_string(),
+        sequence: b.sequence,
+        problem: problem as i32,
+        detail: b.detail.clone(),
+    }
+}
+
+/// The states of a filter; UNSPECIFIED and unknown values are invalid.
+pub fn states(field: &str, raw: &[i32]) -> Result<Vec<State>, ApiError> {
+    raw.iter()
+        .map(|&s| match optional_state(field, s)? {
+            Some(s) => Ok(s),
+            None => Err(ApiError::invalid(
+                field,
+                "UNSPECIFIED",
+                "must not contain STATE_UNSPECIFIED",
+            )),
+        })
+        .collect()
+}
+
+/// `now` minus an age; `None` when the age is unset. Negative ages are invalid.
+pub fn age_bound(
+    field: &str,
+    age: Option<&prost_types::Duration>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, ApiError> {
+    let Some(d) = age else {
+        return Ok(None);
+    };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ApiError::invalid(field, "NEGATIVE", "must not be negative"));
+    }
+    let micros = d
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(d.nanos / 1000));
+    Ok(Some(Timestamp(now.0.saturating_sub(micros))))
 }
 
 /// The card holder with the full personnummer: only for roles that must act on it
@@ -436,4 +546,60 @@ pub fn required_text(field: &str, raw: &str) -> Result<FreeText, ApiError> {
 /// A reason or comment that may be empty.
 pub fn free_text(field: &str, raw: &str) -> Result<FreeText, ApiError> {
     FreeText::parse(raw).map_err(|e| ApiError::invalid(field, e.code(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StepView;
+
+    fn step(status: &str, last_error: Option<&str>) -> StepView {
+        StepView {
+            key: "k".into(),
+            step: "report".into(),
+            status: status.into(),
+            attempts: 2,
+            last_error: last_error.map(str::to_owned),
+            due_at: Timestamp(1_700_000_000_000_000),
+            leased: false,
+            created_at: Timestamp(1_699_000_000_000_000),
+            updated_at: Timestamp(1_700_000_000_000_000),
+        }
+    }
+
+    #[test]
+    fn a_step_shows_its_error_class_and_a_due_time_only_while_pending() {
+        let retrying = step_out(&step("pending", Some("connection refused")));
+        assert_eq!(retrying.status, pb::StepStatus::Pending as i32);
+        assert_eq!(retrying.last_error_class, pb::ErrorClass::Retryable as i32);
+        assert_eq!(retrying.last_error, "connection refused");
+        assert!(retrying.next_due_time.is_some());
+        let failed = step_out(&step("failed", Some("550 no such user")));
+        assert_eq!(failed.status, pb::StepStatus::Failed as i32);
+        assert_eq!(failed.last_error_class, pb::ErrorClass::Terminal as i32);
+        assert!(failed.next_due_time.is_none());
+        let fresh = step_out(&step("pending", None));
+        assert_eq!(fresh.last_error_class, pb::ErrorClass::Unspecified as i32);
+        assert_eq!(fresh.attempts, 2);
+        let done = step_out(&step("done", None));
+        assert_eq!(done.status, pb::StepStatus::Done as i32);
+        assert!(done.next_due_time.is_none());
+        assert_eq!(
+            step_out(&step("cancelled", None)).status,
+            pb::StepStatus::Cancelled as i32
+        );
+    }
+
+    #[test]
+    fn an_age_is_taken_from_now_and_never_negative() {
+        let now = Timestamp(10_000_000);
+        let age = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(age_bound("a", None, now).unwrap(), None);
+        assert_eq!(
+            age_bound("a", Some(&age(3, 500_000_000)), now).unwrap(),
+            Some(Timestamp(6_500_000))
+        );
+        assert!(age_bound("a", Some(&age(-1, 0)), now).is_err());
+        assert!(age_bound("a", Some(&age(0, -1)), now).is_err());
+    }
 }

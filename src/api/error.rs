@@ -27,6 +27,7 @@ pub enum Reason {
     CertificateRequired,
     NoHsaIdInCertificate,
     UnknownPrincipal,
+    CertificateRevoked,
     RoleRequired,
     UnitNotGranted,
     CaseNotFound,
@@ -60,7 +61,9 @@ impl Reason {
         use Reason as R;
         match self {
             R::ValidationFailed => Code::InvalidArgument,
-            R::CertificateRequired | R::NoHsaIdInCertificate => Code::Unauthenticated,
+            R::CertificateRequired | R::NoHsaIdInCertificate | R::CertificateRevoked => {
+                Code::Unauthenticated
+            }
             R::UnknownPrincipal | R::RoleRequired | R::UnitNotGranted => Code::PermissionDenied,
             R::CaseNotFound => Code::NotFound,
             R::DuplicateRequestId | R::CardHasActiveCase => Code::AlreadyExists,
@@ -101,6 +104,7 @@ impl From<&AuthError> for Reason {
             AuthError::NoHsaId => Reason::NoHsaIdInCertificate,
             AuthError::UnknownPrincipal(_) => Reason::UnknownPrincipal,
             AuthError::WrongRole { .. } => Reason::RoleRequired,
+            AuthError::Revoked { .. } => Reason::CertificateRevoked,
         }
     }
 }
@@ -330,6 +334,13 @@ mod tests {
             ),
             (AuthError::NoCertificate.into(), "CERTIFICATE_REQUIRED"),
             (AuthError::NoHsaId.into(), "NO_HSA_ID_IN_CERTIFICATE"),
+            (
+                AuthError::Revoked {
+                    serial: "01".into(),
+                }
+                .into(),
+                "CERTIFICATE_REVOKED",
+            ),
             (
                 AuthError::UnknownPrincipal(hsa()).into(),
                 "UNKNOWN_PRINCIPAL",

@@ -2,8 +2,10 @@
 //! Handlers are thin: convert, call `app::Gateway`, convert back. Authentication, the RPC span
 //! and timeouts happen before them, in `crate::rpc`'s layers.
 
-mod convert;
+// Public for the fuzz harnesses (tests/it/fuzz.rs), which feed it decoded arbitrary bytes.
+pub mod convert;
 pub mod error;
+mod watch;
 mod watchers;
 
 use std::pin::Pin;
@@ -12,10 +14,12 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::app::Gateway;
+use crate::app::{self, Gateway};
+use crate::audit_record::Purpose;
 use crate::auth::Principal;
 use crate::storage::Created;
 use crate::telemetry::current_trace_id;
+use crate::verifier::{Progress, Walk};
 use error::ApiError;
 pub use watchers::Watchers;
 
@@ -214,57 +218,13 @@ impl DeregistrationService for Api {
                     .into(),
             )
         })?;
-        let (past, mut live) = self.gateway.watch(&p, &id).await.map_err(ApiError::from)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let gateway = self.gateway.clone();
-        // One task per watcher, woken only by events this process commits (no polling) and by
-        // its client going away: tonic drops the response stream when the call is cancelled,
-        // reset or its connection lost, which closes the channel, and the task ends at once,
-        // freeing its subscription and its permit — not at the case's next event.
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut last = 0;
-            let mut pending = past;
-            loop {
-                for e in &pending {
-                    if e.sequence <= last {
-                        continue;
-                    }
-                    let msg = pb::WatchDeregistrationResponse {
-                        event: Some(convert::event_out(e)),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                    last = e.sequence;
-                    if e.state.is_terminal() {
-                        return;
-                    }
-                }
-                let next = tokio::select! {
-                    () = tx.closed() => return,
-                    next = live.recv() => next,
-                };
-                pending = match next {
-                    Ok(e) if e.case_id == id => vec![e],
-                    Ok(_) => Vec::new(),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Fell behind the broadcast: read what was missed from the store.
-                        match gateway.events_after(&id, last).await {
-                            Ok(v) => v,
-                            Err(e) => {
-                                let _ = tx.send(Err(ApiError::from(e).into())).await;
-                                return;
-                            }
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let watch = self.gateway.watch(&p, &id).await.map_err(ApiError::from)?;
+        Ok(Response::new(Box::pin(watch::stream(
+            self.gateway.clone(),
+            id,
+            watch,
+            permit,
+        ))))
     }
 
     async fn cancel_deregistration(
@@ -416,7 +376,11 @@ impl OperationsService for Api {
             .await
             .map_err(ApiError::from)?;
         ok(pb::ListAttentionCasesResponse {
-            deregistrations: page.cases.iter().map(convert::deregistration_out).collect(),
+            deregistrations: page
+                .cases
+                .iter()
+                .map(convert::deregistration_masked)
+                .collect(),
             next_page_token: self.next_token(&p, page.last.as_ref(), "attention"),
         })
     }
@@ -436,7 +400,7 @@ impl OperationsService for Api {
             .map_err(ApiError::from)?;
         tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "operator retry");
         ok(pb::RetryDeregistrationResponse {
-            deregistration: Some(convert::deregistration_out(&case)),
+            deregistration: Some(convert::deregistration_masked(&case)),
         })
     }
 
@@ -469,7 +433,232 @@ impl OperationsService for Api {
             .map_err(ApiError::from)?;
         tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "operator resolved");
         ok(pb::ResolveDeregistrationResponse {
-            deregistration: Some(convert::deregistration_out(&case)),
+            deregistration: Some(convert::deregistration_masked(&case)),
         })
     }
+
+    async fn get_case(&self, req: Request<pb::GetCaseRequest>) -> ApiResult<pb::GetCaseResponse> {
+        let p = principal(&req)?;
+        let id = convert::case_id("id", &req.get_ref().id)?;
+        record_case(&id);
+        let (case, head) = self.gateway.get_any(&id).await.map_err(ApiError::from)?;
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, "operator read the case");
+        ok(pb::GetCaseResponse {
+            card_holder_pseudonym: self
+                .gateway
+                .vault()
+                .pseudonym(&case.report.card_holder.personnummer),
+            needs_attention: case.state == crate::domain::State::NeedsAttention,
+            chain_head: Some(convert::chain_head_out(&head)),
+            deregistration: Some(convert::deregistration_masked(&case)),
+        })
+    }
+
+    async fn list_cases(
+        &self,
+        req: Request<pb::ListCasesRequest>,
+    ) -> ApiResult<pb::ListCasesResponse> {
+        let p = principal(&req)?;
+        let r = req.get_ref();
+        let now = self.gateway.now();
+        let mut states = convert::states("states", &r.states)?;
+        if r.needs_attention {
+            if !states.is_empty() && !states.contains(&crate::domain::State::NeedsAttention) {
+                // Both filters at once match nothing; answered as an empty page.
+                return ok(pb::ListCasesResponse::default());
+            }
+            states = vec![crate::domain::State::NeedsAttention];
+        }
+        let filter = app::CaseFilter {
+            states,
+            care_provider: convert::optional_hsa_id(
+                "care_provider_hsa_id",
+                &r.care_provider_hsa_id,
+            )?,
+            care_unit: convert::optional_hsa_id("care_unit_hsa_id", &r.care_unit_hsa_id)?,
+            created_before: convert::age_bound("min_age", r.min_age.as_ref(), now)?,
+            created_after: convert::age_bound("max_age", r.max_age.as_ref(), now)?,
+        };
+        let size = self.page_size(r.page_size)?;
+        // The age bounds are taken from the clock on every page; the keyset (the last id) keeps
+        // the paging consistent, so they stay out of the token's filters.
+        let filters = format!(
+            "cases|{:?}|{}|{}|{}",
+            r.states,
+            r.care_provider_hsa_id.trim(),
+            r.care_unit_hsa_id.trim(),
+            r.needs_attention
+        );
+        let after = self.page_token(&p, &r.page_token, &filters)?;
+        let page = self
+            .gateway
+            .list_cases(filter, after, size)
+            .await
+            .map_err(ApiError::from)?;
+        ok(pb::ListCasesResponse {
+            deregistrations: page
+                .cases
+                .iter()
+                .map(convert::deregistration_masked)
+                .collect(),
+            next_page_token: self.next_token(&p, page.last.as_ref(), &filters),
+        })
+    }
+
+    async fn get_case_timeline(
+        &self,
+        req: Request<pb::GetCaseTimelineRequest>,
+    ) -> ApiResult<pb::GetCaseTimelineResponse> {
+        let p = principal(&req)?;
+        let id = convert::case_id("id", &req.get_ref().id)?;
+        record_case(&id);
+        let t = self.gateway.timeline(&id).await.map_err(ApiError::from)?;
+        tracing::info!(case_id = %id, principal = %p.hsa_id, "operator read the timeline");
+        ok(pb::GetCaseTimelineResponse {
+            events: t.events.iter().map(convert::event_out).collect(),
+            steps: t.steps.iter().map(convert::step_out).collect(),
+            chain_head: Some(convert::chain_head_out(&t.head)),
+        })
+    }
+
+    async fn cancel_case(
+        &self,
+        req: Request<pb::CancelCaseRequest>,
+    ) -> ApiResult<pb::CancelCaseResponse> {
+        let p = principal(&req)?;
+        let trace = current_trace_id();
+        let id = convert::case_id("id", &req.get_ref().id)?;
+        record_case(&id);
+        let justification = convert::required_text("justification", &req.get_ref().justification)?;
+        let case = self
+            .gateway
+            .cancel_case(&p, &id, justification, trace)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "operator cancelled");
+        ok(pb::CancelCaseResponse {
+            deregistration: Some(convert::deregistration_masked(&case)),
+        })
+    }
+
+    type VerifyAuditChainStream =
+        Pin<Box<dyn Stream<Item = Result<pb::VerifyAuditChainResponse, Status>> + Send + 'static>>;
+
+    async fn verify_audit_chain(
+        &self,
+        req: Request<pb::VerifyAuditChainRequest>,
+    ) -> ApiResult<Self::VerifyAuditChainStream> {
+        let p = principal(&req)?;
+        let raw = &req.get_ref().id;
+        let store = self.gateway.store().clone();
+        let mut walk = if raw.trim().is_empty() {
+            Walk::all(store)
+                .await
+                .map_err(|e| ApiError::from(app::AppError::from(e)))?
+        } else {
+            let id = convert::case_id("id", raw)?;
+            record_case(&id);
+            // A missing case is NOT_FOUND before the stream starts.
+            self.gateway.get_any(&id).await.map_err(ApiError::from)?;
+            Walk::one(store, id)
+        };
+        tracing::info!(principal = %p.hsa_id, cases = walk.progress().total, "operator verifies audit chains");
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let message = |p: Progress, broken: Option<pb::BrokenAuditChain>, done: bool| {
+                pb::VerifyAuditChainResponse {
+                    cases_checked: clamp(p.checked),
+                    cases_total: clamp(p.total),
+                    cases_broken: clamp(p.broken),
+                    broken,
+                    done,
+                    events_checked: clamp(p.events),
+                    legacy_events: clamp(p.legacy),
+                }
+            };
+            while let Some(next) = walk.next().await {
+                let (id, report) = match next {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(ApiError::from(app::AppError::from(e)).into()))
+                            .await;
+                        return;
+                    }
+                };
+                let progress = walk.progress();
+                let msg = match &report.broken {
+                    Some(b) => {
+                        crate::verifier::log_broken(&id, &report);
+                        Some(message(progress, Some(convert::broken_out(&id, b)), false))
+                    }
+                    // Progress every PROGRESS_EVERY cases.
+                    None if progress.checked % PROGRESS_EVERY == 0 => {
+                        Some(message(progress, None, false))
+                    }
+                    None => None,
+                };
+                if let Some(m) = msg
+                    && tx.send(Ok(m)).await.is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(message(walk.progress(), None, true))).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn export_audit_record(
+        &self,
+        req: Request<pb::ExportAuditRecordRequest>,
+    ) -> ApiResult<pb::ExportAuditRecordResponse> {
+        let p = principal(&req)?;
+        let trace = current_trace_id();
+        let r = req.get_ref();
+        let id = convert::case_id("id", &r.id)?;
+        record_case(&id);
+        let (purpose, justification) = match pb::ExportPurpose::try_from(r.purpose) {
+            Ok(pb::ExportPurpose::Unspecified | pb::ExportPurpose::Pseudonymized) => (
+                Purpose::Pseudonymized,
+                Some(convert::free_text("justification", &r.justification)?),
+            ),
+            Ok(pb::ExportPurpose::RecordKeeper) => (
+                Purpose::RecordKeeper,
+                Some(convert::required_text("justification", &r.justification)?),
+            ),
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "purpose",
+                    "UNKNOWN_ENUM",
+                    "is not a known ExportPurpose value",
+                )
+                .into());
+            }
+        };
+        let record = self
+            .gateway
+            .export(&p, &id, purpose, justification, trace)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(case_id = %id, principal = %p.hsa_id, purpose = ?purpose, "audit record exported");
+        let head = crate::storage::ChainHead {
+            sequence: record.chain_head.sequence,
+            hash: record.chain_head.hash.clone(),
+            seal: record.chain_head.seal.clone(),
+        };
+        ok(pb::ExportAuditRecordResponse {
+            record_json: record.to_json(),
+            chain_head: Some(convert::chain_head_out(&head)),
+        })
+    }
+}
+
+/// Cases between two progress messages of `VerifyAuditChain`.
+const PROGRESS_EVERY: u64 = 50;
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -228,6 +228,9 @@ pub struct CaseEvent {
     pub trace_id: String,
     pub detail: String,
     pub hash: String,
+    /// Id of the key that made `hash` (`Vault::key_id`); `None` for a legacy (pre-m0005,
+    /// plain SHA-256) event.
+    pub key_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::api::pb;
-use crate::auth::{AuthError, Authorizer, Role};
+use crate::auth::{AuthError, Principals, Role};
+use crate::crl::CrlStore;
+use crate::metrics::Metrics;
 
 /// The role each API service requires. Health and reflection need only the client
 /// certificate that mutual TLS has already verified; unknown paths end in UNIMPLEMENTED.
@@ -23,8 +25,19 @@ fn required_role(path: &str) -> Option<Role> {
         pb::health_care_office_service_server::SERVICE_NAME => Some(Role::HealthCareOffice),
         pb::revocation_service_server::SERVICE_NAME => Some(Role::TjansteidService),
         pb::operations_service_server::SERVICE_NAME => Some(Role::Operator),
+        // The console's pages (`crate::console`): operators only, like their RPCs.
+        s if s == CONSOLE => Some(Role::Operator),
         _ => None,
     }
+}
+
+/// The first path segment of the console's pages.
+const CONSOLE: &str = "console";
+
+fn is_console(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|p| p.split('/').next())
+        .is_some_and(|s| s == CONSOLE)
 }
 
 /// The status a denial is answered with (messages name the rule, never personal data), with
@@ -36,12 +49,30 @@ pub fn denial(e: &AuthError) -> tonic::Status {
 /// Certificate → principal, role by service.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
-    auth: Arc<Authorizer>,
+    auth: Arc<Principals>,
+    revocation: Option<Revocation>,
+}
+
+/// The CRLs in force, consulted on every call: a certificate revoked while its connection is
+/// open is refused on its next call, not only at its next handshake.
+#[derive(Clone, Debug)]
+struct Revocation {
+    crls: Arc<CrlStore>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authorizer>) -> Self {
-        Self { auth }
+    pub fn new(auth: Arc<Principals>) -> Self {
+        Self {
+            auth,
+            revocation: None,
+        }
+    }
+
+    /// Checks each call's client certificate against `crls` as well.
+    pub fn with_revocation(mut self, crls: Arc<CrlStore>, metrics: Arc<Metrics>) -> Self {
+        self.revocation = Some(Revocation { crls, metrics });
+        self
     }
 }
 
@@ -52,6 +83,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            revocation: self.revocation.clone(),
         }
     }
 }
@@ -59,7 +91,8 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
-    auth: Arc<Authorizer>,
+    auth: Arc<Principals>,
+    revocation: Option<Revocation>,
 }
 
 impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
@@ -89,10 +122,19 @@ where
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
-        match self
-            .auth
-            .authorize(certs.as_deref().map(Vec::as_slice), needs)
+        let leaf = certs.as_deref().and_then(|c| c.first());
+        if let (Some(r), Some(leaf)) = (&self.revocation, leaf)
+            && let Some((serial, issuer)) = r.crls.snapshot().revocation_of(leaf.as_ref())
         {
+            tracing::warn!(serial = %serial, issuer = %issuer,
+                "request denied: the client certificate has been revoked");
+            r.metrics.client_certificate_refused("revoked");
+            let e = AuthError::Revoked { serial };
+            return Box::pin(std::future::ready(Ok(denial(&e).into_http())));
+        }
+        // The principals in force now: a reload applies to the very next call.
+        let principals = self.auth.current();
+        match principals.authorize(certs.as_deref().map(Vec::as_slice), needs) {
             Ok(principal) => {
                 // The RPC span (current here) names the caller: an HSA-id, not personal data.
                 tracing::Span::current().record("principal", principal.hsa_id.as_str());
@@ -101,7 +143,13 @@ where
             }
             Err(e) => {
                 tracing::info!(reason = %e, "request denied");
-                Box::pin(std::future::ready(Ok(denial(&e).into_http())))
+                // A browser gets a page (HTTP 403), a gRPC client its status.
+                let response = if is_console(req.uri().path()) {
+                    crate::console::forbidden()
+                } else {
+                    denial(&e).into_http()
+                };
+                Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
@@ -136,6 +184,11 @@ mod tests {
             Some(Role::Operator)
         );
         assert_eq!(role("/grpc.health.v1.Health/Check"), None);
+        // The console's pages, whatever follows the prefix; not a look-alike.
+        assert_eq!(role("/console"), Some(Role::Operator));
+        assert_eq!(role("/console/cases/x"), Some(Role::Operator));
+        assert_eq!(role("/consoles"), None);
+        assert!(is_console("/console/") && !is_console("/consoles/x"));
         assert_eq!(
             role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             None

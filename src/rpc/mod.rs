@@ -7,7 +7,7 @@
 
 pub mod auth;
 pub mod limit;
-mod names;
+pub(crate) mod names;
 mod size;
 
 use std::convert::Infallible;
@@ -162,6 +162,27 @@ impl Drop for Completion {
     }
 }
 
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The outcome of a response that is not gRPC (the console's pages), for the span, the log
+/// line and the metrics.
+fn http_outcome(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        200..=399 => Code::Ok,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        400..=499 => Code::InvalidArgument,
+        503 => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     headers
         .get("grpc-status")
@@ -242,6 +263,7 @@ where
         }
         let limit =
             grpc_timeout(req.headers()).map_or(self.layer.timeout, |t| t.min(self.layer.timeout));
+        let console = name == names::CONSOLE;
         let mut done = Completion {
             span: span.clone(),
             hook: self.layer.hook.clone(),
@@ -264,6 +286,10 @@ where
                 // An error is trailers-only: its status is in the headers. Otherwise it comes
                 // in the trailers at the end of the body.
                 done.status_from(&parts.headers);
+                if console && !is_grpc(&parts.headers) {
+                    // The console's pages: their outcome is their HTTP status.
+                    done.code = Some(http_outcome(parts.status));
+                }
                 // The closure owns `done`: it records when the body ends or is dropped.
                 let body = body.inspect_frame(move |frame| {
                     if let Some(trailers) = frame.trailers_ref() {

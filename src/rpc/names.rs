@@ -21,6 +21,13 @@ const OTHER: RpcName = RpcName {
     full: "_other",
 };
 
+/// The console's pages (every path under `/console`), one name: paths are not labels.
+pub const CONSOLE: RpcName = RpcName {
+    service: "console",
+    method: "page",
+    full: "console/page",
+};
+
 /// Served besides the API: health and reflection.
 const INFRASTRUCTURE: [(&str, &str); 4] = [
     ("grpc.health.v1.Health", "Check"),
@@ -75,6 +82,9 @@ fn known() -> &'static HashMap<String, RpcName> {
 
 /// The RPC at `path` (`/package.Service/Method`).
 pub fn lookup(path: &str) -> RpcName {
+    if path == crate::console::PATH || path.starts_with("/console/") {
+        return CONSOLE;
+    }
     known().get(path).copied().unwrap_or(OTHER)
 }
 
@@ -99,6 +109,9 @@ mod tests {
             lookup("/grpc.health.v1.Health/Check").service,
             "grpc.health.v1.Health"
         );
+        assert_eq!(lookup("/console"), CONSOLE);
+        assert_eq!(lookup("/console/cases/x"), CONSOLE);
+        assert_eq!(lookup("/consoles"), OTHER);
         for odd in [
             "/etjanstekort.v1.DeregistrationService/Nope",
             "/x.Y/Z",

@@ -14,8 +14,8 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, Value,
 };
 
-use super::audit::{GENESIS_HASH, event_hash};
-use super::codec::{event_row, saga_of, set_saga};
+use super::audit::{GENESIS_HASH, head_seal, keyed_hash};
+use super::codec::{Codec, event_row, saga_of, set_saga};
 use super::entities::{case_events, cases, effects};
 use super::sql::{exec, micros};
 use super::{EventMeta, StoreError, Timing};
@@ -43,6 +43,8 @@ struct EffectRow {
 #[derive(Debug)]
 pub(crate) struct ChangeSet {
     timing: Timing,
+    /// Holds the vault whose audit chain key hashes the events.
+    codec: Codec,
     /// Final versions of touched case rows, in first-touch order.
     cases: Vec<cases::Model>,
     index: HashMap<String, usize>,
@@ -56,9 +58,10 @@ pub(crate) struct ChangeSet {
 }
 
 impl ChangeSet {
-    pub(crate) fn new(timing: Timing) -> Self {
+    pub(crate) fn new(timing: Timing, codec: &Codec) -> Self {
         Self {
             timing,
+            codec: codec.clone(),
             cases: Vec::new(),
             index: HashMap::new(),
             events: Vec::new(),
@@ -149,16 +152,30 @@ impl ChangeSet {
         } else {
             model.last_hash.clone()
         };
-        let hash = event_hash(&prev, &model.id, seq, kind, saga.state.as_str(), meta);
+        let vault = self.codec.vault();
+        let (key, key_id) = (vault.audit_chain_key(), vault.key_id());
+        let hash = keyed_hash(
+            key,
+            &key_id,
+            &prev,
+            &model.id,
+            seq,
+            kind,
+            saga.state.as_str(),
+            meta,
+        );
 
         set_saga(model, &saga);
         model.updated_at = meta.at.0;
         model.version += 1;
         model.last_seq = seq;
         model.last_hash = hash.clone();
+        model.head_seal = Some(head_seal(key, &key_id, &model.id, seq, &hash));
         if saga.state.is_terminal() {
             // Frees the card number for a new case.
             model.active_card_number = None;
+            // The retention periods count from the first terminal state.
+            model.ended_at.get_or_insert(meta.at.0);
             self.terminal.push(model.id.clone());
         }
         if before != Some(saga.state) {
@@ -192,6 +209,7 @@ impl ChangeSet {
             trace_id: meta.trace_id.clone(),
             detail: meta.detail.clone(),
             hash,
+            key_id: Some(key_id),
         };
         self.events.push(event_row(&appended, prev));
         self.appended.push(appended);
@@ -306,6 +324,8 @@ fn update_cases_statement(rows: &[cases::Model]) -> UpdateStatement {
         C::LastSeq,
         C::LastHash,
         C::HeadNotifiedAt,
+        C::EndedAt,
+        C::HeadSeal,
     ];
     let values = rows.iter().map(|m| {
         ValueTuple::Many(vec![
@@ -324,6 +344,8 @@ fn update_cases_statement(rows: &[cases::Model]) -> UpdateStatement {
             m.last_seq.into(),
             m.last_hash.clone().into(),
             m.head_notified_at.into(),
+            m.ended_at.into(),
+            m.head_seal.clone().into(),
         ])
     });
     let v = |i: usize| Expr::col(("v", format!("column{i}")));

@@ -1,7 +1,11 @@
 //! Rows ↔ domain: the one place that reads a stored row back into domain types and turns
 //! domain values into row values. Owns the encryption of the personal data (`cases.sensitive`,
-//! bound to the case id) and of the KIV snapshot (bound to `<case id>/kiv-snapshot`). Decides
-//! nothing and runs no SQL; a row that cannot be read is `StoreError::Corrupt`, never guessed.
+//! bound to the case id) and of the KIV snapshot (bound to `<case id>/kiv-snapshot`), both
+//! under the case's own data key (`cases.data_key`, wrapped by a master key and bound to
+//! `<case id>/data-key`), and what shredding and re-encryption do to a row. A row from before
+//! m0006 has no data key: its values are sealed by the master key itself and read as such.
+//! Decides nothing and runs no SQL; a row that cannot be read is `StoreError::Corrupt`, never
+//! guessed.
 
 use std::sync::Arc;
 
@@ -17,7 +21,7 @@ use crate::domain::{
     KivRemovalRoute, NewDeregistration, PersonName, Personnummer, Reason, Reporter, State,
     Timestamp,
 };
-use crate::privacy::Vault;
+use crate::privacy::{DataKey, Vault, VaultError};
 
 /// The personal data of a case, stored only as one AEAD ciphertext.
 #[derive(Serialize, Deserialize)]
@@ -53,9 +57,56 @@ fn snapshot_context(case_id: &str) -> String {
     format!("{case_id}/kiv-snapshot")
 }
 
+fn data_key_context(case_id: &str) -> String {
+    format!("{case_id}/data-key")
+}
+
+/// What seals a row's personal data: its own data key, or (a row from before m0006) the
+/// master keyring itself.
+enum RowKey<'a> {
+    Data(Box<DataKey>),
+    Master(&'a Vault),
+}
+
+impl RowKey<'_> {
+    fn seal(&self, context: &str, plain: &[u8]) -> Result<Vec<u8>, VaultError> {
+        match self {
+            RowKey::Data(k) => k.seal(context, plain),
+            RowKey::Master(v) => v.seal(context, plain),
+        }
+    }
+
+    fn open(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+        match self {
+            RowKey::Data(k) => k.open(context, sealed),
+            RowKey::Master(v) => v.open(context, sealed),
+        }
+    }
+}
+
+/// What `Codec::reencrypt` did to a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rekeyed {
+    /// Already under the current master key, or shredded: nothing to do.
+    Current,
+    /// The data key re-wrapped by the current master key.
+    Rewrapped,
+    /// A row from before m0006: given a data key, its values sealed again under it.
+    Migrated,
+}
+
 impl Codec {
     pub(crate) fn new(vault: Arc<Vault>) -> Self {
         Self { vault }
+    }
+
+    /// The id of the master key new data is encrypted under.
+    pub(crate) fn current_key_id(&self) -> String {
+        self.vault.key_id()
+    }
+
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// How a caller's `request_id` is kept: a keyed digest, scoped to the caller. The id is the
@@ -69,6 +120,11 @@ impl Codec {
     /// hash): personal data sealed, the holder looked up by pseudonym only.
     pub(crate) fn new_case(&self, cmd: &CreateCase) -> Result<cases::ActiveModel, StoreError> {
         let report = &cmd.report;
+        let id = cmd.id.to_string();
+        let (key, wrapped) = self
+            .vault
+            .new_data_key(&data_key_context(&id))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(cases::ActiveModel {
             id: Set(cmd.id.to_string()),
             care_provider_hsa_id: Set(cmd.care_provider.to_string()),
@@ -76,7 +132,7 @@ impl Codec {
             card_number: Set(report.card_number.to_string()),
             active_card_number: Set(Some(report.card_number.to_string())),
             holder_pseudonym: Set(self.vault.pseudonym(&report.card_holder.personnummer)),
-            sensitive: Set(self.seal(&cmd.id, report)?),
+            sensitive: Set(seal_sensitive(&RowKey::Data(Box::new(key)), &id, report)?),
             reason: Set(report.reason.as_str().to_owned()),
             kiv_removal_route: Set(report.route.as_str().to_owned()),
             card_received_at: Set(report.card_received_at.0),
@@ -97,32 +153,125 @@ impl Codec {
             last_hash: Set(GENESIS_HASH.to_owned()),
             head_notified_at: Set(None),
             trace_parent: Set(cmd.trace_parent.clone()),
+            data_key: Set(Some(wrapped)),
+            key_id: Set(Some(self.vault.key_id())),
+            ended_at: Set(None),
+            shredded_at: Set(None),
+            head_seal: Set(None),
         })
     }
 
-    fn seal(&self, case_id: &CaseId, report: &NewDeregistration) -> Result<Vec<u8>, StoreError> {
-        let s = Sensitive {
-            pnr: report.card_holder.personnummer.expose_digits(),
-            holder_name: report.card_holder.full_name.as_str().to_owned(),
-            holder_email: report
-                .card_holder
-                .email
-                .as_ref()
-                .map(|e| e.as_str().to_owned()),
-            reporter_name: report.reported_by.full_name.as_str().to_owned(),
-            reporter_email: report.reported_by.email.as_str().to_owned(),
-        };
-        let json = serde_json::to_vec(&s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.vault
-            .seal(&case_id.to_string(), &json)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    /// The key that seals the row's personal data. A shredded row has none.
+    fn row_key(&self, m: &cases::Model) -> Result<RowKey<'_>, StoreError> {
+        if m.shredded_at.is_some() {
+            return Err(StoreError::NotFound);
+        }
+        match &m.data_key {
+            Some(wrapped) => self
+                .vault
+                .open_data_key(&data_key_context(&m.id), wrapped)
+                .map(|k| RowKey::Data(Box::new(k)))
+                .map_err(|_| corrupt(&m.id, "data key does not decrypt")),
+            None => Ok(RowKey::Master(&self.vault)),
+        }
     }
 
-    /// The whole case, personal data decrypted.
+    /// Destroys the row's personal data: the wrapped data key (every copy of the ciphertexts,
+    /// in backups too, is then noise), the ciphertexts themselves, and the holder's pseudonym.
+    /// What remains is the revocation record: who reported which card, when, the outcome, and
+    /// the audit chain.
+    pub(crate) fn shred(m: &mut cases::Model, at: Timestamp) {
+        m.data_key = None;
+        m.key_id = None;
+        m.sensitive = Vec::new();
+        m.kiv_snapshot = None;
+        m.holder_pseudonym = String::new();
+        m.shredded_at = Some(at.0);
+    }
+
+    /// Moves the row to the current master key: its data key re-wrapped, or (a row from
+    /// before m0006) a data key made and its values sealed again under it.
+    pub(crate) fn reencrypt(&self, m: &mut cases::Model) -> Result<Rekeyed, StoreError> {
+        let current = self.vault.key_id();
+        if m.shredded_at.is_some() {
+            return Ok(Rekeyed::Current);
+        }
+        let fail = |what: &str| corrupt(&m.id, what);
+        if let Some(wrapped) = &m.data_key {
+            if m.key_id.as_deref() == Some(current.as_str()) {
+                return Ok(Rekeyed::Current);
+            }
+            m.data_key = Some(
+                self.vault
+                    .rewrap_data_key(&data_key_context(&m.id), wrapped)
+                    .map_err(|_| fail("data key does not decrypt"))?,
+            );
+            m.key_id = Some(current);
+            return Ok(Rekeyed::Rewrapped);
+        }
+        let context = data_key_context(&m.id);
+        let (key, wrapped) = self
+            .vault
+            .new_data_key(&context)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let plain = self
+            .vault
+            .open(&m.id, &m.sensitive)
+            .map_err(|_| fail("personal data does not decrypt"))?;
+        let sensitive = key
+            .seal(&m.id, &plain)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let snapshot = match &m.kiv_snapshot {
+            Some(sealed) => {
+                let ctx = snapshot_context(&m.id);
+                let plain = self
+                    .vault
+                    .open(&ctx, sealed)
+                    .map_err(|_| fail("KIV snapshot does not decrypt"))?;
+                Some(
+                    key.seal(&ctx, &plain)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        m.sensitive = sensitive;
+        m.kiv_snapshot = snapshot;
+        m.data_key = Some(wrapped);
+        m.key_id = Some(current);
+        Ok(Rekeyed::Migrated)
+    }
+}
+
+fn seal_sensitive(
+    key: &RowKey<'_>,
+    case_id: &str,
+    report: &NewDeregistration,
+) -> Result<Vec<u8>, StoreError> {
+    let s = Sensitive {
+        pnr: report.card_holder.personnummer.expose_digits(),
+        holder_name: report.card_holder.full_name.as_str().to_owned(),
+        holder_email: report
+            .card_holder
+            .email
+            .as_ref()
+            .map(|e| e.as_str().to_owned()),
+        reporter_name: report.reported_by.full_name.as_str().to_owned(),
+        reporter_email: report.reported_by.email.as_str().to_owned(),
+    };
+    let json = serde_json::to_vec(&s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    key.seal(case_id, &json)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Codec {
+    /// The whole case, personal data decrypted. A shredded case is `NotFound`: its personal
+    /// data is gone, and with it the case as the API knows it (its record stays, see
+    /// `storage::retention`).
     pub(crate) fn to_domain(&self, m: &cases::Model) -> Result<Deregistration, StoreError> {
         let corrupt = |what: &str| corrupt(&m.id, what);
         let plain = self
-            .vault
+            .row_key(m)?
             .open(&m.id, &m.sensitive)
             .map_err(|_| corrupt("personal data does not decrypt"))?;
         let s: Sensitive =
@@ -173,6 +322,7 @@ impl Codec {
     pub(crate) fn readable(&self, m: &cases::Model) -> Option<Deregistration> {
         match self.to_domain(m) {
             Ok(c) => Some(c),
+            Err(StoreError::NotFound) => None,
             Err(e) => {
                 tracing::error!(case_id = %m.id, error = %e, "case row unreadable; skipped");
                 None
@@ -183,12 +333,12 @@ impl Codec {
     /// The sealed KIV snapshot for the row's `kiv_snapshot` column.
     pub(crate) fn seal_snapshot(
         &self,
-        case_id: &str,
+        m: &cases::Model,
         snapshot: &Employment,
     ) -> Result<Vec<u8>, StoreError> {
         let json = serde_json::to_vec(snapshot).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.vault
-            .seal(&snapshot_context(case_id), &json)
+        self.row_key(m)?
+            .seal(&snapshot_context(&m.id), &json)
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
@@ -197,7 +347,7 @@ impl Codec {
             return Ok(None);
         };
         let plain = self
-            .vault
+            .row_key(m)?
             .open(&snapshot_context(&m.id), sealed)
             .map_err(|_| corrupt(&m.id, "KIV snapshot does not decrypt"))?;
         serde_json::from_slice(&plain)
@@ -244,6 +394,7 @@ pub(crate) fn event_row(e: &CaseEvent, prev_hash: String) -> case_events::Active
         detail: Set(e.detail.clone()),
         prev_hash: Set(prev_hash),
         hash: Set(e.hash.clone()),
+        key_id: Set(e.key_id.clone()),
     }
 }
 
@@ -258,6 +409,7 @@ pub(crate) fn event_of(row: case_events::Model) -> Result<CaseEvent, StoreError>
         trace_id: row.trace_id,
         detail: row.detail,
         hash: row.hash,
+        key_id: row.key_id,
     })
 }
 

@@ -89,7 +89,7 @@ pub(crate) async fn create_in(
         .await?
         .ok_or(StoreError::NotFound)?;
     let saga = Saga::new(cmd.report.route);
-    let mut cs = ChangeSet::new(timing);
+    let mut cs = ChangeSet::new(timing, codec);
     cs.change(
         &mut model,
         saga,

@@ -35,6 +35,17 @@ pub(crate) mod cases {
         pub head_notified_at: Option<i64>,
         /// W3C `traceparent` of the creating request (m0004); NULL for older cases.
         pub trace_parent: Option<String>,
+        /// The case's data key, wrapped by the master key `key_id` (m0006); NULL for a row
+        /// sealed by the master key itself (before m0006) and after shredding.
+        pub data_key: Option<Vec<u8>>,
+        pub key_id: Option<String>,
+        /// When the case reached a terminal state (m0006).
+        pub ended_at: Option<i64>,
+        /// When its personal data was destroyed (m0006).
+        pub shredded_at: Option<i64>,
+        /// `audit::head_seal` of (`last_seq`, `last_hash`) (m0005); NULL until the case's first
+        /// keyed event.
+        pub head_seal: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -61,6 +72,8 @@ pub(crate) mod case_events {
         pub detail: String,
         pub prev_hash: String,
         pub hash: String,
+        /// The key that made `hash` (m0005); NULL for legacy, plain SHA-256 events.
+        pub key_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -109,6 +122,27 @@ pub(crate) mod effects {
         pub last_error: Option<String>,
         pub created_at: i64,
         pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub(crate) mod retention_purges {
+    use sea_orm::entity::prelude::*;
+
+    /// The audited marker that lets one case's audit trail be deleted (m0006).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "retention_purges")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub case_id: String,
+        pub ended_at: i64,
+        pub purged_at: i64,
+        pub last_seq: i64,
+        pub last_hash: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,7 +11,9 @@
 //! - `create.rs` — idempotent creation decided by unique constraints;
 //! - `outbox.rs` — claims under a lease, fenced results, due times;
 //! - `queries.rs` — read-only look-ups;
+//! - `listen.rs` — news between replicas on PostgreSQL (`NOTIFY` on commit, the relay);
 //! - `audit.rs` — the audit trail's hash chain;
+//! - `retention.rs` — shredding and purging ended cases, purging the outbox, re-encryption;
 //! - `sql.rs` — connection set-up, backend differences, row reads with locks;
 //! - `settings.rs` — the database settings and the saga timers' durations;
 //! - `entities.rs` — the sea-orm entities (crate-private).
@@ -21,8 +23,10 @@ mod changes;
 mod codec;
 mod create;
 mod entities;
+mod listen;
 mod outbox;
 mod queries;
+mod retention;
 mod sea;
 mod settings;
 mod sql;
@@ -37,7 +41,7 @@ use crate::domain::{
     State, Timestamp,
 };
 
-pub use audit::verify_chain;
+pub use audit::{BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
 pub use sea::SeaStore;
 pub use settings::{DatabaseSettings, Timing};
 
@@ -97,6 +101,10 @@ pub struct ListQuery {
     /// Also cases needing attention that stopped in one of `states` (e.g. an escalated case
     /// still awaits TjänsteID-service's outcome).
     pub include_attention_from: bool,
+    /// Only cases created at or before this instant.
+    pub created_before: Option<Timestamp>,
+    /// Only cases created at or after this instant.
+    pub created_after: Option<Timestamp>,
     /// Keyset pagination: only cases with a greater id (ids are time-ordered).
     pub after: Option<CaseId>,
     pub limit: u32,
@@ -136,6 +144,25 @@ pub struct Finished {
     pub result: WorkResult,
 }
 
+/// One outbox row of a case, as the operators' timeline shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepView {
+    pub key: String,
+    /// The stored step name, e.g. `report_revocation`.
+    pub step: String,
+    /// `pending`, `done`, `failed` or `cancelled`.
+    pub status: String,
+    pub attempts: u32,
+    /// The last error's reason (no personal data: connectors redact at the source). On a
+    /// `pending` row it was retryable; on a `failed` row, terminal.
+    pub last_error: Option<String>,
+    pub due_at: Timestamp,
+    /// A worker holds the row (its lease may have run out).
+    pub leased: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
 /// The database's view of all cases, for the gauges (the same on every replica).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -144,6 +171,59 @@ pub struct Stats {
     pub needs_attention: u64,
     /// How long the oldest due, unclaimed step has waited (zero when none is due).
     pub oldest_due_age: Duration,
+}
+
+/// The instants a retention pass works to: personal data of cases that ended at or before
+/// `personal_data` is shredded, records of cases that ended at or before `record` are purged,
+/// finished outbox rows last changed at or before `outbox` are deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionCutoffs {
+    pub personal_data: Timestamp,
+    pub record: Timestamp,
+    pub outbox: Timestamp,
+}
+
+/// What a retention pass would do (each list at most the asked limit, oldest first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionDue {
+    /// Ended cases whose personal data is due for shredding.
+    pub shred: Vec<CaseId>,
+    /// Ended cases whose record is due for purging (shredded first if not yet).
+    pub purge: Vec<CaseId>,
+    /// Finished outbox rows due for deletion.
+    pub outbox: u64,
+}
+
+/// What stays of a case after its personal data is shredded, until it is purged: who reported
+/// which card, when, and the outcome (its audit trail: `CaseStore::events`). No personal data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaseRecord {
+    pub id: CaseId,
+    pub care_provider: String,
+    pub care_unit: String,
+    /// HSA-id of the head of operations who reported the card.
+    pub reporter: String,
+    pub card_number: String,
+    pub reason: crate::domain::Reason,
+    pub state: State,
+    pub created_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub revocation_confirmed_at: Option<Timestamp>,
+    pub revocation_reference: Option<String>,
+    pub shredded_at: Option<Timestamp>,
+    /// The master key its data key is wrapped by (`None`: shredded, or from before m0006).
+    pub key_id: Option<String>,
+}
+
+/// One batch of `keys reencrypt`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReencryptBatch {
+    /// The last case the batch looked at: the next batch starts after it.
+    pub last: Option<CaseId>,
+    /// Rows moved to the current master key.
+    pub moved: u64,
+    /// Rows that could not be moved (unreadable: logged by id, left as they are).
+    pub failed: u64,
 }
 
 /// This process's database connections.
@@ -236,6 +316,10 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// dropped (another worker re-runs the effect under the same key).
     async fn finish(&self, owner: &str, results: Vec<Finished>) -> Result<(), StoreError>;
 
+    /// Gives up the leases of every claim whose owner token starts with `owner_prefix` (a
+    /// process shutting down), so other workers claim those effects at once. Returns how many.
+    async fn release(&self, owner_prefix: &str) -> Result<u64, StoreError>;
+
     /// When the earliest pending effect falls due, if any.
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
 
@@ -250,6 +334,80 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// Counts for the gauges, as of `now`: cases by state (indexed `GROUP BY`) and the age of
     /// the oldest due step nobody holds (the outbox's lag). Read-only.
     async fn stats(&self, now: Timestamp) -> Result<Stats, StoreError>;
+
+    /// What a retention pass as of `cut` would do, at most `limit` cases of each kind. Read-only.
+    async fn retention_due(
+        &self,
+        cut: &RetentionCutoffs,
+        limit: u32,
+    ) -> Result<RetentionDue, StoreError>;
+
+    /// Destroys the personal data of an ended case (its data key, every ciphertext, the
+    /// holder's pseudonym, its idempotency records) if it ended at or before `before` and is
+    /// not shredded yet, and appends a `personal_data_shredded` audit event, in one
+    /// transaction. Returns whether it did. Idempotent.
+    async fn shred(
+        &self,
+        id: &CaseId,
+        before: Timestamp,
+        meta: EventMeta,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a shredded case that ended at or before `before`, with its audit trail, effects
+    /// and idempotency records, after writing its purge marker (case id, end, purge time, last
+    /// hash), in one transaction. Returns whether it did. Idempotent.
+    async fn purge(
+        &self,
+        id: &CaseId,
+        before: Timestamp,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` finished (done or skipped) outbox rows last changed at or before
+    /// `before`; returns how many.
+    async fn purge_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// The kept record of a case, shredded or not (`None` once purged).
+    async fn record(&self, id: &CaseId) -> Result<Option<CaseRecord>, StoreError>;
+
+    /// How many case rows are not yet under the vault's current master key (shredded rows
+    /// excepted).
+    async fn reencrypt_pending(&self) -> Result<u64, StoreError>;
+
+    /// Moves up to `limit` rows after `after` (id order) to the current master key, each under
+    /// its row lock and committed per batch: re-wraps the data key, or gives a row from before
+    /// m0006 a data key of its own. Resumable: a new run starts over and finds only the rows
+    /// still to move.
+    async fn reencrypt_batch(
+        &self,
+        after: Option<&CaseId>,
+        limit: u32,
+    ) -> Result<ReencryptBatch, StoreError>;
+    /// The audit chain head recorded on the case row (`NotFound` without the case).
+    async fn chain_head(&self, id: &CaseId) -> Result<ChainHead, StoreError>;
+
+    /// The case's trail and the head on its row, read in one snapshot (`NotFound` without the
+    /// case).
+    async fn audit_trail(&self, id: &CaseId) -> Result<(Vec<CaseEvent>, ChainHead), StoreError>;
+
+    /// Verifies the case's audit chain against the head on its row, with the store's chain keys,
+    /// reading both in one snapshot. `NotFound` without the case.
+    async fn verify_audit(&self, id: &CaseId) -> Result<ChainReport, StoreError>;
+
+    /// Every case id after `after`, in id order, at most `limit` (undecryptable cases too).
+    async fn case_ids(&self, after: Option<&CaseId>, limit: u32)
+    -> Result<Vec<CaseId>, StoreError>;
+
+    /// How many cases there are.
+    async fn count_cases(&self) -> Result<u64, StoreError>;
+
+    /// The case's outbox rows, in creation order.
+    async fn steps(&self, id: &CaseId) -> Result<Vec<StepView>, StoreError>;
+
+    /// Appends a keyed `audit_chain_keyed` event to every case whose trail ends in a legacy
+    /// (pre-m0005) link that verifies, so the keyed chain covers it. Returns how many were
+    /// anchored; a legacy trail that does not verify is left for the verifier to report.
+    async fn anchor_legacy_chains(&self, meta: EventMeta) -> Result<u64, StoreError>;
 
     /// The connection pool's use, where the implementation has one.
     fn pool(&self) -> Option<PoolStats> {

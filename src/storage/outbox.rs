@@ -69,6 +69,25 @@ fn claim_statement(
         .filter(C::Key.in_subquery(due))
 }
 
+/// Gives up at once the leases held by claims whose owner token starts with `owner_prefix`
+/// and returns how many: the effects stay due and another worker claims them without waiting
+/// for the lease to run out (no attempt is counted: the step did not finish).
+pub(crate) async fn release(
+    conn: &impl ConnectionTrait,
+    owner_prefix: &str,
+) -> Result<u64, StoreError> {
+    use effects::Column as C;
+    let res = effects::Entity::update_many()
+        .col_expr(C::LeaseOwner, Expr::value(Value::String(None)))
+        .col_expr(C::LeaseUntil, Expr::value(Value::BigInt(None)))
+        .filter(C::Status.eq(PENDING))
+        .filter(C::LeaseOwner.starts_with(owner_prefix))
+        .exec(conn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    Ok(res.rows_affected)
+}
+
 /// When the earliest pending effect falls due (or its lease runs out), if any.
 pub(crate) async fn next_due(conn: &impl ConnectionTrait) -> Result<Option<Timestamp>, StoreError> {
     let row = effects::Entity::find()
@@ -143,7 +162,7 @@ pub(crate) async fn finish_in(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let mut cs = ChangeSet::new(timing);
+    let mut cs = ChangeSet::new(timing, codec);
     for (f, event, detail) in events {
         let Some(model) = models.get_mut(&f.work.case_id.to_string()) else {
             continue;
@@ -165,7 +184,7 @@ pub(crate) async fn finish_in(
                     },
                 ) = (recorded, &f.result)
                 {
-                    model.kiv_snapshot = Some(codec.seal_snapshot(&model.id, snap)?);
+                    model.kiv_snapshot = Some(codec.seal_snapshot(model, snap)?);
                     cs.touch(model);
                 }
             }

@@ -8,9 +8,10 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::audit::ChainHead;
 use super::codec::event_of;
 use super::entities::{case_events, cases, effects};
-use super::{ListQuery, Stats, StoreError};
+use super::{ListQuery, Stats, StepView, StoreError};
 use crate::domain::{CaseEvent, CaseId, State, Timestamp};
 
 /// Case rows matching the filters, in id (creation) order, at most `limit`.
@@ -19,7 +20,8 @@ pub(crate) async fn list(
     query: &ListQuery,
 ) -> Result<Vec<cases::Model>, StoreError> {
     use cases::Column as C;
-    let mut q = cases::Entity::find();
+    // A shredded case is no longer served: its personal data is gone.
+    let mut q = cases::Entity::find().filter(C::ShreddedAt.is_null());
     if let Some(p) = &query.care_provider {
         q = q.filter(C::CareProviderHsaId.eq(p.to_string()));
     }
@@ -49,6 +51,12 @@ pub(crate) async fn list(
     if let Some(s) = query.snapshot {
         q = q.filter(C::SnapshotState.eq(s.as_str()));
     }
+    if let Some(t) = query.created_before {
+        q = q.filter(C::CreatedAt.lte(t.0));
+    }
+    if let Some(t) = query.created_after {
+        q = q.filter(C::CreatedAt.gte(t.0));
+    }
     if let Some(after) = &query.after {
         q = q.filter(C::Id.gt(after.to_string()));
     }
@@ -67,6 +75,33 @@ pub(crate) async fn events(
     case_events::Entity::find()
         .filter(case_events::Column::CaseId.eq(id.to_string()))
         .order_by_asc(case_events::Column::Seq)
+        .all(conn)
+        .await
+        .map_err(StoreError::Unavailable)?
+        .into_iter()
+        .map(event_of)
+        .collect()
+}
+
+/// The events of several cases' sequence ranges, in case and sequence order.
+pub(crate) async fn events_in(
+    conn: &impl ConnectionTrait,
+    ranges: &[super::listen::Range],
+) -> Result<Vec<CaseEvent>, StoreError> {
+    use case_events::Column as C;
+    let mut any = Condition::any();
+    for r in ranges {
+        any = any.add(
+            Condition::all()
+                .add(C::CaseId.eq(r.case_id.clone()))
+                .add(C::Seq.gte(r.first))
+                .add(C::Seq.lte(r.last)),
+        );
+    }
+    case_events::Entity::find()
+        .filter(any)
+        .order_by_asc(C::CaseId)
+        .order_by_asc(C::Seq)
         .all(conn)
         .await
         .map_err(StoreError::Unavailable)?
@@ -171,4 +206,118 @@ pub(crate) async fn schema_current(conn: &impl ConnectionTrait) -> Result<bool, 
         .limit(1);
     let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
     Ok(!rows.is_empty())
+}
+
+/// Every case id after `after`, in id order, at most `limit`: the verifier's walk. Reads ids
+/// only, so a case whose personal data cannot be decrypted is verified too.
+pub(crate) async fn case_ids(
+    conn: &impl ConnectionTrait,
+    after: Option<&CaseId>,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    use cases::Column as C;
+    let mut q = cases::Entity::find().select_only().column(C::Id);
+    if let Some(after) = after {
+        q = q.filter(C::Id.gt(after.to_string()));
+    }
+    q.order_by_asc(C::Id)
+        .limit(u64::from(limit))
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(StoreError::Unavailable)
+}
+
+/// How many cases there are.
+pub(crate) async fn count_cases(conn: &impl ConnectionTrait) -> Result<u64, StoreError> {
+    use sea_orm::PaginatorTrait;
+    let n = cases::Entity::find()
+        .count(conn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    Ok(n)
+}
+
+/// The chain head on the case row (`NotFound` without the row).
+pub(crate) async fn chain_head(
+    conn: &impl ConnectionTrait,
+    id: &CaseId,
+) -> Result<ChainHead, StoreError> {
+    use cases::Column as C;
+    let row: Option<(i64, String, Option<String>)> = cases::Entity::find()
+        .select_only()
+        .column(C::LastSeq)
+        .column(C::LastHash)
+        .column(C::HeadSeal)
+        .filter(C::Id.eq(id.to_string()))
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    let (sequence, hash, seal) = row.ok_or(StoreError::NotFound)?;
+    Ok(ChainHead {
+        sequence,
+        hash,
+        seal,
+    })
+}
+
+/// Cases after `after` (id order, at most `limit`) whose last event is a legacy (unkeyed) link.
+pub(crate) async fn unanchored_cases(
+    conn: &impl ConnectionTrait,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    use case_events::Column as E;
+    use cases::Column as C;
+    let mut q = Query::select();
+    q.column((cases::Entity, C::Id))
+        .from(cases::Entity)
+        .join(
+            JoinType::InnerJoin,
+            case_events::Entity,
+            Expr::col((case_events::Entity, E::CaseId))
+                .equals((cases::Entity, C::Id))
+                .and(Expr::col((case_events::Entity, E::Seq)).equals((cases::Entity, C::LastSeq))),
+        )
+        .and_where(Expr::col((case_events::Entity, E::KeyId)).is_null())
+        .order_by((cases::Entity, C::Id), sea_orm::Order::Asc)
+        .limit(u64::from(limit));
+    if let Some(after) = after {
+        q.and_where(Expr::col((cases::Entity, C::Id)).gt(after));
+    }
+    let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::Unavailable)
+}
+
+/// The case's outbox rows, in creation order.
+pub(crate) async fn steps(
+    conn: &impl ConnectionTrait,
+    id: &CaseId,
+) -> Result<Vec<StepView>, StoreError> {
+    use effects::Column as E;
+    let rows = effects::Entity::find()
+        .filter(E::CaseId.eq(id.to_string()))
+        .order_by_asc(E::CreatedAt)
+        .order_by_asc(E::Key)
+        .all(conn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StepView {
+            leased: r.lease_owner.is_some(),
+            key: r.key,
+            step: r.step,
+            status: r.status,
+            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            last_error: r.last_error,
+            due_at: Timestamp(r.due_at),
+            created_at: Timestamp(r.created_at),
+            updated_at: Timestamp(r.updated_at),
+        })
+        .collect())
 }

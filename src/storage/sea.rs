@@ -9,24 +9,34 @@ use async_trait::async_trait;
 use migration::MigratorTrait;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
+use super::audit::{ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
 use super::changes::ChangeSet;
 use super::codec::Codec;
 use super::sql::{self, Lock};
 use super::{
-    CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, StoreError, Timing, Work,
-    create, outbox, queries,
+    CaseRecord, CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, ReencryptBatch,
+    RetentionCutoffs, RetentionDue, StepView, StoreError, Timing, Work, create, listen, outbox,
+    queries, retention,
 };
 use crate::bus::EventBus;
 use crate::domain::saga::Event;
 use crate::domain::{CaseEvent, CaseId, Deregistration, Employment, HsaId, Timestamp};
 use crate::privacy::Vault;
 
+/// The advisory lock key `migrate` holds on PostgreSQL (any fixed number unique to this
+/// application within the database; here "etkmigr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
+
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
     codec: Codec,
+    /// The keys the audit chain is verified with (the current one; a rotation adds earlier ones).
+    keys: ChainKeys,
     timing: Timing,
     bus: EventBus,
+    /// Names this store's commits in its notifications, so its relay skips its own news.
+    origin: String,
 }
 
 impl std::fmt::Debug for SeaStore {
@@ -48,9 +58,11 @@ impl SeaStore {
     ) -> Result<Self, DbErr> {
         Ok(Self {
             db: sql::connect(url, max_connections, acquire_timeout).await?,
+            keys: ChainKeys::new(&vault),
             codec: Codec::new(vault),
             timing: Timing::default(),
             bus: EventBus::new(),
+            origin: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -66,8 +78,73 @@ impl SeaStore {
         self
     }
 
-    pub async fn migrate(&self) -> Result<(), DbErr> {
-        migration::Migrator::up(&self.db, None).await
+    /// Applies the pending migrations and returns their names (none: nothing to do). On
+    /// PostgreSQL in one transaction holding an advisory lock: concurrent runs (replicas starting
+    /// together, two migration jobs) queue on the lock, and a later one finds nothing left to do.
+    /// SQLite is one process's file with one connection: its runs cannot overlap.
+    pub async fn migrate(&self) -> Result<Vec<String>, DbErr> {
+        use sea_orm::ConnectionTrait;
+        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+            let pending =
+                migration::names(&migration::Migrator::get_pending_migrations(&self.db).await?);
+            migration::Migrator::up(&self.db, None).await?;
+            return Ok(pending);
+        }
+        let txn = self.db.begin().await?;
+        // Held until the commit (or rollback); the lock waits as long as a run takes.
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        let pending = migration::names(&migration::Migrator::get_pending_migrations(&txn).await?);
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+        Ok(pending)
+    }
+
+    /// The migrations this build knows that the database has not applied, in order; writes
+    /// nothing (no DDL: a runtime user without DDL rights may ask).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
+        Ok(migration::names(
+            &migration::Migrator::get_pending_migrations_read_only(&self.db).await?,
+        ))
+    }
+
+    /// On PostgreSQL, the relay that brings other replicas' commits to this store's bus
+    /// (`storage::listen`), running until the returned task is aborted; `None` on SQLite (one
+    /// process: the bus already has everything).
+    pub fn spawn_relay(&self) -> Option<tokio::task::JoinHandle<()>> {
+        (self.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
+            tokio::spawn(listen::relay(
+                self.db.clone(),
+                self.origin.clone(),
+                self.bus.clone(),
+            ))
+        })
+    }
+
+    /// The id of the master key new data is encrypted under.
+    pub fn current_key_id(&self) -> String {
+        self.codec.current_key_id()
+    }
+
+    /// A read-only transaction that sees one snapshot (PostgreSQL's default READ COMMITTED takes
+    /// a new one per statement; SQLite's read transaction keeps its first).
+    async fn begin_snapshot(&self) -> Result<DatabaseTransaction, StoreError> {
+        use sea_orm::{AccessMode, IsolationLevel};
+        let isolation = (self.db.get_database_backend() == sea_orm::DbBackend::Postgres)
+            .then_some(IsolationLevel::RepeatableRead);
+        let access = isolation.map(|_| AccessMode::ReadOnly);
+        self.db
+            .begin_with_config(isolation, access)
+            .await
+            .map_err(StoreError::Unavailable)
+    }
+
+    async fn read_chain(&self, id: &CaseId) -> Result<(Vec<CaseEvent>, ChainHead), StoreError> {
+        let txn = self.begin_snapshot().await?;
+        let head = queries::chain_head(&txn, id).await?;
+        let events = queries::events(&txn, id).await?;
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        Ok((events, head))
     }
 
     async fn begin(&self) -> Result<DatabaseTransaction, StoreError> {
@@ -85,6 +162,10 @@ impl SeaStore {
         txn: DatabaseTransaction,
         appended: Vec<CaseEvent>,
     ) -> Result<(), StoreError> {
+        // Inside the transaction: other replicas hear of it on commit, and never of a rollback.
+        if !appended.is_empty() {
+            listen::announce(&txn, &self.origin, &appended).await?;
+        }
         txn.commit().await.map_err(StoreError::Unavailable)?;
         self.bus.publish(appended);
         // The change may have enqueued effects or made them due.
@@ -122,10 +203,14 @@ impl CaseStore for SeaStore {
     }
 
     async fn get(&self, id: &CaseId) -> Result<Option<Deregistration>, StoreError> {
-        sql::find_case(&self.db, id, Lock::No)
-            .await?
-            .map(|m| self.codec.to_domain(&m))
-            .transpose()
+        let Some(m) = sql::find_case(&self.db, id, Lock::No).await? else {
+            return Ok(None);
+        };
+        match self.codec.to_domain(&m) {
+            // Shredded: the case as the API knows it is gone (its record stays).
+            Err(StoreError::NotFound) => Ok(None),
+            other => other.map(Some),
+        }
     }
 
     async fn get_many(&self, ids: &[CaseId]) -> Result<Vec<Deregistration>, StoreError> {
@@ -154,7 +239,7 @@ impl CaseStore for SeaStore {
         if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
             return Err(StoreError::NotFound);
         }
-        let mut cs = ChangeSet::new(self.timing);
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
         cs.event(&mut model, event, &meta)?;
         self.commit(txn, cs).await?;
         self.codec.to_domain(&model)
@@ -163,7 +248,7 @@ impl CaseStore for SeaStore {
     async fn audit(&self, id: &CaseId, kind: &str, meta: EventMeta) -> Result<(), StoreError> {
         let txn = self.begin().await?;
         let mut model = sql::lock_case(&txn, id).await?;
-        let mut cs = ChangeSet::new(self.timing);
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
         cs.audit(&mut model, kind, &meta)?;
         self.commit(txn, cs).await
     }
@@ -204,6 +289,16 @@ impl CaseStore for SeaStore {
         self.commit_appended(txn, appended).await
     }
 
+    async fn release(&self, owner_prefix: &str) -> Result<u64, StoreError> {
+        let released = outbox::release(&self.db, owner_prefix).await?;
+        if released > 0 {
+            // Due now: wake the idle workers, here and on the other replicas.
+            self.bus.notify_work();
+            listen::wake_others(&self.db, &self.origin).await?;
+        }
+        Ok(released)
+    }
+
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         outbox::next_due(&self.db).await
     }
@@ -212,7 +307,7 @@ impl CaseStore for SeaStore {
         let txn = self.begin().await?;
         let mut model = sql::lock_case(&txn, id).await?;
         outbox::expedite(&txn, id, meta.at).await?;
-        let mut cs = ChangeSet::new(self.timing);
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
         cs.audit(&mut model, "operator_expedited", &meta)?;
         self.commit(txn, cs).await
     }
@@ -229,6 +324,180 @@ impl CaseStore for SeaStore {
 
     async fn stats(&self, now: Timestamp) -> Result<super::Stats, StoreError> {
         queries::stats(&self.db, now).await
+    }
+
+    async fn retention_due(
+        &self,
+        cut: &RetentionCutoffs,
+        limit: u32,
+    ) -> Result<RetentionDue, StoreError> {
+        retention::due(&self.db, cut, limit).await
+    }
+
+    async fn shred(
+        &self,
+        id: &CaseId,
+        before: Timestamp,
+        meta: EventMeta,
+    ) -> Result<bool, StoreError> {
+        let txn = self.begin().await?;
+        let mut model = match sql::lock_case(&txn, id).await {
+            Err(StoreError::NotFound) => return Ok(false),
+            other => other?,
+        };
+        if !retention::shred_in(&txn, &mut model, before, meta.at).await? {
+            txn.rollback().await.map_err(StoreError::Unavailable)?;
+            return Ok(false);
+        }
+        let mut cs = ChangeSet::new(self.timing, &self.codec);
+        cs.audit(&mut model, "personal_data_shredded", &meta)?;
+        self.commit(txn, cs).await?;
+        Ok(true)
+    }
+
+    async fn purge(
+        &self,
+        id: &CaseId,
+        before: Timestamp,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let txn = self.begin().await?;
+        let model = match sql::lock_case(&txn, id).await {
+            Err(StoreError::NotFound) => return Ok(false),
+            other => other?,
+        };
+        if !retention::purge_in(&txn, &model, before, at).await? {
+            txn.rollback().await.map_err(StoreError::Unavailable)?;
+            return Ok(false);
+        }
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        Ok(true)
+    }
+
+    async fn purge_outbox(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        retention::purge_outbox(&self.db, before, limit).await
+    }
+
+    async fn record(&self, id: &CaseId) -> Result<Option<CaseRecord>, StoreError> {
+        sql::find_case(&self.db, id, Lock::No)
+            .await?
+            .as_ref()
+            .map(retention::record_of)
+            .transpose()
+    }
+
+    async fn reencrypt_pending(&self) -> Result<u64, StoreError> {
+        retention::rekey_pending(&self.db, &self.codec.current_key_id()).await
+    }
+
+    async fn reencrypt_batch(
+        &self,
+        after: Option<&CaseId>,
+        limit: u32,
+    ) -> Result<ReencryptBatch, StoreError> {
+        let current = self.codec.current_key_id();
+        let ids = retention::rekey_batch(&self.db, &current, after, limit).await?;
+        let mut batch = ReencryptBatch {
+            last: ids.last().cloned(),
+            ..ReencryptBatch::default()
+        };
+        if ids.is_empty() {
+            return Ok(batch);
+        }
+        let txn = self.begin().await?;
+        // Row locks in id order, like every other multi-case transaction.
+        let refs: Vec<&CaseId> = ids.iter().collect();
+        let rows = sql::load_cases(&txn, &refs, Lock::ForUpdate).await?;
+        for id in &ids {
+            let Some(mut model) = rows.get(&id.to_string()).cloned() else {
+                continue;
+            };
+            match retention::rekey_in(&txn, &self.codec, &mut model).await {
+                Ok(super::codec::Rekeyed::Current) => {}
+                Ok(_) => batch.moved += 1,
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::error!(case_id = %id, error = %e, "case row not re-encrypted: unreadable");
+                    batch.failed += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        Ok(batch)
+    }
+
+    async fn chain_head(&self, id: &CaseId) -> Result<ChainHead, StoreError> {
+        queries::chain_head(&self.db, id).await
+    }
+
+    async fn audit_trail(&self, id: &CaseId) -> Result<(Vec<CaseEvent>, ChainHead), StoreError> {
+        self.read_chain(id).await
+    }
+
+    async fn verify_audit(&self, id: &CaseId) -> Result<ChainReport, StoreError> {
+        let (events, head) = self.read_chain(id).await?;
+        Ok(verify_case(&events, &head, &self.keys))
+    }
+
+    async fn case_ids(
+        &self,
+        after: Option<&CaseId>,
+        limit: u32,
+    ) -> Result<Vec<CaseId>, StoreError> {
+        let ids = queries::case_ids(&self.db, after, limit).await?;
+        ids.iter()
+            .map(|id| {
+                CaseId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("case id {id:?}")))
+            })
+            .collect()
+    }
+
+    async fn count_cases(&self) -> Result<u64, StoreError> {
+        queries::count_cases(&self.db).await
+    }
+
+    async fn steps(&self, id: &CaseId) -> Result<Vec<StepView>, StoreError> {
+        queries::steps(&self.db, id).await
+    }
+
+    async fn anchor_legacy_chains(&self, meta: EventMeta) -> Result<u64, StoreError> {
+        const BATCH: u32 = 100;
+        let mut anchored = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let ids = queries::unanchored_cases(&self.db, after.as_deref(), BATCH).await?;
+            let Some(last) = ids.last() else {
+                return Ok(anchored);
+            };
+            after = Some(last.clone());
+            for id in &ids {
+                let Some(case_id) = CaseId::parse(id) else {
+                    continue;
+                };
+                let txn = self.begin().await?;
+                let mut model = sql::lock_case(&txn, &case_id).await?;
+                let head = queries::chain_head(&txn, &case_id).await?;
+                let events = queries::events(&txn, &case_id).await?;
+                // Only a legacy trail that verifies up to the row's head is anchored; anything
+                // else stays as found, for the verifier to report.
+                let report = verify_case(&events, &head, &self.keys);
+                let intact = report
+                    .broken
+                    .is_some_and(|b| b.problem == ChainProblem::UnanchoredLegacy)
+                    && events
+                        .last()
+                        .is_some_and(|e| e.sequence == head.sequence && e.hash == head.hash);
+                if !intact {
+                    txn.rollback().await.map_err(StoreError::Unavailable)?;
+                    tracing::warn!(case_id = %case_id, "legacy audit trail does not verify; not anchored");
+                    continue;
+                }
+                let mut cs = ChangeSet::new(self.timing, &self.codec);
+                cs.audit(&mut model, "audit_chain_keyed", &meta)?;
+                self.commit(txn, cs).await?;
+                anchored += 1;
+            }
+        }
     }
 
     fn pool(&self) -> Option<super::PoolStats> {

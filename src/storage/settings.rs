@@ -17,6 +17,10 @@ pub struct DatabaseSettings {
     /// How long a request waits for a connection before it fails with UNAVAILABLE.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// Whether `serve` applies pending migrations at start (under the migration lock). Off
+    /// (`serve --no-migrate`): the schema must already be current — a separate `migrate` run
+    /// (a deployment's migration job) applies it, and the runtime user needs no DDL rights.
+    pub migrate: bool,
 }
 
 /// How the symbolic delays of `domain::saga::Delay` map to time (`[engine.timers]`).

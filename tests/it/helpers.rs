@@ -18,6 +18,9 @@ use etjanstekort_gateway::startup::App;
 use pb::deregistration_service_client::DeregistrationServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// The console's trace links in tests.
+pub const TRACE_URL_TEMPLATE: &str = "https://jaeger.test/trace/{trace_id}";
+
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -87,6 +90,9 @@ pub fn test_vault_key() -> String {
     "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned()
 }
 
+/// Settings laid over a test's configuration: dotted keys and values.
+pub type Settings = Vec<(&'static str, serde_json::Value)>;
+
 /// Knobs for the simulated registries and the engine's timing in a test.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -105,6 +111,19 @@ pub struct Options {
     pub connectors: Option<Connectors>,
     /// Last changes to the configuration (e.g. the limits a test exercises).
     pub configure: Option<fn(&mut Config)>,
+    /// Seconds an idle worker sleeps before it looks for work without being woken.
+    pub idle_poll: f64,
+    /// `[retention]` instead of the defaults.
+    pub retention: Option<etjanstekort_gateway::retention::RetentionSettings>,
+    /// Serve the operator console (`[console] enabled`).
+    pub console: bool,
+    /// Seconds between the gateway's own audit chain verifications; `None`: off.
+    pub audit_every: Option<f64>,
+    /// Settings laid over the test configuration (dotted keys).
+    pub settings: Settings,
+    /// Runs on the data directory after the dev environment is written, before the server
+    /// starts (e.g. to put a different CRL in place); returns settings to lay over the rest.
+    pub prepare: Option<fn(&std::path::Path) -> Settings>,
 }
 
 impl Default for Options {
@@ -121,6 +140,12 @@ impl Default for Options {
             engine: true,
             connectors: None,
             configure: None,
+            idle_poll: 0.05,
+            retention: None,
+            console: true,
+            audit_every: None,
+            settings: Vec::new(),
+            prepare: None,
         }
     }
 }
@@ -147,11 +172,12 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     install_crypto();
     let dir = tempfile::tempdir().expect("tempdir");
     let (paths, _) = devcerts::ensure(dir.path()).expect("dev environment");
+    let prepared = opts.prepare.map(|p| p(dir.path())).unwrap_or_default();
     let db_url = opts
         .db
         .clone()
         .unwrap_or_else(|| TestDb::sqlite(dir.path()).url);
-    let mut cfg = Layers::defaults()
+    let mut layers = Layers::defaults()
         .set("server.listen", "127.0.0.1:0")
         .set("tls.cert", &paths.server_cert)
         .set("tls.key", &paths.server_key)
@@ -160,11 +186,16 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         .set("database.url", db_url)
         .set("privacy.master_key", test_vault_key())
         .set("admin.listen", "127.0.0.1:0")
-        .config()
-        .expect("test configuration");
+        // As in dev mode: the dev CA's CRL is checked, and changed files are picked up fast.
+        .set("tls.revocation.files", [&paths.crl])
+        .set("server.reload_interval", "100ms");
+    for (key, value) in opts.settings.iter().chain(&prepared) {
+        layers = layers.set(key, value);
+    }
+    let mut cfg = layers.config().expect("test configuration");
     let ms = std::time::Duration::from_millis;
     let secs = std::time::Duration::from_secs_f64;
-    cfg.engine.idle_poll = ms(50);
+    cfg.engine.idle_poll = secs(opts.idle_poll);
     cfg.server.health_probe = ms(100);
     cfg.admin.stats_interval = ms(100);
     cfg.engine.timers.poll_interval = ms(50);
@@ -175,6 +206,12 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
     cfg.engine.timers.remind_after = secs(opts.remind_after);
     cfg.engine.timers.escalate_after = secs(opts.escalate_after);
     cfg.engine.reconcile_interval = secs(opts.reconcile_interval);
+    if let Some(r) = opts.retention.clone() {
+        cfg.retention = r;
+    }
+    cfg.console.enabled = opts.console;
+    cfg.console.trace_url_template = TRACE_URL_TEMPLATE.into();
+    cfg.audit.verify_interval = opts.audit_every.map_or(std::time::Duration::ZERO, secs);
     // Tests call as fast as they can: the rate limit is out of the way unless a test sets it.
     for rate in [
         &mut cfg.limits.care_provider,
@@ -258,6 +295,27 @@ impl TestApp {
         ca.issue_client("test client", serial).expect("issue")
     }
 
+    /// The dev CA (certificate and key) of this app.
+    pub fn dev_ca(&self) -> DevCa {
+        dev_ca(self.dir.path())
+    }
+
+    /// Replaces the CRL file the app checks with one from the dev CA revoking `revoked`
+    /// (written beside it and renamed over it: a reader never sees half a file).
+    pub fn publish_crl(&self, revoked: &[Vec<u8>]) {
+        let now = std::time::SystemTime::now();
+        // One second on: a list is never older than the one it replaces.
+        let pem = self
+            .dev_ca()
+            .crl(
+                revoked,
+                now + std::time::Duration::from_secs(1),
+                now + std::time::Duration::from_secs(86_400),
+            )
+            .expect("crl");
+        replace_file(&self.dir.path().join("certs/ca.crl.pem"), &pem);
+    }
+
     pub async fn channel_with(
         &self,
         client: Option<&IssuedCert>,
@@ -283,6 +341,77 @@ impl TestApp {
     pub async fn provider(&self, name: &str) -> DeregistrationServiceClient<Channel> {
         DeregistrationServiceClient::new(self.channel(name).await)
     }
+}
+
+/// A TLS connection to the app's gRPC port made with rustls directly (no HTTP/2 on top),
+/// trusting `ca_pem`, presenting `client`.
+pub async fn raw_tls(
+    app: &TestApp,
+    ca_pem: &str,
+    client: &IssuedCert,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).expect("key");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    let tcp = tokio::net::TcpStream::connect(app.addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+}
+
+/// The server's verdict on a handshake with `client`: `Ok` when it accepted the certificate
+/// (its HTTP/2 SETTINGS frame arrives), otherwise the TLS error (e.g. the alert it sent).
+/// Under TLS 1.3 the client finishes its side first; the server's refusal is the next read.
+pub async fn handshake_verdict(app: &TestApp, client: &IssuedCert) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut tls = raw_tls(app, &app.ca_pem, client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err("closed without a word".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+/// The dev CA of a data directory.
+pub fn dev_ca(dir: &std::path::Path) -> DevCa {
+    let cert = std::fs::read_to_string(dir.join("certs/ca.pem")).expect("ca");
+    let key = std::fs::read_to_string(dir.join("certs/ca.key")).expect("ca key");
+    DevCa::from_pem(&cert, &key).expect("ca loads")
+}
+
+/// Writes `contents` beside `path` and renames it over `path` (atomic replacement).
+pub fn replace_file(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// The serial number (DER integer bytes) of a PEM certificate.
+pub fn serial_of(cert_pem: &str) -> Vec<u8> {
+    use x509_parser::prelude::FromDer;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("pem");
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&pem.contents).expect("der");
+    cert.raw_serial().to_vec()
 }
 
 pub fn unit_a() -> String {

@@ -1,5 +1,6 @@
 //! The one launcher for tests that run the real binary as a child process: `serve --dev` on
-//! port 0, everything it prints captured, SIGTERM or SIGKILL to stop it.
+//! port 0, everything it prints captured, SIGTERM or SIGKILL to stop it; and `run` for a
+//! command that ends by itself (`migrate`, a `serve` that refuses to start).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -50,9 +51,15 @@ impl Server {
     /// Starts `serve --dev` with its data in `dir` and the extra environment `env`; returns once
     /// the server has printed its address.
     pub fn start(dir: &Path, env: &[(&str, String)]) -> Self {
+        Self::start_with(dir, &[], env)
+    }
+
+    /// As `start`, with more arguments to `serve` (e.g. `--no-migrate`).
+    pub fn start_with(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_etjanstekort-gateway"));
         cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(args)
             .env("NO_COLOR", "1")
             // Dev mode's fixed admin port would collide between parallel tests.
             .env("ETK_ADMIN__LISTEN", "127.0.0.1:0")
@@ -92,6 +99,38 @@ impl Server {
             errors,
             readers,
         }
+    }
+
+    /// The admin listener's address, as the server announced it.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.output.lock().map(|o| o.clone()).unwrap_or_default();
+            if let Some(a) = out.lines().find_map(|l| {
+                l.strip_prefix("admin listener on http://")
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|a| a.parse().ok())
+            }) {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no admin address announced: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and returns at once (the drain runs; `terminate` waits for the end).
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     /// SIGKILL: no shutdown, no drain.
@@ -145,4 +184,58 @@ impl Server {
             .await
             .expect("connect")
     }
+}
+
+/// Runs `etjanstekort-gateway <args> --dev --data-dir <dir>` to its end (at most 60 s) with
+/// the extra environment `env`; returns whether it succeeded and everything it printed.
+pub fn run(dir: &Path, args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etjanstekort-gateway"));
+    cmd.args(args)
+        .args(["--dev", "--data-dir"])
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .env("ETK_ADMIN__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let output = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        capture(child.stdout.take().expect("stdout"), vec![output.clone()]),
+        capture(child.stderr.take().expect("stderr"), vec![output.clone()]),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let out = output.lock().map(|o| o.clone()).unwrap_or_default();
+    (status.success(), out)
+}
+
+/// Runs a one-shot command of the real binary (`migrate`, `retention …`, `keys …`) to its end;
+/// returns whether it succeeded, its stdout and its stderr.
+pub fn run_once(args: &[&str], env: &[(&str, String)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etjanstekort-gateway"));
+    cmd.args(args).env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

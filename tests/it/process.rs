@@ -74,7 +74,12 @@ async fn dev_mode_completes_a_case_by_itself() {
     // Later starts reuse the generated identities.
     drop(client);
     let ca_before = std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca");
-    server.terminate();
+    let log = server.terminate();
+    // Dev mode checks client certificates against the dev CA's CRL, as production does.
+    assert!(
+        log.contains("CRL loaded") && !log.contains("no CRLs configured"),
+        "{log}"
+    );
     let again = Server::start(dir.path(), &[]);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("certs/ca.pem")).expect("ca"),
@@ -242,4 +247,63 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing() {
         "kiv_removed",
     ];
     assert!(order.windows(2).all(|w| pos(w[0]) < pos(w[1])), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_logged_by_serial_and_issuer_never_by_its_holder() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(
+        dir.path(),
+        &[("ETK_SERVER__RELOAD_INTERVAL", "100ms".into())],
+    );
+    let certs = dir.path().join("certs");
+    let holder = std::fs::read_to_string(certs.join("provider-b.pem")).expect("cert");
+    let serial = crate::helpers::serial_of(&holder);
+    let now = std::time::SystemTime::now();
+    let crl = crate::helpers::dev_ca(dir.path())
+        .crl(
+            std::slice::from_ref(&serial),
+            now + Duration::from_secs(1),
+            now + Duration::from_secs(3600),
+        )
+        .expect("crl");
+    crate::helpers::replace_file(&certs.join("ca.crl.pem"), &crl);
+    let mut refused = false;
+    for _ in 0..200 {
+        let mut c =
+            DeregistrationServiceClient::new(server.channel(dir.path(), "provider-b").await);
+        if c.list_deregistrations(pb::ListDeregistrationsRequest::default())
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the revoked certificate was still served");
+    let (_, log) = server.terminate_split();
+    let hex = serial
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let line = log
+        .lines()
+        .find(|l| l.contains("client certificate refused"))
+        .unwrap_or_else(|| panic!("no refusal logged: {log}"));
+    assert!(line.contains(&hex), "serial not logged: {line}");
+    assert!(
+        line.contains("etjanstekort-gateway TEST dev CA"),
+        "issuer: {line}"
+    );
+    // The holder's identity (HSA-id, name) is in no line about the refusal (a call served
+    // before the list changed names its principal, as every served call does).
+    for l in log
+        .lines()
+        .filter(|l| l.contains("refused") || l.contains("revoked"))
+    {
+        assert!(!l.contains("E000000000002"), "{l}");
+        assert!(!l.contains("provider-b (TEST)"), "{l}");
+    }
 }

@@ -422,11 +422,34 @@ async fn a_permanent_refusal_needs_attention_and_an_operator_can_resume() {
         listed.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
         vec![id.clone()]
     );
+    // Operators see no names (docs/operations.md).
+    let masked = |d: &pb::Deregistration| {
+        let h = d.card_holder.clone().unwrap_or_default();
+        let r = d.reported_by.clone().unwrap_or_default();
+        (
+            h.full_name,
+            h.personal_identity_number,
+            r.full_name,
+            r.email,
+        )
+    };
+    let expected = (
+        "***".to_owned(),
+        "19121212-****".to_owned(),
+        "***".to_owned(),
+        "***".to_owned(),
+    );
+    assert_eq!(masked(&listed[0]), expected);
 
     app.tjansteid.set_refusing(false);
-    ops.retry_deregistration(pb::RetryDeregistrationRequest { id: id.clone() })
+    let retried = ops
+        .retry_deregistration(pb::RetryDeregistrationRequest { id: id.clone() })
         .await
-        .expect("retry");
+        .expect("retry")
+        .into_inner()
+        .deregistration
+        .expect("case");
+    assert_eq!(masked(&retried), expected);
     app.wait_for(&id, pb::State::RevocationRequested).await;
     // The retried report carries the same key as the refused one.
     assert_eq!(
@@ -525,13 +548,26 @@ async fn an_operator_retry_of_an_escalated_case_starts_reminding_again() {
     app.wait_for(&id, pb::State::NeedsAttention).await;
     assert!(reminders(&app) > before, "no reminder in the new round");
     // A case an operator closed without a confirmation cannot take one afterwards.
-    ops.resolve_deregistration(pb::ResolveDeregistrationRequest {
-        id: id.clone(),
-        resolution: pb::Resolution::Completed as i32,
-        justification: "revoked by phone, reference lost".into(),
-    })
-    .await
-    .expect("resolve");
+    let resolved = ops
+        .resolve_deregistration(pb::ResolveDeregistrationRequest {
+            id: id.clone(),
+            resolution: pb::Resolution::Completed as i32,
+            justification: "revoked by phone, reference lost".into(),
+        })
+        .await
+        .expect("resolve")
+        .into_inner()
+        .deregistration
+        .expect("case");
+    // Operators see no names.
+    let holder = resolved.card_holder.expect("holder");
+    assert_eq!(
+        (
+            holder.full_name.as_str(),
+            holder.personal_identity_number.as_str()
+        ),
+        ("***", "19121212-****")
+    );
     assert_eq!(
         confirm(&app, &id).await.expect_err("closed").code(),
         Code::FailedPrecondition

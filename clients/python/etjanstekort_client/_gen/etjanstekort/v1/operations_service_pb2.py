@@ -23,9 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from etjanstekort_client._gen.etjanstekort.v1 import types_pb2 as etjanstekort_dot_v1_dot_types__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(etjanstekort/v1/operations_service.proto\x12\x0f\x65tjanstekort.v1\x1a\x1b\x65tjanstekort/v1/types.proto\"B\n\x19ListAttentionCasesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"o\n\x1aListAttentionCasesResponse\x12\x38\n\x0f\x64\x65registrations\x18\x01 \x03(\x0b\x32\x1f.etjanstekort.v1.Deregistration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x1aRetryDeregistrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"V\n\x1bRetryDeregistrationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration\"r\n\x1cResolveDeregistrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\nresolution\x18\x02 \x01(\x0e\x32\x1b.etjanstekort.v1.Resolution\x12\x15\n\rjustification\x18\x03 \x01(\t\"X\n\x1dResolveDeregistrationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration*\\\n\nResolution\x12\x1a\n\x16RESOLUTION_UNSPECIFIED\x10\x00\x12\x18\n\x14RESOLUTION_COMPLETED\x10\x01\x12\x18\n\x14RESOLUTION_CANCELLED\x10\x02\x32\xec\x02\n\x11OperationsService\x12m\n\x12ListAttentionCases\x12*.etjanstekort.v1.ListAttentionCasesRequest\x1a+.etjanstekort.v1.ListAttentionCasesResponse\x12p\n\x13RetryDeregistration\x12+.etjanstekort.v1.RetryDeregistrationRequest\x1a,.etjanstekort.v1.RetryDeregistrationResponse\x12v\n\x15ResolveDeregistration\x12-.etjanstekort.v1.ResolveDeregistrationRequest\x1a..etjanstekort.v1.ResolveDeregistrationResponseBq\n\x1bse.vgregion.etjanstekort.v1P\x01Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\xaa\x02\x0f\x45tjanstekort.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(etjanstekort/v1/operations_service.proto\x12\x0f\x65tjanstekort.v1\x1a\x1b\x65tjanstekort/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x19ListAttentionCasesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"o\n\x1aListAttentionCasesResponse\x12\x38\n\x0f\x64\x65registrations\x18\x01 \x03(\x0b\x32\x1f.etjanstekort.v1.Deregistration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x1aRetryDeregistrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"V\n\x1bRetryDeregistrationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration\"r\n\x1cResolveDeregistrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\nresolution\x18\x02 \x01(\x0e\x32\x1b.etjanstekort.v1.Resolution\x12\x15\n\rjustification\x18\x03 \x01(\t\"X\n\x1dResolveDeregistrationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration\"@\n\x0e\x41uditChainHead\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\x1c\n\x0eGetCaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb7\x01\n\x0fGetCaseResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration\x12\x33\n\nchain_head\x18\x02 \x01(\x0b\x32\x1f.etjanstekort.v1.AuditChainHead\x12\x1d\n\x15\x63\x61rd_holder_pseudonym\x18\x03 \x01(\t\x12\x17\n\x0fneeds_attention\x18\x04 \x01(\x08\"\x8a\x02\n\x10ListCasesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x06states\x18\x03 \x03(\x0e\x32\x16.etjanstekort.v1.State\x12\x1c\n\x14\x63\x61re_provider_hsa_id\x18\x04 \x01(\t\x12\x18\n\x10\x63\x61re_unit_hsa_id\x18\x05 \x01(\t\x12*\n\x07min_age\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07max_age\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fneeds_attention\x18\x08 \x01(\x08\"f\n\x11ListCasesResponse\x12\x38\n\x0f\x64\x65registrations\x18\x01 \x03(\x0b\x32\x1f.etjanstekort.v1.Deregistration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x16GetCaseTimelineRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd6\x02\n\nOutboxStep\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.etjanstekort.v1.StepStatus\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x35\n\x10last_error_class\x18\x05 \x01(\x0e\x32\x1b.etjanstekort.v1.ErrorClass\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x31\n\rnext_due_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06leased\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\x01\n\x17GetCaseTimelineResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.etjanstekort.v1.DeregistrationEvent\x12*\n\x05steps\x18\x02 \x03(\x0b\x32\x1b.etjanstekort.v1.OutboxStep\x12\x33\n\nchain_head\x18\x03 \x01(\x0b\x32\x1f.etjanstekort.v1.AuditChainHead\"6\n\x11\x43\x61ncelCaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rjustification\x18\x02 \x01(\t\"M\n\x12\x43\x61ncelCaseResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration\"%\n\x17VerifyAuditChainRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x84\x01\n\x10\x42rokenAuditChain\x12\x19\n\x11\x64\x65registration_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x33\n\x07problem\x18\x03 \x01(\x0e\x32\".etjanstekort.v1.AuditChainProblem\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xcc\x01\n\x18VerifyAuditChainResponse\x12\x15\n\rcases_checked\x18\x01 \x01(\x03\x12\x13\n\x0b\x63\x61ses_total\x18\x02 \x01(\x03\x12\x14\n\x0c\x63\x61ses_broken\x18\x03 \x01(\x03\x12\x31\n\x06\x62roken\x18\x04 \x01(\x0b\x32!.etjanstekort.v1.BrokenAuditChain\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x06 \x01(\x03\x12\x15\n\rlegacy_events\x18\x07 \x01(\x03\"n\n\x18\x45xportAuditRecordRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x07purpose\x18\x02 \x01(\x0e\x32\x1e.etjanstekort.v1.ExportPurpose\x12\x15\n\rjustification\x18\x03 \x01(\t\"e\n\x19\x45xportAuditRecordResponse\x12\x13\n\x0brecord_json\x18\x01 \x01(\t\x12\x33\n\nchain_head\x18\x02 \x01(\x0b\x32\x1f.etjanstekort.v1.AuditChainHead*\\\n\nResolution\x12\x1a\n\x16RESOLUTION_UNSPECIFIED\x10\x00\x12\x18\n\x14RESOLUTION_COMPLETED\x10\x01\x12\x18\n\x14RESOLUTION_CANCELLED\x10\x02*\x8b\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x14\n\x10STEP_STATUS_DONE\x10\x02\x12\x16\n\x12STEP_STATUS_FAILED\x10\x03\x12\x19\n\x15STEP_STATUS_CANCELLED\x10\x04*^\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45RROR_CLASS_RETRYABLE\x10\x01\x12\x18\n\x14\x45RROR_CLASS_TERMINAL\x10\x02*\xa8\x02\n\x11\x41uditChainProblem\x12#\n\x1f\x41UDIT_CHAIN_PROBLEM_UNSPECIFIED\x10\x00\x12%\n!AUDIT_CHAIN_PROBLEM_HASH_MISMATCH\x10\x01\x12$\n AUDIT_CHAIN_PROBLEM_SEQUENCE_GAP\x10\x02\x12#\n\x1f\x41UDIT_CHAIN_PROBLEM_UNKNOWN_KEY\x10\x03\x12*\n&AUDIT_CHAIN_PROBLEM_LEGACY_AFTER_KEYED\x10\x04\x12%\n!AUDIT_CHAIN_PROBLEM_HEAD_MISMATCH\x10\x05\x12)\n%AUDIT_CHAIN_PROBLEM_UNANCHORED_LEGACY\x10\x06*s\n\rExportPurpose\x12\x1e\n\x1a\x45XPORT_PURPOSE_UNSPECIFIED\x10\x00\x12 \n\x1c\x45XPORT_PURPOSE_PSEUDONYMIZED\x10\x01\x12 \n\x1c\x45XPORT_PURPOSE_RECORD_KEEPER\x10\x02\x32\xa2\x07\n\x11OperationsService\x12m\n\x12ListAttentionCases\x12*.etjanstekort.v1.ListAttentionCasesRequest\x1a+.etjanstekort.v1.ListAttentionCasesResponse\x12p\n\x13RetryDeregistration\x12+.etjanstekort.v1.RetryDeregistrationRequest\x1a,.etjanstekort.v1.RetryDeregistrationResponse\x12v\n\x15ResolveDeregistration\x12-.etjanstekort.v1.ResolveDeregistrationRequest\x1a..etjanstekort.v1.ResolveDeregistrationResponse\x12L\n\x07GetCase\x12\x1f.etjanstekort.v1.GetCaseRequest\x1a .etjanstekort.v1.GetCaseResponse\x12R\n\tListCases\x12!.etjanstekort.v1.ListCasesRequest\x1a\".etjanstekort.v1.ListCasesResponse\x12\x64\n\x0fGetCaseTimeline\x12\'.etjanstekort.v1.GetCaseTimelineRequest\x1a(.etjanstekort.v1.GetCaseTimelineResponse\x12U\n\nCancelCase\x12\".etjanstekort.v1.CancelCaseRequest\x1a#.etjanstekort.v1.CancelCaseResponse\x12i\n\x10VerifyAuditChain\x12(.etjanstekort.v1.VerifyAuditChainRequest\x1a).etjanstekort.v1.VerifyAuditChainResponse0\x01\x12j\n\x11\x45xportAuditRecord\x12).etjanstekort.v1.ExportAuditRecordRequest\x1a*.etjanstekort.v1.ExportAuditRecordResponseBq\n\x1bse.vgregion.etjanstekort.v1P\x01Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\xaa\x02\x0f\x45tjanstekort.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +35,58 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'etjanstekort.v1.operations_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\033se.vgregion.etjanstekort.v1P\001Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\252\002\017Etjanstekort.V1'
-  _globals['_RESOLUTION']._serialized_start=607
-  _globals['_RESOLUTION']._serialized_end=699
-  _globals['_LISTATTENTIONCASESREQUEST']._serialized_start=90
-  _globals['_LISTATTENTIONCASESREQUEST']._serialized_end=156
-  _globals['_LISTATTENTIONCASESRESPONSE']._serialized_start=158
-  _globals['_LISTATTENTIONCASESRESPONSE']._serialized_end=269
-  _globals['_RETRYDEREGISTRATIONREQUEST']._serialized_start=271
-  _globals['_RETRYDEREGISTRATIONREQUEST']._serialized_end=311
-  _globals['_RETRYDEREGISTRATIONRESPONSE']._serialized_start=313
-  _globals['_RETRYDEREGISTRATIONRESPONSE']._serialized_end=399
-  _globals['_RESOLVEDEREGISTRATIONREQUEST']._serialized_start=401
-  _globals['_RESOLVEDEREGISTRATIONREQUEST']._serialized_end=515
-  _globals['_RESOLVEDEREGISTRATIONRESPONSE']._serialized_start=517
-  _globals['_RESOLVEDEREGISTRATIONRESPONSE']._serialized_end=605
-  _globals['_OPERATIONSSERVICE']._serialized_start=702
-  _globals['_OPERATIONSSERVICE']._serialized_end=1066
+  _globals['_RESOLUTION']._serialized_start=2620
+  _globals['_RESOLUTION']._serialized_end=2712
+  _globals['_STEPSTATUS']._serialized_start=2715
+  _globals['_STEPSTATUS']._serialized_end=2854
+  _globals['_ERRORCLASS']._serialized_start=2856
+  _globals['_ERRORCLASS']._serialized_end=2950
+  _globals['_AUDITCHAINPROBLEM']._serialized_start=2953
+  _globals['_AUDITCHAINPROBLEM']._serialized_end=3249
+  _globals['_EXPORTPURPOSE']._serialized_start=3251
+  _globals['_EXPORTPURPOSE']._serialized_end=3366
+  _globals['_LISTATTENTIONCASESREQUEST']._serialized_start=155
+  _globals['_LISTATTENTIONCASESREQUEST']._serialized_end=221
+  _globals['_LISTATTENTIONCASESRESPONSE']._serialized_start=223
+  _globals['_LISTATTENTIONCASESRESPONSE']._serialized_end=334
+  _globals['_RETRYDEREGISTRATIONREQUEST']._serialized_start=336
+  _globals['_RETRYDEREGISTRATIONREQUEST']._serialized_end=376
+  _globals['_RETRYDEREGISTRATIONRESPONSE']._serialized_start=378
+  _globals['_RETRYDEREGISTRATIONRESPONSE']._serialized_end=464
+  _globals['_RESOLVEDEREGISTRATIONREQUEST']._serialized_start=466
+  _globals['_RESOLVEDEREGISTRATIONREQUEST']._serialized_end=580
+  _globals['_RESOLVEDEREGISTRATIONRESPONSE']._serialized_start=582
+  _globals['_RESOLVEDEREGISTRATIONRESPONSE']._serialized_end=670
+  _globals['_AUDITCHAINHEAD']._serialized_start=672
+  _globals['_AUDITCHAINHEAD']._serialized_end=736
+  _globals['_GETCASEREQUEST']._serialized_start=738
+  _globals['_GETCASEREQUEST']._serialized_end=766
+  _globals['_GETCASERESPONSE']._serialized_start=769
+  _globals['_GETCASERESPONSE']._serialized_end=952
+  _globals['_LISTCASESREQUEST']._serialized_start=955
+  _globals['_LISTCASESREQUEST']._serialized_end=1221
+  _globals['_LISTCASESRESPONSE']._serialized_start=1223
+  _globals['_LISTCASESRESPONSE']._serialized_end=1325
+  _globals['_GETCASETIMELINEREQUEST']._serialized_start=1327
+  _globals['_GETCASETIMELINEREQUEST']._serialized_end=1363
+  _globals['_OUTBOXSTEP']._serialized_start=1366
+  _globals['_OUTBOXSTEP']._serialized_end=1708
+  _globals['_GETCASETIMELINERESPONSE']._serialized_start=1711
+  _globals['_GETCASETIMELINERESPONSE']._serialized_end=1887
+  _globals['_CANCELCASEREQUEST']._serialized_start=1889
+  _globals['_CANCELCASEREQUEST']._serialized_end=1943
+  _globals['_CANCELCASERESPONSE']._serialized_start=1945
+  _globals['_CANCELCASERESPONSE']._serialized_end=2022
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_start=2024
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_end=2061
+  _globals['_BROKENAUDITCHAIN']._serialized_start=2064
+  _globals['_BROKENAUDITCHAIN']._serialized_end=2196
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_start=2199
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_end=2403
+  _globals['_EXPORTAUDITRECORDREQUEST']._serialized_start=2405
+  _globals['_EXPORTAUDITRECORDREQUEST']._serialized_end=2515
+  _globals['_EXPORTAUDITRECORDRESPONSE']._serialized_start=2517
+  _globals['_EXPORTAUDITRECORDRESPONSE']._serialized_end=2618
+  _globals['_OPERATIONSSERVICE']._serialized_start=3369
+  _globals['_OPERATIONSSERVICE']._serialized_end=4299
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,12 @@ if _version_not_supported:
 
 
 class OperationsServiceStub:
-    """Operators resolve stuck cases.
+    """Operators look after cases of every care provider: find, inspect, retry, resolve and cancel
+    them, verify the audit trail and export a case's audit record. Only the operator role may call
+    it. Operators never see a full personal identity number or a name: responses carry them
+    masked (personal identity numbers as YYYYMMDD-****, names and e-mail addresses as "***"),
+    with keyed pseudonyms to tell people apart. Every call that acts on a case is itself recorded
+    as an audit event of that case.
     """
 
     def __init__(self, channel):
@@ -50,10 +55,45 @@ class OperationsServiceStub:
                 request_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.ResolveDeregistrationRequest.SerializeToString,
                 response_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.ResolveDeregistrationResponse.FromString,
                 _registered_method=True)
+        self.GetCase = channel.unary_unary(
+                '/etjanstekort.v1.OperationsService/GetCase',
+                request_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseRequest.SerializeToString,
+                response_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseResponse.FromString,
+                _registered_method=True)
+        self.ListCases = channel.unary_unary(
+                '/etjanstekort.v1.OperationsService/ListCases',
+                request_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.ListCasesRequest.SerializeToString,
+                response_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.ListCasesResponse.FromString,
+                _registered_method=True)
+        self.GetCaseTimeline = channel.unary_unary(
+                '/etjanstekort.v1.OperationsService/GetCaseTimeline',
+                request_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseTimelineRequest.SerializeToString,
+                response_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseTimelineResponse.FromString,
+                _registered_method=True)
+        self.CancelCase = channel.unary_unary(
+                '/etjanstekort.v1.OperationsService/CancelCase',
+                request_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.CancelCaseRequest.SerializeToString,
+                response_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.CancelCaseResponse.FromString,
+                _registered_method=True)
+        self.VerifyAuditChain = channel.unary_stream(
+                '/etjanstekort.v1.OperationsService/VerifyAuditChain',
+                request_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.VerifyAuditChainRequest.SerializeToString,
+                response_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.VerifyAuditChainResponse.FromString,
+                _registered_method=True)
+        self.ExportAuditRecord = channel.unary_unary(
+                '/etjanstekort.v1.OperationsService/ExportAuditRecord',
+                request_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.ExportAuditRecordRequest.SerializeToString,
+                response_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.ExportAuditRecordResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServiceServicer:
-    """Operators resolve stuck cases.
+    """Operators look after cases of every care provider: find, inspect, retry, resolve and cancel
+    them, verify the audit trail and export a case's audit record. Only the operator role may call
+    it. Operators never see a full personal identity number or a name: responses carry them
+    masked (personal identity numbers as YYYYMMDD-****, names and e-mail addresses as "***"),
+    with keyed pseudonyms to tell people apart. Every call that acts on a case is itself recorded
+    as an audit event of that case.
     """
 
     def ListAttentionCases(self, request, context):
@@ -77,6 +117,53 @@ class OperationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCase(self, request, context):
+        """One case of any care provider, masked, with its audit chain head.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCases(self, request, context):
+        """Cases of every care provider, filtered, oldest first; keyset paging.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCaseTimeline(self, request, context):
+        """A case's audit events (actor, time, trace id, hash) and its outbox steps (attempts, last
+        error, next due time).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCase(self, request, context):
+        """Cancels a case where the routine allows it (before the report went out to
+        TjänsteID-service); FAILED_PRECONDITION otherwise. The justification is audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAuditChain(self, request, context):
+        """Verifies the keyed audit chain of one case, or of every case: streams progress, one message
+        per broken case (its first broken link), and a final summary (done = true).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAuditRecord(self, request, context):
+        """One case's audit record as JSON: its events, their hashes and the chain head. Personal data
+        appear only as keyed pseudonyms, unless the export is for the record keeper (see
+        ExportPurpose). The export itself is audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +182,36 @@ def add_OperationsServiceServicer_to_server(servicer, server):
                     request_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.ResolveDeregistrationRequest.FromString,
                     response_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.ResolveDeregistrationResponse.SerializeToString,
             ),
+            'GetCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCase,
+                    request_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseRequest.FromString,
+                    response_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseResponse.SerializeToString,
+            ),
+            'ListCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCases,
+                    request_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.ListCasesRequest.FromString,
+                    response_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.ListCasesResponse.SerializeToString,
+            ),
+            'GetCaseTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaseTimeline,
+                    request_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseTimelineRequest.FromString,
+                    response_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseTimelineResponse.SerializeToString,
+            ),
+            'CancelCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCase,
+                    request_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.CancelCaseRequest.FromString,
+                    response_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.CancelCaseResponse.SerializeToString,
+            ),
+            'VerifyAuditChain': grpc.unary_stream_rpc_method_handler(
+                    servicer.VerifyAuditChain,
+                    request_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.VerifyAuditChainRequest.FromString,
+                    response_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.VerifyAuditChainResponse.SerializeToString,
+            ),
+            'ExportAuditRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAuditRecord,
+                    request_deserializer=etjanstekort_dot_v1_dot_operations__service__pb2.ExportAuditRecordRequest.FromString,
+                    response_serializer=etjanstekort_dot_v1_dot_operations__service__pb2.ExportAuditRecordResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'etjanstekort.v1.OperationsService', rpc_method_handlers)
@@ -104,7 +221,12 @@ def add_OperationsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OperationsService:
-    """Operators resolve stuck cases.
+    """Operators look after cases of every care provider: find, inspect, retry, resolve and cancel
+    them, verify the audit trail and export a case's audit record. Only the operator role may call
+    it. Operators never see a full personal identity number or a name: responses carry them
+    masked (personal identity numbers as YYYYMMDD-****, names and e-mail addresses as "***"),
+    with keyed pseudonyms to tell people apart. Every call that acts on a case is itself recorded
+    as an audit event of that case.
     """
 
     @staticmethod
@@ -178,6 +300,168 @@ class OperationsService:
             '/etjanstekort.v1.OperationsService/ResolveDeregistration',
             etjanstekort_dot_v1_dot_operations__service__pb2.ResolveDeregistrationRequest.SerializeToString,
             etjanstekort_dot_v1_dot_operations__service__pb2.ResolveDeregistrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etjanstekort.v1.OperationsService/GetCase',
+            etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseRequest.SerializeToString,
+            etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etjanstekort.v1.OperationsService/ListCases',
+            etjanstekort_dot_v1_dot_operations__service__pb2.ListCasesRequest.SerializeToString,
+            etjanstekort_dot_v1_dot_operations__service__pb2.ListCasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaseTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etjanstekort.v1.OperationsService/GetCaseTimeline',
+            etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseTimelineRequest.SerializeToString,
+            etjanstekort_dot_v1_dot_operations__service__pb2.GetCaseTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etjanstekort.v1.OperationsService/CancelCase',
+            etjanstekort_dot_v1_dot_operations__service__pb2.CancelCaseRequest.SerializeToString,
+            etjanstekort_dot_v1_dot_operations__service__pb2.CancelCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAuditChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/etjanstekort.v1.OperationsService/VerifyAuditChain',
+            etjanstekort_dot_v1_dot_operations__service__pb2.VerifyAuditChainRequest.SerializeToString,
+            etjanstekort_dot_v1_dot_operations__service__pb2.VerifyAuditChainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAuditRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etjanstekort.v1.OperationsService/ExportAuditRecord',
+            etjanstekort_dot_v1_dot_operations__service__pb2.ExportAuditRecordRequest.SerializeToString,
+            etjanstekort_dot_v1_dot_operations__service__pb2.ExportAuditRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

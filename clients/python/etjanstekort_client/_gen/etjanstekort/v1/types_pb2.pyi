@@ -103,7 +103,7 @@ class Deregistration(_message.Message):
     def __init__(self, id: _Optional[str] = ..., care_unit_hsa_id: _Optional[str] = ..., care_provider_hsa_id: _Optional[str] = ..., card_holder: _Optional[_Union[CardHolder, _Mapping]] = ..., card_number: _Optional[str] = ..., reason: _Optional[_Union[Reason, str]] = ..., card_received_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., card_cut_across_chip: _Optional[bool] = ..., reported_by: _Optional[_Union[Reporter, _Mapping]] = ..., kiv_removal_route: _Optional[_Union[KivRemovalRoute, str]] = ..., state: _Optional[_Union[State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revocation_reference: _Optional[str] = ..., state_reason: _Optional[str] = ...) -> None: ...
 
 class DeregistrationEvent(_message.Message):
-    __slots__ = ("sequence", "deregistration_id", "kind", "state", "actor", "event_time", "trace_id", "detail", "hash")
+    __slots__ = ("sequence", "deregistration_id", "kind", "state", "actor", "event_time", "trace_id", "detail", "hash", "key_id")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DEREGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class DeregistrationEvent(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     deregistration_id: str
     kind: str
@@ -122,4 +123,5 @@ class DeregistrationEvent(_message.Message):
     trace_id: str
     detail: str
     hash: str
-    def __init__(self, sequence: _Optional[int] = ..., deregistration_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[State, str]] = ..., actor: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., detail: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+    key_id: str
+    def __init__(self, sequence: _Optional[int] = ..., deregistration_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[State, str]] = ..., actor: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., detail: _Optional[str] = ..., hash: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...

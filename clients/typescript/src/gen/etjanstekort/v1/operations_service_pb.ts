@@ -4,15 +4,17 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Deregistration } from "./types_pb.js";
+import type { Deregistration, DeregistrationEvent, State } from "./types_pb.js";
 import { file_etjanstekort_v1_types } from "./types_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file etjanstekort/v1/operations_service.proto.
  */
 export const file_etjanstekort_v1_operations_service: GenFile = /*@__PURE__*/
-  fileDesc("CihldGphbnN0ZWtvcnQvdjEvb3BlcmF0aW9uc19zZXJ2aWNlLnByb3RvEg9ldGphbnN0ZWtvcnQudjEiQgoZTGlzdEF0dGVudGlvbkNhc2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJvChpMaXN0QXR0ZW50aW9uQ2FzZXNSZXNwb25zZRI4Cg9kZXJlZ2lzdHJhdGlvbnMYASADKAsyHy5ldGphbnN0ZWtvcnQudjEuRGVyZWdpc3RyYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKGlJldHJ5RGVyZWdpc3RyYXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJIlYKG1JldHJ5RGVyZWdpc3RyYXRpb25SZXNwb25zZRI3Cg5kZXJlZ2lzdHJhdGlvbhgBIAEoCzIfLmV0amFuc3Rla29ydC52MS5EZXJlZ2lzdHJhdGlvbiJyChxSZXNvbHZlRGVyZWdpc3RyYXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJEi8KCnJlc29sdXRpb24YAiABKA4yGy5ldGphbnN0ZWtvcnQudjEuUmVzb2x1dGlvbhIVCg1qdXN0aWZpY2F0aW9uGAMgASgJIlgKHVJlc29sdmVEZXJlZ2lzdHJhdGlvblJlc3BvbnNlEjcKDmRlcmVnaXN0cmF0aW9uGAEgASgLMh8uZXRqYW5zdGVrb3J0LnYxLkRlcmVnaXN0cmF0aW9uKlwKClJlc29sdXRpb24SGgoWUkVTT0xVVElPTl9VTlNQRUNJRklFRBAAEhgKFFJFU09MVVRJT05fQ09NUExFVEVEEAESGAoUUkVTT0xVVElPTl9DQU5DRUxMRUQQAjLsAgoRT3BlcmF0aW9uc1NlcnZpY2USbQoSTGlzdEF0dGVudGlvbkNhc2VzEiouZXRqYW5zdGVrb3J0LnYxLkxpc3RBdHRlbnRpb25DYXNlc1JlcXVlc3QaKy5ldGphbnN0ZWtvcnQudjEuTGlzdEF0dGVudGlvbkNhc2VzUmVzcG9uc2UScAoTUmV0cnlEZXJlZ2lzdHJhdGlvbhIrLmV0amFuc3Rla29ydC52MS5SZXRyeURlcmVnaXN0cmF0aW9uUmVxdWVzdBosLmV0amFuc3Rla29ydC52MS5SZXRyeURlcmVnaXN0cmF0aW9uUmVzcG9uc2USdgoVUmVzb2x2ZURlcmVnaXN0cmF0aW9uEi0uZXRqYW5zdGVrb3J0LnYxLlJlc29sdmVEZXJlZ2lzdHJhdGlvblJlcXVlc3QaLi5ldGphbnN0ZWtvcnQudjEuUmVzb2x2ZURlcmVnaXN0cmF0aW9uUmVzcG9uc2VCcQobc2UudmdyZWdpb24uZXRqYW5zdGVrb3J0LnYxUAFaPmV0amFuc3Rla29ydC52Z3JlZ2lvbi5zZS9nZW4vZ28vZXRqYW5zdGVrb3J0L3YxO2V0amFuc3Rla29ydHYxqgIPRXRqYW5zdGVrb3J0LlYxYgZwcm90bzM", [file_etjanstekort_v1_types]);
+  fileDesc("CihldGphbnN0ZWtvcnQvdjEvb3BlcmF0aW9uc19zZXJ2aWNlLnByb3RvEg9ldGphbnN0ZWtvcnQudjEiQgoZTGlzdEF0dGVudGlvbkNhc2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJvChpMaXN0QXR0ZW50aW9uQ2FzZXNSZXNwb25zZRI4Cg9kZXJlZ2lzdHJhdGlvbnMYASADKAsyHy5ldGphbnN0ZWtvcnQudjEuRGVyZWdpc3RyYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKGlJldHJ5RGVyZWdpc3RyYXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJIlYKG1JldHJ5RGVyZWdpc3RyYXRpb25SZXNwb25zZRI3Cg5kZXJlZ2lzdHJhdGlvbhgBIAEoCzIfLmV0amFuc3Rla29ydC52MS5EZXJlZ2lzdHJhdGlvbiJyChxSZXNvbHZlRGVyZWdpc3RyYXRpb25SZXF1ZXN0EgoKAmlkGAEgASgJEi8KCnJlc29sdXRpb24YAiABKA4yGy5ldGphbnN0ZWtvcnQudjEuUmVzb2x1dGlvbhIVCg1qdXN0aWZpY2F0aW9uGAMgASgJIlgKHVJlc29sdmVEZXJlZ2lzdHJhdGlvblJlc3BvbnNlEjcKDmRlcmVnaXN0cmF0aW9uGAEgASgLMh8uZXRqYW5zdGVrb3J0LnYxLkRlcmVnaXN0cmF0aW9uIkAKDkF1ZGl0Q2hhaW5IZWFkEhAKCHNlcXVlbmNlGAEgASgDEgwKBGhhc2gYAiABKAkSDgoGa2V5X2lkGAMgASgJIhwKDkdldENhc2VSZXF1ZXN0EgoKAmlkGAEgASgJIrcBCg9HZXRDYXNlUmVzcG9uc2USNwoOZGVyZWdpc3RyYXRpb24YASABKAsyHy5ldGphbnN0ZWtvcnQudjEuRGVyZWdpc3RyYXRpb24SMwoKY2hhaW5faGVhZBgCIAEoCzIfLmV0amFuc3Rla29ydC52MS5BdWRpdENoYWluSGVhZBIdChVjYXJkX2hvbGRlcl9wc2V1ZG9ueW0YAyABKAkSFwoPbmVlZHNfYXR0ZW50aW9uGAQgASgIIooCChBMaXN0Q2FzZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEiYKBnN0YXRlcxgDIAMoDjIWLmV0amFuc3Rla29ydC52MS5TdGF0ZRIcChRjYXJlX3Byb3ZpZGVyX2hzYV9pZBgEIAEoCRIYChBjYXJlX3VuaXRfaHNhX2lkGAUgASgJEioKB21pbl9hZ2UYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoHbWF4X2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCg9uZWVkc19hdHRlbnRpb24YCCABKAgiZgoRTGlzdENhc2VzUmVzcG9uc2USOAoPZGVyZWdpc3RyYXRpb25zGAEgAygLMh8uZXRqYW5zdGVrb3J0LnYxLkRlcmVnaXN0cmF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChZHZXRDYXNlVGltZWxpbmVSZXF1ZXN0EgoKAmlkGAEgASgJItYCCgpPdXRib3hTdGVwEgwKBHN0ZXAYASABKAkSCwoDa2V5GAIgASgJEisKBnN0YXR1cxgDIAEoDjIbLmV0amFuc3Rla29ydC52MS5TdGVwU3RhdHVzEhAKCGF0dGVtcHRzGAQgASgFEjUKEGxhc3RfZXJyb3JfY2xhc3MYBSABKA4yGy5ldGphbnN0ZWtvcnQudjEuRXJyb3JDbGFzcxISCgpsYXN0X2Vycm9yGAYgASgJEjEKDW5leHRfZHVlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYXNlZBgIIAEoCBIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrABChdHZXRDYXNlVGltZWxpbmVSZXNwb25zZRI0CgZldmVudHMYASADKAsyJC5ldGphbnN0ZWtvcnQudjEuRGVyZWdpc3RyYXRpb25FdmVudBIqCgVzdGVwcxgCIAMoCzIbLmV0amFuc3Rla29ydC52MS5PdXRib3hTdGVwEjMKCmNoYWluX2hlYWQYAyABKAsyHy5ldGphbnN0ZWtvcnQudjEuQXVkaXRDaGFpbkhlYWQiNgoRQ2FuY2VsQ2FzZVJlcXVlc3QSCgoCaWQYASABKAkSFQoNanVzdGlmaWNhdGlvbhgCIAEoCSJNChJDYW5jZWxDYXNlUmVzcG9uc2USNwoOZGVyZWdpc3RyYXRpb24YASABKAsyHy5ldGphbnN0ZWtvcnQudjEuRGVyZWdpc3RyYXRpb24iJQoXVmVyaWZ5QXVkaXRDaGFpblJlcXVlc3QSCgoCaWQYASABKAkihAEKEEJyb2tlbkF1ZGl0Q2hhaW4SGQoRZGVyZWdpc3RyYXRpb25faWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSMwoHcHJvYmxlbRgDIAEoDjIiLmV0amFuc3Rla29ydC52MS5BdWRpdENoYWluUHJvYmxlbRIOCgZkZXRhaWwYBCABKAkizAEKGFZlcmlmeUF1ZGl0Q2hhaW5SZXNwb25zZRIVCg1jYXNlc19jaGVja2VkGAEgASgDEhMKC2Nhc2VzX3RvdGFsGAIgASgDEhQKDGNhc2VzX2Jyb2tlbhgDIAEoAxIxCgZicm9rZW4YBCABKAsyIS5ldGphbnN0ZWtvcnQudjEuQnJva2VuQXVkaXRDaGFpbhIMCgRkb25lGAUgASgIEhYKDmV2ZW50c19jaGVja2VkGAYgASgDEhUKDWxlZ2FjeV9ldmVudHMYByABKAMibgoYRXhwb3J0QXVkaXRSZWNvcmRSZXF1ZXN0EgoKAmlkGAEgASgJEi8KB3B1cnBvc2UYAiABKA4yHi5ldGphbnN0ZWtvcnQudjEuRXhwb3J0UHVycG9zZRIVCg1qdXN0aWZpY2F0aW9uGAMgASgJImUKGUV4cG9ydEF1ZGl0UmVjb3JkUmVzcG9uc2USEwoLcmVjb3JkX2pzb24YASABKAkSMwoKY2hhaW5faGVhZBgCIAEoCzIfLmV0amFuc3Rla29ydC52MS5BdWRpdENoYWluSGVhZCpcCgpSZXNvbHV0aW9uEhoKFlJFU09MVVRJT05fVU5TUEVDSUZJRUQQABIYChRSRVNPTFVUSU9OX0NPTVBMRVRFRBABEhgKFFJFU09MVVRJT05fQ0FOQ0VMTEVEEAIqiwEKClN0ZXBTdGF0dXMSGwoXU1RFUF9TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNTVEVQX1NUQVRVU19QRU5ESU5HEAESFAoQU1RFUF9TVEFUVVNfRE9ORRACEhYKElNURVBfU1RBVFVTX0ZBSUxFRBADEhkKFVNURVBfU1RBVFVTX0NBTkNFTExFRBAEKl4KCkVycm9yQ2xhc3MSGwoXRVJST1JfQ0xBU1NfVU5TUEVDSUZJRUQQABIZChVFUlJPUl9DTEFTU19SRVRSWUFCTEUQARIYChRFUlJPUl9DTEFTU19URVJNSU5BTBACKqgCChFBdWRpdENoYWluUHJvYmxlbRIjCh9BVURJVF9DSEFJTl9QUk9CTEVNX1VOU1BFQ0lGSUVEEAASJQohQVVESVRfQ0hBSU5fUFJPQkxFTV9IQVNIX01JU01BVENIEAESJAogQVVESVRfQ0hBSU5fUFJPQkxFTV9TRVFVRU5DRV9HQVAQAhIjCh9BVURJVF9DSEFJTl9QUk9CTEVNX1VOS05PV05fS0VZEAMSKgomQVVESVRfQ0hBSU5fUFJPQkxFTV9MRUdBQ1lfQUZURVJfS0VZRUQQBBIlCiFBVURJVF9DSEFJTl9QUk9CTEVNX0hFQURfTUlTTUFUQ0gQBRIpCiVBVURJVF9DSEFJTl9QUk9CTEVNX1VOQU5DSE9SRURfTEVHQUNZEAYqcwoNRXhwb3J0UHVycG9zZRIeChpFWFBPUlRfUFVSUE9TRV9VTlNQRUNJRklFRBAAEiAKHEVYUE9SVF9QVVJQT1NFX1BTRVVET05ZTUlaRUQQARIgChxFWFBPUlRfUFVSUE9TRV9SRUNPUkRfS0VFUEVSEAIyogcKEU9wZXJhdGlvbnNTZXJ2aWNlEm0KEkxpc3RBdHRlbnRpb25DYXNlcxIqLmV0amFuc3Rla29ydC52MS5MaXN0QXR0ZW50aW9uQ2FzZXNSZXF1ZXN0GisuZXRqYW5zdGVrb3J0LnYxLkxpc3RBdHRlbnRpb25DYXNlc1Jlc3BvbnNlEnAKE1JldHJ5RGVyZWdpc3RyYXRpb24SKy5ldGphbnN0ZWtvcnQudjEuUmV0cnlEZXJlZ2lzdHJhdGlvblJlcXVlc3QaLC5ldGphbnN0ZWtvcnQudjEuUmV0cnlEZXJlZ2lzdHJhdGlvblJlc3BvbnNlEnYKFVJlc29sdmVEZXJlZ2lzdHJhdGlvbhItLmV0amFuc3Rla29ydC52MS5SZXNvbHZlRGVyZWdpc3RyYXRpb25SZXF1ZXN0Gi4uZXRqYW5zdGVrb3J0LnYxLlJlc29sdmVEZXJlZ2lzdHJhdGlvblJlc3BvbnNlEkwKB0dldENhc2USHy5ldGphbnN0ZWtvcnQudjEuR2V0Q2FzZVJlcXVlc3QaIC5ldGphbnN0ZWtvcnQudjEuR2V0Q2FzZVJlc3BvbnNlElIKCUxpc3RDYXNlcxIhLmV0amFuc3Rla29ydC52MS5MaXN0Q2FzZXNSZXF1ZXN0GiIuZXRqYW5zdGVrb3J0LnYxLkxpc3RDYXNlc1Jlc3BvbnNlEmQKD0dldENhc2VUaW1lbGluZRInLmV0amFuc3Rla29ydC52MS5HZXRDYXNlVGltZWxpbmVSZXF1ZXN0GiguZXRqYW5zdGVrb3J0LnYxLkdldENhc2VUaW1lbGluZVJlc3BvbnNlElUKCkNhbmNlbENhc2USIi5ldGphbnN0ZWtvcnQudjEuQ2FuY2VsQ2FzZVJlcXVlc3QaIy5ldGphbnN0ZWtvcnQudjEuQ2FuY2VsQ2FzZVJlc3BvbnNlEmkKEFZlcmlmeUF1ZGl0Q2hhaW4SKC5ldGphbnN0ZWtvcnQudjEuVmVyaWZ5QXVkaXRDaGFpblJlcXVlc3QaKS5ldGphbnN0ZWtvcnQudjEuVmVyaWZ5QXVkaXRDaGFpblJlc3BvbnNlMAESagoRRXhwb3J0QXVkaXRSZWNvcmQSKS5ldGphbnN0ZWtvcnQudjEuRXhwb3J0QXVkaXRSZWNvcmRSZXF1ZXN0GiouZXRqYW5zdGVrb3J0LnYxLkV4cG9ydEF1ZGl0UmVjb3JkUmVzcG9uc2VCcQobc2UudmdyZWdpb24uZXRqYW5zdGVrb3J0LnYxUAFaPmV0amFuc3Rla29ydC52Z3JlZ2lvbi5zZS9nZW4vZ28vZXRqYW5zdGVrb3J0L3YxO2V0amFuc3Rla29ydHYxqgIPRXRqYW5zdGVrb3J0LlYxYgZwcm90bzM", [file_etjanstekort_v1_types, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message etjanstekort.v1.ListAttentionCasesRequest
@@ -139,6 +141,530 @@ export const ResolveDeregistrationResponseSchema: GenMessage<ResolveDeregistrati
   messageDesc(file_etjanstekort_v1_operations_service, 5);
 
 /**
+ * The newest link of a case's audit chain, as recorded on the case itself (updated in the
+ * transaction that appends an event, so a deleted tail is detected).
+ *
+ * @generated from message etjanstekort.v1.AuditChainHead
+ */
+export type AuditChainHead = Message<"etjanstekort.v1.AuditChainHead"> & {
+  /**
+   * Sequence number of the case's last event (0: no events).
+   *
+   * @generated from field: int64 sequence = 1;
+   */
+  sequence: bigint;
+
+  /**
+   * Hex hash of that event.
+   *
+   * @generated from field: string hash = 2;
+   */
+  hash: string;
+
+  /**
+   * Id of the key that made that hash (empty for a legacy, unkeyed link).
+   *
+   * @generated from field: string key_id = 3;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.AuditChainHead.
+ * Use `create(AuditChainHeadSchema)` to create a new message.
+ */
+export const AuditChainHeadSchema: GenMessage<AuditChainHead> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 6);
+
+/**
+ * @generated from message etjanstekort.v1.GetCaseRequest
+ */
+export type GetCaseRequest = Message<"etjanstekort.v1.GetCaseRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.GetCaseRequest.
+ * Use `create(GetCaseRequestSchema)` to create a new message.
+ */
+export const GetCaseRequestSchema: GenMessage<GetCaseRequest> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 7);
+
+/**
+ * @generated from message etjanstekort.v1.GetCaseResponse
+ */
+export type GetCaseResponse = Message<"etjanstekort.v1.GetCaseResponse"> & {
+  /**
+   * Personal data masked (see OperationsService).
+   *
+   * @generated from field: etjanstekort.v1.Deregistration deregistration = 1;
+   */
+  deregistration?: Deregistration | undefined;
+
+  /**
+   * @generated from field: etjanstekort.v1.AuditChainHead chain_head = 2;
+   */
+  chainHead?: AuditChainHead | undefined;
+
+  /**
+   * Keyed pseudonym of the card holder's personal identity number: equal for cases of one
+   * person, meaningless without the gateway's key.
+   *
+   * @generated from field: string card_holder_pseudonym = 3;
+   */
+  cardHolderPseudonym: string;
+
+  /**
+   * True when the case waits for an operator (STATE_NEEDS_ATTENTION).
+   *
+   * @generated from field: bool needs_attention = 4;
+   */
+  needsAttention: boolean;
+};
+
+/**
+ * Describes the message etjanstekort.v1.GetCaseResponse.
+ * Use `create(GetCaseResponseSchema)` to create a new message.
+ */
+export const GetCaseResponseSchema: GenMessage<GetCaseResponse> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 8);
+
+/**
+ * @generated from message etjanstekort.v1.ListCasesRequest
+ */
+export type ListCasesRequest = Message<"etjanstekort.v1.ListCasesRequest"> & {
+  /**
+   * Default and maximum from the server's [api] settings.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response; the filters must be the same.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only cases in one of these states (empty: any).
+   *
+   * @generated from field: repeated etjanstekort.v1.State states = 3;
+   */
+  states: State[];
+
+  /**
+   * Only this care provider's cases (HSA-id; empty: any).
+   *
+   * @generated from field: string care_provider_hsa_id = 4;
+   */
+  careProviderHsaId: string;
+
+  /**
+   * Only cases of this care unit (HSA-id; empty: any).
+   *
+   * @generated from field: string care_unit_hsa_id = 5;
+   */
+  careUnitHsaId: string;
+
+  /**
+   * Only cases created at least this long ago.
+   *
+   * @generated from field: google.protobuf.Duration min_age = 6;
+   */
+  minAge?: Duration | undefined;
+
+  /**
+   * Only cases created at most this long ago.
+   *
+   * @generated from field: google.protobuf.Duration max_age = 7;
+   */
+  maxAge?: Duration | undefined;
+
+  /**
+   * Only cases in STATE_NEEDS_ATTENTION (combines with the other filters).
+   *
+   * @generated from field: bool needs_attention = 8;
+   */
+  needsAttention: boolean;
+};
+
+/**
+ * Describes the message etjanstekort.v1.ListCasesRequest.
+ * Use `create(ListCasesRequestSchema)` to create a new message.
+ */
+export const ListCasesRequestSchema: GenMessage<ListCasesRequest> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 9);
+
+/**
+ * @generated from message etjanstekort.v1.ListCasesResponse
+ */
+export type ListCasesResponse = Message<"etjanstekort.v1.ListCasesResponse"> & {
+  /**
+   * Personal data masked (see OperationsService).
+   *
+   * @generated from field: repeated etjanstekort.v1.Deregistration deregistrations = 1;
+   */
+  deregistrations: Deregistration[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.ListCasesResponse.
+ * Use `create(ListCasesResponseSchema)` to create a new message.
+ */
+export const ListCasesResponseSchema: GenMessage<ListCasesResponse> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 10);
+
+/**
+ * @generated from message etjanstekort.v1.GetCaseTimelineRequest
+ */
+export type GetCaseTimelineRequest = Message<"etjanstekort.v1.GetCaseTimelineRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.GetCaseTimelineRequest.
+ * Use `create(GetCaseTimelineRequestSchema)` to create a new message.
+ */
+export const GetCaseTimelineRequestSchema: GenMessage<GetCaseTimelineRequest> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 11);
+
+/**
+ * One side effect or timer of a case (an outbox row).
+ *
+ * @generated from message etjanstekort.v1.OutboxStep
+ */
+export type OutboxStep = Message<"etjanstekort.v1.OutboxStep"> & {
+  /**
+   * The step, e.g. "report_revocation", "remove_kiv".
+   *
+   * @generated from field: string step = 1;
+   */
+  step: string;
+
+  /**
+   * The idempotency key the step runs under.
+   *
+   * @generated from field: string key = 2;
+   */
+  key: string;
+
+  /**
+   * @generated from field: etjanstekort.v1.StepStatus status = 3;
+   */
+  status: StepStatus;
+
+  /**
+   * Attempts made so far.
+   *
+   * @generated from field: int32 attempts = 4;
+   */
+  attempts: number;
+
+  /**
+   * Class of the last error (UNSPECIFIED when the last attempt did not fail).
+   *
+   * @generated from field: etjanstekort.v1.ErrorClass last_error_class = 5;
+   */
+  lastErrorClass: ErrorClass;
+
+  /**
+   * The last error's reason, without personal data.
+   *
+   * @generated from field: string last_error = 6;
+   */
+  lastError: string;
+
+  /**
+   * When the step is (next) due; unset once it is done, failed or cancelled.
+   *
+   * @generated from field: google.protobuf.Timestamp next_due_time = 7;
+   */
+  nextDueTime?: Timestamp | undefined;
+
+  /**
+   * True while a worker holds the step.
+   *
+   * @generated from field: bool leased = 8;
+   */
+  leased: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 9;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 10;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message etjanstekort.v1.OutboxStep.
+ * Use `create(OutboxStepSchema)` to create a new message.
+ */
+export const OutboxStepSchema: GenMessage<OutboxStep> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 12);
+
+/**
+ * @generated from message etjanstekort.v1.GetCaseTimelineResponse
+ */
+export type GetCaseTimelineResponse = Message<"etjanstekort.v1.GetCaseTimelineResponse"> & {
+  /**
+   * Every audit event of the case, in order.
+   *
+   * @generated from field: repeated etjanstekort.v1.DeregistrationEvent events = 1;
+   */
+  events: DeregistrationEvent[];
+
+  /**
+   * Every outbox step of the case, in creation order.
+   *
+   * @generated from field: repeated etjanstekort.v1.OutboxStep steps = 2;
+   */
+  steps: OutboxStep[];
+
+  /**
+   * @generated from field: etjanstekort.v1.AuditChainHead chain_head = 3;
+   */
+  chainHead?: AuditChainHead | undefined;
+};
+
+/**
+ * Describes the message etjanstekort.v1.GetCaseTimelineResponse.
+ * Use `create(GetCaseTimelineResponseSchema)` to create a new message.
+ */
+export const GetCaseTimelineResponseSchema: GenMessage<GetCaseTimelineResponse> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 13);
+
+/**
+ * @generated from message etjanstekort.v1.CancelCaseRequest
+ */
+export type CancelCaseRequest = Message<"etjanstekort.v1.CancelCaseRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Required; recorded in the audit trail.
+   *
+   * @generated from field: string justification = 2;
+   */
+  justification: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.CancelCaseRequest.
+ * Use `create(CancelCaseRequestSchema)` to create a new message.
+ */
+export const CancelCaseRequestSchema: GenMessage<CancelCaseRequest> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 14);
+
+/**
+ * @generated from message etjanstekort.v1.CancelCaseResponse
+ */
+export type CancelCaseResponse = Message<"etjanstekort.v1.CancelCaseResponse"> & {
+  /**
+   * @generated from field: etjanstekort.v1.Deregistration deregistration = 1;
+   */
+  deregistration?: Deregistration | undefined;
+};
+
+/**
+ * Describes the message etjanstekort.v1.CancelCaseResponse.
+ * Use `create(CancelCaseResponseSchema)` to create a new message.
+ */
+export const CancelCaseResponseSchema: GenMessage<CancelCaseResponse> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 15);
+
+/**
+ * @generated from message etjanstekort.v1.VerifyAuditChainRequest
+ */
+export type VerifyAuditChainRequest = Message<"etjanstekort.v1.VerifyAuditChainRequest"> & {
+  /**
+   * The case to verify; empty: every case.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.VerifyAuditChainRequest.
+ * Use `create(VerifyAuditChainRequestSchema)` to create a new message.
+ */
+export const VerifyAuditChainRequestSchema: GenMessage<VerifyAuditChainRequest> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 16);
+
+/**
+ * The first broken link of one case's audit chain.
+ *
+ * @generated from message etjanstekort.v1.BrokenAuditChain
+ */
+export type BrokenAuditChain = Message<"etjanstekort.v1.BrokenAuditChain"> & {
+  /**
+   * @generated from field: string deregistration_id = 1;
+   */
+  deregistrationId: string;
+
+  /**
+   * Sequence number of the first event that does not verify (for HEAD_MISMATCH: the head's).
+   *
+   * @generated from field: int64 sequence = 2;
+   */
+  sequence: bigint;
+
+  /**
+   * @generated from field: etjanstekort.v1.AuditChainProblem problem = 3;
+   */
+  problem: AuditChainProblem;
+
+  /**
+   * Readable explanation, without personal data.
+   *
+   * @generated from field: string detail = 4;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.BrokenAuditChain.
+ * Use `create(BrokenAuditChainSchema)` to create a new message.
+ */
+export const BrokenAuditChainSchema: GenMessage<BrokenAuditChain> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 17);
+
+/**
+ * @generated from message etjanstekort.v1.VerifyAuditChainResponse
+ */
+export type VerifyAuditChainResponse = Message<"etjanstekort.v1.VerifyAuditChainResponse"> & {
+  /**
+   * Cases verified so far.
+   *
+   * @generated from field: int64 cases_checked = 1;
+   */
+  casesChecked: bigint;
+
+  /**
+   * Cases to verify in all (counted when the run starts).
+   *
+   * @generated from field: int64 cases_total = 2;
+   */
+  casesTotal: bigint;
+
+  /**
+   * Broken cases found so far.
+   *
+   * @generated from field: int64 cases_broken = 3;
+   */
+  casesBroken: bigint;
+
+  /**
+   * Set on the message that reports a broken case.
+   *
+   * @generated from field: etjanstekort.v1.BrokenAuditChain broken = 4;
+   */
+  broken?: BrokenAuditChain | undefined;
+
+  /**
+   * True on the last message, which carries the final counts.
+   *
+   * @generated from field: bool done = 5;
+   */
+  done: boolean;
+
+  /**
+   * Events verified so far, and how many of them were legacy (unkeyed) links.
+   *
+   * @generated from field: int64 events_checked = 6;
+   */
+  eventsChecked: bigint;
+
+  /**
+   * @generated from field: int64 legacy_events = 7;
+   */
+  legacyEvents: bigint;
+};
+
+/**
+ * Describes the message etjanstekort.v1.VerifyAuditChainResponse.
+ * Use `create(VerifyAuditChainResponseSchema)` to create a new message.
+ */
+export const VerifyAuditChainResponseSchema: GenMessage<VerifyAuditChainResponse> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 18);
+
+/**
+ * @generated from message etjanstekort.v1.ExportAuditRecordRequest
+ */
+export type ExportAuditRecordRequest = Message<"etjanstekort.v1.ExportAuditRecordRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: etjanstekort.v1.ExportPurpose purpose = 2;
+   */
+  purpose: ExportPurpose;
+
+  /**
+   * Required for EXPORT_PURPOSE_RECORD_KEEPER; recorded in the audit trail.
+   *
+   * @generated from field: string justification = 3;
+   */
+  justification: string;
+};
+
+/**
+ * Describes the message etjanstekort.v1.ExportAuditRecordRequest.
+ * Use `create(ExportAuditRecordRequestSchema)` to create a new message.
+ */
+export const ExportAuditRecordRequestSchema: GenMessage<ExportAuditRecordRequest> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 19);
+
+/**
+ * @generated from message etjanstekort.v1.ExportAuditRecordResponse
+ */
+export type ExportAuditRecordResponse = Message<"etjanstekort.v1.ExportAuditRecordResponse"> & {
+  /**
+   * The record, UTF-8 JSON (format "etk-audit-record/v1", see docs/api.md).
+   *
+   * @generated from field: string record_json = 1;
+   */
+  recordJson: string;
+
+  /**
+   * The chain head the record's events end at.
+   *
+   * @generated from field: etjanstekort.v1.AuditChainHead chain_head = 2;
+   */
+  chainHead?: AuditChainHead | undefined;
+};
+
+/**
+ * Describes the message etjanstekort.v1.ExportAuditRecordResponse.
+ * Use `create(ExportAuditRecordResponseSchema)` to create a new message.
+ */
+export const ExportAuditRecordResponseSchema: GenMessage<ExportAuditRecordResponse> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_operations_service, 20);
+
+/**
  * How an operator ends a case.
  *
  * @generated from enum etjanstekort.v1.Resolution
@@ -171,7 +697,185 @@ export const ResolutionSchema: GenEnum<Resolution> = /*@__PURE__*/
   enumDesc(file_etjanstekort_v1_operations_service, 0);
 
 /**
- * Operators resolve stuck cases.
+ * Where an outbox step is.
+ *
+ * @generated from enum etjanstekort.v1.StepStatus
+ */
+export enum StepStatus {
+  /**
+   * @generated from enum value: STEP_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Waiting for its due time, or being run by a worker (leased).
+   *
+   * @generated from enum value: STEP_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * @generated from enum value: STEP_STATUS_DONE = 2;
+   */
+  DONE = 2,
+
+  /**
+   * Failed for good (terminal error or attempts exhausted); the case needs attention.
+   *
+   * @generated from enum value: STEP_STATUS_FAILED = 3;
+   */
+  FAILED = 3,
+
+  /**
+   * No longer applies to the case (a later event made it stale).
+   *
+   * @generated from enum value: STEP_STATUS_CANCELLED = 4;
+   */
+  CANCELLED = 4,
+}
+
+/**
+ * Describes the enum etjanstekort.v1.StepStatus.
+ */
+export const StepStatusSchema: GenEnum<StepStatus> = /*@__PURE__*/
+  enumDesc(file_etjanstekort_v1_operations_service, 1);
+
+/**
+ * How the last failed attempt of a step was classified.
+ *
+ * @generated from enum etjanstekort.v1.ErrorClass
+ */
+export enum ErrorClass {
+  /**
+   * @generated from enum value: ERROR_CLASS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Tried again at next_due_time.
+   *
+   * @generated from enum value: ERROR_CLASS_RETRYABLE = 1;
+   */
+  RETRYABLE = 1,
+
+  /**
+   * Not tried again; an operator acts.
+   *
+   * @generated from enum value: ERROR_CLASS_TERMINAL = 2;
+   */
+  TERMINAL = 2,
+}
+
+/**
+ * Describes the enum etjanstekort.v1.ErrorClass.
+ */
+export const ErrorClassSchema: GenEnum<ErrorClass> = /*@__PURE__*/
+  enumDesc(file_etjanstekort_v1_operations_service, 2);
+
+/**
+ * Why a link of an audit chain does not hold.
+ *
+ * @generated from enum etjanstekort.v1.AuditChainProblem
+ */
+export enum AuditChainProblem {
+  /**
+   * @generated from enum value: AUDIT_CHAIN_PROBLEM_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The event's hash does not match its fields and its predecessor's hash (rewritten event,
+   * re-hashed without the key, removed or inserted event).
+   *
+   * @generated from enum value: AUDIT_CHAIN_PROBLEM_HASH_MISMATCH = 1;
+   */
+  HASH_MISMATCH = 1,
+
+  /**
+   * Sequence numbers are not 1, 2, 3, … (removed or inserted event).
+   *
+   * @generated from enum value: AUDIT_CHAIN_PROBLEM_SEQUENCE_GAP = 2;
+   */
+  SEQUENCE_GAP = 2,
+
+  /**
+   * The event names a key this gateway does not hold.
+   *
+   * @generated from enum value: AUDIT_CHAIN_PROBLEM_UNKNOWN_KEY = 3;
+   */
+  UNKNOWN_KEY = 3,
+
+  /**
+   * An unkeyed (legacy) link after a keyed one: legacy links are only accepted before the
+   * first keyed link of a case.
+   *
+   * @generated from enum value: AUDIT_CHAIN_PROBLEM_LEGACY_AFTER_KEYED = 4;
+   */
+  LEGACY_AFTER_KEYED = 4,
+
+  /**
+   * The chain does not end at the sealed head recorded on the case (deleted tail, head rolled
+   * back or rewritten).
+   *
+   * @generated from enum value: AUDIT_CHAIN_PROBLEM_HEAD_MISMATCH = 5;
+   */
+  HEAD_MISMATCH = 5,
+
+  /**
+   * The chain ends in an unkeyed (legacy) link: nothing keyed covers it. Legacy trails are
+   * anchored by a keyed event when the gateway starts; one left unanchored is reported.
+   *
+   * @generated from enum value: AUDIT_CHAIN_PROBLEM_UNANCHORED_LEGACY = 6;
+   */
+  UNANCHORED_LEGACY = 6,
+}
+
+/**
+ * Describes the enum etjanstekort.v1.AuditChainProblem.
+ */
+export const AuditChainProblemSchema: GenEnum<AuditChainProblem> = /*@__PURE__*/
+  enumDesc(file_etjanstekort_v1_operations_service, 3);
+
+/**
+ * Who an audit record is exported for.
+ *
+ * @generated from enum etjanstekort.v1.ExportPurpose
+ */
+export enum ExportPurpose {
+  /**
+   * @generated from enum value: EXPORT_PURPOSE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Personal data only as keyed pseudonyms (the default for UNSPECIFIED too).
+   *
+   * @generated from enum value: EXPORT_PURPOSE_PSEUDONYMIZED = 1;
+   */
+  PSEUDONYMIZED = 1,
+
+  /**
+   * For the record keeper (arkivansvarig) keeping revocation requests for 10 years: the
+   * personal data in clear. Needs a justification; audited as such.
+   *
+   * @generated from enum value: EXPORT_PURPOSE_RECORD_KEEPER = 2;
+   */
+  RECORD_KEEPER = 2,
+}
+
+/**
+ * Describes the enum etjanstekort.v1.ExportPurpose.
+ */
+export const ExportPurposeSchema: GenEnum<ExportPurpose> = /*@__PURE__*/
+  enumDesc(file_etjanstekort_v1_operations_service, 4);
+
+/**
+ * Operators look after cases of every care provider: find, inspect, retry, resolve and cancel
+ * them, verify the audit trail and export a case's audit record. Only the operator role may call
+ * it. Operators never see a full personal identity number or a name: responses carry them
+ * masked (personal identity numbers as YYYYMMDD-****, names and e-mail addresses as "***"),
+ * with keyed pseudonyms to tell people apart. Every call that acts on a case is itself recorded
+ * as an audit event of that case.
  *
  * @generated from service etjanstekort.v1.OperationsService
  */
@@ -205,6 +909,71 @@ export const OperationsService: GenService<{
     methodKind: "unary";
     input: typeof ResolveDeregistrationRequestSchema;
     output: typeof ResolveDeregistrationResponseSchema;
+  },
+  /**
+   * One case of any care provider, masked, with its audit chain head.
+   *
+   * @generated from rpc etjanstekort.v1.OperationsService.GetCase
+   */
+  getCase: {
+    methodKind: "unary";
+    input: typeof GetCaseRequestSchema;
+    output: typeof GetCaseResponseSchema;
+  },
+  /**
+   * Cases of every care provider, filtered, oldest first; keyset paging.
+   *
+   * @generated from rpc etjanstekort.v1.OperationsService.ListCases
+   */
+  listCases: {
+    methodKind: "unary";
+    input: typeof ListCasesRequestSchema;
+    output: typeof ListCasesResponseSchema;
+  },
+  /**
+   * A case's audit events (actor, time, trace id, hash) and its outbox steps (attempts, last
+   * error, next due time).
+   *
+   * @generated from rpc etjanstekort.v1.OperationsService.GetCaseTimeline
+   */
+  getCaseTimeline: {
+    methodKind: "unary";
+    input: typeof GetCaseTimelineRequestSchema;
+    output: typeof GetCaseTimelineResponseSchema;
+  },
+  /**
+   * Cancels a case where the routine allows it (before the report went out to
+   * TjänsteID-service); FAILED_PRECONDITION otherwise. The justification is audited.
+   *
+   * @generated from rpc etjanstekort.v1.OperationsService.CancelCase
+   */
+  cancelCase: {
+    methodKind: "unary";
+    input: typeof CancelCaseRequestSchema;
+    output: typeof CancelCaseResponseSchema;
+  },
+  /**
+   * Verifies the keyed audit chain of one case, or of every case: streams progress, one message
+   * per broken case (its first broken link), and a final summary (done = true).
+   *
+   * @generated from rpc etjanstekort.v1.OperationsService.VerifyAuditChain
+   */
+  verifyAuditChain: {
+    methodKind: "server_streaming";
+    input: typeof VerifyAuditChainRequestSchema;
+    output: typeof VerifyAuditChainResponseSchema;
+  },
+  /**
+   * One case's audit record as JSON: its events, their hashes and the chain head. Personal data
+   * appear only as keyed pseudonyms, unless the export is for the record keeper (see
+   * ExportPurpose). The export itself is audited.
+   *
+   * @generated from rpc etjanstekort.v1.OperationsService.ExportAuditRecord
+   */
+  exportAuditRecord: {
+    methodKind: "unary";
+    input: typeof ExportAuditRecordRequestSchema;
+    output: typeof ExportAuditRecordResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_etjanstekort_v1_operations_service, 0);

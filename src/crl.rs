@@ -1,0 +1,936 @@
+//! Certificate revocation lists (CRLs): one module for every use — the client certificates of
+//! mutual TLS today, the card certificates of a revocation check later.
+//!
+//! A `CrlStore` keeps the newest *trusted* CRL of each issuer. CRLs come from files and/or
+//! plain-HTTP URLs (DER or PEM); a CRL is believed only when its signature verifies with the
+//! public key of a configured CA certificate whose subject is the CRL's issuer, it carries a
+//! `nextUpdate`, and it is not older than the one it would replace (no roll-back). Anything
+//! else is refused with a log line and the CRL in force stays. Files are re-read when they
+//! change (`refresh_files`, polled by `reload`), URLs are fetched with a timeout and retries on
+//! a schedule and at the list's `nextUpdate` (`refresh_urls`).
+//!
+//! Consumers read a `CrlSet` snapshot: the CRLs by issuer, their `thisUpdate`/`nextUpdate`,
+//! `is_revoked(serial)` and a freshness verdict under a `StalePolicy`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use serde::Deserialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::metrics::Metrics;
+use crate::reload::FileStamp;
+
+/// The largest CRL body fetched over HTTP (large national CAs publish lists of some MiB).
+const MAX_CRL_BYTES: usize = 64 * 1024 * 1024;
+
+/// At most this many distribution points are learnt from certificates (a CA has one or two).
+const MAX_LEARNT_URLS: usize = 16;
+
+/// What to do when the answer cannot be trusted: refuse (fail closed) or accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    Refuse,
+    Accept,
+}
+
+/// Where CRLs come from and how far they are trusted (`[tls.revocation]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlSettings {
+    /// CRL files (DER or PEM, several PEM blocks allowed); re-read when they change.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Plain-HTTP URLs of CRLs (e.g. the CAs' CRL distribution points).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Also fetch the `http://` CRL distribution points named in verified client certificates
+    /// whose issuer has no CRL yet (at most 16 URLs are learnt).
+    pub distribution_points: bool,
+    /// URLs are fetched again at least this often, and at their list's `nextUpdate`.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// One HTTP fetch (connect, request and body) must finish within this.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Attempts per fetch (the first included); the pause between them doubles from 1 s.
+    pub fetch_attempts: u32,
+    /// A CRL counts as stale this long after its `nextUpdate`.
+    #[serde(with = "humantime_serde")]
+    pub stale_grace: Duration,
+    /// Certificates whose issuer's CRL is stale: `refuse` (default) or `accept`.
+    pub when_stale: Policy,
+    /// Certificates whose issuer has no CRL at all: `refuse` (default) or `accept`.
+    pub without_crl: Policy,
+}
+
+impl CrlSettings {
+    /// Whether any CRL source is configured (otherwise revocation is not checked).
+    pub fn enabled(&self) -> bool {
+        !self.files.is_empty() || !self.urls.is_empty() || self.distribution_points
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.fetch_attempts == 0 {
+            return Err("revocation.fetch_attempts must be at least 1".into());
+        }
+        if self.fetch_timeout.is_zero() || self.refresh.is_zero() {
+            return Err("revocation.fetch_timeout and revocation.refresh must be above 0s".into());
+        }
+        for url in &self.urls {
+            HttpUrl::parse(url).map_err(|e| format!("revocation.urls: {url}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrlError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a CRL (DER or PEM): {0}")]
+    Parse(String),
+    #[error("issuer {0} is not a configured CA")]
+    UnknownIssuer(String),
+    #[error("signature does not verify with the key of CA {0}")]
+    BadSignature(String),
+    #[error("CA {0} may not sign CRLs (keyUsage without cRLSign)")]
+    NotCrlSigner(String),
+    #[error("no nextUpdate: its freshness cannot be judged")]
+    NoNextUpdate,
+    #[error("older than the CRL in force for {0} (thisUpdate went back)")]
+    Rollback(String),
+    #[error("fetching {url}: {message}")]
+    Fetch { url: String, message: String },
+}
+
+impl CrlError {
+    /// The `outcome` label of the refusal (bounded).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "unreadable",
+            Self::Parse(_) => "invalid",
+            Self::UnknownIssuer(_) => "unknown_issuer",
+            Self::BadSignature(_) | Self::NotCrlSigner(_) => "bad_signature",
+            Self::NoNextUpdate => "no_next_update",
+            Self::Rollback(_) => "rollback",
+            Self::Fetch { .. } => "fetch_failed",
+        }
+    }
+}
+
+/// A CA whose CRLs are believed: its subject (raw DER) and public key.
+#[derive(Clone, Debug)]
+struct TrustedIssuer {
+    subject: Vec<u8>,
+    name: String,
+    spki: Vec<u8>,
+    may_sign_crls: bool,
+}
+
+fn trusted_issuers(cas: &[CertificateDer<'_>]) -> Vec<TrustedIssuer> {
+    cas.iter()
+        .filter_map(|der| {
+            let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+            let may_sign_crls = match cert.key_usage() {
+                Ok(Some(ku)) => ku.value.crl_sign(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            Some(TrustedIssuer {
+                subject: cert.subject().as_raw().to_vec(),
+                name: cert.subject().to_string(),
+                spki: cert.public_key().raw.to_vec(),
+                may_sign_crls,
+            })
+        })
+        .collect()
+}
+
+/// One verified CRL.
+#[derive(Debug)]
+pub struct Crl {
+    der: CertificateRevocationListDer<'static>,
+    issuer: Vec<u8>,
+    issuer_name: String,
+    this_update: SystemTime,
+    next_update: SystemTime,
+    revoked: HashSet<Vec<u8>>,
+    source: String,
+}
+
+impl Crl {
+    pub fn der(&self) -> &CertificateRevocationListDer<'static> {
+        &self.der
+    }
+
+    /// The issuer's distinguished name, as text (a CA's name, never a person's).
+    pub fn issuer_name(&self) -> &str {
+        &self.issuer_name
+    }
+
+    pub fn this_update(&self) -> SystemTime {
+        self.this_update
+    }
+
+    pub fn next_update(&self) -> SystemTime {
+        self.next_update
+    }
+
+    /// The file or URL it came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the certificate with this serial number (DER integer content bytes, as in the
+    /// certificate) is on the list.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.revoked.contains(strip_sign_byte(serial))
+    }
+
+    /// Past `nextUpdate + grace` at `now`.
+    pub fn is_stale(&self, now: SystemTime, grace: Duration) -> bool {
+        // A grace beyond the representable end of time is no limit.
+        self.next_update
+            .checked_add(grace)
+            .is_some_and(|end| now > end)
+    }
+}
+
+fn strip_sign_byte(serial: &[u8]) -> &[u8] {
+    match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        s => s,
+    }
+}
+
+fn to_system_time(secs: i64) -> SystemTime {
+    match u64::try_from(secs) {
+        Ok(s) => UNIX_EPOCH + Duration::from_secs(s),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// Every CRL in `bytes` (one DER CRL, or PEM with one or more `X509 CRL` blocks).
+fn decode(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CrlError> {
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![bytes.to_vec()]);
+    }
+    let ders = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .map(|r| r.map(|d| d.as_ref().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CrlError::Parse(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(CrlError::Parse("no X509 CRL block".into()));
+    }
+    Ok(ders)
+}
+
+/// Parses and verifies one DER CRL against the trusted issuers.
+fn verify(der: Vec<u8>, trust: &[TrustedIssuer], source: &str) -> Result<Crl, CrlError> {
+    let (_, crl) =
+        CertificateRevocationList::from_der(&der).map_err(|e| CrlError::Parse(e.to_string()))?;
+    let issuer = crl.issuer().as_raw().to_vec();
+    let issuer_name = crl.issuer().to_string();
+    let candidates: Vec<&TrustedIssuer> = trust.iter().filter(|t| t.subject == issuer).collect();
+    if candidates.is_empty() {
+        return Err(CrlError::UnknownIssuer(issuer_name));
+    }
+    // Several CA certificates may share a name (a re-keyed CA): one of them must have signed.
+    let mut last = CrlError::BadSignature(issuer_name.clone());
+    let mut signed = false;
+    for ca in candidates {
+        let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&ca.spki) else {
+            continue;
+        };
+        if crl.verify_signature(&spki).is_ok() {
+            if ca.may_sign_crls {
+                signed = true;
+                break;
+            }
+            last = CrlError::NotCrlSigner(ca.name.clone());
+        }
+    }
+    if !signed {
+        return Err(last);
+    }
+    let next_update = crl.next_update().ok_or(CrlError::NoNextUpdate)?;
+    let revoked = crl
+        .iter_revoked_certificates()
+        .map(|r| strip_sign_byte(r.raw_serial()).to_vec())
+        .collect();
+    Ok(Crl {
+        this_update: to_system_time(crl.last_update().timestamp()),
+        next_update: to_system_time(next_update.timestamp()),
+        issuer,
+        issuer_name,
+        revoked,
+        source: source.to_owned(),
+        der: CertificateRevocationListDer::from(der),
+    })
+}
+
+/// The verdict on a certificate's issuer's CRL at some time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within `nextUpdate + grace`.
+    Fresh,
+    /// Past it.
+    Stale,
+    /// No CRL of that issuer is held.
+    Missing,
+}
+
+/// A snapshot: the newest trusted CRL of each issuer.
+#[derive(Debug, Default)]
+pub struct CrlSet {
+    by_issuer: HashMap<Vec<u8>, Arc<Crl>>,
+}
+
+impl CrlSet {
+    /// The CRL of the issuer with this raw (DER) distinguished name.
+    pub fn for_issuer(&self, issuer: &[u8]) -> Option<&Arc<Crl>> {
+        self.by_issuer.get(issuer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Crl>> {
+        self.by_issuer.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_issuer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_issuer.is_empty()
+    }
+
+    pub fn ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.by_issuer.values().map(|c| c.der.clone()).collect()
+    }
+
+    /// The serial number and issuer (as text) of a DER certificate when it is on its issuer's
+    /// CRL; `None` when it is not (or no CRL of its issuer is held).
+    pub fn revocation_of(&self, certificate: &[u8]) -> Option<(String, String)> {
+        let (_, cert) = X509Certificate::from_der(certificate).ok()?;
+        let crl = self.for_issuer(cert.issuer().as_raw())?;
+        crl.is_revoked(cert.raw_serial())
+            .then(|| (cert.raw_serial_as_string(), cert.issuer().to_string()))
+    }
+
+    pub fn freshness(&self, issuer: &[u8], now: SystemTime, grace: Duration) -> Freshness {
+        match self.for_issuer(issuer) {
+            None => Freshness::Missing,
+            Some(c) if c.is_stale(now, grace) => Freshness::Stale,
+            Some(_) => Freshness::Fresh,
+        }
+    }
+}
+
+/// Where one set of CRLs came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    File(PathBuf),
+    Url(String),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Self::File(p) => p.display().to_string(),
+            Self::Url(u) => u.clone(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Url(_) => "url",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    crls: Vec<Arc<Crl>>,
+    stamp: Option<FileStamp>,
+    /// When a URL is due again.
+    due: Option<tokio::time::Instant>,
+}
+
+/// The CRLs of the configured sources, verified against the configured CAs.
+#[derive(Debug)]
+pub struct CrlStore {
+    settings: CrlSettings,
+    trust: RwLock<Vec<TrustedIssuer>>,
+    entries: Mutex<HashMap<Source, Entry>>,
+    current: RwLock<Arc<CrlSet>>,
+    metrics: Arc<Metrics>,
+    /// Woken when a URL is learnt (the refresh loop fetches it at once).
+    learnt: tokio::sync::Notify,
+}
+
+impl CrlStore {
+    /// A store trusting CRLs signed by `cas`; nothing is loaded yet.
+    pub fn new(settings: CrlSettings, cas: &[CertificateDer<'_>], metrics: Arc<Metrics>) -> Self {
+        let mut entries = HashMap::new();
+        for f in &settings.files {
+            entries.insert(Source::File(f.clone()), Entry::default());
+        }
+        for u in &settings.urls {
+            entries.insert(Source::Url(u.clone()), Entry::default());
+        }
+        Self {
+            trust: RwLock::new(trusted_issuers(cas)),
+            settings,
+            entries: Mutex::new(entries),
+            current: RwLock::new(Arc::new(CrlSet::default())),
+            metrics,
+            learnt: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Adds an `http://` URL to fetch (a certificate's CRL distribution point); returns whether
+    /// it is new. Beyond `MAX_LEARNT_URLS` learnt URLs, or for other schemes, nothing is added.
+    pub fn learn_url(&self, url: &str) -> bool {
+        if HttpUrl::parse(url).is_err() {
+            return false;
+        }
+        let mut entries = self.lock_entries();
+        let source = Source::Url(url.to_owned());
+        if entries.contains_key(&source) {
+            return false;
+        }
+        let learnt = entries
+            .keys()
+            .filter(|s| matches!(s, Source::Url(u) if !self.settings.urls.contains(u)))
+            .count();
+        if learnt >= MAX_LEARNT_URLS {
+            return false;
+        }
+        entries.insert(source, Entry::default());
+        drop(entries);
+        tracing::info!(
+            url,
+            "CRL distribution point learnt from a client certificate"
+        );
+        self.learnt.notify_one();
+        true
+    }
+
+    /// Resolves when a URL was learnt since the last call.
+    pub async fn url_learnt(&self) {
+        self.learnt.notified().await;
+    }
+
+    pub fn settings(&self) -> &CrlSettings {
+        &self.settings
+    }
+
+    /// The CRLs in force.
+    pub fn snapshot(&self) -> Arc<CrlSet> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the trusted CAs (a reloaded client-CA bundle). CRLs held whose issuer is no
+    /// longer trusted, or whose signature no longer verifies, are dropped.
+    pub fn set_trust(&self, cas: &[CertificateDer<'_>]) {
+        let trust = trusted_issuers(cas);
+        {
+            let mut entries = self.lock_entries();
+            for (source, entry) in entries.iter_mut() {
+                entry.crls.retain(|c| {
+                    let kept = verify(c.der.as_ref().to_vec(), &trust, &c.source).is_ok();
+                    if !kept {
+                        tracing::warn!(source = %source.describe(), issuer = %c.issuer_name,
+                            "CRL dropped: its issuer is no longer a trusted CA");
+                    }
+                    kept
+                });
+                // Re-read on the next pass: a file refused before may verify now.
+                entry.stamp = None;
+            }
+        }
+        *self
+            .trust
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = trust;
+        self.publish();
+    }
+
+    fn lock_entries(&self) -> std::sync::MutexGuard<'_, HashMap<Source, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Re-reads the CRL files that changed since they were last read (all of them when
+    /// `force`). Returns whether the CRLs in force changed. Errors of files are logged,
+    /// counted and returned (the first one), the CRLs they would replace stay.
+    pub fn refresh_files(&self, force: bool) -> (bool, Option<CrlError>) {
+        let files: Vec<PathBuf> = self.settings.files.clone();
+        let mut changed = false;
+        let mut first_error = None;
+        for path in files {
+            let source = Source::File(path.clone());
+            let stamp = FileStamp::of(&path);
+            let unchanged = {
+                let entries = self.lock_entries();
+                let e = entries.get(&source);
+                !force && stamp.is_some() && e.and_then(|e| e.stamp.as_ref()) == stamp.as_ref()
+            };
+            if unchanged {
+                continue;
+            }
+            let result = std::fs::read(&path)
+                .map_err(|source| CrlError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+                .and_then(|bytes| self.accept(&source, &bytes));
+            match result {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    self.refused(&source, &e);
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = self.lock_entries().get_mut(&source) {
+                e.stamp = stamp;
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        (changed, first_error)
+    }
+
+    /// Fetches the URLs that are due (all of them when `force`), each with the configured
+    /// timeout and retries. Returns whether the CRLs in force changed.
+    pub async fn refresh_urls(&self, force: bool) -> bool {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = {
+            let entries = self.lock_entries();
+            let mut due: Vec<String> = entries
+                .iter()
+                .filter_map(|(s, e)| match s {
+                    Source::Url(u) if force || e.due.is_none_or(|d| d <= now) => Some(u.clone()),
+                    _ => None,
+                })
+                .collect();
+            due.sort();
+            due
+        };
+        let mut changed = false;
+        for url in due {
+            let source = Source::Url(url.clone());
+            let result = match fetch(&url, &self.settings).await {
+                Ok(bytes) => self.accept(&source, &bytes),
+                Err(e) => Err(e),
+            };
+            // Failed: try again after a tenth of the refresh period (at least a minute's
+            // worth of attempts have already been spent inside `fetch`).
+            let mut next = if result.is_ok() {
+                self.settings.refresh
+            } else {
+                (self.settings.refresh / 10).max(Duration::from_secs(1))
+            };
+            match result {
+                Ok(c) => changed |= c,
+                Err(e) => self.refused(&source, &e),
+            }
+            let mut entries = self.lock_entries();
+            let entry = entries.entry(source).or_default();
+            // Due again at the list's nextUpdate when that comes first.
+            if let Some(until) = entry
+                .crls
+                .iter()
+                .map(|c| c.next_update)
+                .min()
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            {
+                next = next.min(until.max(Duration::from_secs(1)));
+            }
+            let at = tokio::time::Instant::now();
+            entry.due = Some(
+                at.checked_add(next)
+                    .unwrap_or_else(|| at + Duration::from_secs(86_400)),
+            );
+        }
+        if changed {
+            self.publish();
+        }
+        changed
+    }
+
+    /// The soonest time a URL is due (for the refresh loop's sleep).
+    pub fn next_fetch(&self) -> Option<tokio::time::Instant> {
+        self.lock_entries()
+            .iter()
+            .filter(|(s, _)| matches!(s, Source::Url(_)))
+            .map(|(_, e)| e.due.unwrap_or_else(tokio::time::Instant::now))
+            .min()
+    }
+
+    /// Verifies the CRLs in `bytes` and makes them the source's CRLs (all or nothing).
+    fn accept(&self, source: &Source, bytes: &[u8]) -> Result<bool, CrlError> {
+        let trust = self
+            .trust
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let described = source.describe();
+        let crls = decode(bytes)?
+            .into_iter()
+            .map(|der| verify(der, &trust, &described).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut entries = self.lock_entries();
+        let entry = entries.entry(source.clone()).or_default();
+        for new in &crls {
+            if let Some(old) = entry.crls.iter().find(|o| o.issuer == new.issuer)
+                && new.this_update < old.this_update
+            {
+                return Err(CrlError::Rollback(new.issuer_name.clone()));
+            }
+        }
+        let same = entry.crls.len() == crls.len()
+            && entry
+                .crls
+                .iter()
+                .zip(&crls)
+                .all(|(a, b)| a.der.as_ref() == b.der.as_ref());
+        if same {
+            return Ok(false);
+        }
+        for c in &crls {
+            tracing::info!(
+                source = %described,
+                issuer = %c.issuer_name,
+                revoked = c.revoked.len(),
+                this_update = %humantime::format_rfc3339_seconds(c.this_update),
+                next_update = %humantime::format_rfc3339_seconds(c.next_update),
+                "CRL loaded"
+            );
+        }
+        entry.crls = crls;
+        drop(entries);
+        self.metrics.crl_update(source.kind(), "applied");
+        Ok(true)
+    }
+
+    fn refused(&self, source: &Source, e: &CrlError) {
+        tracing::warn!(source = %source.describe(), error = %e,
+            "CRL refused; the CRL in force stays");
+        self.metrics.crl_update(source.kind(), e.outcome());
+    }
+
+    /// Recomputes the snapshot: the newest CRL (by `thisUpdate`) of each issuer over all sources.
+    fn publish(&self) {
+        let mut by_issuer: HashMap<Vec<u8>, Arc<Crl>> = HashMap::new();
+        for entry in self.lock_entries().values() {
+            for c in &entry.crls {
+                match by_issuer.get(&c.issuer) {
+                    Some(held) if held.this_update >= c.this_update => {}
+                    _ => {
+                        by_issuer.insert(c.issuer.clone(), c.clone());
+                    }
+                }
+            }
+        }
+        for c in by_issuer.values() {
+            self.metrics.set_crl_next_update(
+                &c.issuer_name,
+                c.next_update
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            );
+        }
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(CrlSet { by_issuer });
+    }
+}
+
+/// An `http://host[:port]/path` URL (CRLs are signed: their integrity does not rest on TLS).
+#[derive(Debug)]
+struct HttpUrl {
+    authority: String,
+    host: String,
+    port: u16,
+    path_and_query: String,
+}
+
+impl HttpUrl {
+    fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err("only http:// URLs are supported (CRLs are signed)".into());
+        }
+        let authority = uri.authority().ok_or("no host")?;
+        Ok(Self {
+            authority: authority.as_str().to_owned(),
+            host: authority.host().to_owned(),
+            port: authority.port_u16().unwrap_or(80),
+            path_and_query: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        })
+    }
+}
+
+/// GET `url` with the configured timeout per attempt and retries with doubling pauses.
+async fn fetch(url: &str, settings: &CrlSettings) -> Result<Vec<u8>, CrlError> {
+    let failed = |message: String| CrlError::Fetch {
+        url: url.to_owned(),
+        message,
+    };
+    let target = HttpUrl::parse(url).map_err(failed)?;
+    let mut pause = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        let result = tokio::time::timeout(settings.fetch_timeout, get(&target))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.fetch_timeout)));
+        match result {
+            Ok(body) => return Ok(body),
+            Err(message) if attempt >= settings.fetch_attempts => return Err(failed(message)),
+            Err(message) => {
+                tracing::debug!(url, attempt, error = %message, "CRL fetch failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn get(target: &HttpUrl) -> Result<Vec<u8>, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = http::Request::get(target.path_and_query.as_str())
+        .header(http::header::HOST, target.authority.as_str())
+        .header(http::header::USER_AGENT, "etjanstekort-gateway")
+        .body(Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP status {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_CRL_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        Ok(body.to_bytes().to_vec())
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// The `http://` CRL distribution points of a DER certificate.
+pub fn distribution_points(certificate: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    let Ok((_, cert)) = X509Certificate::from_der(certificate) else {
+        return Vec::new();
+    };
+    let mut urls = Vec::new();
+    for ext in cert.extensions() {
+        let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() else {
+            continue;
+        };
+        for point in points.iter() {
+            if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                for name in names {
+                    if let GeneralName::URI(uri) = name
+                        && uri.starts_with("http://")
+                    {
+                        urls.push((*uri).to_owned());
+                    }
+                }
+            }
+        }
+    }
+    urls
+}
+
+/// Reads the certificates of a PEM bundle (the configured CAs).
+pub fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devcerts::DevCa;
+
+    fn ca_der(ca: &DevCa) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca pem")
+    }
+
+    fn set(ca: &DevCa, crl_pem: &str) -> Result<Crl, CrlError> {
+        let trust = trusted_issuers(&[ca_der(ca)]);
+        let der = decode(crl_pem.as_bytes())?.remove(0);
+        verify(der, &trust, "test")
+    }
+
+    #[test]
+    fn a_crl_of_the_ca_is_believed_and_lists_its_serials() {
+        let ca = DevCa::generate("Test CA").expect("ca");
+        let now = SystemTime::now();
+        let pem = ca
+            .crl(
+                &[vec![0x01, 0x02], vec![0x80]],
+                now,
+                now + Duration::from_secs(3600),
+            )
+            .expect("crl");
+        let crl = set(&ca, &pem).expect("verifies");
+        assert!(crl.is_revoked(&[0x01, 0x02]));
+        // The DER sign byte of a serial with its top bit set does not matter.
+        assert!(crl.is_revoked(&[0x00, 0x80]));
+        assert!(!crl.is_revoked(&[0x03]));
+        assert!(!crl.is_stale(now, Duration::ZERO));
+        assert!(crl.is_stale(now + Duration::from_secs(3601), Duration::ZERO));
+        assert!(!crl.is_stale(now + Duration::from_secs(3601), Duration::from_secs(60)));
+        // DER is read as well as PEM.
+        let der = decode(pem.as_bytes()).expect("pem").remove(0);
+        let trust = trusted_issuers(&[ca_der(&ca)]);
+        assert!(verify(der, &trust, "der").is_ok());
+    }
+
+    #[test]
+    fn a_crl_signed_by_another_key_with_the_same_name_is_not_believed() {
+        let ca = DevCa::generate("Test CA").expect("ca");
+        let impostor = DevCa::generate("Test CA").expect("same name, other key");
+        let now = SystemTime::now();
+        let pem = impostor
+            .crl(&[], now, now + Duration::from_secs(3600))
+            .expect("crl");
+        assert!(matches!(set(&ca, &pem), Err(CrlError::BadSignature(_))));
+        let stranger = DevCa::generate("Other CA").expect("ca");
+        let pem = stranger
+            .crl(&[], now, now + Duration::from_secs(3600))
+            .expect("crl");
+        assert!(matches!(set(&ca, &pem), Err(CrlError::UnknownIssuer(_))));
+        assert!(matches!(set(&ca, "garbage"), Err(CrlError::Parse(_))));
+    }
+
+    #[test]
+    fn an_older_crl_does_not_replace_a_newer_one() {
+        let ca = DevCa::generate("Test CA").expect("ca");
+        let store = CrlStore::new(settings(), &[ca_der(&ca)], Arc::new(Metrics::new()));
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let source = Source::File("x".into());
+        let newer = ca.crl(&[], now, now + hour).expect("crl");
+        let older = ca.crl(&[vec![7]], now - hour, now + hour).expect("crl");
+        assert!(store.accept(&source, newer.as_bytes()).expect("newer"));
+        store.publish();
+        assert!(matches!(
+            store.accept(&source, older.as_bytes()),
+            Err(CrlError::Rollback(_))
+        ));
+        let issuer = store.snapshot().iter().next().expect("one").issuer.clone();
+        assert_eq!(
+            store.snapshot().freshness(&issuer, now, Duration::ZERO),
+            Freshness::Fresh
+        );
+        assert!(
+            !store
+                .snapshot()
+                .for_issuer(&issuer)
+                .expect("crl")
+                .is_revoked(&[7])
+        );
+    }
+
+    fn settings() -> CrlSettings {
+        CrlSettings {
+            files: vec![],
+            urls: vec![],
+            distribution_points: false,
+            refresh: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(5),
+            fetch_attempts: 1,
+            stale_grace: Duration::ZERO,
+            when_stale: Policy::Refuse,
+            without_crl: Policy::Refuse,
+        }
+    }
+
+    #[test]
+    fn only_plain_http_urls_are_accepted() {
+        let mut s = settings();
+        s.urls = vec!["http://crl.example.se:8080/ca.crl".into()];
+        assert!(s.validate().is_ok());
+        let u = HttpUrl::parse(&s.urls[0]).expect("url");
+        assert_eq!((u.host.as_str(), u.port), ("crl.example.se", 8080));
+        assert_eq!(u.path_and_query, "/ca.crl");
+        s.urls = vec!["ldap://crl.example.se/cn=x".into()];
+        assert!(s.validate().is_err());
+        s.urls = vec![];
+        s.fetch_attempts = 0;
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn distribution_points_are_read_from_certificates_and_learnt_within_a_bound() {
+        let ca = DevCa::generate("Test CA").expect("ca");
+        let cert = ca
+            .issue_client_with(
+                "c",
+                None,
+                &[
+                    "http://crl.example.se/ca.crl".into(),
+                    "ldap://crl.example.se/cn=ca".into(),
+                ],
+            )
+            .expect("cert");
+        let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(
+            distribution_points(der.as_ref()),
+            vec!["http://crl.example.se/ca.crl".to_owned()]
+        );
+        let store = CrlStore::new(settings(), &[ca_der(&ca)], Arc::new(Metrics::new()));
+        assert!(store.learn_url("http://crl.example.se/ca.crl"));
+        assert!(!store.learn_url("http://crl.example.se/ca.crl"), "known");
+        assert!(!store.learn_url("ldap://crl.example.se/cn=ca"), "not http");
+        for i in 1..MAX_LEARNT_URLS {
+            assert!(store.learn_url(&format!("http://crl.example.se/{i}.crl")));
+        }
+        assert!(!store.learn_url("http://crl.example.se/one-too-many.crl"));
+    }
+}

@@ -1,0 +1,782 @@
+//! Several gateways on one PostgreSQL database: news between replicas (a watcher on one follows
+//! what another commits, through a dropped connection; idle workers woken by another's commit),
+//! migrations that cannot race, `serve --no-migrate` (an old schema refused by name; a runtime
+//! role with only the documented grants), a drain that hands steps over at once, and three
+//! processes of which one is killed mid-flight.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use etjanstekort_gateway::api::pb;
+use etjanstekort_gateway::devcerts;
+use pb::deregistration_service_client::DeregistrationServiceClient;
+use pb::revocation_service_client::RevocationServiceClient;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use tonic::transport::Channel;
+
+use crate::admin::http_get;
+use crate::helpers::{Options, TestApp, TestDb, create, report, spawn_app_opts, unit_a};
+use crate::launcher::{Server, run};
+
+/// The grants docs/deployment.md gives the runtime role of a `serve --no-migrate` deployment
+/// (`{db}` and `{role}` filled in). Keep the two in step.
+const RUNTIME_GRANTS: &[&str] = &[
+    "GRANT CONNECT ON DATABASE {db} TO {role}",
+    "GRANT USAGE ON SCHEMA public TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
+];
+
+async fn replica(db: &TestDb, engine: bool, idle_poll: f64) -> TestApp {
+    spawn_app_opts(Options {
+        db: Some(db.url.clone()),
+        engine,
+        confirm_after: None,
+        idle_poll,
+        ..Options::default()
+    })
+    .await
+}
+
+async fn new_case(client: &mut DeregistrationServiceClient<Channel>, n: u32) -> String {
+    client
+        .create_deregistration(create(
+            &format!("replica-{n}"),
+            report(&unit_a(), "19121212-1212", &format!("77{n:05}")),
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .deregistration
+        .expect("case")
+        .id
+}
+
+async fn wait_state(client: &mut DeregistrationServiceClient<Channel>, id: &str, state: pb::State) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = client
+            .get_deregistration(pb::GetDeregistrationRequest { id: id.to_owned() })
+            .await
+            .expect("get")
+            .into_inner()
+            .deregistration
+            .expect("case")
+            .state;
+        if got == state as i32 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} stuck in {got}, waiting for {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn confirm(app: &TestApp, id: &str) {
+    RevocationServiceClient::new(app.channel("tjansteid").await)
+        .confirm_revocation(pb::ConfirmRevocationRequest {
+            deregistration_id: id.to_owned(),
+            revocation_reference: "TJID-42".into(),
+            revoke_time: None,
+        })
+        .await
+        .expect("confirm");
+}
+
+/// Reads the stream to its end (a case's watch ends with its terminal event): sequence numbers
+/// and the last state.
+async fn read_to_end(
+    stream: &mut tonic::Streaming<pb::WatchDeregistrationResponse>,
+    seqs: &mut Vec<i64>,
+) -> i32 {
+    let mut last = 0;
+    let read = async {
+        while let Some(m) = stream.message().await.expect("stream") {
+            let e = m.event.expect("event");
+            seqs.push(e.sequence);
+            last = e.state;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .unwrap_or_else(|_| panic!("the watch did not follow the case to its end: {seqs:?}"));
+    last
+}
+
+async fn admin_db(db: &TestDb) -> DatabaseConnection {
+    Database::connect(&db.url).await.expect("connect")
+}
+
+/// Terminates the backends listening for notifications in the test database (the replicas'
+/// relays) once there are `at_least` of them; returns how many were terminated.
+async fn cut_listeners(conn: &DatabaseConnection, at_least: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = conn
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND query LIKE 'LISTEN%'",
+            ))
+            .await
+            .expect("terminate");
+        if rows.len() >= at_least {
+            return rows.len();
+        }
+        assert!(Instant::now() < deadline, "the relays never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How the news is disturbed while A commits the rest of the saga.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    None,
+    /// Every listening connection cut just before.
+    Listeners,
+    /// Cut, and no new connection let in until A has finished: nothing A commits meanwhile is
+    /// announced to anyone; B's watcher learns of it only by resyncing when it listens again.
+    UntilFinished,
+}
+
+/// Replica A does the work, replica B (API only) serves the watcher: B's stream shows every
+/// event A commits, live, once and in order, to the end.
+async fn watch_across_replicas(cut: Cut) {
+    let db = TestDb::postgres().await;
+    let a = replica(&db, true, 0.05).await;
+    let b = replica(&db, false, 0.05).await;
+    let mut on_a = a.provider("provider-a").await;
+    let id = new_case(&mut on_a, 1).await;
+    wait_state(&mut on_a, &id, pb::State::RevocationRequested).await;
+    let mut stream = b
+        .provider("provider-a")
+        .await
+        .watch_deregistration(pb::WatchDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("watch on B")
+        .into_inner();
+    let admin = admin_db(&db).await;
+    // The database's own setting is changed from another database.
+    let server = Database::connect(std::env::var("ETK_TEST_POSTGRES_URL").expect("set"))
+        .await
+        .expect("connect");
+    let allow = |yes: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {yes}", db.name);
+    if cut == Cut::UntilFinished {
+        // The replicas keep the connections they have; no new one is let in.
+        server
+            .execute_unprepared(&allow(false))
+            .await
+            .expect("lock out");
+    }
+    if cut != Cut::None {
+        assert!(cut_listeners(&admin, 2).await >= 2);
+    }
+    // The rest of the saga happens on A after B's watcher subscribed.
+    confirm(&a, &id).await;
+    if cut == Cut::UntilFinished {
+        wait_state(&mut on_a, &id, pb::State::Completed).await;
+        server
+            .execute_unprepared(&allow(true))
+            .await
+            .expect("let in");
+    }
+    let mut seqs = Vec::new();
+    let last = read_to_end(&mut stream, &mut seqs).await;
+    assert_eq!(last, pb::State::Completed as i32, "{seqs:?}");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    assert_eq!(seqs.len(), 7, "{seqs:?}");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn a_watcher_on_one_replica_follows_a_case_another_replica_works() {
+    watch_across_replicas(Cut::None).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn the_news_survives_a_dropped_listening_connection() {
+    watch_across_replicas(Cut::Listeners).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn events_committed_while_a_replica_cannot_listen_reach_its_watcher_when_it_can() {
+    watch_across_replicas(Cut::UntilFinished).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn a_commit_on_one_replica_wakes_the_idle_workers_of_another() {
+    let db = TestDb::postgres().await;
+    // B's workers would sleep for a minute unless woken; A takes the report (API only).
+    let b = spawn_app_opts(Options {
+        db: Some(db.url.clone()),
+        engine: true,
+        confirm_after: Some(0.05),
+        idle_poll: 60.0,
+        ..Options::default()
+    })
+    .await;
+    let a = replica(&db, false, 0.05).await;
+    // Let B's workers find nothing and go to sleep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut on_a = a.provider("provider-a").await;
+    let id = new_case(&mut on_a, 2).await;
+    wait_state(&mut on_a, &id, pb::State::Completed).await;
+    drop(b);
+}
+
+fn env_db(url: &str) -> Vec<(&'static str, String)> {
+    vec![("ETK_DATABASE__URL", url.to_owned())]
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn two_migrate_runs_at_once_both_succeed_and_the_second_finds_nothing_to_do() {
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().expect("dir");
+    devcerts::ensure(dir.path()).expect("dev environment");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (dir, env) = (dir.path().to_owned(), env_db(&db.url));
+            std::thread::spawn(move || run(&dir, &["migrate"], &env))
+        })
+        .collect();
+    let outs: Vec<(bool, String)> = runs.into_iter().map(|r| r.join().expect("join")).collect();
+    for (ok, out) in &outs {
+        assert!(ok, "a concurrent migrate failed: {out}");
+    }
+    let applied = outs
+        .iter()
+        .filter(|(_, o)| o.contains("migrations applied"))
+        .count();
+    let idle = outs
+        .iter()
+        .filter(|(_, o)| o.contains("no migration to apply"))
+        .count();
+    assert_eq!((applied, idle), (1, 1), "{outs:?}");
+}
+
+/// The dev database with only the first `n` migrations applied.
+async fn partly_migrated(dir: &Path, n: u32) {
+    use migration::MigratorTrait;
+    let (paths, _) = devcerts::ensure(dir).expect("dev environment");
+    let url = format!("sqlite://{}?mode=rwc", paths.database.display());
+    let conn = Database::connect(&url).await.expect("sqlite");
+    migration::Migrator::up(&conn, Some(n))
+        .await
+        .expect("migrate");
+    conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn serve_without_migrating_refuses_an_older_schema_naming_what_is_missing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let names = {
+        use migration::MigratorTrait;
+        migration::Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let n = u32::try_from(names.len() - 1).expect("few");
+    partly_migrated(dir.path(), n).await;
+    let serve = ["serve", "--listen", "127.0.0.1:0"];
+    // The flag, and the setting.
+    for (args, env) in [
+        ([&serve[..], &["--no-migrate"]].concat(), vec![]),
+        (
+            serve.to_vec(),
+            vec![("ETK_DATABASE__MIGRATE", "false".to_owned())],
+        ),
+    ] {
+        let (ok, out) = run(dir.path(), &args, &env);
+        assert!(!ok, "started on an old schema: {out}");
+        let last = names.last().expect("a migration");
+        assert!(out.contains(last.as_str()), "{out}");
+        assert!(
+            !out.contains(names[names.len() - 2].as_str()),
+            "names an applied one: {out}"
+        );
+    }
+    // `migrate` applies the rest; then it starts.
+    let (ok, out) = run(dir.path(), &["migrate"], &[]);
+    assert!(ok && out.contains("migrations applied"), "{out}");
+    let server = Server::start_with(dir.path(), &["--no-migrate"], &[]);
+    server.terminate();
+}
+
+/// Drops the role everywhere it has privileges; best effort (a test's leftovers only).
+async fn drop_role(db: &TestDb, role: &str) {
+    if let Ok(conn) = Database::connect(&db.url).await {
+        let _ = conn
+            .execute_unprepared(&format!("DROP OWNED BY {role}"))
+            .await;
+        let _ = conn.execute_unprepared(&format!("DROP ROLE {role}")).await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn a_runtime_role_with_only_the_documented_grants_serves_without_migrating() {
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().expect("dir");
+    devcerts::ensure(dir.path()).expect("dev environment");
+    let (ok, out) = run(dir.path(), &["migrate"], &env_db(&db.url));
+    assert!(ok, "{out}");
+    let role = format!(
+        "etk_rt_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let admin = admin_db(&db).await;
+    admin
+        .execute_unprepared(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .expect("create role");
+    for g in RUNTIME_GRANTS {
+        admin
+            .execute_unprepared(&g.replace("{db}", &db.name).replace("{role}", &role))
+            .await
+            .expect("grant");
+    }
+    let (_, at) = db.url.split_once('@').expect("user@host in the test URL");
+    let url = format!("postgres://{role}@{at}");
+    // Migrating needs DDL rights, which the role lacks: the default mode is refused...
+    let (ok, out) = run(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0"],
+        &env_db(&url),
+    );
+    assert!(!ok, "the runtime role could migrate: {out}");
+    // ...and without migrating it runs a case to its end.
+    let mut env = env_db(&url);
+    env.push(("ETK_TJANSTEID__CONFIRM_AFTER", "100ms".to_owned()));
+    env.push(("ETK_ENGINE__IDLE_POLL", "50ms".to_owned()));
+    env.push(("ETK_ENGINE__TIMERS__POLL_INTERVAL", "50ms".to_owned()));
+    let server = Server::start_with(dir.path(), &["--no-migrate"], &env);
+    let mut client =
+        DeregistrationServiceClient::new(server.channel(dir.path(), "provider-a").await);
+    let id = new_case(&mut client, 3).await;
+    wait_state(&mut client, &id, pb::State::Completed).await;
+    let out = server.terminate();
+    assert!(!out.contains("permission denied"), "{out}");
+    drop_role(&db, &role).await;
+}
+
+fn replica_env(
+    db: &TestDb,
+    journal: &Path,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("ETK_DATABASE__URL", db.url.clone()),
+        ("ETK_SIMULATED__JOURNAL", journal.display().to_string()),
+        ("ETK_ENGINE__IDLE_POLL", "100ms".to_owned()),
+        ("ETK_ENGINE__TIMERS__POLL_INTERVAL", "100ms".to_owned()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            sql,
+        ))
+        .await
+        .expect("query")
+        .expect("a row");
+    row.try_get_by_index::<i64>(0).expect("a count")
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn sigterm_drains_not_ready_first_and_hands_held_steps_over_at_once() {
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let journal = dir.path().join("journal.log");
+    // A's steps take far longer than its grace; their lease is far longer still.
+    let a = Server::start(
+        dir.path(),
+        &replica_env(
+            &db,
+            &journal,
+            &[
+                ("ETK_SIMULATED__LATENCY", "30s"),
+                ("ETK_ENGINE__LEASE", "120s"),
+                ("ETK_SERVER__SHUTDOWN_GRACE", "2s"),
+                ("ETK_TJANSTEID__CONFIRM_AFTER", "100ms"),
+            ],
+        ),
+    );
+    let admin = a.admin_addr();
+    let mut client = DeregistrationServiceClient::new(a.channel(dir.path(), "provider-a").await);
+    let id = new_case(&mut client, 4).await;
+    let conn = admin_db(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(
+        &conn,
+        "SELECT count(*) FROM effects WHERE lease_owner IS NOT NULL",
+    )
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "A never claimed the first steps");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B, fast; A's leases block it, and its idle workers look again only after a minute
+    // unless woken (A's release wakes them).
+    let b = Server::start(
+        dir.path(),
+        &replica_env(
+            &db,
+            &journal,
+            &[
+                ("ETK_TJANSTEID__CONFIRM_AFTER", "100ms"),
+                ("ETK_ENGINE__IDLE_POLL", "60s"),
+            ],
+        ),
+    );
+    let sent = Instant::now();
+    let mut a = a;
+    a.sigterm();
+    // Not ready during the drain.
+    let mut saw_503 = false;
+    while !a.exited() && sent.elapsed() < Duration::from_secs(10) {
+        let answer = tokio::time::timeout(Duration::from_secs(1), http_get(admin, "/readyz")).await;
+        if matches!(answer, Ok((503, _, _))) {
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_503, "/readyz never said 503 during the drain");
+    let out = a.terminate();
+    // B takes the steps over long before A's leases (or B's idle poll) would have run out.
+    let mut on_b = DeregistrationServiceClient::new(b.channel(dir.path(), "provider-a").await);
+    wait_state(&mut on_b, &id, pb::State::Completed).await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(60),
+        "waited for the lease"
+    );
+    assert!(
+        out.contains("released the leases of unfinished steps"),
+        "{out}"
+    );
+    b.terminate();
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().expect("dir");
+    devcerts::ensure(dir.path()).expect("dev environment");
+    let (ok, out) = run(dir.path(), &["migrate"], &env_db(&db.url));
+    assert!(ok, "{out}");
+    let journal = dir.path().join("journal.log");
+    let env = replica_env(
+        &db,
+        &journal,
+        &[
+            ("ETK_TJANSTEID__CONFIRM_AFTER", "300ms"),
+            ("ETK_SIMULATED__LATENCY", "30ms"),
+            ("ETK_ENGINE__LEASE", "2s"),
+            ("ETK_ENGINE__BATCH_SIZE", "4"),
+        ],
+    );
+    let servers: Vec<Server> = (0..3).map(|_| Server::start(dir.path(), &env)).collect();
+    const CASES: u32 = 45;
+    let mut ids = BTreeSet::new();
+    for i in 0..CASES {
+        // Reports spread over the three replicas.
+        let s = &servers[(i % 3) as usize];
+        let mut c = DeregistrationServiceClient::new(s.channel(dir.path(), "provider-a").await);
+        ids.insert(new_case(&mut c, 100 + i).await);
+    }
+    // Once the work is under way, the first replica dies without a word.
+    let conn = admin_db(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &conn,
+        "SELECT count(*) FROM cases WHERE state = 'completed'",
+    )
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no case completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut servers = servers.into_iter();
+    servers.next().expect("first").kill9();
+    let rest: Vec<Server> = servers.collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let open = count(
+            &conn,
+            "SELECT count(*) FROM cases WHERE state <> 'completed'",
+        )
+        .await;
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} cases did not complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM cases").await,
+        i64::from(CASES)
+    );
+    // Every side effect under its one key, whichever replica ran it (and however often).
+    let entries: Vec<(String, String)> = std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    for id in &ids {
+        let keys = |kind: &str| -> BTreeSet<String> {
+            entries
+                .iter()
+                .filter(|(k, v)| k == kind && v.starts_with(id.as_str()))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(keys("report"), BTreeSet::from([format!("{id}:report")]));
+        assert_eq!(
+            keys("remove_kiv"),
+            BTreeSet::from([format!("{id}:remove_kiv")])
+        );
+        assert_eq!(
+            keys("notify"),
+            BTreeSet::from([format!("{id}:notify_head"), format!("{id}:notify_holder")])
+        );
+    }
+    for s in rest {
+        s.terminate();
+    }
+}
+
+/// A valid personnummer per `i` (distinct birth dates in 1980, so distinct KIV persons).
+fn personnummer(i: u32) -> String {
+    let (month, day) = (1 + i / 28, 1 + i % 28);
+    let body = format!("80{month:02}{day:02}123");
+    let sum: u32 = body
+        .chars()
+        .enumerate()
+        .map(|(n, c)| {
+            let d = c.to_digit(10).expect("digit") * if n % 2 == 0 { 2 } else { 1 };
+            d / 10 + d % 10
+        })
+        .sum();
+    let check = (10 - sum % 10) % 10;
+    format!("19{}-{}{check}", &body[..6], &body[6..])
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(etk_postgres, etk_real_servers)),
+    ignore = "needs PostgreSQL, slapd and aiosmtpd: set ETK_TEST_POSTGRES_URL and ETK_REQUIRE_REAL_SERVERS=1"
+)]
+async fn three_replicas_on_real_registries_one_killed_every_effect_under_one_key() {
+    use crate::real::{KivWorld, ldap_kiv, unit};
+    use crate::servers::{LDAP_ADMIN, LDAP_PASSWORD, Slapd, SmtpServer};
+    use etjanstekort_gateway::connectors::Kiv;
+    use etjanstekort_gateway::connectors::ldap::Removal;
+    use etjanstekort_gateway::domain::Personnummer;
+
+    let slapd = Slapd::start();
+    let mail = SmtpServer::start();
+    let smtp_ca = mail.dir.path().join("ca.pem");
+    std::fs::write(&smtp_ca, &mail.ca_pem).expect("write the CA");
+    const CASES: u32 = 24;
+    let today = etjanstekort_gateway::clock::now().utc_date();
+    let people: Vec<Personnummer> = (0..CASES)
+        .map(|i| Personnummer::parse(&personnummer(i), today).expect("valid"))
+        .collect();
+    for p in &people {
+        slapd.employ(p, &unit()).await;
+    }
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().expect("dir");
+    devcerts::ensure(dir.path()).expect("dev environment");
+    let (ok, out) = run(dir.path(), &["migrate"], &env_db(&db.url));
+    assert!(ok, "{out}");
+    let s = |v: &str| v.to_owned();
+    let env: Vec<(&str, String)> = vec![
+        ("ETK_DATABASE__URL", db.url.clone()),
+        ("ETK_ENGINE__IDLE_POLL", s("100ms")),
+        ("ETK_ENGINE__LEASE", s("3s")),
+        ("ETK_ENGINE__BATCH_SIZE", s("4")),
+        ("ETK_KIV__KIND", s("ldap")),
+        ("ETK_KIV__URL", slapd.url()),
+        ("ETK_KIV__BASE_DN", s("ou=Personal,o=VGR")),
+        ("ETK_KIV__OBJECT_CLASS", s("vgrAnstallning")),
+        ("ETK_KIV__BIND__DN", s(LDAP_ADMIN)),
+        ("ETK_KIV__BIND__PASSWORD", s(LDAP_PASSWORD)),
+        (
+            "ETK_KIV__CA_FILE",
+            slapd.dir.path().join("ca.pem").display().to_string(),
+        ),
+        ("ETK_KIV__TIMEOUT", s("2s")),
+        ("ETK_TJANSTEID__KIND", s("smtp")),
+        ("ETK_TJANSTEID__SERVICE_DESK", s("tjansteid@desk.test")),
+        ("ETK_NOTIFIER__KIND", s("smtp")),
+        ("ETK_SMTP__HOST", s("127.0.0.1")),
+        ("ETK_SMTP__PORT", mail.port.to_string()),
+        (
+            "ETK_SMTP__FROM",
+            s("eTjänstekort-gateway <noreply@gateway.test>"),
+        ),
+        ("ETK_SMTP__CA_FILE", smtp_ca.display().to_string()),
+        ("ETK_SMTP__HELLO_NAME", s("gateway.test")),
+        ("ETK_SMTP__TIMEOUT", s("2s")),
+    ];
+    let servers: Vec<Server> = (0..3).map(|_| Server::start(dir.path(), &env)).collect();
+    let mut ids = Vec::new();
+    for (i, p) in people.iter().enumerate() {
+        let s = &servers[i % 3];
+        let mut c = DeregistrationServiceClient::new(s.channel(dir.path(), "provider-a").await);
+        let id = c
+            .create_deregistration(create(
+                &format!("real-{i}"),
+                report(&unit_a(), &p.expose_digits(), &format!("66{i:05}")),
+            ))
+            .await
+            .expect("create")
+            .into_inner()
+            .deregistration
+            .expect("case")
+            .id;
+        ids.push(id);
+    }
+    // The desk confirms each report as it arrives (through the second replica); the first
+    // replica dies once the work after the confirmations is under way.
+    let conn = admin_db(&db).await;
+    let desk = servers[1].channel(dir.path(), "tjansteid").await;
+    let mut confirmed = BTreeSet::new();
+    let mut killed = None;
+    let mut servers: Vec<Option<Server>> = servers.into_iter().map(Some).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut on_b = DeregistrationServiceClient::new(
+            servers[1]
+                .as_ref()
+                .expect("up")
+                .channel(dir.path(), "provider-a")
+                .await,
+        );
+        let mut open = 0;
+        for id in &ids {
+            let state = on_b
+                .get_deregistration(pb::GetDeregistrationRequest { id: id.clone() })
+                .await
+                .expect("get")
+                .into_inner()
+                .deregistration
+                .expect("case")
+                .state;
+            if state == pb::State::RevocationRequested as i32 && confirmed.insert(id.clone()) {
+                RevocationServiceClient::new(desk.clone())
+                    .confirm_revocation(pb::ConfirmRevocationRequest {
+                        deregistration_id: id.clone(),
+                        revocation_reference: "TJID-7".into(),
+                        revoke_time: None,
+                    })
+                    .await
+                    .expect("confirm");
+            }
+            if state != pb::State::Completed as i32 {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        let completed = count(
+            &conn,
+            "SELECT count(*) FROM cases WHERE state = 'completed'",
+        )
+        .await;
+        if killed.is_none() && completed > 0 {
+            servers[0].take().expect("up").kill9();
+            killed = Some(completed);
+        }
+        assert!(Instant::now() < deadline, "{open} cases did not complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = killed.expect("a replica was killed");
+    assert!(
+        killed < i64::from(CASES),
+        "the kill came too late to mean anything"
+    );
+
+    // Every message under its one key: the report and the two notices per case, whichever
+    // replica sent them (a re-run after the kill re-sends under the same Message-ID).
+    let message_ids: Vec<String> = mail
+        .messages()
+        .iter()
+        .filter_map(|m| {
+            m.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("message-id")
+                    .then(|| value.trim().to_owned())
+            })
+        })
+        .collect();
+    for id in &ids {
+        let keys: BTreeSet<&str> = message_ids
+            .iter()
+            .filter(|m| m.starts_with(&format!("<{id}.")))
+            .map(String::as_str)
+            .collect();
+        let expected: BTreeSet<String> = ["report", "notify_head", "notify_holder"]
+            .iter()
+            .map(|step| format!("<{id}.{step}@gateway.test>"))
+            .collect();
+        assert_eq!(
+            keys,
+            expected.iter().map(String::as_str).collect::<BTreeSet<_>>()
+        );
+    }
+    // And every employment is gone from the directory.
+    let kiv = ldap_kiv(&slapd, Removal::Delete);
+    for p in &people {
+        assert!(kiv.lookup(p, &unit()).await.expect("lookup").is_none());
+    }
+    for s in servers.into_iter().flatten() {
+        s.terminate();
+    }
+}

@@ -77,6 +77,10 @@ pub enum AuthError {
     NoHsaId,
     #[error("the client certificate (serial number {serial}) is revoked by its CA")]
     Revoked { serial: String },
+    #[error(
+        "the revocation status of the client certificate (serial number {serial}) cannot be established: its CA's CRL is stale or missing"
+    )]
+    RevocationUnknown { serial: String },
     #[error("principal {0} is not granted access")]
     UnknownPrincipal(HsaId),
     #[error("principal {principal} has role {has} but this call requires role {needs}")]

@@ -290,6 +290,40 @@ pub enum Freshness {
     Missing,
 }
 
+/// Why `CrlSet::check_certificate` refuses a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// On its issuer's CRL.
+    Revoked,
+    /// Its issuer's CRL is past `nextUpdate` + grace and `when_stale` is `refuse`.
+    Stale,
+    /// No CRL of its issuer is held and `without_crl` is `refuse`.
+    Missing,
+    /// Not a certificate that parses (the handshake would not have accepted it).
+    Unreadable,
+}
+
+impl RefusalReason {
+    /// The `reason` label of `etk_client_certificates_refused_total`, as at the handshake.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Stale => "crl_stale",
+            Self::Missing => "no_crl",
+            Self::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// A refused certificate: why, and its serial number and issuer for the log (never its
+/// subject, which names the holder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRefusal {
+    pub reason: RefusalReason,
+    pub serial: String,
+    pub issuer: String,
+}
+
 /// A snapshot: the newest trusted CRL of each issuer.
 #[derive(Debug, Default)]
 pub struct CrlSet {
@@ -325,6 +359,41 @@ impl CrlSet {
         let crl = self.for_issuer(cert.issuer().as_raw())?;
         crl.is_revoked(cert.raw_serial())
             .then(|| (cert.raw_serial_as_string(), cert.issuer().to_string()))
+    }
+
+    /// The verdict on one call's client certificate under `settings`: revoked, or its issuer's
+    /// CRL stale or missing where the policy refuses that. The same rules the handshake
+    /// applies, for connections that stay open while a CRL changes or ages.
+    pub fn check_certificate(
+        &self,
+        certificate: &[u8],
+        now: SystemTime,
+        settings: &CrlSettings,
+    ) -> Result<(), CertificateRefusal> {
+        let Ok((_, cert)) = X509Certificate::from_der(certificate) else {
+            return Err(CertificateRefusal {
+                reason: RefusalReason::Unreadable,
+                serial: "?".into(),
+                issuer: "?".into(),
+            });
+        };
+        let issuer = cert.issuer().as_raw();
+        let reason = match self.for_issuer(issuer) {
+            Some(crl) if crl.is_revoked(cert.raw_serial()) => RefusalReason::Revoked,
+            Some(crl)
+                if crl.is_stale(now, settings.stale_grace)
+                    && settings.when_stale == Policy::Refuse =>
+            {
+                RefusalReason::Stale
+            }
+            None if settings.without_crl == Policy::Refuse => RefusalReason::Missing,
+            _ => return Ok(()),
+        };
+        Err(CertificateRefusal {
+            reason,
+            serial: cert.raw_serial_as_string(),
+            issuer: cert.issuer().to_string(),
+        })
     }
 
     pub fn freshness(&self, issuer: &[u8], now: SystemTime, grace: Duration) -> Freshness {
@@ -804,6 +873,68 @@ mod tests {
         let trust = trusted_issuers(&[ca_der(ca)]);
         let der = decode(crl_pem.as_bytes())?.remove(0);
         verify(der, &trust, "test")
+    }
+
+    fn policy(when_stale: Policy, without_crl: Policy) -> CrlSettings {
+        CrlSettings {
+            files: vec![],
+            urls: vec![],
+            distribution_points: false,
+            refresh: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(5),
+            fetch_attempts: 1,
+            stale_grace: Duration::from_secs(60),
+            when_stale,
+            without_crl,
+        }
+    }
+
+    #[test]
+    fn a_calls_certificate_is_judged_by_its_issuers_crl_and_the_policies() {
+        let ca = DevCa::generate("Test CA").expect("ca");
+        let held = ca.issue_client("held", None).expect("issue");
+        let der = CertificateDer::from_pem_slice(held.cert_pem.as_bytes()).expect("pem");
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).expect("cert");
+        let serial = cert.raw_serial().to_vec();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let with = |revoked: &[Vec<u8>]| {
+            let crl = set(&ca, &ca.crl(revoked, now, now + hour).expect("crl")).expect("crl");
+            CrlSet {
+                by_issuer: HashMap::from([(crl.issuer.clone(), Arc::new(crl))]),
+            }
+        };
+        let strict = policy(Policy::Refuse, Policy::Refuse);
+        let lenient = policy(Policy::Accept, Policy::Accept);
+        let reason = |set: &CrlSet, at: SystemTime, p: &CrlSettings| {
+            set.check_certificate(der.as_ref(), at, p)
+                .map_err(|r| r.reason)
+        };
+        assert_eq!(reason(&with(&[]), now, &strict), Ok(()));
+        let refused = with(std::slice::from_ref(&serial))
+            .check_certificate(der.as_ref(), now, &lenient)
+            .expect_err("revoked whatever the policy");
+        assert_eq!(refused.reason, RefusalReason::Revoked);
+        assert_eq!(refused.serial, cert.raw_serial_as_string());
+        assert!(refused.issuer.contains("Test CA"), "{}", refused.issuer);
+        // Past nextUpdate + grace: refused unless the policy accepts a stale list.
+        let late = now + hour + Duration::from_secs(61);
+        assert_eq!(reason(&with(&[]), late, &strict), Err(RefusalReason::Stale));
+        assert_eq!(reason(&with(&[]), late, &lenient), Ok(()));
+        // Within the grace: fresh.
+        assert_eq!(
+            reason(&with(&[]), now + hour + Duration::from_secs(59), &strict),
+            Ok(())
+        );
+        // No list of the issuer at all.
+        let none = CrlSet::default();
+        assert_eq!(reason(&none, now, &strict), Err(RefusalReason::Missing));
+        assert_eq!(reason(&none, now, &lenient), Ok(()));
+        assert_eq!(
+            none.check_certificate(b"not a certificate", now, &lenient)
+                .map_err(|r| r.reason),
+            Err(RefusalReason::Unreadable)
+        );
     }
 
     #[test]

@@ -263,7 +263,9 @@ impl App {
             &config.auth.principals_file,
         )?));
         let (tls, crls) = build_tls(&config, &metrics).await?;
-        let mut auth_layer = AuthLayer::new(principals.clone());
+        let rate_limiter = Arc::new(RateLimiter::new(config.limits.clone()));
+        let mut auth_layer = AuthLayer::new(principals.clone())
+            .with_rate_limit(rate_limiter.clone(), metrics.clone());
         if let Some(crls) = &crls {
             auth_layer = auth_layer.with_revocation(crls.clone(), metrics.clone());
         }
@@ -367,7 +369,6 @@ impl App {
         // so it comes after, and before any handler or database work.
         // The outcome hook is where RPC metrics attach.
         // TLS is ours (`tls::incoming`): its configuration is swapped on reload.
-        let rate_limiter = Arc::new(RateLimiter::new(config.limits.clone()));
         let s = &config.server;
         let router = Server::builder()
             .concurrency_limit_per_connection(s.concurrency_per_connection)

@@ -28,6 +28,7 @@ pub enum Reason {
     NoHsaIdInCertificate,
     UnknownPrincipal,
     CertificateRevoked,
+    RevocationStatusUnknown,
     RoleRequired,
     UnitNotGranted,
     CaseNotFound,
@@ -61,9 +62,10 @@ impl Reason {
         use Reason as R;
         match self {
             R::ValidationFailed => Code::InvalidArgument,
-            R::CertificateRequired | R::NoHsaIdInCertificate | R::CertificateRevoked => {
-                Code::Unauthenticated
-            }
+            R::CertificateRequired
+            | R::NoHsaIdInCertificate
+            | R::CertificateRevoked
+            | R::RevocationStatusUnknown => Code::Unauthenticated,
             R::UnknownPrincipal | R::RoleRequired | R::UnitNotGranted => Code::PermissionDenied,
             R::CaseNotFound => Code::NotFound,
             R::DuplicateRequestId | R::CardHasActiveCase => Code::AlreadyExists,
@@ -105,6 +107,7 @@ impl From<&AuthError> for Reason {
             AuthError::UnknownPrincipal(_) => Reason::UnknownPrincipal,
             AuthError::WrongRole { .. } => Reason::RoleRequired,
             AuthError::Revoked { .. } => Reason::CertificateRevoked,
+            AuthError::RevocationUnknown { .. } => Reason::RevocationStatusUnknown,
         }
     }
 }

@@ -7,17 +7,23 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::api::pb;
 use crate::auth::{AuthError, Principals, Role};
-use crate::crl::CrlStore;
+use crate::crl::{CrlStore, RefusalReason};
 use crate::metrics::Metrics;
+use crate::rpc::limit::{self, RateLimiter};
 
 /// The role each API service requires. Health and reflection need only the client
-/// certificate that mutual TLS has already verified; unknown paths end in UNIMPLEMENTED.
+/// certificate that mutual TLS has already verified (still checked against the CRLs, and
+/// limited per certificate); unknown paths end in UNIMPLEMENTED.
 fn required_role(path: &str) -> Option<Role> {
     let service = path.strip_prefix('/')?.split('/').next()?;
     match service {
@@ -51,6 +57,7 @@ pub fn denial(e: &AuthError) -> tonic::Status {
 pub struct AuthLayer {
     auth: Arc<Principals>,
     revocation: Option<Revocation>,
+    limit: Option<(Arc<RateLimiter>, Arc<Metrics>)>,
 }
 
 /// The CRLs in force, consulted on every call: a certificate revoked while its connection is
@@ -66,7 +73,14 @@ impl AuthLayer {
         Self {
             auth,
             revocation: None,
+            limit: None,
         }
+    }
+
+    /// Limits calls that carry no principal (health, reflection, denials) per certificate.
+    pub fn with_rate_limit(mut self, limiter: Arc<RateLimiter>, metrics: Arc<Metrics>) -> Self {
+        self.limit = Some((limiter, metrics));
+        self
     }
 
     /// Checks each call's client certificate against `crls` as well.
@@ -84,6 +98,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
             inner,
             auth: self.auth.clone(),
             revocation: self.revocation.clone(),
+            limit: self.limit.clone(),
         }
     }
 }
@@ -93,6 +108,7 @@ pub struct AuthService<S> {
     inner: S,
     auth: Arc<Principals>,
     revocation: Option<Revocation>,
+    limit: Option<(Arc<RateLimiter>, Arc<Metrics>)>,
 }
 
 impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
@@ -115,36 +131,68 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let Some(needs) = required_role(req.uri().path()) else {
-            return Box::pin(self.inner.call(req));
-        };
+        let needs = required_role(req.uri().path());
         let certs = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
         let leaf = certs.as_deref().and_then(|c| c.first());
-        if let (Some(r), Some(leaf)) = (&self.revocation, leaf)
-            && let Some((serial, issuer)) = r.crls.snapshot().revocation_of(leaf.as_ref())
-        {
-            tracing::warn!(serial = %serial, issuer = %issuer,
-                "request denied: the client certificate has been revoked");
-            r.metrics.client_certificate_refused("revoked");
-            let e = AuthError::Revoked { serial };
-            return Box::pin(std::future::ready(Ok(denial(&e).into_http())));
-        }
+        // Every call with a certificate, health and reflection included, against the CRLs in
+        // force now and their freshness: a certificate revoked (or whose CRL went stale) while
+        // its connection is open is refused on its next call, not only at its next handshake.
+        let revoked = match (&self.revocation, leaf) {
+            (Some(r), Some(leaf)) => r
+                .crls
+                .snapshot()
+                .check_certificate(leaf.as_ref(), SystemTime::now(), r.crls.settings())
+                .err()
+                .map(|refusal| (refusal, r.metrics.clone())),
+            _ => None,
+        };
         // The principals in force now: a reload applies to the very next call.
         let principals = self.auth.current();
-        match principals.authorize(certs.as_deref().map(Vec::as_slice), needs) {
-            Ok(principal) => {
+        let verdict = match (&revoked, needs) {
+            (Some((refusal, _)), _) => Err(match refusal.reason {
+                RefusalReason::Revoked => AuthError::Revoked {
+                    serial: refusal.serial.clone(),
+                },
+                _ => AuthError::RevocationUnknown {
+                    serial: refusal.serial.clone(),
+                },
+            }),
+            (None, Some(needs)) => principals
+                .authorize(certs.as_deref().map(Vec::as_slice), needs)
+                .map(Some),
+            // Health and reflection: any verified certificate.
+            (None, None) => Ok(None),
+        };
+        // Calls without a principal spend their certificate's bucket, before any log line.
+        if !matches!(verdict, Ok(Some(_)))
+            && let Some((limiter, metrics)) = &self.limit
+            && let Err(wait) = limiter.check_certificate(&certificate_key(leaf), Instant::now())
+        {
+            metrics.rate_limited(limit::CERTIFICATE);
+            return limit::refusal(wait, limiter.refusal_delay());
+        }
+        match verdict {
+            Ok(Some(principal)) => {
                 // The RPC span (current here) names the caller: an HSA-id, not personal data.
                 tracing::Span::current().record("principal", principal.hsa_id.as_str());
                 req.extensions_mut().insert(principal.clone());
                 Box::pin(self.inner.call(req))
             }
+            Ok(None) => Box::pin(self.inner.call(req)),
             Err(e) => {
-                tracing::info!(reason = %e, "request denied");
+                if let Some((refusal, metrics)) = &revoked {
+                    tracing::warn!(serial = %refusal.serial, issuer = %refusal.issuer,
+                        reason = refusal.reason.label(),
+                        "request denied: the client certificate is revoked or its CRL is not usable");
+                    metrics.client_certificate_refused(refusal.reason.label());
+                } else {
+                    tracing::info!(reason = %e, "request denied");
+                }
                 // A browser gets a page (HTTP 403), a gRPC client its status.
-                let response = if is_console(req.uri().path()) {
+                let response = if revoked.is_none() && is_console(req.uri().path()) {
                     crate::console::forbidden()
                 } else {
                     denial(&e).into_http()
@@ -152,6 +200,23 @@ where
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
+    }
+}
+
+/// The key of a certificate's bucket: its issuer (raw DER) and serial number, which name one
+/// certificate; the whole certificate if it does not parse (the handshake admits none such).
+fn certificate_key(leaf: Option<&CertificateDer<'_>>) -> Vec<u8> {
+    let Some(leaf) = leaf else {
+        return Vec::new();
+    };
+    match X509Certificate::from_der(leaf.as_ref()) {
+        Ok((_, c)) => {
+            let mut key = c.issuer().as_raw().to_vec();
+            key.push(0);
+            key.extend_from_slice(c.raw_serial());
+            key
+        }
+        Err(_) => leaf.as_ref().to_vec(),
     }
 }
 

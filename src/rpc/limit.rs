@@ -4,10 +4,11 @@
 //! so one flooding caller spends only its own budget. The refusal itself is held back for
 //! `refusal_delay`: a caller that retries at once, over and over, gets a few refusals a second
 //! per stream rather than thousands, each costing the server a TLS record, a span and an
-//! answer. Buckets exist only for authenticated
-//! principals (the principals file's entries), so their number is bounded by that file.
-//! Health checks and reflection carry no principal and are not limited here (the per-connection
-//! limits bound them).
+//! answer. Principals' buckets are bounded by the principals file. Calls that carry no
+//! principal — health checks, reflection, and calls denied to a CA-signed certificate that is
+//! not (or no longer) a principal — are limited by `AuthLayer` through `check_certificate`: a
+//! bucket per client certificate (issuer and serial number) at the `certificate` rate, at most
+//! `certificate_buckets` of them (the least recently used goes first).
 //!
 //! The bucket is a few lines of arithmetic over a time the caller passes in, kept here rather
 //! than pulled in from a rate-limiting crate with its own clock and concurrent map.
@@ -49,6 +50,11 @@ pub struct LimitSettings {
     pub health_care_office: RateSettings,
     pub tjansteid_service: RateSettings,
     pub operator: RateSettings,
+    /// Calls without a principal (health, reflection, denied calls), per client certificate.
+    pub certificate: RateSettings,
+    /// The most certificates whose buckets are kept; beyond it the least recently used is
+    /// forgotten (a forgotten certificate starts again with a full bucket).
+    pub certificate_buckets: usize,
 }
 
 impl LimitSettings {
@@ -57,15 +63,15 @@ impl LimitSettings {
         if self.watch_streams_per_principal == 0 {
             problems.push("watch_streams_per_principal must be at least 1".to_owned());
         }
+        if self.certificate_buckets == 0 {
+            problems.push("certificate_buckets must be at least 1".to_owned());
+        }
         for (role, r) in self.rates() {
             if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
-                problems.push(format!(
-                    "{}.requests_per_second must be above 0",
-                    role.as_str()
-                ));
+                problems.push(format!("{role}.requests_per_second must be above 0"));
             }
             if r.burst == 0 {
-                problems.push(format!("{}.burst must be at least 1", role.as_str()));
+                problems.push(format!("{role}.burst must be at least 1"));
             }
         }
         if problems.is_empty() {
@@ -75,12 +81,13 @@ impl LimitSettings {
         }
     }
 
-    fn rates(&self) -> [(Role, RateSettings); 4] {
+    fn rates(&self) -> [(&'static str, RateSettings); 5] {
         [
-            (Role::CareProvider, self.care_provider),
-            (Role::HealthCareOffice, self.health_care_office),
-            (Role::TjansteidService, self.tjansteid_service),
-            (Role::Operator, self.operator),
+            (Role::CareProvider.as_str(), self.care_provider),
+            (Role::HealthCareOffice.as_str(), self.health_care_office),
+            (Role::TjansteidService.as_str(), self.tjansteid_service),
+            (Role::Operator.as_str(), self.operator),
+            (CERTIFICATE, self.certificate),
         ]
     }
 
@@ -126,11 +133,16 @@ impl Bucket {
     }
 }
 
-/// The buckets of every principal that has called, each at its role's rate.
+/// The `role` label of calls refused by a certificate's bucket (calls without a principal).
+pub const CERTIFICATE: &str = "certificate";
+
+/// The buckets of every principal that has called, each at its role's rate, and those of the
+/// certificates that called without a principal.
 #[derive(Debug)]
 pub struct RateLimiter {
     settings: LimitSettings,
     buckets: Mutex<HashMap<HsaId, Bucket>>,
+    certificates: Mutex<HashMap<Vec<u8>, Bucket>>,
 }
 
 impl RateLimiter {
@@ -138,7 +150,37 @@ impl RateLimiter {
         Self {
             settings,
             buckets: Mutex::new(HashMap::new()),
+            certificates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long a refusal is held back (`refusal_delay`).
+    pub fn refusal_delay(&self) -> Duration {
+        self.settings.refusal_delay
+    }
+
+    /// Admits one call without a principal from the certificate `key` (its issuer and serial
+    /// number) at `now`, or returns the wait. At most `certificate_buckets` are kept: when a
+    /// new certificate would exceed that, the least recently used bucket is forgotten.
+    pub fn check_certificate(&self, key: &[u8], now: Instant) -> Result<(), Duration> {
+        let rate = self.settings.certificate;
+        let mut buckets = self
+            .certificates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !buckets.contains_key(key) && buckets.len() >= self.settings.certificate_buckets {
+            let oldest = buckets
+                .iter()
+                .min_by_key(|(_, b)| b.at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                buckets.remove(&oldest);
+            }
+        }
+        buckets
+            .entry(key.to_vec())
+            .or_insert_with(|| Bucket::full(rate, now))
+            .take(rate, now)
     }
 
     /// Admits one call of `principal` at `now`, or returns the wait until it would be.
@@ -206,18 +248,27 @@ where
             if let Some(m) = &self.layer.metrics {
                 m.rate_limited(p.role.as_str());
             }
-            // The span already names the principal; no line per refused call (a flood would
-            // flood the log too): the counter tells.
-            tracing::debug!(retry_after_ms = wait.as_millis() as u64, "rate limited");
-            let status = crate::api::error::rate_limited(wait);
-            let delay = self.layer.limiter.settings.refusal_delay;
-            return Box::pin(async move {
-                tokio::time::sleep(delay).await;
-                Ok(status.into_http())
-            });
+            return refusal(wait, self.layer.limiter.refusal_delay());
         }
         Box::pin(self.inner.call(req))
     }
+}
+
+/// The answer to a call over its bucket: `RATE_LIMITED` with the wait, after `delay`. No log
+/// line above DEBUG (a flood would flood the log too): the counter tells.
+pub(crate) fn refusal(
+    wait: Duration,
+    delay: Duration,
+) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>> {
+    tracing::debug!(
+        retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "rate limited"
+    );
+    let status = crate::api::error::rate_limited(wait);
+    Box::pin(async move {
+        tokio::time::sleep(delay).await;
+        Ok(status.into_http())
+    })
 }
 
 #[cfg(test)]
@@ -239,6 +290,8 @@ mod tests {
             health_care_office: rate(1.0, 1),
             tjansteid_service: rate(1.0, 1),
             operator: rate(100.0, 100),
+            certificate: rate(1.0, 2),
+            certificate_buckets: 2,
         }
     }
 
@@ -293,11 +346,41 @@ mod tests {
     }
 
     #[test]
+    fn certificates_without_a_principal_spend_their_own_bounded_buckets() {
+        let limiter = RateLimiter::new(settings(rate(1.0, 1)));
+        let t0 = Instant::now();
+        limiter.check_certificate(b"ca/1", t0).expect("1");
+        limiter.check_certificate(b"ca/1", t0).expect("2");
+        let wait = limiter
+            .check_certificate(b"ca/1", t0)
+            .expect_err("the certificate's burst is used up");
+        assert_eq!(wait, Duration::from_secs(1));
+        // Another certificate has its own bucket.
+        let t1 = t0 + Duration::from_millis(10);
+        limiter.check_certificate(b"ca/2", t1).expect("own bucket");
+        // A third one exceeds the two kept: the least recently used (ca/1) is forgotten.
+        let t2 = t0 + Duration::from_millis(20);
+        limiter.check_certificate(b"ca/3", t2).expect("own bucket");
+        let kept = limiter.certificates.lock().expect("lock");
+        assert_eq!(kept.len(), 2, "bounded by certificate_buckets");
+        assert!(kept.contains_key(b"ca/2".as_slice()) && kept.contains_key(b"ca/3".as_slice()));
+        drop(kept);
+        // Principals' buckets are separate.
+        assert!(limiter.buckets.lock().expect("lock").is_empty());
+    }
+
+    #[test]
     fn settings_without_a_rate_or_burst_are_refused() {
         assert!(settings(rate(1.0, 1)).validate().is_ok());
         let e = settings(rate(0.0, 0)).validate().expect_err("refused");
         assert!(e.contains("care_provider.requests_per_second"), "{e}");
         assert!(e.contains("care_provider.burst"), "{e}");
         assert!(settings(rate(f64::NAN, 1)).validate().is_err());
+        let mut s = settings(rate(1.0, 1));
+        s.certificate = rate(1.0, 0);
+        s.certificate_buckets = 0;
+        let e = s.validate().expect_err("refused");
+        assert!(e.contains("certificate.burst"), "{e}");
+        assert!(e.contains("certificate_buckets"), "{e}");
     }
 }

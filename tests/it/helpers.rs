@@ -218,6 +218,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         &mut cfg.limits.health_care_office,
         &mut cfg.limits.tjansteid_service,
         &mut cfg.limits.operator,
+        &mut cfg.limits.certificate,
     ] {
         rate.requests_per_second = 1e6;
         rate.burst = 1_000_000;

@@ -175,13 +175,13 @@ async fn a_flooding_principal_is_rate_limited_while_another_is_served() {
             .await
             .expect("provider-b is served");
     }
-    // Health checks carry no principal and are not counted.
+    // Health checks carry no principal: they spend the certificate's own bucket instead.
     let mut health =
         tonic_health::pb::health_client::HealthClient::new(app.channel("provider-a").await);
     health
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
-        .expect("health is not rate limited");
+        .expect("health has its own bucket");
     wait_metric(
         &app,
         "etk_rate_limited_total{role=\"care_provider\"}",
@@ -212,4 +212,73 @@ async fn an_oversized_request_is_refused_with_resource_exhausted() {
         .await
         .expect_err("a 60 KiB name is no name");
     assert_eq!(reason(&judged), "VALIDATION_FAILED");
+}
+
+fn list() -> pb::ListDeregistrationsRequest {
+    pb::ListDeregistrationsRequest::default()
+}
+
+fn health_check() -> tonic_health::pb::HealthCheckRequest {
+    tonic_health::pb::HealthCheckRequest::default()
+}
+
+#[tokio::test]
+async fn health_reflection_and_denied_calls_spend_a_bucket_per_certificate() {
+    let app = app_with(|c| {
+        c.limits.refusal_delay = Duration::ZERO;
+        c.limits.certificate.requests_per_second = 0.01;
+        c.limits.certificate.burst = 3;
+    })
+    .await;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(app.channel("provider-a").await);
+    for _ in 0..3 {
+        health
+            .check(health_check())
+            .await
+            .expect("within the burst");
+    }
+    let limited = health.check(health_check()).await.expect_err("over it");
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    assert_eq!(reason(&limited), "RATE_LIMITED");
+    assert!(limited.get_details_retry_info().is_some());
+    // Reflection spends the same certificate's bucket.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request};
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let refused = ServerReflectionClient::new(app.channel("provider-a").await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect_err("the certificate's bucket is empty");
+    assert_eq!(reason(&refused), "RATE_LIMITED");
+    // The principal's own calls are not touched, nor another certificate's health checks.
+    app.provider("provider-a")
+        .await
+        .list_deregistrations(list())
+        .await
+        .expect("provider-a's principal bucket is its own");
+    tonic_health::pb::health_client::HealthClient::new(app.channel("provider-b").await)
+        .check(health_check())
+        .await
+        .expect("provider-b's certificate has its own bucket");
+
+    // A CA-signed certificate that is no principal: its denials are limited too.
+    let stranger = app.issue_from_server_ca(Some("SE1655999991-E000000000777"));
+    let mut s =
+        DeregistrationServiceClient::new(app.channel_with(Some(&stranger)).await.expect("tls"));
+    for _ in 0..3 {
+        let e = s.list_deregistrations(list()).await.expect_err("denied");
+        assert_eq!(reason(&e), "UNKNOWN_PRINCIPAL");
+    }
+    let e = s.list_deregistrations(list()).await.expect_err("limited");
+    assert_eq!(reason(&e), "RATE_LIMITED");
+    wait_metric(&app, "etk_rate_limited_total{role=\"certificate\"}", |v| {
+        v >= 3.0
+    })
+    .await;
 }

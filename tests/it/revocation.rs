@@ -443,3 +443,70 @@ async fn a_crl_file_that_does_not_verify_stops_the_start() {
     let e = e.to_string();
     assert!(e.contains("CRL file") && e.contains("signature"), "{e}");
 }
+
+#[tokio::test]
+async fn health_checks_on_an_open_connection_are_refused_once_the_certificate_is_revoked() {
+    let app = spawn_app().await;
+    let b = app.issued("provider-b");
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(app.channel("provider-b").await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("served before");
+    app.publish_crl(&[serial_of(&b.cert_pem)]);
+    eventually_served(&app, &b, false).await;
+    let e = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect_err("revoked on an open connection");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(reason(&e), "CERTIFICATE_REVOKED");
+}
+
+#[tokio::test]
+async fn an_open_connection_is_refused_once_its_issuers_crl_goes_stale() {
+    let app = spawn_app_opts(Options {
+        engine: false,
+        settings: vec![("tls.revocation.stale_grace", "0s".into())],
+        ..Options::default()
+    })
+    .await;
+    let mut open = app.provider("provider-a").await;
+    open.list_deregistrations(pb::ListDeregistrationsRequest::default())
+        .await
+        .expect("served while the CRL is fresh");
+    // A newer list of the dev CA whose nextUpdate is two seconds away.
+    let now = SystemTime::now();
+    let pem = app
+        .dev_ca()
+        .crl(
+            &[],
+            now + Duration::from_secs(1),
+            now + Duration::from_secs(2),
+        )
+        .expect("crl");
+    replace_file(&app.dir.path().join("certs/ca.crl.pem"), &pem);
+    let mut refused = None;
+    for _ in 0..200 {
+        match open
+            .list_deregistrations(pb::ListDeregistrationsRequest::default())
+            .await
+        {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the open connection's calls are refused once the CRL is stale");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert_eq!(reason(&e), "REVOCATION_STATUS_UNKNOWN");
+    wait_metric(
+        &app,
+        "etk_client_certificates_refused_total{reason=\"crl_stale\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+}

@@ -1,6 +1,7 @@
 //! Tower layers every gRPC call passes through, applied once in `startup`: `RpcLayer` (the
 //! RPC's root span continuing the caller's W3C trace, the request timeout, the final status,
-//! one "request finished" line and the outcome hook for metrics), `auth::AuthLayer`
+//! one "request finished" line — INFO, DEBUG for `RESOURCE_EXHAUSTED` — and the outcome hook
+//! for metrics), `auth::AuthLayer`
 //! (certificate → principal in the request extensions), `size::RequestSizeLayer` (the request
 //! size limit's answer) and `limit::RateLimitLayer` (per-principal rate). Handlers only
 //! convert, call, convert.
@@ -148,11 +149,14 @@ impl Drop for Completion {
             self.span.record("otel.status_code", "error");
         }
         let _entered = self.span.enter();
-        tracing::info!(
-            code = ?code,
-            duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            "request finished"
-        );
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        // Refusals of the limits come in floods when a caller floods: DEBUG only (the metrics
+        // still count each one).
+        if code == Code::ResourceExhausted {
+            tracing::debug!(code = ?code, duration_ms, "request finished");
+        } else {
+            tracing::info!(code = ?code, duration_ms, "request finished");
+        }
         (self.hook)(&RpcOutcome {
             service: self.name.service,
             method: self.name.method,

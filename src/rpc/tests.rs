@@ -180,3 +180,49 @@ fn the_callers_grpc_timeout_is_read() {
     }
     assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
 }
+
+/// The levels of the "request finished" lines logged while it is the default subscriber.
+#[derive(Clone, Default)]
+struct Finished(Arc<Mutex<Vec<tracing::Level>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Finished {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}") == "request finished";
+                }
+            }
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        if m.0 {
+            self.0.lock().expect("lock").push(*event.metadata().level());
+        }
+    }
+}
+
+#[tokio::test]
+async fn refusals_of_the_limits_finish_at_debug_others_at_info() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let finished = Finished::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(finished.clone()));
+    for status in [
+        crate::api::error::rate_limited(Duration::from_secs(1)),
+        tonic::Status::not_found("no such case"),
+    ] {
+        let seen = run(
+            Arc::new(move || Some(status.clone().into_http())),
+            Duration::from_secs(5),
+            true,
+        )
+        .await;
+        assert_eq!(seen.len(), 1, "still counted: {seen:?}");
+    }
+    assert_eq!(
+        *finished.0.lock().expect("lock"),
+        [tracing::Level::DEBUG, tracing::Level::INFO]
+    );
+}

@@ -191,6 +191,7 @@ pub struct Metrics {
     audit_broken_cases: Gauge,
     audit_verifications: Counter,
     client_certificates_refused: Family<ReasonLabels, Counter>,
+    connections_refused: Family<ReasonLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     crl_updates: Family<CrlUpdateLabels, Counter>,
     crl_next_update: Family<IssuerLabels, Gauge>,
@@ -349,6 +350,12 @@ impl Metrics {
             "Client certificates refused for revocation (at the handshake, or on a call of a connection opened before), by reason (revoked, crl_stale, no_crl)",
             client_certificates_refused.clone(),
         );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed by a connection limit, by reason (max_connections, max_handshakes: closed when accepted; per_principal: closed after the handshake)",
+            connections_refused.clone(),
+        );
         let config_reloads = Family::default();
         registry.register(
             "config_reloads",
@@ -371,6 +378,7 @@ impl Metrics {
         Self {
             registry,
             client_certificates_refused,
+            connections_refused,
             config_reloads,
             crl_updates,
             crl_next_update,
@@ -503,6 +511,14 @@ impl Metrics {
     /// An early KIV removal was refused (FAILED_PRECONDITION).
     pub fn order_violation_refused(&self) {
         self.order_violations_refused.inc();
+    }
+
+    /// A connection was closed by a connection limit (`reason`: max_connections,
+    /// max_handshakes, per_principal).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// A client certificate was refused at the handshake for revocation (`reason`: revoked,

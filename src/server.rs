@@ -1,7 +1,8 @@
 //! Settings of the gRPC server itself: where it listens, its limits, its TLS identity and how
 //! often readiness is probed. `startup` builds the server from them. `idle` closes connections
-//! that send nothing.
+//! that send nothing; `caps` bounds how many there are.
 
+pub mod caps;
 pub mod idle;
 
 use std::net::SocketAddr;
@@ -45,6 +46,10 @@ pub struct ServerSettings {
     pub tls_handshake_timeout: Duration,
     /// Concurrent HTTP/2 streams (calls, watch streams included) one connection may open.
     pub max_concurrent_streams: u32,
+    /// Open connections at once; a TCP connection over it is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once; a TCP connection over it is closed at once.
+    pub max_handshakes: usize,
     /// Largest request message accepted; a larger one is refused with RESOURCE_EXHAUSTED.
     pub max_request_bytes: usize,
     /// How often the principals file, the TLS files and the CRL files are checked for changes
@@ -69,6 +74,9 @@ impl ServerSettings {
         }
         if self.max_concurrent_streams == 0 {
             problems.push("max_concurrent_streams must be at least 1");
+        }
+        if self.max_connections == 0 || self.max_handshakes == 0 {
+            problems.push("max_connections and max_handshakes must be at least 1");
         }
         if self.max_request_bytes < 1024 {
             problems.push("max_request_bytes must be at least 1024");
@@ -123,6 +131,8 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
+            max_connections: 10_000,
+            max_handshakes: 256,
             max_request_bytes: 65_536,
             reload_interval: Duration::from_secs(10),
         }
@@ -143,11 +153,13 @@ mod tests {
         let mut s = settings();
         s.tls_handshake_timeout = Duration::ZERO;
         s.max_concurrent_streams = 0;
+        s.max_connections = 0;
         s.max_request_bytes = 100;
         let e = s.validate().expect_err("refused");
         for key in [
             "tls_handshake_timeout",
             "max_concurrent_streams",
+            "max_connections",
             "max_request_bytes",
         ] {
             assert!(e.contains(key), "{key} not named in {e}");

@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
 use crate::reload::Reloader;
 use crate::rpc::{self, AuthLayer, RateLimitLayer, RateLimiter, RequestSizeLayer, RpcLayer};
+use crate::server::caps::ConnectionCaps;
 use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
 use crate::tls::TlsState;
 
@@ -203,6 +204,7 @@ pub struct App {
     idle_timeout: Option<Duration>,
     /// A TLS handshake not finished within this is dropped.
     handshake_timeout: Duration,
+    connection_caps: Arc<ConnectionCaps>,
     /// Brings other replicas' news (PostgreSQL); stopped with the app.
     relay: Option<Relay>,
     /// How often every audit chain is verified (zero: never).
@@ -370,6 +372,12 @@ impl App {
         // The outcome hook is where RPC metrics attach.
         // TLS is ours (`tls::incoming`): its configuration is swapped on reload.
         let s = &config.server;
+        let connection_caps = Arc::new(ConnectionCaps::new(
+            s.max_handshakes,
+            s.max_connections,
+            config.limits.connections_per_principal,
+            metrics.clone(),
+        ));
         let router = Server::builder()
             .concurrency_limit_per_connection(s.concurrency_per_connection)
             .max_concurrent_streams(s.max_concurrent_streams)
@@ -405,6 +413,7 @@ impl App {
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600)),
             idle_timeout: config.server.idle_timeout(),
             handshake_timeout: config.server.tls_handshake_timeout,
+            connection_caps,
             relay,
             audit_every: config.audit.verify_interval,
         })
@@ -490,6 +499,7 @@ impl App {
                 self.tls,
                 self.handshake_timeout,
                 self.idle_timeout,
+                self.connection_caps,
             ),
             async move {
                 let _ = stop_rx.await;

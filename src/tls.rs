@@ -27,6 +27,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::crl::{CrlSet, CrlSettings, CrlStore, Freshness, Policy};
 use crate::metrics::Metrics;
+use crate::server::caps::{ConnectionCaps, Held};
 use crate::server::idle::IdleTimeout;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -324,17 +325,21 @@ impl ClientCertVerifier for RevocationGuard {
 }
 
 /// Accepts connections on `listener` and yields those whose TLS handshake (with the
-/// configuration current when the connection arrived) completes within `handshake_timeout`; the connection beneath it is
-/// closed after `idle` without a received byte (`server::idle`, before and after the handshake).
-/// Handshakes run in their own tasks, so a slow client delays no one. The stream ends when
-/// its consumer (the server) drops it.
+/// configuration current when the connection arrived) completes within `handshake_timeout`;
+/// the connection beneath it is closed after `idle` without a received byte (`server::idle`,
+/// before and after the handshake). `caps` bounds them (`server::caps`): a connection over the
+/// open-connection or handshake cap is closed as soon as it is accepted, one over its caller's
+/// cap right after its handshake. Handshakes run in their own tasks, so a slow client delays no
+/// one. The stream ends when its consumer (the server) drops it.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsState>,
     handshake_timeout: Duration,
     idle: Option<Duration>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<IdleTimeout<TcpStream>>, std::io::Error>>
-{
+    caps: Arc<ConnectionCaps>,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<TlsStream<Held<IdleTimeout<TcpStream>>>, std::io::Error>,
+> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -351,13 +356,31 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Over a cap: dropped here, which closes it.
+            let Some((open, handshaking)) = caps.admit() else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
-            let tcp = IdleTimeout::new(tcp, idle);
+            let tcp = Held::new(IdleTimeout::new(tcp, idle), open);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
             let tx = tx.clone();
+            let caps = caps.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                drop(handshaking);
+                match handshake {
+                    Ok(Ok(mut stream)) => {
+                        let (held, session) = stream.get_mut();
+                        let key = session
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|leaf| crate::server::caps::caller_key(leaf.as_ref()))
+                            .unwrap_or_default();
+                        // Over its caller's cap: dropped, which closes it.
+                        let Some(slot) = caps.slot(key) else {
+                            return;
+                        };
+                        held.hold(slot);
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -42,6 +42,9 @@ pub struct RateSettings {
 pub struct LimitSettings {
     /// Open `WatchDeregistration` streams per principal.
     pub watch_streams_per_principal: usize,
+    /// Open connections per caller (by the client certificate's HSA-id); one more is closed
+    /// right after its handshake.
+    pub connections_per_principal: usize,
     /// A call over the rate is answered only after this long: a caller retrying in a tight
     /// loop then holds one of its own streams instead of spending the server's CPU.
     #[serde(with = "humantime_serde")]
@@ -62,6 +65,9 @@ impl LimitSettings {
         let mut problems = Vec::new();
         if self.watch_streams_per_principal == 0 {
             problems.push("watch_streams_per_principal must be at least 1".to_owned());
+        }
+        if self.connections_per_principal == 0 {
+            problems.push("connections_per_principal must be at least 1".to_owned());
         }
         if self.certificate_buckets == 0 {
             problems.push("certificate_buckets must be at least 1".to_owned());
@@ -285,6 +291,7 @@ mod tests {
     fn settings(care_provider: RateSettings) -> LimitSettings {
         LimitSettings {
             watch_streams_per_principal: 4,
+            connections_per_principal: 4,
             refusal_delay: Duration::ZERO,
             care_provider,
             health_care_office: rate(1.0, 1),

@@ -173,3 +173,100 @@ async fn a_client_that_never_finishes_the_tls_handshake_is_cut_at_the_deadline()
         "cut only after {closed_after:?}"
     );
 }
+
+/// Whether the server closed `tcp` (end of stream or reset) within a few seconds; `false` when
+/// it is still open then.
+async fn closed_by_the_server(tcp: &mut tokio::net::TcpStream) -> bool {
+    match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut [0u8; 64])).await {
+        Ok(Ok(0) | Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+async fn connect(app: &TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect")
+}
+
+async fn list_ok(channel: &tonic::transport::Channel) -> bool {
+    pb::deregistration_service_client::DeregistrationServiceClient::new(channel.clone())
+        .list_deregistrations(pb::ListDeregistrationsRequest::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn connections_over_the_open_or_handshake_cap_are_closed_at_once() {
+    let app = app_with(|c| {
+        c.server.max_connections = 3;
+        c.server.max_handshakes = 1;
+    })
+    .await;
+    let a = app.channel("provider-a").await;
+    assert!(list_ok(&a).await);
+    // A client that has not finished its handshake holds the one handshake place.
+    let slow = connect(&app).await;
+    let mut over = connect(&app).await;
+    assert!(
+        closed_by_the_server(&mut over).await,
+        "a second handshake at once"
+    );
+    crate::admin::wait_metric(
+        &app,
+        "etk_connections_refused_total{reason=\"max_handshakes\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    drop(slow);
+    // Two more complete connections: three open, the cap.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if held.len() == 2 {
+            break;
+        }
+        match app.channel_with(Some(&app.issued("provider-b"))).await {
+            Ok(ch) if list_ok(&ch).await => held.push(ch),
+            // The slow client's place is given back once the server sees it gone.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(held.len(), 2, "two more connections are served");
+    let mut fourth = connect(&app).await;
+    assert!(
+        closed_by_the_server(&mut fourth).await,
+        "a fourth open connection"
+    );
+    crate::admin::wait_metric(
+        &app,
+        "etk_connections_refused_total{reason=\"max_connections\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(list_ok(&a).await, "the open connections are still served");
+}
+
+#[tokio::test]
+async fn a_principal_over_its_connection_cap_is_closed_after_the_handshake() {
+    let app = app_with(|c| c.limits.connections_per_principal = 2).await;
+    let a1 = app.channel("provider-a").await;
+    let a2 = app.channel("provider-a").await;
+    assert!(list_ok(&a1).await && list_ok(&a2).await);
+    let a = app.issued("provider-a");
+    assert!(
+        !crate::revocation::served(&app, &a).await,
+        "a third connection of provider-a"
+    );
+    crate::admin::wait_metric(
+        &app,
+        "etk_connections_refused_total{reason=\"per_principal\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    // Another principal is not affected, nor provider-a's open connections.
+    assert!(crate::revocation::served(&app, &app.issued("provider-b")).await);
+    assert!(list_ok(&a1).await);
+    // A closed connection gives its place back.
+    drop(a2);
+    crate::revocation::eventually_served(&app, &a, true).await;
+}

@@ -267,7 +267,8 @@ impl App {
         let (tls, crls) = build_tls(&config, &metrics).await?;
         let rate_limiter = Arc::new(RateLimiter::new(config.limits.clone()));
         let mut auth_layer = AuthLayer::new(principals.clone())
-            .with_rate_limit(rate_limiter.clone(), metrics.clone());
+            .with_rate_limit(rate_limiter.clone(), metrics.clone())
+            .with_recheck_every(config.server.reload_interval);
         if let Some(crls) = &crls {
             auth_layer = auth_layer.with_revocation(crls.clone(), metrics.clone());
         }

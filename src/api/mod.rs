@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::app::{self, Gateway};
 use crate::audit_record::Purpose;
 use crate::auth::Principal;
+use crate::rpc::auth::CallerCheck;
 use crate::storage::Created;
 use crate::telemetry::current_trace_id;
 use crate::verifier::{Progress, Walk};
@@ -208,6 +209,7 @@ impl DeregistrationService for Api {
         req: Request<pb::WatchDeregistrationRequest>,
     ) -> ApiResult<Self::WatchDeregistrationStream> {
         let p = principal(&req)?;
+        let caller = req.extensions().get::<CallerCheck>().cloned();
         let id = convert::case_id("id", &req.get_ref().id)?;
         record_case(&id);
         // Counted before anything is held: over the cap nothing is subscribed or spawned.
@@ -224,6 +226,7 @@ impl DeregistrationService for Api {
             id,
             watch,
             permit,
+            caller,
         ))))
     }
 

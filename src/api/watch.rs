@@ -5,8 +5,10 @@
 //! published, or news lost with a dropped connection) is filled from the store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::MissedTickBehavior;
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -15,15 +17,20 @@ use super::watchers::WatchPermit;
 use super::{convert, pb};
 use crate::app::{Gateway, Watch};
 use crate::domain::{CaseEvent, CaseId};
+use crate::rpc::auth::CallerCheck;
 
 /// The events of `id` from the start of its trail to its end (the stream ends after a terminal
 /// event), or until the client goes away. `permit` holds the stream's place under the
-/// principal's cap until the task ends.
+/// principal's cap until the task ends. `caller` judges the caller again before each event and
+/// every `caller.every()` between them: a certificate revoked (or whose CRL went stale) or a
+/// principal removed or changed role while the stream is open ends it with the status its next
+/// call would get.
 pub(super) fn stream(
     gateway: Arc<Gateway>,
     id: CaseId,
     watch: Watch,
     permit: WatchPermit,
+    caller: Option<CallerCheck>,
 ) -> impl Stream<Item = Result<pb::WatchDeregistrationResponse, Status>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let Watch {
@@ -38,9 +45,19 @@ pub(super) fn stream(
         let _permit = permit;
         let mut seq = Sequencer::default();
         let mut pending = past;
+        let every = caller
+            .as_ref()
+            .map_or(Duration::from_secs(3600), CallerCheck::every);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let still_admitted = || caller.as_ref().map_or(Ok(()), CallerCheck::recheck);
         loop {
             let (send, gap) = seq.take(&pending);
             for e in send {
+                if let Err(status) = still_admitted() {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 let msg = pb::WatchDeregistrationResponse {
                     event: Some(convert::event_out(&e)),
                 };
@@ -69,6 +86,15 @@ pub(super) fn stream(
                             return;
                         }
                         true
+                    }
+                    // No event for a while: the caller is judged again all the same.
+                    _ = recheck.tick() => {
+                        if let Err(status) = still_admitted() {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        pending.clear();
+                        false
                     }
                 };
             if reread {

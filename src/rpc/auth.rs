@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -16,8 +16,8 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::api::pb;
-use crate::auth::{AuthError, Principals, Role};
-use crate::crl::{CrlStore, RefusalReason};
+use crate::auth::{AuthError, Principal, Principals, Role};
+use crate::crl::{CertificateRefusal, CrlStore, RefusalReason};
 use crate::metrics::Metrics;
 use crate::rpc::limit::{self, RateLimiter};
 
@@ -58,6 +58,7 @@ pub struct AuthLayer {
     auth: Arc<Principals>,
     revocation: Option<Revocation>,
     limit: Option<(Arc<RateLimiter>, Arc<Metrics>)>,
+    recheck_every: Duration,
 }
 
 /// The CRLs in force, consulted on every call: a certificate revoked while its connection is
@@ -74,7 +75,20 @@ impl AuthLayer {
             auth,
             revocation: None,
             limit: None,
+            recheck_every: Duration::from_secs(10),
         }
+    }
+
+    /// How often long calls (watch streams) judge their caller again between events
+    /// (`CallerCheck`): 10 s unless set, and when set to zero (a CRL ages even when no file
+    /// is reloaded); at least 50 ms.
+    pub fn with_recheck_every(mut self, every: Duration) -> Self {
+        self.recheck_every = if every.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            every.max(Duration::from_millis(50))
+        };
+        self
     }
 
     /// Limits calls that carry no principal (health, reflection, denials) per certificate.
@@ -99,6 +113,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
             auth: self.auth.clone(),
             revocation: self.revocation.clone(),
             limit: self.limit.clone(),
+            recheck_every: self.recheck_every,
         }
     }
 }
@@ -109,6 +124,7 @@ pub struct AuthService<S> {
     auth: Arc<Principals>,
     revocation: Option<Revocation>,
     limit: Option<(Arc<RateLimiter>, Arc<Metrics>)>,
+    recheck_every: Duration,
 }
 
 impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
@@ -137,62 +153,41 @@ where
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
         let leaf = certs.as_deref().and_then(|c| c.first());
-        // Every call with a certificate, health and reflection included, against the CRLs in
-        // force now and their freshness: a certificate revoked (or whose CRL went stale) while
-        // its connection is open is refused on its next call, not only at its next handshake.
-        let revoked = match (&self.revocation, leaf) {
-            (Some(r), Some(leaf)) => r
-                .crls
-                .snapshot()
-                .check_certificate(leaf.as_ref(), SystemTime::now(), r.crls.settings())
-                .err()
-                .map(|refusal| (refusal, r.metrics.clone())),
-            _ => None,
-        };
-        // The principals in force now: a reload applies to the very next call.
-        let principals = self.auth.current();
-        let verdict = match (&revoked, needs) {
-            (Some((refusal, _)), _) => Err(match refusal.reason {
-                RefusalReason::Revoked => AuthError::Revoked {
-                    serial: refusal.serial.clone(),
-                },
-                _ => AuthError::RevocationUnknown {
-                    serial: refusal.serial.clone(),
-                },
-            }),
-            (None, Some(needs)) => principals
-                .authorize(certs.as_deref().map(Vec::as_slice), needs)
-                .map(Some),
-            // Health and reflection: any verified certificate.
-            (None, None) => Ok(None),
-        };
+        let judged = judge(
+            &self.auth,
+            self.revocation.as_ref(),
+            certs.as_deref(),
+            needs,
+        );
         // Calls without a principal spend their certificate's bucket, before any log line.
-        if !matches!(verdict, Ok(Some(_)))
+        if !matches!(judged.verdict, Ok(Some(_)))
             && let Some((limiter, metrics)) = &self.limit
             && let Err(wait) = limiter.check_certificate(&certificate_key(leaf), Instant::now())
         {
             metrics.rate_limited(limit::CERTIFICATE);
             return limit::refusal(wait, limiter.refusal_delay());
         }
-        match verdict {
+        match judged.verdict {
             Ok(Some(principal)) => {
                 // The RPC span (current here) names the caller: an HSA-id, not personal data.
                 tracing::Span::current().record("principal", principal.hsa_id.as_str());
-                req.extensions_mut().insert(principal.clone());
+                if let (Some(certs), Some(needs)) = (certs, needs) {
+                    req.extensions_mut().insert(CallerCheck {
+                        auth: self.auth.clone(),
+                        revocation: self.revocation.clone(),
+                        certs,
+                        needs,
+                        every: self.recheck_every,
+                    });
+                }
+                req.extensions_mut().insert(principal);
                 Box::pin(self.inner.call(req))
             }
             Ok(None) => Box::pin(self.inner.call(req)),
             Err(e) => {
-                if let Some((refusal, metrics)) = &revoked {
-                    tracing::warn!(serial = %refusal.serial, issuer = %refusal.issuer,
-                        reason = refusal.reason.label(),
-                        "request denied: the client certificate is revoked or its CRL is not usable");
-                    metrics.client_certificate_refused(refusal.reason.label());
-                } else {
-                    tracing::info!(reason = %e, "request denied");
-                }
+                log_denial(&e, judged.refusal.as_ref());
                 // A browser gets a page (HTTP 403), a gRPC client its status.
-                let response = if revoked.is_none() && is_console(req.uri().path()) {
+                let response = if judged.refusal.is_none() && is_console(req.uri().path()) {
                     crate::console::forbidden()
                 } else {
                     denial(&e).into_http()
@@ -200,6 +195,104 @@ where
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
+    }
+}
+
+/// The verdict on one call's (or one re-check's) caller.
+struct Judged {
+    /// The principal, `None` for calls that need none (health, reflection), or the denial.
+    verdict: Result<Option<Principal>, AuthError>,
+    /// Set when the denial is the CRLs' (revoked, or stale/missing under a refusing policy).
+    refusal: Option<(CertificateRefusal, Arc<Metrics>)>,
+}
+
+/// Every call with a certificate, health and reflection included, is checked against the CRLs
+/// in force now and their freshness — a certificate revoked (or whose CRL went stale) while
+/// its connection is open is refused on its next call, not only at its next handshake — and
+/// against the principals in force now (a reload applies to the very next call).
+fn judge(
+    auth: &Principals,
+    revocation: Option<&Revocation>,
+    certs: Option<&Vec<CertificateDer<'static>>>,
+    needs: Option<Role>,
+) -> Judged {
+    let leaf = certs.and_then(|c| c.first());
+    let refusal = match (revocation, leaf) {
+        (Some(r), Some(leaf)) => r
+            .crls
+            .snapshot()
+            .check_certificate(leaf.as_ref(), SystemTime::now(), r.crls.settings())
+            .err()
+            .map(|refusal| (refusal, r.metrics.clone())),
+        _ => None,
+    };
+    let verdict = match (&refusal, needs) {
+        (Some((refusal, _)), _) => Err(match refusal.reason {
+            RefusalReason::Revoked => AuthError::Revoked {
+                serial: refusal.serial.clone(),
+            },
+            _ => AuthError::RevocationUnknown {
+                serial: refusal.serial.clone(),
+            },
+        }),
+        (None, Some(needs)) => auth
+            .current()
+            .authorize(certs.map(Vec::as_slice), needs)
+            .map(|p| Some(p.clone())),
+        // Health and reflection: any verified certificate.
+        (None, None) => Ok(None),
+    };
+    Judged { verdict, refusal }
+}
+
+/// Logs a denial once (the certificate's serial number and issuer for a CRL's refusal, never
+/// its subject), and counts a CRL's refusal.
+fn log_denial(e: &AuthError, refusal: Option<&(CertificateRefusal, Arc<Metrics>)>) {
+    if let Some((refusal, metrics)) = refusal {
+        tracing::warn!(serial = %refusal.serial, issuer = %refusal.issuer,
+            reason = refusal.reason.label(),
+            "request denied: the client certificate is revoked or its CRL is not usable");
+        metrics.client_certificate_refused(refusal.reason.label());
+    } else {
+        tracing::info!(reason = %e, "request denied");
+    }
+}
+
+/// What a long call (a watch stream) needs to judge its caller again while it runs: the
+/// certificate and role it was admitted with, judged against the principals and CRLs in force
+/// at each re-check. In the request extensions of every call that has a principal.
+#[derive(Clone, Debug)]
+pub struct CallerCheck {
+    auth: Arc<Principals>,
+    revocation: Option<Revocation>,
+    certs: Arc<Vec<CertificateDer<'static>>>,
+    needs: Role,
+    every: Duration,
+}
+
+impl CallerCheck {
+    /// `Ok` while the caller would still be admitted; otherwise the status its next call
+    /// would get (`CERTIFICATE_REVOKED`, `REVOCATION_STATUS_UNKNOWN`, `UNKNOWN_PRINCIPAL`,
+    /// `ROLE_REQUIRED`), logged and counted like a call's denial.
+    pub fn recheck(&self) -> Result<(), tonic::Status> {
+        let judged = judge(
+            &self.auth,
+            self.revocation.as_ref(),
+            Some(&self.certs),
+            Some(self.needs),
+        );
+        match judged.verdict {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                log_denial(&e, judged.refusal.as_ref());
+                Err(denial(&e))
+            }
+        }
+    }
+
+    /// How often a long call re-checks between its events.
+    pub fn every(&self) -> Duration {
+        self.every
     }
 }
 

@@ -236,3 +236,67 @@ async fn sighup_reloads_when_polling_is_off() {
         .expect_err("removed");
     assert_eq!(reason(&e), "UNKNOWN_PRINCIPAL");
 }
+
+/// Opens a watch stream of provider-a on a new case and reads its first event.
+async fn open_watch(
+    app: &crate::helpers::TestApp,
+) -> tonic::Streaming<pb::WatchDeregistrationResponse> {
+    let id = app
+        .create_case(
+            "watch-recheck",
+            crate::helpers::report(&crate::helpers::unit_a(), "19121212-1212", "8200009"),
+        )
+        .await;
+    let mut stream = app
+        .provider("provider-a")
+        .await
+        .watch_deregistration(pb::WatchDeregistrationRequest { id })
+        .await
+        .expect("watch")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("stream")
+        .expect("the first event");
+    stream
+}
+
+/// The error that ends `stream` (bounded wait; no event comes on the case meanwhile).
+async fn ending(mut stream: tonic::Streaming<pb::WatchDeregistrationResponse>) -> tonic::Status {
+    match tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
+        Ok(Err(status)) => status,
+        other => panic!("the watch stream went on: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_watch_stream_ends_when_its_principal_is_removed() {
+    let app = spawn_app_opts(Options {
+        engine: false,
+        prepare: Some(secret_volume),
+        ..Options::default()
+    })
+    .await;
+    let stream = open_watch(&app).await;
+    swap_secret(app.dir.path(), "..v2", &without_provider_a(app.dir.path()));
+    let e = ending(stream).await;
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(reason(&e), "UNKNOWN_PRINCIPAL");
+}
+
+#[tokio::test]
+async fn a_watch_stream_ends_when_its_certificate_is_revoked() {
+    let app = spawn_app_opts(Options {
+        engine: false,
+        ..Options::default()
+    })
+    .await;
+    let stream = open_watch(&app).await;
+    app.publish_crl(&[crate::helpers::serial_of(
+        &app.issued("provider-a").cert_pem,
+    )]);
+    let e = ending(stream).await;
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(reason(&e), "CERTIFICATE_REVOKED");
+}

@@ -9,7 +9,7 @@
 //! `etk_config_reloads_total{file, outcome}` (CRLs in `etk_crl_updates_total`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::auth::{Authorizer, Principals, PrincipalsError};
@@ -108,6 +108,10 @@ pub struct Reloader {
     watched: Vec<Watched>,
     principals_file: PathBuf,
     tls_paths: TlsSettings,
+    /// Held while the CRLs in force are put into the TLS configuration, by the file loop and
+    /// the URL fetcher alike: the snapshot is taken under it, so an older set never overwrites
+    /// a newer one.
+    crls_applied: Arc<Mutex<()>>,
 }
 
 impl Reloader {
@@ -142,11 +146,13 @@ impl Reloader {
             watched,
             principals_file: principals_file.to_owned(),
             tls_paths: tls_paths.clone(),
+            crls_applied: Arc::default(),
         }
     }
 
     /// Polls every `interval` (never, when it is zero: SIGHUP only) and reloads on SIGHUP,
-    /// until the task is aborted.
+    /// until the task is aborted. CRL URLs are fetched by a task of their own
+    /// (`fetch_urls`), so a slow distribution point never delays a file's reload.
     pub async fn run(mut self) {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
@@ -156,26 +162,24 @@ impl Reloader {
                 None
             }
         };
+        let refetch = Arc::new(tokio::sync::Notify::new());
+        // Ends with this task (aborted on shutdown): dropping the guard aborts the fetcher.
+        let _fetcher = self.crls.clone().map(|crls| {
+            AbortOnDrop(tokio::spawn(fetch_urls(
+                crls,
+                self.tls.clone(),
+                self.crls_applied.clone(),
+                refetch.clone(),
+            )))
+        });
         loop {
             let poll = if self.interval.is_zero() {
                 Duration::from_secs(3600)
             } else {
                 self.interval
             };
-            let mut wake = tokio::time::Instant::now() + poll;
-            if let Some(due) = self.crls.as_ref().and_then(|c| c.next_fetch()) {
-                wake = wake.min(due);
-            }
-            let crls = self.crls.clone();
             let forced = tokio::select! {
-                () = tokio::time::sleep_until(wake) => false,
-                // A distribution point learnt at a handshake: fetched now (it is due).
-                () = async {
-                    match &crls {
-                        Some(c) => c.url_learnt().await,
-                        None => std::future::pending().await,
-                    }
-                } => false,
+                () = tokio::time::sleep(poll) => false,
                 Some(()) = async {
                     match hangup.as_mut() {
                         Some(h) => h.recv().await,
@@ -185,31 +189,27 @@ impl Reloader {
             };
             if forced {
                 tracing::info!("SIGHUP: reloading the principals, TLS and CRL files");
+                refetch.notify_one();
             }
-            self.check(forced || !self.interval.is_zero(), forced).await;
+            self.check(forced || !self.interval.is_zero(), forced);
         }
     }
 
-    /// One pass: files that changed (all when `force`) are reloaded; URLs that are due fetched.
-    pub async fn check(&mut self, look_at_files: bool, force: bool) {
-        if look_at_files {
-            for i in 0..self.watched.len() {
-                if self.watched[i].changed() || force {
-                    let result = self.reload(self.watched[i].kind);
-                    self.report(&self.watched[i], result);
-                }
+    /// One pass over the files: those that changed (all when `force`) are reloaded.
+    pub fn check(&mut self, look_at_files: bool, force: bool) {
+        if !look_at_files {
+            return;
+        }
+        for i in 0..self.watched.len() {
+            if self.watched[i].changed() || force {
+                let result = self.reload(self.watched[i].kind);
+                self.report(&self.watched[i], result);
             }
         }
-        let Some(crls) = self.crls.clone() else {
-            return;
-        };
-        let mut changed = false;
-        if look_at_files {
-            changed |= crls.refresh_files(force).0;
-        }
-        changed |= crls.refresh_urls(force).await;
-        if changed && let Err(e) = self.tls.set_crls(crls.snapshot()) {
-            tracing::error!(error = %e, "the new CRLs could not be put in force");
+        if let Some(crls) = &self.crls
+            && crls.refresh_files(force).0
+        {
+            apply_crls(crls, &self.tls, &self.crls_applied);
         }
     }
 
@@ -245,6 +245,10 @@ impl Reloader {
                     // CRLs are believed per trusted CA: judge them again under the new bundle.
                     crls.set_trust(&cas);
                     crls.refresh_files(true);
+                    let _applied = self
+                        .crls_applied
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     self.tls.set_crls(crls.snapshot())?;
                 }
                 Ok(())
@@ -262,6 +266,77 @@ impl Reloader {
                 tracing::warn!(file = w.kind.label(), paths = %w.describe(), error = %e,
                     "reload refused; the configuration in force stays");
                 self.metrics.config_reload(w.kind.label(), "refused");
+            }
+        }
+    }
+}
+
+/// Aborts its task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Puts the CRLs in force into the TLS configuration (the snapshot taken under `applied`).
+fn apply_crls(crls: &CrlStore, tls: &TlsState, applied: &Mutex<()>) {
+    let _applied = applied
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Err(e) = tls.set_crls(crls.snapshot()) {
+        tracing::error!(error = %e, "the new CRLs could not be put in force");
+    }
+}
+
+/// The longest one pass over the due CRL URLs may take: each URL's attempts fit in it
+/// (`fetch_timeout` × `fetch_attempts` plus the pauses), and a pass never runs past `refresh`.
+fn pass_deadline(s: &crate::crl::CrlSettings) -> Duration {
+    let pauses = Duration::from_secs((1u64 << s.fetch_attempts.min(10)).saturating_sub(1));
+    let one_url = s
+        .fetch_timeout
+        .saturating_mul(s.fetch_attempts)
+        .saturating_add(pauses);
+    one_url.max(s.refresh.min(Duration::from_secs(300)))
+}
+
+/// Fetches the CRL URLs when due, when a distribution point is learnt and on SIGHUP
+/// (`refetch`), each pass within `pass_deadline`; a pass cut short leaves the URLs it did not
+/// reach due, for the next pass after a pause.
+async fn fetch_urls(
+    crls: Arc<CrlStore>,
+    tls: Arc<TlsState>,
+    applied: Arc<Mutex<()>>,
+    refetch: Arc<tokio::sync::Notify>,
+) {
+    let deadline = pass_deadline(crls.settings());
+    let pause = (crls.settings().refresh / 10).max(Duration::from_secs(1));
+    loop {
+        let wake = crls
+            .next_fetch()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let force = tokio::select! {
+            () = tokio::time::sleep_until(wake) => false,
+            // A distribution point learnt at a handshake: fetched now (it is due).
+            () = crls.url_learnt() => false,
+            () = refetch.notified() => true,
+        };
+        match tokio::time::timeout(deadline, crls.refresh_urls(force)).await {
+            Ok(changed) => {
+                if changed {
+                    apply_crls(&crls, &tls, &applied);
+                }
+            }
+            Err(_) => {
+                tracing::warn!(
+                    deadline_seconds = deadline.as_secs(),
+                    "fetching the CRL URLs took too long; the rest are tried again later"
+                );
+                // Some may have been put in force before the cut.
+                apply_crls(&crls, &tls, &applied);
+                tokio::time::sleep(pause).await;
             }
         }
     }

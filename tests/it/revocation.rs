@@ -246,12 +246,13 @@ async fn a_certificate_of_a_ca_without_a_crl_is_refused_unless_the_policy_accept
 }
 
 /// A CRL distribution point on loopback: serves `crl` (503 while it is empty, and for the next
-/// `fail_next` requests), counting requests.
+/// `fail_next` requests; never answers while `hang` is set), counting requests.
 #[derive(Clone, Default)]
 struct Publication {
     crl: Arc<Mutex<String>>,
     fail_next: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    hang: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn distribution_point(p: Publication) -> std::net::SocketAddr {
@@ -262,6 +263,9 @@ async fn distribution_point(p: Publication) -> std::net::SocketAddr {
             let p = p.clone();
             async move {
                 p.requests.fetch_add(1, Ordering::SeqCst);
+                if p.hang.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
                 let crl = p.crl.lock().expect("lock").clone();
                 let failing = p
                     .fail_next
@@ -509,4 +513,43 @@ async fn an_open_connection_is_refused_once_its_issuers_crl_goes_stale() {
         |v| v >= 1.0,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_distribution_point_that_never_answers_does_not_delay_crl_file_reloads() {
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    // The dev CA's CRL file as usual, and a URL that answers 503 at start, then hangs.
+    let app = spawn_app_opts(Options {
+        engine: false,
+        settings: vec![
+            (
+                "tls.revocation.urls",
+                serde_json::json!([format!("http://{addr}/ca.crl")]),
+            ),
+            ("tls.revocation.refresh", "1s".into()),
+            ("tls.revocation.fetch_attempts", 1.into()),
+            ("tls.revocation.fetch_timeout", "120s".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let b = app.issued("provider-b");
+    assert!(served(&app, &b).await);
+    let before = publication.requests.load(Ordering::SeqCst);
+    publication.hang.store(true, Ordering::SeqCst);
+    // A fetch is under way and will not end for two minutes.
+    for _ in 0..200 {
+        if publication.requests.load(Ordering::SeqCst) > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        publication.requests.load(Ordering::SeqCst) > before,
+        "fetched again"
+    );
+    // The CRL file is still reloaded on its interval.
+    app.publish_crl(&[serial_of(&b.cert_pem)]);
+    eventually_served(&app, &b, false).await;
 }

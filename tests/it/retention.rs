@@ -361,6 +361,92 @@ async fn retention_contract_on_postgres() {
     retention_contract(TestDb::postgres().await).await;
 }
 
+/// Shredding also blanks the error texts the case's outbox rows hold (a bounced address, a
+/// name in a directory's answer), in the same transaction; other cases' rows keep theirs.
+async fn shredding_blanks_outbox_errors(db: TestDb) {
+    let store = open_with(&db, Vault::from_master_key(&key(1)).expect("key")).await;
+    let conn = raw(&db).await;
+    let ended = store
+        .create(cmd(None, "f", "7100001"))
+        .await
+        .expect("create")
+        .into_case();
+    let active = store
+        .create(cmd(None, "f", "7100002"))
+        .await
+        .expect("create")
+        .into_case();
+    store
+        .apply(&ended.id, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    conn.execute_unprepared(
+        "UPDATE effects SET last_error = '550 mailbox tolvan.tolvansson@example.se unavailable'",
+    )
+    .await
+    .expect("errors");
+    let errors = |id: String| {
+        let conn = &conn;
+        async move {
+            count(
+                conn,
+                &format!(
+                    "SELECT COUNT(*) FROM effects WHERE case_id = '{id}' AND last_error IS NOT NULL"
+                ),
+            )
+            .await
+        }
+    };
+    let rows_of_ended = count(
+        &conn,
+        &format!(
+            "SELECT COUNT(*) FROM effects WHERE case_id = '{}'",
+            ended.id
+        ),
+    )
+    .await;
+    assert!(rows_of_ended > 0);
+    assert_eq!(errors(ended.id.to_string()).await, rows_of_ended);
+    let active_errors = errors(active.id.to_string()).await;
+    assert!(active_errors > 0);
+
+    assert!(
+        store
+            .shred(&ended.id, Timestamp(i64::MAX / 2), meta("system"))
+            .await
+            .expect("shred")
+    );
+    assert_eq!(errors(ended.id.to_string()).await, 0, "error texts blanked");
+    assert_eq!(
+        count(
+            &conn,
+            &format!(
+                "SELECT COUNT(*) FROM effects WHERE case_id = '{}'",
+                ended.id
+            ),
+        )
+        .await,
+        rows_of_ended,
+        "the rows themselves wait for the outbox period"
+    );
+    assert_eq!(errors(active.id.to_string()).await, active_errors);
+}
+
+#[tokio::test]
+async fn shredding_blanks_outbox_errors_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    shredding_blanks_outbox_errors(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn shredding_blanks_outbox_errors_on_postgres() {
+    shredding_blanks_outbox_errors(TestDb::postgres().await).await;
+}
+
 /// A value as releases before m0006 sealed it with the master key: `1 | nonce | ciphertext`.
 fn seal_v1(master: &[u8; 32], context: &str, plain: &[u8]) -> Vec<u8> {
     use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};

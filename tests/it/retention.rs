@@ -447,6 +447,111 @@ async fn shredding_blanks_outbox_errors_on_postgres() {
     shredding_blanks_outbox_errors(TestDb::postgres().await).await;
 }
 
+/// A purge marker (what lets a case's audit events be deleted) is written only for a case that
+/// ended, is in a terminal state and is shredded — not for a live case whose `shredded_at` was
+/// set by hand (m0007) — and on PostgreSQL the markers cannot be truncated.
+async fn a_purge_marker_needs_an_ended_shredded_case(db: TestDb) {
+    let store = open_with(&db, Vault::from_master_key(&key(1)).expect("key")).await;
+    let conn = raw(&db).await;
+    let mut ids = Vec::new();
+    for card in ["7200001", "7200002", "7200003"] {
+        ids.push(
+            store
+                .create(cmd(None, "f", card))
+                .await
+                .expect("create")
+                .into_case()
+                .id,
+        );
+    }
+    let (shredded, unshredded, live) = (&ids[0], &ids[1], &ids[2]);
+    for id in [shredded, unshredded] {
+        store
+            .apply(id, None, &Event::Cancel, meta("SE1655999991-E1"))
+            .await
+            .expect("cancel");
+    }
+    assert!(
+        store
+            .shred(shredded, Timestamp(i64::MAX / 2), meta("system"))
+            .await
+            .expect("shred")
+    );
+    let marker = |id: &etjanstekort_gateway::domain::CaseId| {
+        format!(
+            "INSERT INTO retention_purges (case_id, ended_at, purged_at, last_seq, last_hash) \
+             VALUES ('{id}', 0, 0, 0, '')"
+        )
+    };
+    let set = |id: &etjanstekort_gateway::domain::CaseId, cols: &str| {
+        format!("UPDATE cases SET {cols} WHERE id = '{id}'")
+    };
+    // A live case made to look ended and shredded: its state still says it is live.
+    conn.execute_unprepared(&set(live, "shredded_at = 1, ended_at = 1"))
+        .await
+        .expect("forge");
+    assert!(
+        conn.execute_unprepared(&marker(live)).await.is_err(),
+        "live"
+    );
+    // An ended case not shredded.
+    assert!(
+        conn.execute_unprepared(&marker(unshredded)).await.is_err(),
+        "unshredded"
+    );
+    // A shredded, terminal case without an end time.
+    let ended_at = count(
+        &conn,
+        &format!("SELECT ended_at FROM cases WHERE id = '{shredded}'"),
+    )
+    .await;
+    conn.execute_unprepared(&set(shredded, "ended_at = NULL"))
+        .await
+        .expect("forge");
+    assert!(
+        conn.execute_unprepared(&marker(shredded)).await.is_err(),
+        "no end time"
+    );
+    // With its end time back, it is what a purge may mark.
+    conn.execute_unprepared(&set(shredded, &format!("ended_at = {ended_at}")))
+        .await
+        .expect("restore");
+    conn.execute_unprepared(&marker(shredded))
+        .await
+        .expect("the marker of an ended, shredded case");
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        for sql in [
+            "TRUNCATE retention_purges",
+            "TRUNCATE case_events",
+            "TRUNCATE cases CASCADE",
+        ] {
+            assert!(
+                conn.execute_unprepared(sql).await.is_err(),
+                "allowed: {sql}"
+            );
+        }
+    }
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM retention_purges").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_purge_marker_needs_an_ended_shredded_case_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    a_purge_marker_needs_an_ended_shredded_case(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn a_purge_marker_needs_an_ended_shredded_case_on_postgres() {
+    a_purge_marker_needs_an_ended_shredded_case(TestDb::postgres().await).await;
+}
+
 /// A value as releases before m0006 sealed it with the master key: `1 | nonce | ciphertext`.
 fn seal_v1(master: &[u8; 32], context: &str, plain: &[u8]) -> Vec<u8> {
     use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};

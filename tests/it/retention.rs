@@ -963,3 +963,144 @@ async fn the_engine_shreds_ended_cases_on_its_schedule() {
     }
     assert_eq!(store.get(&case.id).await.expect("get"), None);
 }
+
+/// A master key rotated out and destroyed: the audit chains made under it keep verifying from
+/// its exported chain key (`keys export-audit-key`, `privacy.audit_chain_key_files`), in the
+/// store and in `audit verify`; without the export the verifier names the unknown key.
+#[tokio::test]
+async fn a_retired_master_keys_chains_verify_from_its_exported_chain_key() {
+    use crate::launcher::run_once;
+    use base64::Engine;
+    use etjanstekort_gateway::privacy::{PrivacySettings, key_id_of};
+    use etjanstekort_gateway::storage::ChainProblem;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let dev = ["--dev", "--data-dir", data];
+    fn args<'a>(dev: [&'a str; 3], cmd: &[&'a str]) -> Vec<&'a str> {
+        cmd.iter().copied().chain(dev).collect()
+    }
+    let (ok, _, err) = run_once(&args(dev, &["migrate"]), &[]);
+    assert!(ok, "{err}");
+    let master_a = std::fs::read_to_string(dir.path().join("master.key")).expect("dev key");
+    let raw_a = base64::engine::general_purpose::STANDARD
+        .decode(master_a.trim())
+        .expect("base64");
+    let a_id = key_id_of(&raw_a);
+    let db = TestDb {
+        url: format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("etjanstekort.sqlite").display()
+        ),
+        name: String::new(),
+    };
+    // One case chained wholly under A, one begun under A and ended under B.
+    let store = open_with(&db, Vault::from_base64(&master_a).expect("key")).await;
+    let under_a = store
+        .create(cmd(None, "f", "9200001"))
+        .await
+        .expect("create")
+        .into_case();
+    store
+        .apply(&under_a.id, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    let spanning = store
+        .create(cmd(None, "f", "9200002"))
+        .await
+        .expect("create")
+        .into_case();
+    drop(store);
+    let master_b = base64::engine::general_purpose::STANDARD.encode(key(6));
+    let b_id = key_id_of(&key(6));
+    let ring = Vault::keyring(
+        &[&raw_a, &key(6)],
+        Some(&b_id),
+        PseudonymKey::Master(a_id.clone()),
+    )
+    .expect("keyring");
+    let store = open_with(&db, ring).await;
+    store
+        .apply(&spanning.id, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    let moved = etjanstekort_gateway::keys::reencrypt(&store, 10, &mut |_, _| {})
+        .await
+        .expect("reencrypt");
+    assert_eq!(moved.moved, 2);
+    drop(store);
+
+    // A's chain key exported (0600, never over a file) while A is still configured.
+    let rotated = [
+        ("ETK_PRIVACY__MASTER_KEYS", format!("[\"{master_b}\"]")),
+        ("ETK_PRIVACY__CURRENT_KEY", b_id.clone()),
+        ("ETK_PRIVACY__PSEUDONYM_KEY_ID", a_id.clone()),
+    ];
+    let exported = dir.path().join("a.audit-key");
+    let out_arg = exported.to_str().expect("utf-8 path");
+    let export = [
+        "keys",
+        "export-audit-key",
+        "--key-id",
+        &a_id,
+        "--out",
+        out_arg,
+    ];
+    let (ok, _, err) = run_once(&args(dev, &export), &rotated);
+    assert!(ok, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&exported)
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (ok, _, _) = run_once(&args(dev, &export), &rotated);
+    assert!(!ok, "an existing file is not overwritten");
+    assert!(
+        !std::fs::read_to_string(&exported)
+            .expect("export")
+            .contains(master_a.trim()),
+        "the master key itself is not exported"
+    );
+
+    // A is gone: only B is configured (the key wins over the dev key file).
+    let only_b = [("ETK_PRIVACY__MASTER_KEY", master_b.clone())];
+    let (ok, out, _) = run_once(&args(dev, &["audit", "verify"]), &only_b);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unknown_key") && out.contains(&a_id) && out.contains("2 broken"),
+        "{out}"
+    );
+    let mut with_export = only_b.to_vec();
+    with_export.push((
+        "ETK_PRIVACY__AUDIT_CHAIN_KEY_FILES",
+        format!("[\"{out_arg}\"]"),
+    ));
+    let (ok, out, err) = run_once(&args(dev, &["audit", "verify"]), &with_export);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 case(s) verified"), "{out}");
+
+    // The store sees the same, and every case still reads under B.
+    let settings = PrivacySettings {
+        master_key: Some(master_b.clone().into()),
+        audit_chain_key_files: vec![exported.clone()],
+        ..PrivacySettings::default()
+    };
+    let store = open_with(&db, Vault::load(&settings).expect("vault")).await;
+    for id in [&under_a.id, &spanning.id] {
+        let chain = store.verify_audit(id).await.expect("verify");
+        assert!(chain.broken.is_none(), "{chain:?}");
+        assert!(store.get(id).await.expect("get").is_some());
+    }
+    drop(store);
+    let store = open_with(&db, Vault::from_base64(&master_b).expect("key")).await;
+    for id in [&under_a.id, &spanning.id] {
+        let chain = store.verify_audit(id).await.expect("verify");
+        assert_eq!(
+            chain.broken.map(|b| (b.sequence, b.problem)),
+            Some((1, ChainProblem::UnknownKey))
+        );
+    }
+}

@@ -25,6 +25,7 @@ const RUNTIME_GRANTS: &[&str] = &[
     "GRANT CONNECT ON DATABASE {db} TO {role}",
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
+    "GRANT DELETE ON cases, case_events, effects, idempotency_keys TO {role}",
 ];
 
 async fn replica(db: &TestDb, engine: bool, idle_poll: f64) -> TestApp {
@@ -386,6 +387,23 @@ async fn a_runtime_role_with_only_the_documented_grants_serves_without_migrating
     wait_state(&mut client, &id, pb::State::Completed).await;
     let out = server.terminate();
     assert!(!out.contains("permission denied"), "{out}");
+    // Retention runs under the same role: shredding, purging the record (its audit events
+    // under a marker) and the finished outbox rows all need DELETE where the docs grant it.
+    let mut env = env_db(&url);
+    env.extend(
+        [
+            "ETK_RETENTION__PERSONAL_DATA",
+            "ETK_RETENTION__RECORD",
+            "ETK_RETENTION__OUTBOX",
+        ]
+        .map(|k| (k, "0s".to_owned())),
+    );
+    let (ok, out) = run(dir.path(), &["retention", "purge"], &env);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("shredded 1 case(s), purged 1 record(s)"),
+        "{out}"
+    );
     drop_role(&db, &role).await;
 }
 

@@ -40,6 +40,11 @@ use crate::rpc::{self, AuthLayer, RpcLayer};
 use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
 use crate::tls::TlsState;
 
+/// How long shutdown waits, after cutting off the steps still running at the end of the
+/// grace, for their futures to be dropped (a cancelled future ends at its next yield point,
+/// which is at once unless a connector blocks a thread).
+const STEPS_END_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -506,13 +511,25 @@ impl App {
         // Whatever still runs is stopped; the leases this process still holds (a step
         // abandoned, a batch whose results could not be recorded) are given up at once, so
         // other replicas take those steps now rather than when the leases run out.
+        // Aborting only asks a task to stop at its next yield point: the leases are given up
+        // once every step future is gone, never while a step may still be mid-call (another
+        // replica would run it a second time alongside).
         engine.abort_all();
         while engine.join_next().await.is_some() {}
-        match self.engine.release_leases().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(steps = n, "released the leases of unfinished steps"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot release leases; other replicas take the steps when they run out")
+        if tokio::time::timeout(STEPS_END_WAIT, self.engine.steps_ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a cancelled step has not ended; its lease is kept until it runs out so no other replica runs it alongside"
+            );
+        } else {
+            match self.engine.release_leases().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(steps = n, "released the leases of unfinished steps"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release leases; other replicas take the steps when they run out")
+                }
             }
         }
         // Watchers' news stops with the process.

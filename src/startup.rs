@@ -88,32 +88,58 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError
     })
 }
 
-/// Opens the store. With `db.migrate`, applies the pending migrations (under the migration
-/// lock); without, refuses a schema that lacks any of this build's migrations, naming them.
+/// Opens the store for `serve`. With `db.migrate`, applies the pending migrations (under the
+/// migration lock); without, refuses a schema that lacks any of this build's migrations, naming
+/// them. A schema a newer version migrated (migrations this build does not know) is served as
+/// it is, with a warning, and never migrated: during a rollout (or a rollback of the binary)
+/// older replicas keep running against it.
 pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
+    let store = connect_store(db, vault).await?;
+    let status = store.schema_status().await?;
+    if !status.unknown.is_empty() {
+        tracing::warn!(
+            migrations = %status.unknown.join(", "),
+            "the database records migrations this build does not know (a newer version's); \
+             serving it without migrating"
+        );
+    }
+    if db.migrate && status.unknown.is_empty() {
+        apply_migrations(&store).await?;
+    } else if !status.pending.is_empty() {
+        return Err(StartError::SchemaBehind(status.pending.join(", ")));
+    }
+    anchor_legacy_chains(&store).await?;
+    Ok(store)
+}
+
+/// The `migrate` command: applies the pending migrations under the migration lock, whatever
+/// `database.migrate` says. Refuses a schema that records migrations this build does not know
+/// (this binary is older than the schema).
+pub async fn migrate_database(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<(), StartError> {
+    let store = connect_store(db, vault).await?;
+    apply_migrations(&store).await?;
+    anchor_legacy_chains(&store).await
+}
+
+async fn connect_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
     use secrecy::ExposeSecret;
-    let store = SeaStore::connect(
+    Ok(SeaStore::connect(
         db.url.expose_secret(),
         db.max_connections,
         db.acquire_timeout,
         vault,
     )
-    .await?;
-    if db.migrate {
-        let applied = store.migrate().await?;
-        if applied.is_empty() {
-            tracing::info!("database schema is current; no migration to apply");
-        } else {
-            tracing::info!(migrations = %applied.join(", "), "migrations applied");
-        }
+    .await?)
+}
+
+async fn apply_migrations(store: &SeaStore) -> Result<(), StartError> {
+    let applied = store.migrate().await?;
+    if applied.is_empty() {
+        tracing::info!("database schema is current; no migration to apply");
     } else {
-        let missing = store.pending_migrations().await?;
-        if !missing.is_empty() {
-            return Err(StartError::SchemaBehind(missing.join(", ")));
-        }
+        tracing::info!(migrations = %applied.join(", "), "migrations applied");
     }
-    anchor_legacy_chains(&store).await?;
-    Ok(store)
+    Ok(())
 }
 
 /// Covers trails from before the keyed chain (m0005) with a keyed link, once per case (see

@@ -42,6 +42,7 @@ use crate::domain::{
 };
 
 pub use audit::{BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
+pub use queries::SchemaStatus;
 pub use sea::SeaStore;
 pub use settings::{DatabaseSettings, Timing};
 

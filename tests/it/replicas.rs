@@ -329,6 +329,44 @@ async fn serve_without_migrating_refuses_an_older_schema_naming_what_is_missing(
     server.terminate();
 }
 
+#[tokio::test]
+async fn an_older_build_serves_a_schema_a_newer_one_migrated_but_does_not_migrate_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let all = {
+        use migration::MigratorTrait;
+        u32::try_from(migration::Migrator::migrations().len()).expect("few")
+    };
+    partly_migrated(dir.path(), all).await;
+    // A newer version's migration, as its `migrate` would have recorded it.
+    let (paths, _) = devcerts::ensure(dir.path()).expect("dev environment");
+    let conn = Database::connect(format!("sqlite://{}", paths.database.display()))
+        .await
+        .expect("sqlite");
+    conn.execute_unprepared(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m9999_from_the_future', 0)",
+    )
+    .await
+    .expect("record a future migration");
+    conn.close().await.expect("close");
+
+    // Mid-rollout (or after a rollback) this build keeps serving: with and without migrating.
+    for args in [&["--no-migrate"][..], &[]] {
+        let server = Server::start_with(dir.path(), args, &[]);
+        let out = server.terminate();
+        assert!(
+            out.contains("does not know") && out.contains("m9999_from_the_future"),
+            "no warning naming the unknown migration: {out}"
+        );
+    }
+    // Its `migrate` refuses: the binary is older than the schema.
+    let (ok, out) = run(dir.path(), &["migrate"], &[]);
+    assert!(!ok, "an older build migrated a newer schema: {out}");
+    assert!(
+        out.contains("newer than this build") && out.contains("m9999_from_the_future"),
+        "{out}"
+    );
+}
+
 /// Drops the role everywhere it has privileges; best effort (a test's leftovers only).
 async fn drop_role(db: &TestDb, role: &str) {
     if let Ok(conn) = Database::connect(&db.url).await {

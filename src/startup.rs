@@ -268,7 +268,7 @@ impl App {
             .with_timing(timing)
             .with_bus(bus.clone());
         // PostgreSQL: other replicas' commits reach this process's bus too.
-        let relay = store.spawn_relay().map(Relay);
+        let relay = store.spawn_relay(config.database.listen_check).map(Relay);
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;

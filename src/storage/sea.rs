@@ -136,12 +136,14 @@ impl SeaStore {
     /// On PostgreSQL, the relay that brings other replicas' commits to this store's bus
     /// (`storage::listen`), running until the returned task is aborted; `None` on SQLite (one
     /// process: the bus already has everything).
-    pub fn spawn_relay(&self) -> Option<tokio::task::JoinHandle<()>> {
+    /// The listening connection is checked every `check` (see `listen::relay`).
+    pub fn spawn_relay(&self, check: Duration) -> Option<tokio::task::JoinHandle<()>> {
         (self.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
             tokio::spawn(listen::relay(
                 self.db.clone(),
                 self.origin.clone(),
                 self.bus.clone(),
+                check,
             ))
         })
     }

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etjanstekort_gateway::api::pb;
@@ -244,6 +246,147 @@ async fn a_commit_on_one_replica_wakes_the_idle_workers_of_another() {
     let id = new_case(&mut on_a, 2).await;
     wait_state(&mut on_a, &id, pb::State::Completed).await;
     drop(b);
+}
+
+/// A TCP proxy in front of PostgreSQL whose connections can be frozen one by one: bytes stop
+/// flowing both ways and nothing is closed, as when a NAT or firewall entry is dropped — a
+/// connection dead without a word.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    /// Per connection: the proxy's own port towards PostgreSQL (`client_port` there), and its
+    /// switch.
+    conns: Switches,
+}
+
+/// Per proxied connection: its port towards PostgreSQL and whether it is frozen.
+type Switches = Arc<Mutex<Vec<(u16, Arc<AtomicBool>)>>>;
+
+impl FreezingProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let conns: Switches = Arc::default();
+        let registry = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let port = server.local_addr().expect("addr").port();
+                let frozen = Arc::new(AtomicBool::new(false));
+                registry
+                    .lock()
+                    .expect("registry")
+                    .push((port, frozen.clone()));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, frozen.clone()));
+                tokio::spawn(pipe(sr, cw, frozen));
+            }
+        });
+        Self { addr, conns }
+    }
+
+    /// Freezes the connection whose port towards PostgreSQL is `port`; whether it was this
+    /// proxy's.
+    fn freeze(&self, port: u16) -> bool {
+        let conns = self.conns.lock().expect("registry");
+        conns
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, f)| f.store(true, Ordering::SeqCst))
+            .is_some()
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            // Swallowed: both sockets stay open, nothing more goes through.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn a_listening_connection_dead_without_a_word_is_found_and_replaced() {
+    let db = TestDb::postgres().await;
+    // postgres://user@host:port/db: B reaches host:port through the proxy.
+    let (_, rest) = db.url.split_once('@').expect("user@host");
+    let (upstream, _) = rest.split_once('/').expect("host/db");
+    let proxy = FreezingProxy::start(upstream.to_owned()).await;
+    let proxied = db.url.replacen(upstream, &proxy.addr.to_string(), 1);
+    let a = replica(&db, true, 0.05).await;
+    let b = spawn_app_opts(Options {
+        db: Some(proxied),
+        engine: false,
+        settings: vec![("database.listen_check", "300ms".into())],
+        ..Options::default()
+    })
+    .await;
+    let mut on_a = a.provider("provider-a").await;
+    let id = new_case(&mut on_a, 3).await;
+    wait_state(&mut on_a, &id, pb::State::RevocationRequested).await;
+    let mut stream = b
+        .provider("provider-a")
+        .await
+        .watch_deregistration(pb::WatchDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("watch on B")
+        .into_inner();
+    // B's listening connection goes silent (A's does not pass the proxy).
+    let admin = admin_db(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ports = admin
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT client_port FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            ))
+            .await
+            .expect("listeners");
+        let frozen = ports
+            .iter()
+            .filter_map(|r| r.try_get::<i32>("", "client_port").ok())
+            .filter(|p| proxy.freeze(u16::try_from(*p).expect("port")))
+            .count();
+        if frozen > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The rest of the saga happens on A; B's watcher sees all of it once B's check finds the
+    // dead connection, listens anew and resyncs.
+    confirm(&a, &id).await;
+    let mut seqs = Vec::new();
+    let last = read_to_end(&mut stream, &mut seqs).await;
+    assert_eq!(last, pb::State::Completed as i32, "{seqs:?}");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
 }
 
 fn env_db(url: &str) -> Vec<(&'static str, String)> {

@@ -131,6 +131,9 @@ impl Engine {
         if self.cfg.workers == 0 {
             return set;
         }
+        // The owner id marks this process's leases (`effects.lease_owner`): logged so an
+        // operator can tell which replica holds a step.
+        tracing::info!(owner = %self.owner, workers = self.cfg.workers, "saga engine started");
         for i in 0..self.cfg.workers {
             let me = self.clone();
             let stop = shutdown.clone();

@@ -25,7 +25,7 @@ use crate::privacy::Vault;
 
 /// The advisory lock key `migrate` holds on PostgreSQL (any fixed number unique to this
 /// application within the database; here "etkmigr" in ASCII).
-const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
+pub const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
 
 #[derive(Clone)]
 pub struct SeaStore {

@@ -14,20 +14,51 @@ use etjanstekort_gateway::api::pb;
 use etjanstekort_gateway::devcerts;
 use pb::deregistration_service_client::DeregistrationServiceClient;
 use pb::revocation_service_client::RevocationServiceClient;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use tonic::transport::Channel;
 
 use crate::admin::http_get;
 use crate::helpers::{Options, TestApp, TestDb, create, report, spawn_app_opts, unit_a};
 use crate::launcher::{Server, run};
 
-/// The grants docs/deployment.md gives the runtime role of a `serve --no-migrate` deployment
-/// (`{db}` and `{role}` filled in). Keep the two in step.
+/// The statements docs/deployment.md runs for the runtime role of a `serve --no-migrate`
+/// deployment, after `migrate` (`{db}`, `{role}` and `{owner}` filled in);
+/// `the_documented_grants_are_the_tested_ones` keeps the two in step.
 const RUNTIME_GRANTS: &[&str] = &[
+    "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
     "GRANT CONNECT ON DATABASE {db} TO {role}",
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
+    "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT, INSERT, UPDATE ON TABLES TO {role}",
 ];
+
+#[test]
+fn the_documented_grants_are_the_tested_ones() {
+    let doc = include_str!("../../docs/deployment.md");
+    let (_, after) = doc
+        .split_once("-- in database etjanstekort, after `migrate` ran as etk_owner")
+        .expect("the grants block");
+    let (block, _) = after.split_once("```").expect("its end");
+    let code: String = block
+        .lines()
+        .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let documented: Vec<String> = code
+        .split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let tested: Vec<String> = RUNTIME_GRANTS
+        .iter()
+        .map(|g| {
+            g.replace("{db}", "etjanstekort")
+                .replace("{role}", "etk_runtime")
+                .replace("{owner}", "etk_owner")
+        })
+        .collect();
+    assert_eq!(documented, tested);
+}
 
 async fn replica(db: &TestDb, engine: bool, idle_poll: f64) -> TestApp {
     spawn_app_opts(Options {
@@ -402,12 +433,35 @@ async fn two_migrate_runs_at_once_both_succeed_and_the_second_finds_nothing_to_d
     let db = TestDb::postgres().await;
     let dir = tempfile::tempdir().expect("dir");
     devcerts::ensure(dir.path()).expect("dev environment");
+    // The test holds the migration lock, so both runs are certain to meet at it.
+    let admin = admin_db(&db).await;
+    let holder = admin.begin().await.expect("begin");
+    holder
+        .execute_unprepared(&format!(
+            "SELECT pg_advisory_xact_lock({})",
+            etjanstekort_gateway::storage::MIGRATION_LOCK
+        ))
+        .await
+        .expect("take the migration lock");
     let runs: Vec<_> = (0..2)
         .map(|_| {
             let (dir, env) = (dir.path().to_owned(), env_db(&db.url));
             std::thread::spawn(move || run(&dir, &["migrate"], &env))
         })
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &admin,
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+    )
+    .await
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the two runs never both waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.commit().await.expect("release the migration lock");
     let outs: Vec<(bool, String)> = runs.into_iter().map(|r| r.join().expect("join")).collect();
     for (ok, out) in &outs {
         assert!(ok, "a concurrent migrate failed: {out}");
@@ -540,13 +594,19 @@ async fn a_runtime_role_with_only_the_documented_grants_serves_without_migrating
         .execute_unprepared(&format!("CREATE ROLE {role} LOGIN"))
         .await
         .expect("create role");
+    // The tables' owner: the role `migrate` ran as.
+    let (user_part, at) = db.url.split_once('@').expect("user@host in the test URL");
+    let owner = user_part.rsplit('/').next().expect("user");
     for g in RUNTIME_GRANTS {
         admin
-            .execute_unprepared(&g.replace("{db}", &db.name).replace("{role}", &role))
+            .execute_unprepared(
+                &g.replace("{db}", &db.name)
+                    .replace("{role}", &role)
+                    .replace("{owner}", owner),
+            )
             .await
             .expect("grant");
     }
-    let (_, at) = db.url.split_once('@').expect("user@host in the test URL");
     let url = format!("postgres://{role}@{at}");
     // Migrating needs DDL rights, which the role lacks: the default mode is refused...
     let (ok, out) = run(
@@ -555,6 +615,10 @@ async fn a_runtime_role_with_only_the_documented_grants_serves_without_migrating
         &env_db(&url),
     );
     assert!(!ok, "the runtime role could migrate: {out}");
+    assert!(
+        out.contains("permission denied"),
+        "refused for another reason than rights: {out}"
+    );
     // ...and without migrating it runs a case to its end.
     let mut env = env_db(&url);
     env.push(("ETK_TJANSTEID__CONFIRM_AFTER", "100ms".to_owned()));
@@ -583,6 +647,91 @@ fn replica_env(
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     env
+}
+
+/// The lease owner id of `server`'s saga engine, as it logged it at start
+/// (`etk-` and 32 hex digits).
+fn lease_owner_of(server: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = server.output();
+        let found = out
+            .lines()
+            .filter(|l| l.contains("saga engine started"))
+            .find_map(|l| {
+                l.match_indices("etk-").find_map(|(i, _)| {
+                    let id = l.get(i..i + 36)?;
+                    id[4..]
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit())
+                        .then(|| id.to_owned())
+                })
+            });
+        if let Some(owner) = found {
+            return owner;
+        }
+        assert!(Instant::now() < deadline, "no lease owner logged: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The keys of the pending effects whose lease `owner` holds.
+async fn leased_by(conn: &DatabaseConnection, owner: &str) -> BTreeSet<String> {
+    conn.query_all_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT key FROM effects WHERE status = 'pending' AND lease_owner LIKE $1",
+        [format!("{owner}-%").into()],
+    ))
+    .await
+    .expect("leases")
+    .iter()
+    .map(|r| r.try_get::<String>("", "key").expect("key"))
+    .collect()
+}
+
+/// SIGKILLs `server` while it holds leases (a step still held after 50 ms: one in flight,
+/// not one about to finish); returns the effects it held when it died (read after its death:
+/// no step of it can have finished them since).
+async fn kill_while_holding_leases(conn: &DatabaseConnection, server: Server) -> BTreeSet<String> {
+    let owner = lease_owner_of(&server);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let first = leased_by(conn, &owner).await;
+        if !first.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if leased_by(conn, &owner)
+                .await
+                .intersection(&first)
+                .next()
+                .is_some()
+            {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the replica never held a lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill9();
+    let held = leased_by(conn, &owner).await;
+    assert!(!held.is_empty(), "killed after its steps had finished");
+    held
+}
+
+/// Asserts that the effects `held` (a killed replica's) were all finished by the others.
+async fn finished_by_others(conn: &DatabaseConnection, held: &BTreeSet<String>) {
+    for key in held {
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT status FROM effects WHERE key = $1",
+                [key.clone().into()],
+            ))
+            .await
+            .expect("effect")
+            .expect("a row");
+        let status: String = row.try_get("", "status").expect("status");
+        assert_ne!(status, "pending", "{key} was left behind");
+    }
 }
 
 async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
@@ -699,7 +848,12 @@ async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
             ("ETK_ENGINE__BATCH_SIZE", "4"),
         ],
     );
-    let servers: Vec<Server> = (0..3).map(|_| Server::start(dir.path(), &env)).collect();
+    // The first replica (to be killed) is slow, so its steps are in flight when it dies.
+    let mut slow = env.clone();
+    slow.push(("ETK_SIMULATED__LATENCY", "400ms".to_owned()));
+    let servers: Vec<Server> = std::iter::once(Server::start(dir.path(), &slow))
+        .chain((1..3).map(|_| Server::start(dir.path(), &env)))
+        .collect();
     const CASES: u32 = 45;
     let mut ids = BTreeSet::new();
     for i in 0..CASES {
@@ -708,21 +862,10 @@ async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
         let mut c = DeregistrationServiceClient::new(s.channel(dir.path(), "provider-a").await);
         ids.insert(new_case(&mut c, 100 + i).await);
     }
-    // Once the work is under way, the first replica dies without a word.
+    // While it holds steps, the first replica dies without a word.
     let conn = admin_db(&db).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(
-        &conn,
-        "SELECT count(*) FROM cases WHERE state = 'completed'",
-    )
-    .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no case completed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut servers = servers.into_iter();
-    servers.next().expect("first").kill9();
+    let held = kill_while_holding_leases(&conn, servers.next().expect("first")).await;
     let rest: Vec<Server> = servers.collect();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -741,6 +884,7 @@ async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
         count(&conn, "SELECT count(*) FROM cases").await,
         i64::from(CASES)
     );
+    finished_by_others(&conn, &held).await;
     // Every side effect under its one key, whichever replica ran it (and however often).
     let entries: Vec<(String, String)> = std::fs::read_to_string(&journal)
         .unwrap_or_default()
@@ -912,17 +1056,22 @@ async fn three_replicas_on_real_registries_one_killed_every_effect_under_one_key
         )
         .await;
         if killed.is_none() && completed > 0 {
-            servers[0].take().expect("up").kill9();
-            killed = Some(completed);
+            // The mail server holds its replies a while, so the first replica's mail steps
+            // are in flight when it dies.
+            mail.stall(1.5);
+            let held = kill_while_holding_leases(&conn, servers[0].take().expect("up")).await;
+            mail.stall(0.0);
+            killed = Some((completed, held));
         }
         assert!(Instant::now() < deadline, "{open} cases did not complete");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let killed = killed.expect("a replica was killed");
+    let (killed, held) = killed.expect("a replica was killed");
     assert!(
         killed < i64::from(CASES),
         "the kill came too late to mean anything"
     );
+    finished_by_others(&conn, &held).await;
 
     // Every message under its one key: the report and the two notices per case, whichever
     // replica sent them (a re-run after the kill re-sends under the same Message-ID).

@@ -54,7 +54,8 @@ SCHEMA_REFUSES = [
 RENDER_REFUSES = [
     ({"terminationGracePeriodSeconds": 10}, "terminationGracePeriodSeconds"),
     ({"config": {"server": {"shutdown_grace": "1m"}}}, "terminationGracePeriodSeconds"),
-    ({"terminationGracePeriodSeconds": 15}, "terminationGracePeriodSeconds"),
+    ({"terminationGracePeriodSeconds": 20}, "terminationGracePeriodSeconds"),
+    ({"config": {"server": {"drain_delay": "20s"}}}, "terminationGracePeriodSeconds"),
 ]
 
 failures: list[str] = []

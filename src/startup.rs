@@ -224,6 +224,10 @@ pub struct App {
     probes: Connectors,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    /// How long the listener keeps accepting after readiness turned false (`server.drain_delay`).
+    drain_delay: Duration,
+    /// Set at shutdown: open watch streams end (`SHUTTING_DOWN`).
+    draining: tokio::sync::watch::Sender<bool>,
     /// Whether the operator console is served (`[console] enabled`).
     console: bool,
     probe_every: Duration,
@@ -321,6 +325,7 @@ impl App {
             None => None,
         };
 
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let api = Api::new(
             Arc::new(
                 Gateway::new(store.clone(), bus, vault)
@@ -328,6 +333,7 @@ impl App {
                     .with_metrics(metrics.clone()),
             ),
             config.api,
+            drain_rx,
         );
         let (health, health_service) = tonic_health::server::health_reporter();
         // Not ready until the first probe has seen the database.
@@ -397,6 +403,8 @@ impl App {
             probes,
             health,
             grace: config.server.shutdown_grace,
+            drain_delay: config.server.drain_delay,
+            draining: drain_tx,
             console: config.console.enabled,
             probe_every: config
                 .server
@@ -494,18 +502,30 @@ impl App {
                 r
             }
             () = shutdown => {
-                tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests and steps");
+                tracing::info!(
+                    drain_delay_ms = self.drain_delay.as_millis() as u64,
+                    grace_seconds = self.grace.as_secs(),
+                    "shutting down: draining requests and steps"
+                );
                 // Not ready first, and for good: the prober must not turn it back.
                 prober.abort();
                 self.readiness.drain();
                 for s in SERVICES {
                     self.health.set_service_status(s, ServingStatus::NotServing).await;
                 }
+                // Watchers move to another replica now rather than hold the drain open; the
+                // workers claim no more and finish the steps they hold.
+                let _ = self.draining.send(true);
+                let _ = engine_stop.send(true);
+                // Still accepting (the server future is polled) while the load balancers
+                // notice the readiness; it ends early only if the server fails.
+                match tokio::time::timeout(self.drain_delay, &mut serve).await {
+                    Ok(r) => r,
+                    Err(_) => {
                 // One grace for both: in-flight RPCs finish while the workers finish the steps
-                // they hold (they claim no more).
+                // they hold.
                 let deadline = tokio::time::Instant::now() + self.grace;
                 let _ = stop_tx.send(());
-                let _ = engine_stop.send(true);
                 let rpcs = async {
                     match tokio::time::timeout_at(deadline, &mut serve).await {
                         Ok(r) => r,
@@ -527,6 +547,8 @@ impl App {
                 };
                 let (r, ()) = tokio::join!(rpcs, steps);
                 r
+                    }
+                }
             }
         };
         prober.abort();

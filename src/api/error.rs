@@ -45,6 +45,7 @@ pub enum Reason {
     StoreUnavailable,
     ConcurrentRequest,
     RequestTimeout,
+    ShuttingDown,
     Internal,
 }
 
@@ -73,7 +74,7 @@ impl Reason {
             | R::WrongRoute
             | R::NotAwaitingKivRemoval
             | R::NotNeedingAttention => Code::FailedPrecondition,
-            R::StoreUnavailable | R::ConcurrentRequest => Code::Unavailable,
+            R::StoreUnavailable | R::ConcurrentRequest | R::ShuttingDown => Code::Unavailable,
             R::RequestTimeout => Code::DeadlineExceeded,
             R::Internal => Code::Internal,
         }
@@ -87,6 +88,8 @@ impl Reason {
             Reason::StoreUnavailable => Some(Duration::from_secs(1)),
             // The other request finishes within one transaction: a short wait suffices.
             Reason::ConcurrentRequest => Some(Duration::from_millis(200)),
+            // Another replica takes the call (the load balancer no longer sends here).
+            Reason::ShuttingDown => Some(Duration::from_millis(100)),
             _ => None,
         }
     }
@@ -181,6 +184,15 @@ impl ApiError {
 
     fn refused(reason: Reason, message: impl Into<String>) -> Self {
         ApiError::Refused(reason, message.into())
+    }
+
+    /// This replica is shutting down: the call (a watch) is to be made again, and reaches
+    /// another replica.
+    pub fn shutting_down() -> Self {
+        ApiError::refused(
+            Reason::ShuttingDown,
+            "this gateway replica is shutting down; call again to reach another one",
+        )
     }
 
     /// The reason the status will carry.
@@ -382,6 +394,7 @@ mod tests {
                 "STORE_UNAVAILABLE",
             ),
             (store(StoreError::ConcurrentRetry), "CONCURRENT_REQUEST"),
+            (ApiError::shutting_down(), "SHUTTING_DOWN"),
             (store(StoreError::Invariant("x".into())), "INTERNAL"),
             (store(StoreError::Corrupt("x".into())), "INTERNAL"),
         ]
@@ -399,7 +412,10 @@ mod tests {
             assert_eq!(status.code(), reason.code(), "{want}");
             // RetryInfo exactly where resending the same call is the answer.
             let retry = status.get_details_retry_info();
-            let retryable = matches!(want, "STORE_UNAVAILABLE" | "CONCURRENT_REQUEST");
+            let retryable = matches!(
+                want,
+                "STORE_UNAVAILABLE" | "CONCURRENT_REQUEST" | "SHUTTING_DOWN"
+            );
             assert_eq!(retry.is_some(), retryable, "{want}");
         }
         let validation = Status::from(ApiError::invalid("f", "REQUIRED", "is required"));

@@ -60,13 +60,23 @@ impl Paging {
 pub struct Api {
     gateway: Arc<Gateway>,
     paging: Paging,
+    /// Turns true when the replica starts to drain: open watch streams end (`SHUTTING_DOWN`).
+    draining: tokio::sync::watch::Receiver<bool>,
 }
 
 type ApiResult<T> = Result<Response<T>, Status>;
 
 impl Api {
-    pub fn new(gateway: Arc<Gateway>, paging: Paging) -> Self {
-        Self { gateway, paging }
+    pub fn new(
+        gateway: Arc<Gateway>,
+        paging: Paging,
+        draining: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            gateway,
+            paging,
+            draining,
+        }
     }
 
     fn page_size(&self, raw: i32) -> Result<u32, ApiError> {
@@ -208,6 +218,7 @@ impl DeregistrationService for Api {
             self.gateway.clone(),
             id,
             watch,
+            self.draining.clone(),
         ))))
     }
 

@@ -747,6 +747,63 @@ async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
 }
 
 #[tokio::test]
+async fn a_draining_replica_ends_its_watches_at_once_and_still_serves_during_the_drain_delay() {
+    // A drain delay far longer than the test: whatever the test sees happens within it.
+    let mut app = spawn_app_opts(Options {
+        engine: false,
+        settings: vec![("server.drain_delay", "10m".into())],
+        ..Options::default()
+    })
+    .await;
+    let mut client = app.provider("provider-a").await;
+    let id = new_case(&mut client, 5).await;
+    let mut stream = client
+        .watch_deregistration(pb::WatchDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.message().await.expect("the first event");
+    assert!(first.is_some(), "the watch starts with the case's events");
+
+    app.shutdown();
+    // The watch ends now, telling the watcher to go elsewhere; it does not wait for the drain.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without saying why"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch still runs during the drain");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert_eq!(crate::helpers::reason(&ended), "SHUTTING_DOWN");
+    // Not ready, yet new connections are still served during the drain delay.
+    let (code, _, _) = http_get(app.admin, "/readyz").await;
+    assert_eq!(code, 503);
+    let mut fresh = app.provider("provider-a").await;
+    fresh
+        .get_deregistration(pb::GetDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("served during the drain delay");
+    // A new watch ends at once too.
+    let refused = match fresh
+        .watch_deregistration(pb::WatchDeregistrationRequest { id })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .message()
+            .await
+            .expect_err("a new watch is ended"),
+        Err(status) => status,
+    };
+    assert_eq!(crate::helpers::reason(&refused), "SHUTTING_DOWN");
+}
+
+#[tokio::test]
 #[cfg_attr(
     not(etk_postgres),
     ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"

@@ -54,15 +54,17 @@ fails on a unit it does not know.
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds must leave the gateway its whole drain: server.shutdown_grace
-(default 10s), then up to 5 s for cut-off steps to end before their leases are released.
+terminationGracePeriodSeconds must leave the gateway its whole drain: server.drain_delay
+(default 0s), then server.shutdown_grace (default 10s), then up to 5 s for cut-off steps to end
+before their leases are released.
 */}}
 {{- define "etk.terminationGrace" -}}
 {{- $server := (include "etk.configDict" . | fromJson).server | default dict -}}
 {{- $grace := include "etk.seconds" ($server.shutdown_grace | default "10s") | float64 -}}
-{{- $needed := addf $grace 5.0 -}}
+{{- $delay := include "etk.seconds" ($server.drain_delay | default "0s") | float64 -}}
+{{- $needed := addf $delay $grace 5.0 -}}
 {{- if le (float64 .Values.terminationGracePeriodSeconds) $needed -}}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed server.shutdown_grace (%vs) plus 5 s for the leases' release" .Values.terminationGracePeriodSeconds $grace) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed server.drain_delay (%vs) + server.shutdown_grace (%vs) + 5 s for the leases' release" .Values.terminationGracePeriodSeconds $delay $grace) -}}
 {{- end -}}
 {{- .Values.terminationGracePeriodSeconds -}}
 {{- end }}

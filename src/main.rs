@@ -12,7 +12,7 @@ use etjanstekort_gateway::domain::CaseId;
 use etjanstekort_gateway::privacy::PrivacySettings;
 use etjanstekort_gateway::privacy::Vault;
 use etjanstekort_gateway::retention::RetentionSettings;
-use etjanstekort_gateway::startup::{App, load_vault, open_store};
+use etjanstekort_gateway::startup::{App, load_vault, migrate_database};
 use etjanstekort_gateway::storage::{
     CaseStore, ChainKeys, ChainReport, DatabaseSettings, SeaStore,
 };
@@ -266,7 +266,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let database: DatabaseSettings = layers.section("database")?;
             let privacy: PrivacySettings = layers.section("privacy")?;
             let migrated = async {
-                open_store(&database, std::sync::Arc::new(load_vault(&privacy)?)).await?;
+                migrate_database(&database, std::sync::Arc::new(load_vault(&privacy)?)).await?;
                 Ok::<_, Box<dyn std::error::Error>>(())
             }
             .await;

@@ -17,13 +17,16 @@ use crate::app::{Gateway, Watch};
 use crate::domain::{CaseEvent, CaseId};
 
 /// The events of `id` from the start of its trail to its end (the stream ends after a terminal
-/// event), or until the client goes away. `permit` holds the stream's place under the
+/// event), or until the client goes away, or until the replica starts to drain (`draining`
+/// turns true): then it ends with UNAVAILABLE `SHUTTING_DOWN`, so the watcher moves to another
+/// replica rather than holding this one's drain open. `permit` holds the stream's place under the
 /// principal's cap until the task ends.
 pub(super) fn stream(
     gateway: Arc<Gateway>,
     id: CaseId,
     watch: Watch,
     permit: WatchPermit,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<pb::WatchDeregistrationResponse, Status>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let Watch {
@@ -39,6 +42,10 @@ pub(super) fn stream(
         let mut seq = Sequencer::default();
         let mut pending = past;
         loop {
+            if *draining.borrow_and_update() {
+                let _ = tx.send(Err(ApiError::shutting_down().into())).await;
+                return;
+            }
             let (send, gap) = seq.take(&pending);
             for e in send {
                 let msg = pb::WatchDeregistrationResponse {
@@ -69,6 +76,13 @@ pub(super) fn stream(
                             return;
                         }
                         true
+                    }
+                    // Checked at the top of the loop. (A dropped sender: the app is gone.)
+                    r = draining.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        continue;
                     }
                 };
             if reread {

@@ -50,6 +50,14 @@ SCHEMA_REFUSES = [
     {"ports": {"grpc": 70000}},
 ]
 
+# Values the chart must refuse to render, and what its message names.
+RENDER_REFUSES = [
+    ({"terminationGracePeriodSeconds": 10}, "terminationGracePeriodSeconds"),
+    ({"config": {"server": {"shutdown_grace": "1m"}}}, "terminationGracePeriodSeconds"),
+    ({"terminationGracePeriodSeconds": 20}, "terminationGracePeriodSeconds"),
+    ({"config": {"server": {"drain_delay": "20s"}}}, "terminationGracePeriodSeconds"),
+]
+
 failures: list[str] = []
 
 
@@ -181,7 +189,13 @@ def chart_checks(case: str, objects: list[dict[str, Any]], values: dict[str, Any
     services = {s["spec"]["ports"][0]["targetPort"] for s in by_kind(objects, "Service")}
     check(services == {"grpc", "admin"}, f"{case}: Services for {services}, not grpc and admin apart")
     check(len(by_kind(objects, "PodDisruptionBudget")) == 1, f"{case}: no PodDisruptionBudget")
-    check(len(by_kind(objects, "NetworkPolicy")) == 1, f"{case}: no NetworkPolicy")
+    check(len(by_kind(objects, "NetworkPolicy")) == 1 + bool(values["migrations"]["job"]["enabled"]),
+          f"{case}: not one NetworkPolicy for the gateway and one for the migration Job")
+    if case == "all-on":
+        # The ports the configuration names, and only those (kiv.url :636, smtp.port 587,
+        # otel.endpoint :4317), beside DNS, PostgreSQL and the extra rule.
+        ports = {p["port"] for r in one(objects, "NetworkPolicy")["spec"]["egress"] for p in r["ports"]}
+        check(ports == {53, 5432, 636, 587, 4317, 80}, f"{case}: gateway egress ports {sorted(ports)}")
 
     config = one(objects, "ConfigMap")["data"]["gateway.toml"]
     job = one(objects, "Job", "migrate")
@@ -193,8 +207,57 @@ def chart_checks(case: str, objects: list[dict[str, Any]], values: dict[str, Any
     check(job_config["data"]["gateway.toml"] == config, f"{case}: the Job's configuration differs")
     check(int(job_config["metadata"]["annotations"]["helm.sh/hook-weight"])
           < int(annotations["helm.sh/hook-weight"]), f"{case}: the Job's ConfigMap comes after it")
-    check(job["spec"]["template"]["spec"]["containers"][0]["env"] == gateway["env"],
-          f"{case}: the Job's environment differs from the gateway's")
+    # The same environment but for the database URL: the Job may migrate as another role.
+    job_env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    url = "ETK_DATABASE__URL"
+    check([e for e in job_env if e["name"] != url] == [e for e in gateway["env"] if e["name"] != url],
+          f"{case}: the Job's environment differs from the gateway's beyond the database URL")
+    secrets = values["secrets"]
+    runtime_secret = secrets["database"]["name"] or f"{RELEASE}-etjanstekort-gateway-database"
+    migration_secret = secrets["migrationDatabase"]["name"] or runtime_secret
+
+    def url_secret(env: list[dict[str, Any]]) -> str:
+        return next(e for e in env if e["name"] == url)["valueFrom"]["secretKeyRef"]["name"]
+
+    check(url_secret(gateway["env"]) == runtime_secret, f"{case}: the pods' database Secret")
+    check(url_secret(job_env) == migration_secret, f"{case}: the Job's database Secret")
+
+    # Nothing that selects the gateway's pods selects the Job's.
+    job_labels = job["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    pod_labels = pod["metadata"]["labels"]
+    selectors = {"Deployment": deployment["spec"]["selector"]["matchLabels"],
+                 "PodDisruptionBudget": one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+                 "NetworkPolicy": one(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]}
+    for s in by_kind(objects, "Service"):
+        selectors[f"Service {s['metadata']['name']}"] = s["spec"]["selector"]
+    for i, t in enumerate(pod["spec"].get("topologySpreadConstraints", [])):
+        selectors[f"topology spread {i}"] = t["labelSelector"]["matchLabels"]
+    for what, selector in selectors.items():
+        check(selects(selector, pod_labels), f"{case}: the {what} misses the gateway's pods")
+        check(not selects(selector, job_labels), f"{case}: the {what} selects the migration Job's pod")
+
+    # Hooks: replaced by the next run; the Job's helpers also go once every hook succeeded.
+    for o in objects:
+        notes = o["metadata"].get("annotations", {})
+        if "helm.sh/hook" not in notes:
+            continue
+        policy = notes.get("helm.sh/hook-delete-policy", "").split(",")
+        check("before-hook-creation" in policy, f"{case}: hook {o['kind']} not replaced on the next run")
+        check("hook-succeeded" in policy, f"{case}: hook {o['kind']} stays after success")
+
+    if values["networkPolicy"]["enabled"]:
+        job_np = one(objects, "NetworkPolicy", "migrate")
+        check(selects(job_np["spec"]["podSelector"]["matchLabels"], job_labels)
+              and not selects(job_np["spec"]["podSelector"]["matchLabels"], pod_labels),
+              f"{case}: the Job's NetworkPolicy selects the wrong pods")
+        check(not job_np["spec"].get("ingress"), f"{case}: the Job's pod takes ingress")
+        ports = {p["port"] for r in job_np["spec"]["egress"] for p in r["ports"]}
+        expected = {p["port"] for k in ("dns", "postgresql") for p in values["networkPolicy"]["egress"][k]["ports"]}
+        check(ports == expected, f"{case}: the Job's egress ports {ports}, not {expected}")
 
     if values["serviceMonitor"]["enabled"]:
         sm = one(objects, "ServiceMonitor")
@@ -221,6 +284,12 @@ def main() -> int:
             failures.append(f"values.schema.json accepts {bad}")
         except helm.HelmValuesError:
             pass
+    for bad, names in RENDER_REFUSES:
+        try:
+            chart.render(bad, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            failures.append(f"the chart renders {bad}")
+        except Exception as e:  # noqa: BLE001 - whatever the engine raises, the message counts
+            check(names in str(e), f"the chart refuses {bad} without naming {names}: {e}")
     for case, values_file in CASES.items():
         objects, values = render(values_file)
         target = out / case

@@ -138,6 +138,7 @@ impl Layers {
             ("limits", c.limits.validate()),
             ("api", c.api.validate()),
             ("console", c.console.validate()),
+            ("database", c.database.validate()),
             ("engine", c.engine.validate()),
             ("privacy", c.privacy.validate()),
             ("retention", c.retention.validate()),
@@ -361,11 +362,14 @@ mod tests {
             jail.set_env("ETK_API__DEFAULT_PAGE_SIZE", "500");
             jail.set_env("ETK_SIMULATED__FAILURE_RATE", "1.5");
             jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "0");
+            jail.set_env("ETK_DATABASE__LISTEN_CHECK", "0s");
             let e = error(Config::load(None));
             assert!(e.contains("api: default_page_size"), "{e}");
+            assert!(e.contains("database: listen_check"), "{e}");
             assert!(e.contains("simulated: failure_rate"), "{e}");
             assert!(e.contains("engine: retry.max_attempts"), "{e}");
             jail.set_env("ETK_ENGINE__RETRY__MAX_ATTEMPTS", "3");
+            jail.set_env("ETK_DATABASE__LISTEN_CHECK", "30s");
             jail.set_env("ETK_ENGINE__RETRY__BACKOFF_BASE", "10m");
             jail.set_env("ETK_ENGINE__TIMERS__POLL_INTERVAL", "0s");
             jail.set_env("ETK_ENGINE__TIMERS__ESCALATE_AFTER", "1d");

@@ -43,6 +43,54 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// The retention job's settings; `None` runs no retention passes.
     retention: Option<RetentionSettings>,
+    /// The step tasks whose futures still exist (running, or aborted but not yet dropped).
+    steps: Arc<LiveSteps>,
+}
+
+/// Counts the step tasks whose futures have not been dropped yet. Aborting a task only asks
+/// it to stop at its next yield point; shutdown waits here before giving up leases, so a step
+/// still in the middle of a call never runs at the same time as another replica's retry.
+#[derive(Debug, Default)]
+struct LiveSteps {
+    count: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+/// Held by a step task's future: counted while it exists, uncounted when dropped (finished
+/// or cancelled).
+#[derive(Debug)]
+struct LiveStep(Arc<LiveSteps>);
+
+impl LiveSteps {
+    fn enter(self: &Arc<Self>) -> LiveStep {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LiveStep(self.clone())
+    }
+
+    async fn none_left(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for LiveStep {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.none_left.notify_waiters();
+        }
+    }
 }
 
 impl Engine {
@@ -61,6 +109,7 @@ impl Engine {
             claims: std::sync::atomic::AtomicU64::new(0),
             metrics: Arc::new(Metrics::new()),
             retention: None,
+            steps: Arc::default(),
         }
     }
 
@@ -82,6 +131,9 @@ impl Engine {
         if self.cfg.workers == 0 {
             return set;
         }
+        // The owner id marks this process's leases (`effects.lease_owner`): logged so an
+        // operator can tell which replica holds a step.
+        tracing::info!(owner = %self.owner, workers = self.cfg.workers, "saga engine started");
         for i in 0..self.cfg.workers {
             let me = self.clone();
             let stop = shutdown.clone();
@@ -169,8 +221,16 @@ impl Engine {
         }
     }
 
+    /// Resolves once no step task of this engine exists any more: every step finished, or was
+    /// cancelled and its future dropped (its connector call cut off). Shutdown awaits this
+    /// after aborting the workers and before `release_leases`.
+    pub async fn steps_ended(&self) {
+        self.steps.none_left().await;
+    }
+
     /// Gives up the leases this process's claims still hold (at shutdown, after its workers
-    /// were stopped or aborted), so other replicas take those steps at once. Returns how many.
+    /// were stopped or aborted and `steps_ended` resolved), so other replicas take those steps
+    /// at once. Returns how many.
     pub async fn release_leases(&self) -> Result<u64, StoreError> {
         self.store.release(&format!("{}-", self.owner)).await
     }
@@ -218,8 +278,11 @@ impl Engine {
                 case.as_ref(),
                 spans::connector_of(&self.connectors, w.step),
             );
+            // Counted from before the spawn until the future is dropped, however it ends.
+            let live = self.steps.enter();
             set.spawn(
                 async move {
+                    let _live = live;
                     // A step must end well inside its lease, or another worker would take it
                     // over while it still runs and do it twice.
                     // Counted from the claim, so loading the cases eats into it too.

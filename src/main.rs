@@ -12,7 +12,7 @@ use etjanstekort_gateway::domain::CaseId;
 use etjanstekort_gateway::privacy::PrivacySettings;
 use etjanstekort_gateway::privacy::Vault;
 use etjanstekort_gateway::retention::RetentionSettings;
-use etjanstekort_gateway::startup::{App, load_vault, open_store};
+use etjanstekort_gateway::startup::{App, load_vault, migrate_database};
 use etjanstekort_gateway::storage::{
     CaseStore, ChainKeys, ChainReport, DatabaseSettings, SeaStore,
 };
@@ -129,6 +129,19 @@ enum KeysCommand {
     /// Write the pseudonym key in use to a new file (mode 0600), to pin it with
     /// `privacy.pseudonym_key_file` before master keys rotate.
     ExportPseudonymKey {
+        /// The file to create (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write one master key's audit chain key to a new file (mode 0600), so that the audit
+    /// trail chained under it still verifies (`privacy.audit_chain_key_files`) after the master
+    /// key is destroyed. The chain key decrypts nothing.
+    ExportAuditKey {
+        /// The id of the master key (`keys list`).
+        #[arg(long)]
+        key_id: String,
         /// The file to create (refused if it exists).
         #[arg(long)]
         out: PathBuf,
@@ -253,7 +266,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let database: DatabaseSettings = layers.section("database")?;
             let privacy: PrivacySettings = layers.section("privacy")?;
             let migrated = async {
-                open_store(&database, std::sync::Arc::new(load_vault(&privacy)?)).await?;
+                migrate_database(&database, std::sync::Arc::new(load_vault(&privacy)?)).await?;
                 Ok::<_, Box<dyn std::error::Error>>(())
             }
             .await;
@@ -400,7 +413,8 @@ async fn maintenance(command: Command) -> Result<(), Box<dyn std::error::Error>>
             command:
                 KeysCommand::List { target }
                 | KeysCommand::Reencrypt { target, .. }
-                | KeysCommand::ExportPseudonymKey { target, .. },
+                | KeysCommand::ExportPseudonymKey { target, .. }
+                | KeysCommand::ExportAuditKey { target, .. },
         } => target,
         Command::Serve { .. }
         | Command::Migrate { .. }
@@ -446,6 +460,12 @@ async fn maintenance(command: Command) -> Result<(), Box<dyn std::error::Error>>
             } => {
                 let vault = load_vault(&layers.section("privacy")?)?;
                 export_pseudonym_key(&vault, &out)
+            }
+            Command::Keys {
+                command: KeysCommand::ExportAuditKey { key_id, out, .. },
+            } => {
+                let vault = load_vault(&layers.section("privacy")?)?;
+                export_audit_key(&vault, &key_id, &out)
             }
             Command::Serve { .. }
             | Command::Migrate { .. }
@@ -554,8 +574,11 @@ async fn keys_reencrypt(store: &SeaStore, batch: u32) -> Result<(), Box<dyn std:
     Ok(())
 }
 
-#[allow(clippy::print_stdout)]
-fn export_pseudonym_key(vault: &Vault, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+/// Writes key material to a file that must not exist yet, readable by its owner only.
+fn write_new_secret(
+    out: &Path,
+    secret: &secrecy::SecretString,
+) -> Result<(), Box<dyn std::error::Error>> {
     use secrecy::ExposeSecret;
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -563,8 +586,30 @@ fn export_pseudonym_key(vault: &Vault, out: &Path) -> Result<(), Box<dyn std::er
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(out)?;
-    file.write_all(vault.pseudonym_key_base64().expose_secret().as_bytes())?;
+    file.write_all(secret.expose_secret().as_bytes())?;
     file.sync_all()?;
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn export_audit_key(
+    vault: &Vault,
+    key_id: &str,
+    out: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    write_new_secret(out, &vault.export_audit_chain_key(key_id)?)?;
+    println!(
+        "audit chain key of {} written to {}; add it to privacy.audit_chain_key_files before \
+         removing that master key",
+        key_id.trim().to_lowercase(),
+        out.display()
+    );
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn export_pseudonym_key(vault: &Vault, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    write_new_secret(out, &vault.pseudonym_key_base64())?;
     println!(
         "pseudonym key written to {}; set privacy.pseudonym_key_file to it",
         out.display()

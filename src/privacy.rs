@@ -12,6 +12,11 @@
 //! Each case's personal data is sealed under a random data key of its own, stored only wrapped
 //! by a master key: destroying the wrapped key shreds every copy of the data, backups included.
 //!
+//! A master key's audit chain key must outlive it: the trail of a case is kept for the record
+//! period (10 years), longer than a master key should live. `keys export-audit-key` writes one
+//! master key's chain key (HKDF output: it cannot decrypt or unwrap anything) to a file, and
+//! `audit_chain_key_files` gives it back to the verifier after that master key is destroyed.
+//!
 //! Pseudonyms, request digests and page tokens use one HMAC key that must not change when the
 //! master key rotates (stored pseudonyms would stop matching): it is pinned, either to a key of
 //! its own (`pseudonym_key[_file]`) or to one named master key (`pseudonym_key_id`). Plain
@@ -56,6 +61,11 @@ pub struct PrivacySettings {
     /// The base64 pseudonym key itself (secret; wins over `pseudonym_key_file`).
     #[serde(default, deserialize_with = "crate::secret::optional")]
     pub pseudonym_key: Option<SecretString>,
+    /// Audit chain keys of master keys no longer configured, one per file (`keys
+    /// export-audit-key` writes them): events chained under a retired master key keep
+    /// verifying. A chain key decrypts nothing.
+    #[serde(default)]
+    pub audit_chain_key_files: Vec<PathBuf>,
 }
 
 impl PrivacySettings {
@@ -212,6 +222,7 @@ impl DataKey {
 struct MasterKey {
     cipher: Cipher,
     audit: hmac::Key,
+    audit_raw: SecretSlice<u8>,
     mac: SecretSlice<u8>,
 }
 
@@ -232,6 +243,7 @@ impl MasterKey {
         Ok(Self {
             cipher: Cipher::new(key_id_bytes(master), &derive(b"aead")?)?,
             audit: hmac::Key::new(hmac::HMAC_SHA256, &audit),
+            audit_raw: SecretSlice::from(audit),
             mac: SecretSlice::from(derive(b"hmac")?),
         })
     }
@@ -252,9 +264,20 @@ pub enum PseudonymKey {
     Own(SecretSlice<u8>),
 }
 
+/// The first word of an exported audit chain key: `<label> <key id> <base64 chain key>`.
+const AUDIT_KEY_LABEL: &str = "etk-audit-chain-key-v1";
+
+/// The audit chain key of a master key that is no longer configured (from its export).
+struct RetiredChainKey {
+    id: String,
+    key: hmac::Key,
+    raw: SecretSlice<u8>,
+}
+
 /// The keyring. `Debug` never prints key material.
 pub struct Vault {
     keys: Vec<MasterKey>,
+    retired: Vec<RetiredChainKey>,
     current: usize,
     mac: hmac::Key,
     mac_raw: SecretSlice<u8>,
@@ -265,6 +288,10 @@ impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vault")
             .field("current_key", &self.key_id())
+            .field(
+                "retired_audit_keys",
+                &self.retired.iter().map(|r| &r.id).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -361,6 +388,7 @@ impl Vault {
         };
         Ok(Self {
             keys,
+            retired: Vec::new(),
             current,
             mac: hmac::Key::new(hmac::HMAC_SHA256, &mac_raw),
             mac_raw: SecretSlice::from(mac_raw),
@@ -402,7 +430,78 @@ impl Vault {
             (None, None) => PseudonymKey::Default,
         };
         let refs: Vec<&[u8]> = masters.iter().map(|m| m.expose_secret()).collect();
-        Self::keyring(&refs, s.current_key.as_deref(), pseudonym)
+        let mut vault = Self::keyring(&refs, s.current_key.as_deref(), pseudonym)?;
+        for file in &s.audit_chain_key_files {
+            vault
+                .add_audit_chain_key(&read_secret(file)?)
+                .map_err(|e| VaultError::Keyring(format!("{}: {e}", file.display())))?;
+        }
+        Ok(vault)
+    }
+
+    /// The audit chain key of configured master key `key_id` as `keys export-audit-key` writes
+    /// it: `etk-audit-chain-key-v1 <key id> <base64 chain key>`. The chain key is derived from
+    /// the master key one way; it verifies and seals audit chains and opens nothing.
+    pub fn export_audit_chain_key(&self, key_id: &str) -> Result<SecretString, VaultError> {
+        use base64::Engine;
+        let id = key_id.trim().to_lowercase();
+        let master = self.master(&id).ok_or_else(|| {
+            VaultError::Keyring(format!(
+                "{id} is none of the configured master keys ({})",
+                self.key_ids().join(", ")
+            ))
+        })?;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(master.audit_raw.expose_secret());
+        Ok(SecretString::from(format!(
+            "{AUDIT_KEY_LABEL} {id} {encoded}\n"
+        )))
+    }
+
+    /// Accepts an exported audit chain key (`export_audit_chain_key`'s text) of a retired master
+    /// key: events and heads chained under it verify. One that names a configured master key
+    /// must be that key's (a mislabelled file is refused, not trusted).
+    pub fn add_audit_chain_key(&mut self, text: &SecretString) -> Result<(), VaultError> {
+        let malformed = || {
+            VaultError::Keyring(
+                "not an exported audit chain key (`keys export-audit-key` writes one)".into(),
+            )
+        };
+        let words: Vec<&str> = text.expose_secret().split_whitespace().collect();
+        let [AUDIT_KEY_LABEL, id, encoded] = words.as_slice() else {
+            return Err(malformed());
+        };
+        let id = id.to_lowercase();
+        if id.len() != 2 * KEY_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed());
+        }
+        let raw = decode_key(encoded).map_err(|_| malformed())?;
+        if raw.len() != 32 {
+            return Err(malformed());
+        }
+        let known = self
+            .master(&id)
+            .map(|m| m.audit_raw.expose_secret())
+            .or_else(|| {
+                self.retired
+                    .iter()
+                    .find(|r| r.id == id)
+                    .map(|r| r.raw.expose_secret())
+            });
+        match known {
+            Some(k) if k == raw.as_slice() => Ok(()),
+            Some(_) => Err(VaultError::Keyring(format!(
+                "the audit chain key given for {id} is not that key's"
+            ))),
+            None => {
+                self.retired.push(RetiredChainKey {
+                    id,
+                    key: hmac::Key::new(hmac::HMAC_SHA256, &raw),
+                    raw: SecretSlice::from(raw),
+                });
+                Ok(())
+            }
+        }
     }
 
     /// A new random 32-byte key, base64-encoded (dev mode writes its master key with it).
@@ -438,10 +537,20 @@ impl Vault {
         &self.keys[self.current].audit
     }
 
-    /// The audit chain key of any configured master key: events chained under a key that is
-    /// no longer current still verify.
+    /// The audit chain key of any configured master key, or of a retired one given by its
+    /// export: events chained under a key that is no longer current still verify.
     pub fn audit_chain_key_for(&self, key_id: &str) -> Option<&hmac::Key> {
-        self.master(key_id).map(|k| &k.audit)
+        self.master(key_id)
+            .map(|k| &k.audit)
+            .or_else(|| self.retired.iter().find(|r| r.id == key_id).map(|r| &r.key))
+    }
+
+    /// The ids of every audit chain key held: the master keys' (the current one first), then
+    /// the retired ones'.
+    pub fn audit_chain_key_ids(&self) -> Vec<String> {
+        let mut ids = self.key_ids();
+        ids.extend(self.retired.iter().map(|r| r.id.clone()));
+        ids
     }
 
     /// The pseudonym key, base64: for `keys export-pseudonym-key` only (pinning it to a file

@@ -26,6 +26,12 @@ pub struct ServerSettings {
     /// within it; leases still held after it are released.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On shutdown, how long the server keeps accepting connections after readiness turned
+    /// false (load balancers and Kubernetes endpoints take a moment to stop sending); the
+    /// grace starts after it. `WatchDeregistration` streams end at once, with UNAVAILABLE
+    /// `SHUTTING_DOWN`, so watchers move to another replica.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// How often the database (readiness) and the connectors' servers are probed.
     #[serde(with = "humantime_serde")]
     pub health_probe: Duration,
@@ -135,6 +141,7 @@ mod tests {
             max_handshakes: 256,
             max_request_bytes: 65_536,
             reload_interval: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
         }
     }
 

@@ -41,6 +41,11 @@ use crate::server::caps::ConnectionCaps;
 use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
 use crate::tls::TlsState;
 
+/// How long shutdown waits, after cutting off the steps still running at the end of the
+/// grace, for their futures to be dropped (a cancelled future ends at its next yield point,
+/// which is at once unless a connector blocks a thread).
+const STEPS_END_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -84,32 +89,58 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError
     })
 }
 
-/// Opens the store. With `db.migrate`, applies the pending migrations (under the migration
-/// lock); without, refuses a schema that lacks any of this build's migrations, naming them.
+/// Opens the store for `serve`. With `db.migrate`, applies the pending migrations (under the
+/// migration lock); without, refuses a schema that lacks any of this build's migrations, naming
+/// them. A schema a newer version migrated (migrations this build does not know) is served as
+/// it is, with a warning, and never migrated: during a rollout (or a rollback of the binary)
+/// older replicas keep running against it.
 pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
+    let store = connect_store(db, vault).await?;
+    let status = store.schema_status().await?;
+    if !status.unknown.is_empty() {
+        tracing::warn!(
+            migrations = %status.unknown.join(", "),
+            "the database records migrations this build does not know (a newer version's); \
+             serving it without migrating"
+        );
+    }
+    if db.migrate && status.unknown.is_empty() {
+        apply_migrations(&store).await?;
+    } else if !status.pending.is_empty() {
+        return Err(StartError::SchemaBehind(status.pending.join(", ")));
+    }
+    anchor_legacy_chains(&store).await?;
+    Ok(store)
+}
+
+/// The `migrate` command: applies the pending migrations under the migration lock, whatever
+/// `database.migrate` says. Refuses a schema that records migrations this build does not know
+/// (this binary is older than the schema).
+pub async fn migrate_database(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<(), StartError> {
+    let store = connect_store(db, vault).await?;
+    apply_migrations(&store).await?;
+    anchor_legacy_chains(&store).await
+}
+
+async fn connect_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaStore, StartError> {
     use secrecy::ExposeSecret;
-    let store = SeaStore::connect(
+    Ok(SeaStore::connect(
         db.url.expose_secret(),
         db.max_connections,
         db.acquire_timeout,
         vault,
     )
-    .await?;
-    if db.migrate {
-        let applied = store.migrate().await?;
-        if applied.is_empty() {
-            tracing::info!("database schema is current; no migration to apply");
-        } else {
-            tracing::info!(migrations = %applied.join(", "), "migrations applied");
-        }
+    .await?)
+}
+
+async fn apply_migrations(store: &SeaStore) -> Result<(), StartError> {
+    let applied = store.migrate().await?;
+    if applied.is_empty() {
+        tracing::info!("database schema is current; no migration to apply");
     } else {
-        let missing = store.pending_migrations().await?;
-        if !missing.is_empty() {
-            return Err(StartError::SchemaBehind(missing.join(", ")));
-        }
+        tracing::info!(migrations = %applied.join(", "), "migrations applied");
     }
-    anchor_legacy_chains(&store).await?;
-    Ok(store)
+    Ok(())
 }
 
 /// Covers trails from before the keyed chain (m0005) with a keyed link, once per case (see
@@ -197,6 +228,10 @@ pub struct App {
     probes: Connectors,
     health: tonic_health::server::HealthReporter,
     grace: Duration,
+    /// How long the listener keeps accepting after readiness turned false (`server.drain_delay`).
+    drain_delay: Duration,
+    /// Set at shutdown: open watch streams end (`SHUTTING_DOWN`).
+    draining: tokio::sync::watch::Sender<bool>,
     /// Whether the operator console is served (`[console] enabled`).
     console: bool,
     probe_every: Duration,
@@ -246,7 +281,7 @@ impl App {
             .with_timing(timing)
             .with_bus(bus.clone());
         // PostgreSQL: other replicas' commits reach this process's bus too.
-        let relay = store.spawn_relay().map(Relay);
+        let relay = store.spawn_relay(config.database.listen_check).map(Relay);
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
@@ -304,6 +339,7 @@ impl App {
 
         let watchers = crate::api::Watchers::new(config.limits.watch_streams_per_principal)
             .with_metrics(metrics.clone());
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let api = Api::new(
             Arc::new(
                 Gateway::new(store.clone(), bus, vault)
@@ -312,6 +348,7 @@ impl App {
             ),
             config.api,
             Arc::new(watchers),
+            drain_rx,
         );
         let max_request = config.server.max_request_bytes;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -407,6 +444,8 @@ impl App {
             probes,
             health,
             grace: config.server.shutdown_grace,
+            drain_delay: config.server.drain_delay,
+            draining: drain_tx,
             console: config.console.enabled,
             probe_every: config
                 .server
@@ -513,18 +552,30 @@ impl App {
                 r
             }
             () = shutdown => {
-                tracing::info!(grace_seconds = self.grace.as_secs(), "shutting down: draining requests and steps");
+                tracing::info!(
+                    drain_delay_ms = self.drain_delay.as_millis() as u64,
+                    grace_seconds = self.grace.as_secs(),
+                    "shutting down: draining requests and steps"
+                );
                 // Not ready first, and for good: the prober must not turn it back.
                 prober.abort();
                 self.readiness.drain();
                 for s in SERVICES {
                     self.health.set_service_status(s, ServingStatus::NotServing).await;
                 }
+                // Watchers move to another replica now rather than hold the drain open; the
+                // workers claim no more and finish the steps they hold.
+                let _ = self.draining.send(true);
+                let _ = engine_stop.send(true);
+                // Still accepting (the server future is polled) while the load balancers
+                // notice the readiness; it ends early only if the server fails.
+                match tokio::time::timeout(self.drain_delay, &mut serve).await {
+                    Ok(r) => r,
+                    Err(_) => {
                 // One grace for both: in-flight RPCs finish while the workers finish the steps
-                // they hold (they claim no more).
+                // they hold.
                 let deadline = tokio::time::Instant::now() + self.grace;
                 let _ = stop_tx.send(());
-                let _ = engine_stop.send(true);
                 let rpcs = async {
                     match tokio::time::timeout_at(deadline, &mut serve).await {
                         Ok(r) => r,
@@ -546,6 +597,8 @@ impl App {
                 };
                 let (r, ()) = tokio::join!(rpcs, steps);
                 r
+                    }
+                }
             }
         };
         prober.abort();
@@ -556,13 +609,25 @@ impl App {
         // Whatever still runs is stopped; the leases this process still holds (a step
         // abandoned, a batch whose results could not be recorded) are given up at once, so
         // other replicas take those steps now rather than when the leases run out.
+        // Aborting only asks a task to stop at its next yield point: the leases are given up
+        // once every step future is gone, never while a step may still be mid-call (another
+        // replica would run it a second time alongside).
         engine.abort_all();
         while engine.join_next().await.is_some() {}
-        match self.engine.release_leases().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(steps = n, "released the leases of unfinished steps"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot release leases; other replicas take the steps when they run out")
+        if tokio::time::timeout(STEPS_END_WAIT, self.engine.steps_ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a cancelled step has not ended; its lease is kept until it runs out so no other replica runs it alongside"
+            );
+        } else {
+            match self.engine.release_leases().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(steps = n, "released the leases of unfinished steps"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release leases; other replicas take the steps when they run out")
+                }
             }
         }
         // Watchers' news stops with the process.

@@ -49,6 +49,7 @@ pub enum Reason {
     TooManyWatchStreams,
     RateLimited,
     RequestTooLarge,
+    ShuttingDown,
     Internal,
 }
 
@@ -78,7 +79,7 @@ impl Reason {
             | R::WrongRoute
             | R::NotAwaitingKivRemoval
             | R::NotNeedingAttention => Code::FailedPrecondition,
-            R::StoreUnavailable | R::ConcurrentRequest => Code::Unavailable,
+            R::StoreUnavailable | R::ConcurrentRequest | R::ShuttingDown => Code::Unavailable,
             R::RequestTimeout => Code::DeadlineExceeded,
             R::TooManyWatchStreams | R::RateLimited | R::RequestTooLarge => Code::ResourceExhausted,
             R::Internal => Code::Internal,
@@ -94,6 +95,8 @@ impl Reason {
             Reason::StoreUnavailable => Some(Duration::from_secs(1)),
             // The other request finishes within one transaction: a short wait suffices.
             Reason::ConcurrentRequest => Some(Duration::from_millis(200)),
+            // Another replica takes the call (the load balancer no longer sends here).
+            Reason::ShuttingDown => Some(Duration::from_millis(100)),
             _ => None,
         }
     }
@@ -201,6 +204,15 @@ impl ApiError {
 
     fn refused(reason: Reason, message: impl Into<String>) -> Self {
         ApiError::Refused(reason, message.into())
+    }
+
+    /// This replica is shutting down: the call (a watch) is to be made again, and reaches
+    /// another replica.
+    pub fn shutting_down() -> Self {
+        ApiError::refused(
+            Reason::ShuttingDown,
+            "this gateway replica is shutting down; call again to reach another one",
+        )
     }
 
     /// The reason the status will carry.
@@ -410,6 +422,7 @@ mod tests {
                 ApiError::Refused(Reason::RequestTooLarge, "big".into()),
                 "REQUEST_TOO_LARGE",
             ),
+            (ApiError::shutting_down(), "SHUTTING_DOWN"),
             (store(StoreError::Invariant("x".into())), "INTERNAL"),
             (store(StoreError::Corrupt("x".into())), "INTERNAL"),
         ]
@@ -427,7 +440,10 @@ mod tests {
             assert_eq!(status.code(), reason.code(), "{want}");
             // RetryInfo exactly where resending the same call is the answer.
             let retry = status.get_details_retry_info();
-            let retryable = matches!(want, "STORE_UNAVAILABLE" | "CONCURRENT_REQUEST");
+            let retryable = matches!(
+                want,
+                "STORE_UNAVAILABLE" | "CONCURRENT_REQUEST" | "SHUTTING_DOWN"
+            );
             assert_eq!(retry.is_some(), retryable, "{want}");
         }
         // The rate limit's status: its reason, code and the caller's own wait.

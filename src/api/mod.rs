@@ -64,16 +64,24 @@ pub struct Api {
     gateway: Arc<Gateway>,
     paging: Paging,
     watchers: Arc<Watchers>,
+    /// Turns true when the replica starts to drain: open watch streams end (`SHUTTING_DOWN`).
+    draining: tokio::sync::watch::Receiver<bool>,
 }
 
 type ApiResult<T> = Result<Response<T>, Status>;
 
 impl Api {
-    pub fn new(gateway: Arc<Gateway>, paging: Paging, watchers: Arc<Watchers>) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        paging: Paging,
+        watchers: Arc<Watchers>,
+        draining: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             gateway,
             paging,
             watchers,
+            draining,
         }
     }
 
@@ -227,6 +235,7 @@ impl DeregistrationService for Api {
             watch,
             permit,
             caller,
+            self.draining.clone(),
         ))))
     }
 

@@ -20,7 +20,9 @@ use crate::domain::{CaseEvent, CaseId};
 use crate::rpc::auth::CallerCheck;
 
 /// The events of `id` from the start of its trail to its end (the stream ends after a terminal
-/// event), or until the client goes away. `permit` holds the stream's place under the
+/// event), or until the client goes away, or until the replica starts to drain (`draining`
+/// turns true): then it ends with UNAVAILABLE `SHUTTING_DOWN`, so the watcher moves to another
+/// replica rather than holding this one's drain open. `permit` holds the stream's place under the
 /// principal's cap until the task ends. `caller` judges the caller again before each event and
 /// every `caller.every()` between them: a certificate revoked (or whose CRL went stale) or a
 /// principal removed or changed role while the stream is open ends it with the status its next
@@ -31,6 +33,7 @@ pub(super) fn stream(
     watch: Watch,
     permit: WatchPermit,
     caller: Option<CallerCheck>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<pb::WatchDeregistrationResponse, Status>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let Watch {
@@ -52,6 +55,10 @@ pub(super) fn stream(
         recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let still_admitted = || caller.as_ref().map_or(Ok(()), CallerCheck::recheck);
         loop {
+            if *draining.borrow_and_update() {
+                let _ = tx.send(Err(ApiError::shutting_down().into())).await;
+                return;
+            }
             let (send, gap) = seq.take(&pending);
             for e in send {
                 if let Err(status) = still_admitted() {
@@ -95,6 +102,13 @@ pub(super) fn stream(
                         }
                         pending.clear();
                         false
+                    }
+                    // Checked at the top of the loop. (A dropped sender: the app is gone.)
+                    r = draining.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        continue;
                     }
                 };
             if reread {

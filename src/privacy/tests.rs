@@ -190,3 +190,86 @@ fn the_settings_make_one_keyring() {
     assert_ne!(own.pseudonym(&pnr), vault().pseudonym(&pnr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_exported_audit_chain_key_outlives_its_master_key() {
+    let mut old = vault();
+    let old_id = old.key_id();
+    let exported = old.export_audit_chain_key(&old_id.to_uppercase()).unwrap();
+    let sign = |k: &hmac::Key| hmac::sign(k, b"event").as_ref().to_vec();
+    let made_by_old = sign(old.audit_chain_key());
+    // The export is the chain key alone: neither the master key nor anything it derives to
+    // decrypt or to make pseudonyms.
+    let text = exported.expose_secret();
+    assert!(text.starts_with(&format!("etk-audit-chain-key-v1 {old_id} ")));
+    use base64::Engine;
+    for secret in [[7u8; 32].to_vec(), old.keys[0].mac.expose_secret().to_vec()] {
+        assert!(!text.contains(&base64::engine::general_purpose::STANDARD.encode(secret)));
+    }
+    assert!(old.export_audit_chain_key("0123456789abcdef").is_err());
+
+    // The new key alone does not know the old chain; given the export, it does.
+    let mut new = Vault::from_master_key(&[8u8; 32]).unwrap();
+    assert!(new.audit_chain_key_for(&old_id).is_none());
+    new.add_audit_chain_key(&exported).unwrap();
+    assert_eq!(sign(new.audit_chain_key_for(&old_id).unwrap()), made_by_old);
+    assert_eq!(
+        new.audit_chain_key_ids(),
+        vec![new.key_id(), old_id.clone()]
+    );
+    // It encrypts and decrypts nothing: the old key's data stays unreadable.
+    let sealed = old.seal("case-1", b"Tolvan").unwrap();
+    assert!(matches!(
+        new.open("case-1", &sealed),
+        Err(VaultError::UnknownKey(_))
+    ));
+    // Given twice: the same key is accepted again, another key under that id is not.
+    new.add_audit_chain_key(&exported).unwrap();
+    let other = Vault::from_master_key(&[9u8; 32]).unwrap();
+    let forged = other
+        .export_audit_chain_key(&other.key_id())
+        .unwrap()
+        .expose_secret()
+        .replace(&other.key_id(), &old_id);
+    assert!(
+        new.add_audit_chain_key(&SecretString::from(forged.clone()))
+            .is_err()
+    );
+    // Mislabelled as a configured master key: refused too.
+    assert!(
+        old.add_audit_chain_key(&SecretString::from(forged))
+            .is_err()
+    );
+    for bad in [
+        String::new(),
+        format!("etk-audit-chain-key-v1 {old_id}"),
+        format!("etk-audit-chain-key-v2 {old_id} AAAA"),
+        format!("etk-audit-chain-key-v1 nothex {}", "A".repeat(44)),
+        format!("etk-audit-chain-key-v1 {old_id} QUJD"),
+    ] {
+        assert!(new.add_audit_chain_key(&SecretString::from(bad)).is_err());
+    }
+
+    // From files, as `[privacy]` names them.
+    let dir = std::env::temp_dir().join(format!("etk-chain-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("old.audit-key");
+    std::fs::write(&file, exported.expose_secret()).unwrap();
+    let b64 = |k: [u8; 32]| SecretString::from(base64::engine::general_purpose::STANDARD.encode(k));
+    let mut s = PrivacySettings {
+        master_key: Some(b64([8u8; 32])),
+        audit_chain_key_files: vec![file.clone()],
+        ..PrivacySettings::default()
+    };
+    let loaded = Vault::load(&s).unwrap();
+    assert_eq!(
+        sign(loaded.audit_chain_key_for(&old_id).unwrap()),
+        made_by_old
+    );
+    std::fs::write(&file, b"not a key").unwrap();
+    let err = Vault::load(&s).unwrap_err().to_string();
+    assert!(err.contains("old.audit-key"), "{err}");
+    s.audit_chain_key_files = vec![dir.join("absent")];
+    assert!(Vault::load(&s).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

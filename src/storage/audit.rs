@@ -117,8 +117,9 @@ pub(crate) fn head_seal(
 }
 
 /// The chain keys a verifier may need, by key id: those of every master key the vault holds, so
-/// events chained under a key that is no longer current still verify after a rotation (until
-/// that key is removed from the configuration).
+/// events chained under a key that is no longer current still verify after a rotation, and
+/// those of retired master keys exported with `keys export-audit-key`, so they still verify
+/// after the master key itself is destroyed.
 #[derive(Clone)]
 pub struct ChainKeys {
     keys: HashMap<String, hmac::Key>,
@@ -140,9 +141,10 @@ impl ChainKeys {
         .with(vault)
     }
 
-    /// Also accepts what any of `vault`'s master keys made.
+    /// Also accepts what any of `vault`'s master keys, or the retired keys whose chain keys it
+    /// was given (`privacy.audit_chain_key_files`), made.
     pub fn with(mut self, vault: &Vault) -> Self {
-        for id in vault.key_ids() {
+        for id in vault.audit_chain_key_ids() {
             if let Some(key) = vault.audit_chain_key_for(&id) {
                 self.keys.insert(id, key.clone());
             }

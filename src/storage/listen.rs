@@ -126,24 +126,45 @@ pub(crate) async fn wake_others(
 
 /// The relay: listens for other replicas' commits on a connection of its own and hands their
 /// events to `bus`, for as long as the task runs. Never returns.
-pub(crate) async fn relay(db: DatabaseConnection, origin: String, bus: EventBus) {
-    // Its own one-connection pool with the store's connect options: the listening connection
-    // is held for good and must not take one from the request pool.
+///
+/// A connection that dies without a word (no FIN or RST reaches us: a dropped NAT or firewall
+/// entry, a failed-over server) would leave the relay waiting forever, so every `check` the
+/// listening connection must answer `SELECT 1` within `check`; if it does not, it is dropped,
+/// a new one listens, and the watchers resync.
+pub(crate) async fn relay(db: DatabaseConnection, origin: String, bus: EventBus, check: Duration) {
     let options = db.get_postgres_connection_pool().connect_options();
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .connect_lazy_with((*options).clone());
     let mut backoff = BACKOFF_MIN;
     loop {
+        // A one-connection pool of its own with the store's connect options: the listening
+        // connection is held for good and must not take one from the request pool. A new pool
+        // for every attempt: a dropped listener hands its connection back only after an
+        // `UNLISTEN`, which a dead connection never answers, and must not block the next one.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_lazy_with((*options).clone());
         match listen(&pool).await {
             Ok(mut listener) => {
                 backoff = BACKOFF_MIN;
                 tracing::debug!("listening for other replicas' commits");
                 // Whatever was committed while nobody listened: watchers re-read, workers look.
                 bus.resync();
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    match listener.try_recv().await {
+                    let received = tokio::select! {
+                        r = listener.try_recv() => r,
+                        _ = tick.tick() => {
+                            match alive(&mut listener, check).await {
+                                Ok(()) => continue,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "the connection listening for other replicas' commits does not answer; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    match received {
                         Ok(Some(n)) => relay_one(&db, &origin, &bus, n.payload()).await,
                         // The connection dropped and was made again (and listens again).
                         Ok(None) => {
@@ -165,6 +186,21 @@ pub(crate) async fn relay(db: DatabaseConnection, origin: String, bus: EventBus)
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Whether the listening connection answers `SELECT 1` within `limit`. Notifications that
+/// arrive meanwhile are kept by the listener for the next `try_recv`.
+async fn alive(listener: &mut PgListener, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(
+        limit,
+        sea_orm::sqlx::query("SELECT 1").execute(&mut *listener),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}", crate::engine::human(limit))),
     }
 }
 

@@ -42,7 +42,8 @@ use crate::domain::{
 };
 
 pub use audit::{BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
-pub use sea::SeaStore;
+pub use queries::SchemaStatus;
+pub use sea::{MIGRATION_LOCK, SeaStore};
 pub use settings::{DatabaseSettings, Timing};
 
 /// Who caused a change, when, and under which trace: recorded on every audit event.

@@ -208,6 +208,73 @@ pub(crate) async fn schema_current(conn: &impl ConnectionTrait) -> Result<bool, 
     Ok(!rows.is_empty())
 }
 
+/// This build's migrations compared with those the database records as applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Known to this build, not applied: the schema is older than this build needs.
+    pub pending: Vec<String>,
+    /// Applied, not known to this build: a newer version migrated the database (a rollout in
+    /// progress, or a rollback of the binary).
+    pub unknown: Vec<String>,
+}
+
+impl SchemaStatus {
+    /// `pending` = `known` − `applied` (in `known`'s order), `unknown` = `applied` − `known`
+    /// (in `applied`'s order).
+    pub fn of(known: &[String], applied: &[String]) -> Self {
+        Self {
+            pending: known
+                .iter()
+                .filter(|k| !applied.contains(k))
+                .cloned()
+                .collect(),
+            unknown: applied
+                .iter()
+                .filter(|a| !known.contains(a))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The migration versions the database records as applied, in the order they were applied;
+/// none when it has no migration table yet. Read-only, so a runtime role without DDL rights
+/// may ask, and it never fails on migrations this build does not know (unlike
+/// `sea-orm-migration`'s status look-ups).
+pub(crate) async fn applied_migrations(
+    conn: &impl ConnectionTrait,
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    use migration::MigratorTrait;
+    let table = migration::Migrator::migration_table_name().to_string();
+    let exists = match conn.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            "SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = $1"
+        }
+        _ => "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1",
+    };
+    let found = conn
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            exists,
+            [table.clone().into()],
+        ))
+        .await?;
+    if found.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut q = Query::select();
+    q.column("version")
+        .from(migration::Migrator::migration_table_name())
+        .order_by("applied_at", sea_orm::Order::Asc)
+        .order_by("version", sea_orm::Order::Asc);
+    conn.query_all(&q)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "version"))
+        .collect()
+}
+
 /// Every case id after `after`, in id order, at most `limit`: the verifier's walk. Reads ids
 /// only, so a case whose personal data cannot be decrypted is verified too.
 pub(crate) async fn case_ids(
@@ -320,4 +387,41 @@ pub(crate) async fn steps(
             updated_at: Timestamp(r.updated_at),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::SchemaStatus;
+
+    fn v(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn pending_is_known_minus_applied_and_unknown_is_applied_minus_known() {
+        let known = v(&["m1", "m2", "m3"]);
+        assert_eq!(SchemaStatus::of(&known, &known), SchemaStatus::default());
+        assert_eq!(
+            SchemaStatus::of(&known, &v(&["m1"])),
+            SchemaStatus {
+                pending: v(&["m2", "m3"]),
+                unknown: vec![],
+            }
+        );
+        // A newer version migrated further: nothing pending here, its migration unknown.
+        assert_eq!(
+            SchemaStatus::of(&known, &v(&["m1", "m2", "m3", "m4"])),
+            SchemaStatus {
+                pending: vec![],
+                unknown: v(&["m4"]),
+            }
+        );
+        assert_eq!(
+            SchemaStatus::of(&known, &[]),
+            SchemaStatus {
+                pending: known.clone(),
+                unknown: vec![],
+            }
+        );
+    }
 }

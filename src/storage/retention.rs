@@ -1,5 +1,6 @@
 //! Retention and re-encryption on the stored rows: which ended cases are due for shredding or
-//! purging, shredding one (its data key and ciphertexts destroyed, an audit event appended),
+//! purging, shredding one (its data key, ciphertexts, idempotency records and outbox error
+//! texts destroyed, an audit event appended),
 //! purging one (a `retention_purges` marker written, then its events, effects, idempotency
 //! records and row deleted — the m0006 triggers allow deleting events only under such a
 //! marker, and a marker only for a shredded case), purging finished outbox rows, and moving
@@ -109,6 +110,19 @@ pub(crate) async fn shred_in(
     // The request fingerprint is a keyed digest of the report, personal data included.
     idempotency_keys::Entity::delete_many()
         .filter(idempotency_keys::Column::CaseId.eq(model.id.clone()))
+        .exec(txn)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    // An effect's last error is a connector's or mail server's text about this case (a
+    // bounced address, a name in a directory error): it goes with the personal data. The rows
+    // themselves (ids, steps, times) stay until the outbox period or the purge removes them.
+    effects::Entity::update_many()
+        .col_expr(
+            effects::Column::LastError,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(effects::Column::CaseId.eq(model.id.clone()))
+        .filter(effects::Column::LastError.is_not_null())
         .exec(txn)
         .await
         .map_err(StoreError::Unavailable)?;

@@ -25,7 +25,7 @@ use crate::privacy::Vault;
 
 /// The advisory lock key `migrate` holds on PostgreSQL (any fixed number unique to this
 /// application within the database; here "etkmigr" in ASCII).
-const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
+pub const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
 
 #[derive(Clone)]
 pub struct SeaStore {
@@ -45,6 +45,30 @@ impl std::fmt::Debug for SeaStore {
             .field("backend", &self.db.get_database_backend())
             .finish_non_exhaustive()
     }
+}
+
+async fn status(conn: &impl sea_orm::ConnectionTrait) -> Result<super::SchemaStatus, DbErr> {
+    use migration::MigratorTrait;
+    let known: Vec<String> = migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let applied = queries::applied_migrations(conn).await?;
+    Ok(super::SchemaStatus::of(&known, &applied))
+}
+
+/// The pending migrations' names, or an error naming the applied ones this build does not know.
+async fn refuse_newer(conn: &impl sea_orm::ConnectionTrait) -> Result<Vec<String>, DbErr> {
+    let status = status(conn).await?;
+    if !status.unknown.is_empty() {
+        return Err(DbErr::Custom(format!(
+            "the database schema is newer than this build: it records migrations this build \
+             does not know ({}): migrate with that newer version (this one still serves the \
+             schema; `serve` skips migrating then)",
+            status.unknown.join(", ")
+        )));
+    }
+    Ok(status.pending)
 }
 
 impl SeaStore {
@@ -82,11 +106,13 @@ impl SeaStore {
     /// PostgreSQL in one transaction holding an advisory lock: concurrent runs (replicas starting
     /// together, two migration jobs) queue on the lock, and a later one finds nothing left to do.
     /// SQLite is one process's file with one connection: its runs cannot overlap.
+    ///
+    /// Refuses a database that records migrations this build does not know: this binary is
+    /// older than the schema, and only the newer version may migrate it further.
     pub async fn migrate(&self) -> Result<Vec<String>, DbErr> {
         use sea_orm::ConnectionTrait;
         if self.db.get_database_backend() != sea_orm::DbBackend::Postgres {
-            let pending =
-                migration::names(&migration::Migrator::get_pending_migrations(&self.db).await?);
+            let pending = refuse_newer(&self.db).await?;
             migration::Migrator::up(&self.db, None).await?;
             return Ok(pending);
         }
@@ -94,29 +120,30 @@ impl SeaStore {
         // Held until the commit (or rollback); the lock waits as long as a run takes.
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             .await?;
-        let pending = migration::names(&migration::Migrator::get_pending_migrations(&txn).await?);
+        let pending = refuse_newer(&txn).await?;
         migration::Migrator::up(&txn, None).await?;
         txn.commit().await?;
         Ok(pending)
     }
 
-    /// The migrations this build knows that the database has not applied, in order; writes
-    /// nothing (no DDL: a runtime user without DDL rights may ask).
-    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
-        Ok(migration::names(
-            &migration::Migrator::get_pending_migrations_read_only(&self.db).await?,
-        ))
+    /// This build's migrations against those the database has applied; writes nothing (no
+    /// DDL: a runtime user without DDL rights may ask). Migrations this build does not know
+    /// are reported, not refused: during a rollout older replicas run against a newer schema.
+    pub async fn schema_status(&self) -> Result<super::SchemaStatus, DbErr> {
+        status(&self.db).await
     }
 
     /// On PostgreSQL, the relay that brings other replicas' commits to this store's bus
     /// (`storage::listen`), running until the returned task is aborted; `None` on SQLite (one
     /// process: the bus already has everything).
-    pub fn spawn_relay(&self) -> Option<tokio::task::JoinHandle<()>> {
+    /// The listening connection is checked every `check` (see `listen::relay`).
+    pub fn spawn_relay(&self, check: Duration) -> Option<tokio::task::JoinHandle<()>> {
         (self.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
             tokio::spawn(listen::relay(
                 self.db.clone(),
                 self.origin.clone(),
                 self.bus.clone(),
+                check,
             ))
         })
     }
@@ -292,9 +319,17 @@ impl CaseStore for SeaStore {
     async fn release(&self, owner_prefix: &str) -> Result<u64, StoreError> {
         let released = outbox::release(&self.db, owner_prefix).await?;
         if released > 0 {
-            // Due now: wake the idle workers, here and on the other replicas.
+            // Due now: wake the idle workers, here and on the other replicas. The leases are
+            // given up whether or not the wake-up goes out (the others then find the steps at
+            // their next idle poll), so its failure is not the release's.
             self.bus.notify_work();
-            listen::wake_others(&self.db, &self.origin).await?;
+            if let Err(e) = listen::wake_others(&self.db, &self.origin).await {
+                tracing::warn!(
+                    error = %e,
+                    steps = released,
+                    "released leases, but cannot wake the other replicas; they take the steps at their next idle poll"
+                );
+            }
         }
         Ok(released)
     }

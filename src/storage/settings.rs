@@ -21,6 +21,21 @@ pub struct DatabaseSettings {
     /// (`serve --no-migrate`): the schema must already be current — a separate `migrate` run
     /// (a deployment's migration job) applies it, and the runtime user needs no DDL rights.
     pub migrate: bool,
+    /// How often the connection listening for other replicas' commits (PostgreSQL) is checked
+    /// with `SELECT 1`, which must answer within the same time: a connection that died
+    /// silently (a dropped NAT entry, a failed-over server) is then replaced and the watchers
+    /// resync, rather than the relay waiting forever for news that cannot arrive.
+    #[serde(with = "humantime_serde")]
+    pub listen_check: Duration,
+}
+
+impl DatabaseSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen_check.is_zero() {
+            return Err("listen_check must be more than 0s".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// How the symbolic delays of `domain::saga::Delay` map to time (`[engine.timers]`).

@@ -101,6 +101,11 @@ impl Server {
         }
     }
 
+    /// Everything the server printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
     /// The admin listener's address, as the server announced it.
     pub fn admin_addr(&self) -> std::net::SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(10);

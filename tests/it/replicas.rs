@@ -6,26 +6,60 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etjanstekort_gateway::api::pb;
 use etjanstekort_gateway::devcerts;
 use pb::deregistration_service_client::DeregistrationServiceClient;
 use pb::revocation_service_client::RevocationServiceClient;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use tonic::transport::Channel;
 
 use crate::admin::http_get;
 use crate::helpers::{Options, TestApp, TestDb, create, report, spawn_app_opts, unit_a};
 use crate::launcher::{Server, run};
 
-/// The grants docs/deployment.md gives the runtime role of a `serve --no-migrate` deployment
-/// (`{db}` and `{role}` filled in). Keep the two in step.
+/// The statements docs/deployment.md runs for the runtime role of a `serve --no-migrate`
+/// deployment, after `migrate` (`{db}`, `{role}` and `{owner}` filled in);
+/// `the_documented_grants_are_the_tested_ones` keeps the two in step.
 const RUNTIME_GRANTS: &[&str] = &[
+    "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
     "GRANT CONNECT ON DATABASE {db} TO {role}",
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
+    "GRANT DELETE ON cases, case_events, effects, idempotency_keys TO {role}",
+    "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT, INSERT, UPDATE ON TABLES TO {role}",
 ];
+
+#[test]
+fn the_documented_grants_are_the_tested_ones() {
+    let doc = include_str!("../../docs/deployment.md");
+    let (_, after) = doc
+        .split_once("-- in database etjanstekort, after `migrate` ran as etk_owner")
+        .expect("the grants block");
+    let (block, _) = after.split_once("```").expect("its end");
+    let code: String = block
+        .lines()
+        .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let documented: Vec<String> = code
+        .split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let tested: Vec<String> = RUNTIME_GRANTS
+        .iter()
+        .map(|g| {
+            g.replace("{db}", "etjanstekort")
+                .replace("{role}", "etk_runtime")
+                .replace("{owner}", "etk_owner")
+        })
+        .collect();
+    assert_eq!(documented, tested);
+}
 
 async fn replica(db: &TestDb, engine: bool, idle_poll: f64) -> TestApp {
     spawn_app_opts(Options {
@@ -246,6 +280,147 @@ async fn a_commit_on_one_replica_wakes_the_idle_workers_of_another() {
     drop(b);
 }
 
+/// A TCP proxy in front of PostgreSQL whose connections can be frozen one by one: bytes stop
+/// flowing both ways and nothing is closed, as when a NAT or firewall entry is dropped — a
+/// connection dead without a word.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    /// Per connection: the proxy's own port towards PostgreSQL (`client_port` there), and its
+    /// switch.
+    conns: Switches,
+}
+
+/// Per proxied connection: its port towards PostgreSQL and whether it is frozen.
+type Switches = Arc<Mutex<Vec<(u16, Arc<AtomicBool>)>>>;
+
+impl FreezingProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let conns: Switches = Arc::default();
+        let registry = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let port = server.local_addr().expect("addr").port();
+                let frozen = Arc::new(AtomicBool::new(false));
+                registry
+                    .lock()
+                    .expect("registry")
+                    .push((port, frozen.clone()));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, frozen.clone()));
+                tokio::spawn(pipe(sr, cw, frozen));
+            }
+        });
+        Self { addr, conns }
+    }
+
+    /// Freezes the connection whose port towards PostgreSQL is `port`; whether it was this
+    /// proxy's.
+    fn freeze(&self, port: u16) -> bool {
+        let conns = self.conns.lock().expect("registry");
+        conns
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, f)| f.store(true, Ordering::SeqCst))
+            .is_some()
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            // Swallowed: both sockets stay open, nothing more goes through.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn a_listening_connection_dead_without_a_word_is_found_and_replaced() {
+    let db = TestDb::postgres().await;
+    // postgres://user@host:port/db: B reaches host:port through the proxy.
+    let (_, rest) = db.url.split_once('@').expect("user@host");
+    let (upstream, _) = rest.split_once('/').expect("host/db");
+    let proxy = FreezingProxy::start(upstream.to_owned()).await;
+    let proxied = db.url.replacen(upstream, &proxy.addr.to_string(), 1);
+    let a = replica(&db, true, 0.05).await;
+    let b = spawn_app_opts(Options {
+        db: Some(proxied),
+        engine: false,
+        settings: vec![("database.listen_check", "300ms".into())],
+        ..Options::default()
+    })
+    .await;
+    let mut on_a = a.provider("provider-a").await;
+    let id = new_case(&mut on_a, 3).await;
+    wait_state(&mut on_a, &id, pb::State::RevocationRequested).await;
+    let mut stream = b
+        .provider("provider-a")
+        .await
+        .watch_deregistration(pb::WatchDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("watch on B")
+        .into_inner();
+    // B's listening connection goes silent (A's does not pass the proxy).
+    let admin = admin_db(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ports = admin
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT client_port FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            ))
+            .await
+            .expect("listeners");
+        let frozen = ports
+            .iter()
+            .filter_map(|r| r.try_get::<i32>("", "client_port").ok())
+            .filter(|p| proxy.freeze(u16::try_from(*p).expect("port")))
+            .count();
+        if frozen > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The rest of the saga happens on A; B's watcher sees all of it once B's check finds the
+    // dead connection, listens anew and resyncs.
+    confirm(&a, &id).await;
+    let mut seqs = Vec::new();
+    let last = read_to_end(&mut stream, &mut seqs).await;
+    assert_eq!(last, pb::State::Completed as i32, "{seqs:?}");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+}
+
 fn env_db(url: &str) -> Vec<(&'static str, String)> {
     vec![("ETK_DATABASE__URL", url.to_owned())]
 }
@@ -259,12 +434,35 @@ async fn two_migrate_runs_at_once_both_succeed_and_the_second_finds_nothing_to_d
     let db = TestDb::postgres().await;
     let dir = tempfile::tempdir().expect("dir");
     devcerts::ensure(dir.path()).expect("dev environment");
+    // The test holds the migration lock, so both runs are certain to meet at it.
+    let admin = admin_db(&db).await;
+    let holder = admin.begin().await.expect("begin");
+    holder
+        .execute_unprepared(&format!(
+            "SELECT pg_advisory_xact_lock({})",
+            etjanstekort_gateway::storage::MIGRATION_LOCK
+        ))
+        .await
+        .expect("take the migration lock");
     let runs: Vec<_> = (0..2)
         .map(|_| {
             let (dir, env) = (dir.path().to_owned(), env_db(&db.url));
             std::thread::spawn(move || run(&dir, &["migrate"], &env))
         })
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        &admin,
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+    )
+    .await
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the two runs never both waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.commit().await.expect("release the migration lock");
     let outs: Vec<(bool, String)> = runs.into_iter().map(|r| r.join().expect("join")).collect();
     for (ok, out) in &outs {
         assert!(ok, "a concurrent migrate failed: {out}");
@@ -329,6 +527,44 @@ async fn serve_without_migrating_refuses_an_older_schema_naming_what_is_missing(
     server.terminate();
 }
 
+#[tokio::test]
+async fn an_older_build_serves_a_schema_a_newer_one_migrated_but_does_not_migrate_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let all = {
+        use migration::MigratorTrait;
+        u32::try_from(migration::Migrator::migrations().len()).expect("few")
+    };
+    partly_migrated(dir.path(), all).await;
+    // A newer version's migration, as its `migrate` would have recorded it.
+    let (paths, _) = devcerts::ensure(dir.path()).expect("dev environment");
+    let conn = Database::connect(format!("sqlite://{}", paths.database.display()))
+        .await
+        .expect("sqlite");
+    conn.execute_unprepared(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m9999_from_the_future', 0)",
+    )
+    .await
+    .expect("record a future migration");
+    conn.close().await.expect("close");
+
+    // Mid-rollout (or after a rollback) this build keeps serving: with and without migrating.
+    for args in [&["--no-migrate"][..], &[]] {
+        let server = Server::start_with(dir.path(), args, &[]);
+        let out = server.terminate();
+        assert!(
+            out.contains("does not know") && out.contains("m9999_from_the_future"),
+            "no warning naming the unknown migration: {out}"
+        );
+    }
+    // Its `migrate` refuses: the binary is older than the schema.
+    let (ok, out) = run(dir.path(), &["migrate"], &[]);
+    assert!(!ok, "an older build migrated a newer schema: {out}");
+    assert!(
+        out.contains("newer than this build") && out.contains("m9999_from_the_future"),
+        "{out}"
+    );
+}
+
 /// Drops the role everywhere it has privileges; best effort (a test's leftovers only).
 async fn drop_role(db: &TestDb, role: &str) {
     if let Ok(conn) = Database::connect(&db.url).await {
@@ -359,13 +595,19 @@ async fn a_runtime_role_with_only_the_documented_grants_serves_without_migrating
         .execute_unprepared(&format!("CREATE ROLE {role} LOGIN"))
         .await
         .expect("create role");
+    // The tables' owner: the role `migrate` ran as.
+    let (user_part, at) = db.url.split_once('@').expect("user@host in the test URL");
+    let owner = user_part.rsplit('/').next().expect("user");
     for g in RUNTIME_GRANTS {
         admin
-            .execute_unprepared(&g.replace("{db}", &db.name).replace("{role}", &role))
+            .execute_unprepared(
+                &g.replace("{db}", &db.name)
+                    .replace("{role}", &role)
+                    .replace("{owner}", owner),
+            )
             .await
             .expect("grant");
     }
-    let (_, at) = db.url.split_once('@').expect("user@host in the test URL");
     let url = format!("postgres://{role}@{at}");
     // Migrating needs DDL rights, which the role lacks: the default mode is refused...
     let (ok, out) = run(
@@ -374,6 +616,10 @@ async fn a_runtime_role_with_only_the_documented_grants_serves_without_migrating
         &env_db(&url),
     );
     assert!(!ok, "the runtime role could migrate: {out}");
+    assert!(
+        out.contains("permission denied"),
+        "refused for another reason than rights: {out}"
+    );
     // ...and without migrating it runs a case to its end.
     let mut env = env_db(&url);
     env.push(("ETK_TJANSTEID__CONFIRM_AFTER", "100ms".to_owned()));
@@ -386,6 +632,23 @@ async fn a_runtime_role_with_only_the_documented_grants_serves_without_migrating
     wait_state(&mut client, &id, pb::State::Completed).await;
     let out = server.terminate();
     assert!(!out.contains("permission denied"), "{out}");
+    // Retention runs under the same role: shredding, purging the record (its audit events
+    // under a marker) and the finished outbox rows all need DELETE where the docs grant it.
+    let mut env = env_db(&url);
+    env.extend(
+        [
+            "ETK_RETENTION__PERSONAL_DATA",
+            "ETK_RETENTION__RECORD",
+            "ETK_RETENTION__OUTBOX",
+        ]
+        .map(|k| (k, "0s".to_owned())),
+    );
+    let (ok, out) = run(dir.path(), &["retention", "purge"], &env);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("shredded 1 case(s), purged 1 record(s)"),
+        "{out}"
+    );
     drop_role(&db, &role).await;
 }
 
@@ -404,6 +667,91 @@ fn replica_env(
     env
 }
 
+/// The lease owner id of `server`'s saga engine, as it logged it at start
+/// (`etk-` and 32 hex digits).
+fn lease_owner_of(server: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = server.output();
+        let found = out
+            .lines()
+            .filter(|l| l.contains("saga engine started"))
+            .find_map(|l| {
+                l.match_indices("etk-").find_map(|(i, _)| {
+                    let id = l.get(i..i + 36)?;
+                    id[4..]
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit())
+                        .then(|| id.to_owned())
+                })
+            });
+        if let Some(owner) = found {
+            return owner;
+        }
+        assert!(Instant::now() < deadline, "no lease owner logged: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The keys of the pending effects whose lease `owner` holds.
+async fn leased_by(conn: &DatabaseConnection, owner: &str) -> BTreeSet<String> {
+    conn.query_all_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT key FROM effects WHERE status = 'pending' AND lease_owner LIKE $1",
+        [format!("{owner}-%").into()],
+    ))
+    .await
+    .expect("leases")
+    .iter()
+    .map(|r| r.try_get::<String>("", "key").expect("key"))
+    .collect()
+}
+
+/// SIGKILLs `server` while it holds leases (a step still held after 50 ms: one in flight,
+/// not one about to finish); returns the effects it held when it died (read after its death:
+/// no step of it can have finished them since).
+async fn kill_while_holding_leases(conn: &DatabaseConnection, server: Server) -> BTreeSet<String> {
+    let owner = lease_owner_of(&server);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let first = leased_by(conn, &owner).await;
+        if !first.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if leased_by(conn, &owner)
+                .await
+                .intersection(&first)
+                .next()
+                .is_some()
+            {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the replica never held a lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill9();
+    let held = leased_by(conn, &owner).await;
+    assert!(!held.is_empty(), "killed after its steps had finished");
+    held
+}
+
+/// Asserts that the effects `held` (a killed replica's) were all finished by the others.
+async fn finished_by_others(conn: &DatabaseConnection, held: &BTreeSet<String>) {
+    for key in held {
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT status FROM effects WHERE key = $1",
+                [key.clone().into()],
+            ))
+            .await
+            .expect("effect")
+            .expect("a row");
+        let status: String = row.try_get("", "status").expect("status");
+        assert_ne!(status, "pending", "{key} was left behind");
+    }
+}
+
 async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
     let row = conn
         .query_one_raw(sea_orm::Statement::from_string(
@@ -414,6 +762,63 @@ async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
         .expect("query")
         .expect("a row");
     row.try_get_by_index::<i64>(0).expect("a count")
+}
+
+#[tokio::test]
+async fn a_draining_replica_ends_its_watches_at_once_and_still_serves_during_the_drain_delay() {
+    // A drain delay far longer than the test: whatever the test sees happens within it.
+    let mut app = spawn_app_opts(Options {
+        engine: false,
+        settings: vec![("server.drain_delay", "10m".into())],
+        ..Options::default()
+    })
+    .await;
+    let mut client = app.provider("provider-a").await;
+    let id = new_case(&mut client, 5).await;
+    let mut stream = client
+        .watch_deregistration(pb::WatchDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.message().await.expect("the first event");
+    assert!(first.is_some(), "the watch starts with the case's events");
+
+    app.shutdown();
+    // The watch ends now, telling the watcher to go elsewhere; it does not wait for the drain.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without saying why"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch still runs during the drain");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert_eq!(crate::helpers::reason(&ended), "SHUTTING_DOWN");
+    // Not ready, yet new connections are still served during the drain delay.
+    let (code, _, _) = http_get(app.admin, "/readyz").await;
+    assert_eq!(code, 503);
+    let mut fresh = app.provider("provider-a").await;
+    fresh
+        .get_deregistration(pb::GetDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("served during the drain delay");
+    // A new watch ends at once too.
+    let refused = match fresh
+        .watch_deregistration(pb::WatchDeregistrationRequest { id })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .message()
+            .await
+            .expect_err("a new watch is ended"),
+        Err(status) => status,
+    };
+    assert_eq!(crate::helpers::reason(&refused), "SHUTTING_DOWN");
 }
 
 #[tokio::test]
@@ -518,7 +923,12 @@ async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
             ("ETK_ENGINE__BATCH_SIZE", "4"),
         ],
     );
-    let servers: Vec<Server> = (0..3).map(|_| Server::start(dir.path(), &env)).collect();
+    // The first replica (to be killed) is slow, so its steps are in flight when it dies.
+    let mut slow = env.clone();
+    slow.push(("ETK_SIMULATED__LATENCY", "400ms".to_owned()));
+    let servers: Vec<Server> = std::iter::once(Server::start(dir.path(), &slow))
+        .chain((1..3).map(|_| Server::start(dir.path(), &env)))
+        .collect();
     const CASES: u32 = 45;
     let mut ids = BTreeSet::new();
     for i in 0..CASES {
@@ -527,21 +937,10 @@ async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
         let mut c = DeregistrationServiceClient::new(s.channel(dir.path(), "provider-a").await);
         ids.insert(new_case(&mut c, 100 + i).await);
     }
-    // Once the work is under way, the first replica dies without a word.
+    // While it holds steps, the first replica dies without a word.
     let conn = admin_db(&db).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(
-        &conn,
-        "SELECT count(*) FROM cases WHERE state = 'completed'",
-    )
-    .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no case completed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut servers = servers.into_iter();
-    servers.next().expect("first").kill9();
+    let held = kill_while_holding_leases(&conn, servers.next().expect("first")).await;
     let rest: Vec<Server> = servers.collect();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -560,6 +959,7 @@ async fn three_replicas_one_killed_mid_flight_every_case_completes_once() {
         count(&conn, "SELECT count(*) FROM cases").await,
         i64::from(CASES)
     );
+    finished_by_others(&conn, &held).await;
     // Every side effect under its one key, whichever replica ran it (and however often).
     let entries: Vec<(String, String)> = std::fs::read_to_string(&journal)
         .unwrap_or_default()
@@ -731,17 +1131,22 @@ async fn three_replicas_on_real_registries_one_killed_every_effect_under_one_key
         )
         .await;
         if killed.is_none() && completed > 0 {
-            servers[0].take().expect("up").kill9();
-            killed = Some(completed);
+            // The mail server holds its replies a while, so the first replica's mail steps
+            // are in flight when it dies.
+            mail.stall(1.5);
+            let held = kill_while_holding_leases(&conn, servers[0].take().expect("up")).await;
+            mail.stall(0.0);
+            killed = Some((completed, held));
         }
         assert!(Instant::now() < deadline, "{open} cases did not complete");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let killed = killed.expect("a replica was killed");
+    let (killed, held) = killed.expect("a replica was killed");
     assert!(
         killed < i64::from(CASES),
         "the kill came too late to mean anything"
     );
+    finished_by_others(&conn, &held).await;
 
     // Every message under its one key: the report and the two notices per case, whichever
     // replica sent them (a re-run after the kill re-sends under the same Message-ID).

@@ -361,6 +361,197 @@ async fn retention_contract_on_postgres() {
     retention_contract(TestDb::postgres().await).await;
 }
 
+/// Shredding also blanks the error texts the case's outbox rows hold (a bounced address, a
+/// name in a directory's answer), in the same transaction; other cases' rows keep theirs.
+async fn shredding_blanks_outbox_errors(db: TestDb) {
+    let store = open_with(&db, Vault::from_master_key(&key(1)).expect("key")).await;
+    let conn = raw(&db).await;
+    let ended = store
+        .create(cmd(None, "f", "7100001"))
+        .await
+        .expect("create")
+        .into_case();
+    let active = store
+        .create(cmd(None, "f", "7100002"))
+        .await
+        .expect("create")
+        .into_case();
+    store
+        .apply(&ended.id, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    conn.execute_unprepared(
+        "UPDATE effects SET last_error = '550 mailbox tolvan.tolvansson@example.se unavailable'",
+    )
+    .await
+    .expect("errors");
+    let errors = |id: String| {
+        let conn = &conn;
+        async move {
+            count(
+                conn,
+                &format!(
+                    "SELECT COUNT(*) FROM effects WHERE case_id = '{id}' AND last_error IS NOT NULL"
+                ),
+            )
+            .await
+        }
+    };
+    let rows_of_ended = count(
+        &conn,
+        &format!(
+            "SELECT COUNT(*) FROM effects WHERE case_id = '{}'",
+            ended.id
+        ),
+    )
+    .await;
+    assert!(rows_of_ended > 0);
+    assert_eq!(errors(ended.id.to_string()).await, rows_of_ended);
+    let active_errors = errors(active.id.to_string()).await;
+    assert!(active_errors > 0);
+
+    assert!(
+        store
+            .shred(&ended.id, Timestamp(i64::MAX / 2), meta("system"))
+            .await
+            .expect("shred")
+    );
+    assert_eq!(errors(ended.id.to_string()).await, 0, "error texts blanked");
+    assert_eq!(
+        count(
+            &conn,
+            &format!(
+                "SELECT COUNT(*) FROM effects WHERE case_id = '{}'",
+                ended.id
+            ),
+        )
+        .await,
+        rows_of_ended,
+        "the rows themselves wait for the outbox period"
+    );
+    assert_eq!(errors(active.id.to_string()).await, active_errors);
+}
+
+#[tokio::test]
+async fn shredding_blanks_outbox_errors_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    shredding_blanks_outbox_errors(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn shredding_blanks_outbox_errors_on_postgres() {
+    shredding_blanks_outbox_errors(TestDb::postgres().await).await;
+}
+
+/// A purge marker (what lets a case's audit events be deleted) is written only for a case that
+/// ended, is in a terminal state and is shredded — not for a live case whose `shredded_at` was
+/// set by hand (m0007) — and on PostgreSQL the markers cannot be truncated.
+async fn a_purge_marker_needs_an_ended_shredded_case(db: TestDb) {
+    let store = open_with(&db, Vault::from_master_key(&key(1)).expect("key")).await;
+    let conn = raw(&db).await;
+    let mut ids = Vec::new();
+    for card in ["7200001", "7200002", "7200003"] {
+        ids.push(
+            store
+                .create(cmd(None, "f", card))
+                .await
+                .expect("create")
+                .into_case()
+                .id,
+        );
+    }
+    let (shredded, unshredded, live) = (&ids[0], &ids[1], &ids[2]);
+    for id in [shredded, unshredded] {
+        store
+            .apply(id, None, &Event::Cancel, meta("SE1655999991-E1"))
+            .await
+            .expect("cancel");
+    }
+    assert!(
+        store
+            .shred(shredded, Timestamp(i64::MAX / 2), meta("system"))
+            .await
+            .expect("shred")
+    );
+    let marker = |id: &etjanstekort_gateway::domain::CaseId| {
+        format!(
+            "INSERT INTO retention_purges (case_id, ended_at, purged_at, last_seq, last_hash) \
+             VALUES ('{id}', 0, 0, 0, '')"
+        )
+    };
+    let set = |id: &etjanstekort_gateway::domain::CaseId, cols: &str| {
+        format!("UPDATE cases SET {cols} WHERE id = '{id}'")
+    };
+    // A live case made to look ended and shredded: its state still says it is live.
+    conn.execute_unprepared(&set(live, "shredded_at = 1, ended_at = 1"))
+        .await
+        .expect("forge");
+    assert!(
+        conn.execute_unprepared(&marker(live)).await.is_err(),
+        "live"
+    );
+    // An ended case not shredded.
+    assert!(
+        conn.execute_unprepared(&marker(unshredded)).await.is_err(),
+        "unshredded"
+    );
+    // A shredded, terminal case without an end time.
+    let ended_at = count(
+        &conn,
+        &format!("SELECT ended_at FROM cases WHERE id = '{shredded}'"),
+    )
+    .await;
+    conn.execute_unprepared(&set(shredded, "ended_at = NULL"))
+        .await
+        .expect("forge");
+    assert!(
+        conn.execute_unprepared(&marker(shredded)).await.is_err(),
+        "no end time"
+    );
+    // With its end time back, it is what a purge may mark.
+    conn.execute_unprepared(&set(shredded, &format!("ended_at = {ended_at}")))
+        .await
+        .expect("restore");
+    conn.execute_unprepared(&marker(shredded))
+        .await
+        .expect("the marker of an ended, shredded case");
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        for sql in [
+            "TRUNCATE retention_purges",
+            "TRUNCATE case_events",
+            "TRUNCATE cases CASCADE",
+        ] {
+            assert!(
+                conn.execute_unprepared(sql).await.is_err(),
+                "allowed: {sql}"
+            );
+        }
+    }
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM retention_purges").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_purge_marker_needs_an_ended_shredded_case_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    a_purge_marker_needs_an_ended_shredded_case(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn a_purge_marker_needs_an_ended_shredded_case_on_postgres() {
+    a_purge_marker_needs_an_ended_shredded_case(TestDb::postgres().await).await;
+}
+
 /// A value as releases before m0006 sealed it with the master key: `1 | nonce | ciphertext`.
 fn seal_v1(master: &[u8; 32], context: &str, plain: &[u8]) -> Vec<u8> {
     use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -771,4 +962,145 @@ async fn the_engine_shreds_ended_cases_on_its_schedule() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(store.get(&case.id).await.expect("get"), None);
+}
+
+/// A master key rotated out and destroyed: the audit chains made under it keep verifying from
+/// its exported chain key (`keys export-audit-key`, `privacy.audit_chain_key_files`), in the
+/// store and in `audit verify`; without the export the verifier names the unknown key.
+#[tokio::test]
+async fn a_retired_master_keys_chains_verify_from_its_exported_chain_key() {
+    use crate::launcher::run_once;
+    use base64::Engine;
+    use etjanstekort_gateway::privacy::{PrivacySettings, key_id_of};
+    use etjanstekort_gateway::storage::ChainProblem;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let dev = ["--dev", "--data-dir", data];
+    fn args<'a>(dev: [&'a str; 3], cmd: &[&'a str]) -> Vec<&'a str> {
+        cmd.iter().copied().chain(dev).collect()
+    }
+    let (ok, _, err) = run_once(&args(dev, &["migrate"]), &[]);
+    assert!(ok, "{err}");
+    let master_a = std::fs::read_to_string(dir.path().join("master.key")).expect("dev key");
+    let raw_a = base64::engine::general_purpose::STANDARD
+        .decode(master_a.trim())
+        .expect("base64");
+    let a_id = key_id_of(&raw_a);
+    let db = TestDb {
+        url: format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("etjanstekort.sqlite").display()
+        ),
+        name: String::new(),
+    };
+    // One case chained wholly under A, one begun under A and ended under B.
+    let store = open_with(&db, Vault::from_base64(&master_a).expect("key")).await;
+    let under_a = store
+        .create(cmd(None, "f", "9200001"))
+        .await
+        .expect("create")
+        .into_case();
+    store
+        .apply(&under_a.id, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    let spanning = store
+        .create(cmd(None, "f", "9200002"))
+        .await
+        .expect("create")
+        .into_case();
+    drop(store);
+    let master_b = base64::engine::general_purpose::STANDARD.encode(key(6));
+    let b_id = key_id_of(&key(6));
+    let ring = Vault::keyring(
+        &[&raw_a, &key(6)],
+        Some(&b_id),
+        PseudonymKey::Master(a_id.clone()),
+    )
+    .expect("keyring");
+    let store = open_with(&db, ring).await;
+    store
+        .apply(&spanning.id, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    let moved = etjanstekort_gateway::keys::reencrypt(&store, 10, &mut |_, _| {})
+        .await
+        .expect("reencrypt");
+    assert_eq!(moved.moved, 2);
+    drop(store);
+
+    // A's chain key exported (0600, never over a file) while A is still configured.
+    let rotated = [
+        ("ETK_PRIVACY__MASTER_KEYS", format!("[\"{master_b}\"]")),
+        ("ETK_PRIVACY__CURRENT_KEY", b_id.clone()),
+        ("ETK_PRIVACY__PSEUDONYM_KEY_ID", a_id.clone()),
+    ];
+    let exported = dir.path().join("a.audit-key");
+    let out_arg = exported.to_str().expect("utf-8 path");
+    let export = [
+        "keys",
+        "export-audit-key",
+        "--key-id",
+        &a_id,
+        "--out",
+        out_arg,
+    ];
+    let (ok, _, err) = run_once(&args(dev, &export), &rotated);
+    assert!(ok, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&exported)
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (ok, _, _) = run_once(&args(dev, &export), &rotated);
+    assert!(!ok, "an existing file is not overwritten");
+    assert!(
+        !std::fs::read_to_string(&exported)
+            .expect("export")
+            .contains(master_a.trim()),
+        "the master key itself is not exported"
+    );
+
+    // A is gone: only B is configured (the key wins over the dev key file).
+    let only_b = [("ETK_PRIVACY__MASTER_KEY", master_b.clone())];
+    let (ok, out, _) = run_once(&args(dev, &["audit", "verify"]), &only_b);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unknown_key") && out.contains(&a_id) && out.contains("2 broken"),
+        "{out}"
+    );
+    let mut with_export = only_b.to_vec();
+    with_export.push((
+        "ETK_PRIVACY__AUDIT_CHAIN_KEY_FILES",
+        format!("[\"{out_arg}\"]"),
+    ));
+    let (ok, out, err) = run_once(&args(dev, &["audit", "verify"]), &with_export);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 case(s) verified"), "{out}");
+
+    // The store sees the same, and every case still reads under B.
+    let settings = PrivacySettings {
+        master_key: Some(master_b.clone().into()),
+        audit_chain_key_files: vec![exported.clone()],
+        ..PrivacySettings::default()
+    };
+    let store = open_with(&db, Vault::load(&settings).expect("vault")).await;
+    for id in [&under_a.id, &spanning.id] {
+        let chain = store.verify_audit(id).await.expect("verify");
+        assert!(chain.broken.is_none(), "{chain:?}");
+        assert!(store.get(id).await.expect("get").is_some());
+    }
+    drop(store);
+    let store = open_with(&db, Vault::from_base64(&master_b).expect("key")).await;
+    for id in [&under_a.id, &spanning.id] {
+        let chain = store.verify_audit(id).await.expect("verify");
+        assert_eq!(
+            chain.broken.map(|b| (b.sequence, b.problem)),
+            Some((1, ChainProblem::UnknownKey))
+        );
+    }
 }

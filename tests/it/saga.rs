@@ -736,3 +736,125 @@ async fn the_office_gets_no_task_without_a_recorded_confirmation() {
     assert_eq!(early.code(), Code::FailedPrecondition);
     assert_eq!(reason(&early), "REVOCATION_NOT_CONFIRMED");
 }
+
+/// A TjänsteID-service whose `report` never returns: the step hangs mid-call until its task is
+/// cut off. Its future, when dropped, takes a while to let go (as a connection being torn
+/// down would) and then records that it is gone.
+#[derive(Debug, Default)]
+struct HangingDesk {
+    called: tokio::sync::Notify,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Dropped with the hanging call's future.
+struct CallGone(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CallGone {
+    fn drop(&mut self) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl etjanstekort_gateway::connectors::TjansteId for HangingDesk {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    async fn report(
+        &self,
+        _key: &str,
+        _report: &etjanstekort_gateway::connectors::CutCardReport,
+    ) -> Result<(), etjanstekort_gateway::connectors::ConnectorError> {
+        let _gone = CallGone(self.dropped.clone());
+        self.called.notify_one();
+        std::future::pending().await
+    }
+
+    async fn remind(
+        &self,
+        _key: &str,
+        _report: &etjanstekort_gateway::connectors::CutCardReport,
+        _n: u32,
+    ) -> Result<(), etjanstekort_gateway::connectors::ConnectorError> {
+        Ok(())
+    }
+
+    fn polls(&self) -> bool {
+        false
+    }
+
+    async fn fetch_outcome(
+        &self,
+        _case_id: &etjanstekort_gateway::domain::CaseId,
+        _reported_at: etjanstekort_gateway::domain::Timestamp,
+    ) -> Result<
+        etjanstekort_gateway::connectors::RevocationOutcome,
+        etjanstekort_gateway::connectors::ConnectorError,
+    > {
+        Ok(etjanstekort_gateway::connectors::RevocationOutcome::Pending)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_shutdown_a_cut_off_step_lets_go_before_its_lease_is_released() {
+    use etjanstekort_gateway::connectors::Connectors;
+    use etjanstekort_gateway::connectors::simulated::{Faults, LogNotifier, SimulatedKiv};
+    use sea_orm::{ConnectionTrait, Database};
+    use std::sync::Arc;
+    let desk = Arc::new(HangingDesk::default());
+    let connectors = Connectors {
+        tjansteid: desk.clone(),
+        kiv: Arc::new(SimulatedKiv::new(true, Faults::default(), None)),
+        notifier: Arc::new(LogNotifier::new(Faults::default(), None)),
+        gateway_removes_kiv: true,
+    };
+    let mut app = spawn_app_opts(Options {
+        connectors: Some(connectors),
+        settings: vec![
+            ("server.shutdown_grace", "200ms".into()),
+            ("engine.lease", "10m".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let called = desk.called.notified();
+    let _id = create_case(&app, pb::KivRemovalRoute::CareProvider, "5900001").await;
+    called.await;
+
+    let db = Database::connect(format!(
+        "sqlite://{}",
+        app.dir.path().join("test.sqlite").display()
+    ))
+    .await
+    .expect("open the test database");
+    let held = async || {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*) AS n FROM effects WHERE lease_owner IS NOT NULL",
+        ))
+        .await
+        .expect("query")
+        .expect("row")
+        .try_get::<i64>("", "n")
+        .expect("n")
+    };
+    assert!(held().await > 0, "the hanging report step holds its lease");
+
+    // The grace runs out with the step still mid-call: it is cut off, and its lease given up —
+    // but only once the call is gone, never while it may still act.
+    app.shutdown();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while held().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease was never released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        desk.dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "the lease was released while the cut-off step's call still existed"
+    );
+}

@@ -21,6 +21,53 @@ app.kubernetes.io/name: {{ include "etk.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+The gateway's pods (Deployment, Services, PDB, topology spread, NetworkPolicy select these). The
+migration Job's pod carries component "migrate" instead, so none of them selects it.
+*/}}
+{{- define "etk.gatewaySelectorLabels" -}}
+{{ include "etk.selectorLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* The migration Job's pod. */}}
+{{- define "etk.migrateSelectorLabels" -}}
+{{ include "etk.selectorLabels" . }}
+app.kubernetes.io/component: migrate
+{{- end }}
+
+{{/*
+A duration of the gateway's configuration ("10s", "1m 30s", "500ms") in seconds (a float);
+fails on a unit it does not know.
+*/}}
+{{- define "etk.seconds" -}}
+{{- $units := dict "ms" 0.001 "s" 1.0 "sec" 1.0 "secs" 1.0 "m" 60.0 "min" 60.0 "mins" 60.0 "h" 3600.0 "hr" 3600.0 "hrs" 3600.0 -}}
+{{- $parts := regexFindAll "[0-9.]+ *[a-z]+" (toString .) -1 -}}
+{{- if not $parts }}{{ fail (printf "cannot read the duration %q" (toString .)) }}{{ end -}}
+{{- $total := 0.0 -}}
+{{- range $parts }}
+{{- $unit := regexFind "[a-z]+$" . -}}
+{{- if not (hasKey $units $unit) }}{{ fail (printf "cannot read the duration unit %q" $unit) }}{{ end -}}
+{{- $total = addf $total (mulf (regexFind "^[0-9.]+" . | float64) (get $units $unit)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds must leave the gateway its whole drain: server.drain_delay
+(default 0s), then server.shutdown_grace (default 10s), then up to 5 s for cut-off steps to end
+before their leases are released.
+*/}}
+{{- define "etk.terminationGrace" -}}
+{{- $server := (include "etk.configDict" . | fromJson).server | default dict -}}
+{{- $grace := include "etk.seconds" ($server.shutdown_grace | default "10s") | float64 -}}
+{{- $delay := include "etk.seconds" ($server.drain_delay | default "0s") | float64 -}}
+{{- $needed := addf $delay $grace 5.0 -}}
+{{- if le (float64 .Values.terminationGracePeriodSeconds) $needed -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed server.drain_delay (%vs) + server.shutdown_grace (%vs) + 5 s for the leases' release" .Values.terminationGracePeriodSeconds $delay $grace) -}}
+{{- end -}}
+{{- .Values.terminationGracePeriodSeconds -}}
+{{- end }}
 {{- define "etk.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "etk.selectorLabels" . }}
@@ -121,6 +168,31 @@ TOML from a dict. Not Helm's toToml: values read from YAML are float64, and toTo
 {{- include "etk.tomlTable" (dict "path" "" "table" (include "etk.configDict" . | fromJson)) }}
 {{- end }}
 
+{{/*
+The TCP port a URL names ("ldaps://host:636/…" → 636), else its scheme's default (ldap 389,
+ldaps 636, http 80, https 443), else "".
+*/}}
+{{- define "etk.urlPort" -}}
+{{- $u := toString . -}}
+{{- $scheme := regexFind "^[a-z][a-z0-9+.-]*://" $u | trimSuffix "://" -}}
+{{- $hostPort := regexReplaceAll "^[a-z][a-z0-9+.-]*://" $u "" -}}
+{{- $hostPort = regexReplaceAll "/.*$" $hostPort "" -}}
+{{- $hostPort = regexReplaceAll "^.*@" $hostPort "" -}}
+{{- $port := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
+{{- if $port -}}{{ $port }}
+{{- else -}}{{ get (dict "ldap" "389" "ldaps" "636" "http" "80" "https" "443") $scheme }}
+{{- end -}}
+{{- end }}
+
+{{/* An egress rule whose ports become the one `port` when it is known (else the rule as is). */}}
+{{- define "etk.egressTo" -}}
+{{- if .port -}}
+{{- toJson (dict "ports" (list (dict "port" (int .port) "protocol" "TCP")) "to" (.rule.to | default list)) -}}
+{{- else -}}
+{{- toJson .rule -}}
+{{- end -}}
+{{- end }}
+
 {{/* The kind of a connector section in the effective configuration (which egress to open). */}}
 {{- define "etk.kindOf" -}}
 {{- $c := include "etk.configDict" .root | fromJson -}}
@@ -128,15 +200,28 @@ TOML from a dict. Not Helm's toToml: values read from YAML are float64, and toTo
 {{- $section.kind | default "" -}}
 {{- end }}
 
-{{/* Environment of the gateway container and the migration Job. */}}
+{{/*
+Environment of the gateway container (root: ., migration: false) and of the migration Job
+(migration: true). They differ only in the database URL: the Job uses
+secrets.migrationDatabase (the owner role, DDL rights) when it is named, the pods always
+secrets.database (a runtime role without DDL rights).
+*/}}
 {{- define "etk.env" -}}
+{{- $root := .root -}}
+{{- $db := $root.Values.secrets.database -}}
+{{- $dbName := include "etk.secretName" (dict "root" $root "which" "database" "suffix" "database") -}}
+{{- if and .migration $root.Values.secrets.migrationDatabase.name -}}
+{{- $db = $root.Values.secrets.migrationDatabase -}}
+{{- $dbName = $db.name -}}
+{{- end -}}
+{{- with $root -}}
 - name: ETK_CONFIG
   value: {{ include "etk.configDir" . }}/config/gateway.toml
 - name: ETK_DATABASE__URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "etk.secretName" (dict "root" . "which" "database" "suffix" "database") }}
-      key: {{ .Values.secrets.database.key }}
+      name: {{ $dbName }}
+      key: {{ $db.key }}
 {{- if .Values.secrets.kivBindPassword.name }}
 - name: ETK_KIV__BIND__PASSWORD
   valueFrom:
@@ -179,6 +264,7 @@ TOML from a dict. Not Helm's toToml: values read from YAML are float64, and toTo
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- end }}
 

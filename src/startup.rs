@@ -111,8 +111,8 @@ pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaS
     Ok(store)
 }
 
-/// Covers trails from before the keyed chain (m0005) with a keyed link, once per case (see
-/// `storage::audit`). Idempotent: an anchored trail ends in a keyed link.
+/// Covers trails from before the keyed chain (m0005) with a keyed link, once per case m0008
+/// listed (see `storage::audit`); the list is consumed, so later starts anchor nothing.
 async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
     let meta = EventMeta {
         actor: "system".into(),

@@ -9,6 +9,7 @@ mod m0003_head_notified;
 mod m0004_trace_parent;
 mod m0005_keyed_audit;
 mod m0006_retention;
+mod m0008_audit_legacy_cases;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_trace_parent::Migration),
             Box::new(m0005_keyed_audit::Migration),
             Box::new(m0006_retention::Migration),
+            Box::new(m0008_audit_legacy_cases::Migration),
         ]
     }
 }

@@ -11,9 +11,11 @@
 //!
 //! Legacy links: events written before m0005 carry a plain SHA-256 hash and no key id. They are
 //! accepted only as a prefix of a chain that a keyed link follows (the gateway appends an
-//! `audit_chain_keyed` event to every such chain at start, `SeaStore::anchor_legacy_chains`);
-//! that link's MAC covers the legacy head, so a rewritten legacy prefix breaks it. A legacy
-//! link after a keyed one, and a chain ending in a legacy link, are reported broken.
+//! `audit_chain_keyed` event at start to each such chain that m0008 found, and to no other,
+//! `SeaStore::anchor_legacy_chains`); that link's MAC covers the legacy head, so a rewritten
+//! legacy prefix breaks it. A legacy link after a keyed one, and a chain ending in a legacy
+//! link, are reported broken — also after a restart: a trail re-hashed without the key is not on
+//! m0008's list, so it is never anchored.
 
 use std::collections::HashMap;
 

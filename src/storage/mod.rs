@@ -404,9 +404,11 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// The case's outbox rows, in creation order.
     async fn steps(&self, id: &CaseId) -> Result<Vec<StepView>, StoreError>;
 
-    /// Appends a keyed `audit_chain_keyed` event to every case whose trail ends in a legacy
-    /// (pre-m0005) link that verifies, so the keyed chain covers it. Returns how many were
-    /// anchored; a legacy trail that does not verify is left for the verifier to report.
+    /// Appends a keyed `audit_chain_keyed` event to every case on m0008's list (cases whose
+    /// trail was all legacy, pre-m0005, when m0008 ran) whose trail verifies, so the keyed chain
+    /// covers it, and takes each listed case off the list. Returns how many were anchored; a
+    /// legacy trail that does not verify, and one of a case not on the list (re-hashed without
+    /// the key since), is left for the verifier to report.
     async fn anchor_legacy_chains(&self, meta: EventMeta) -> Result<u64, StoreError>;
 
     /// The connection pool's use, where the implementation has one.

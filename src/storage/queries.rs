@@ -262,35 +262,41 @@ pub(crate) async fn chain_head(
     })
 }
 
-/// Cases after `after` (id order, at most `limit`) whose last event is a legacy (unkeyed) link.
-pub(crate) async fn unanchored_cases(
+/// The table m0008 filled with the cases whose all-legacy trail may still be anchored.
+const LEGACY_CASES: &str = "audit_legacy_cases";
+
+/// Case ids on m0008's list of anchorable legacy trails after `after` (id order, at most
+/// `limit`).
+pub(crate) async fn legacy_listed_cases(
     conn: &impl ConnectionTrait,
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<String>, StoreError> {
-    use case_events::Column as E;
-    use cases::Column as C;
     let mut q = Query::select();
-    q.column((cases::Entity, C::Id))
-        .from(cases::Entity)
-        .join(
-            JoinType::InnerJoin,
-            case_events::Entity,
-            Expr::col((case_events::Entity, E::CaseId))
-                .equals((cases::Entity, C::Id))
-                .and(Expr::col((case_events::Entity, E::Seq)).equals((cases::Entity, C::LastSeq))),
-        )
-        .and_where(Expr::col((case_events::Entity, E::KeyId)).is_null())
-        .order_by((cases::Entity, C::Id), sea_orm::Order::Asc)
+    q.column("case_id")
+        .from(LEGACY_CASES)
+        .order_by("case_id", sea_orm::Order::Asc)
         .limit(u64::from(limit));
     if let Some(after) = after {
-        q.and_where(Expr::col((cases::Entity, C::Id)).gt(after));
+        q.and_where(Expr::col("case_id").gt(after));
     }
     let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
     rows.iter()
         .map(|r| r.try_get_by_index::<String>(0))
         .collect::<Result<_, _>>()
         .map_err(StoreError::Unavailable)
+}
+
+/// Takes `id` off m0008's list: its trail had its one chance to be anchored.
+pub(crate) async fn unlist_legacy_case(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> Result<(), StoreError> {
+    let mut q = Query::delete();
+    q.from_table(LEGACY_CASES)
+        .and_where(Expr::col("case_id").eq(id));
+    conn.execute(&q).await.map_err(StoreError::Unavailable)?;
+    Ok(())
 }
 
 /// The case's outbox rows, in creation order.

@@ -465,21 +465,31 @@ impl CaseStore for SeaStore {
         let mut anchored = 0;
         let mut after: Option<String> = None;
         loop {
-            let ids = queries::unanchored_cases(&self.db, after.as_deref(), BATCH).await?;
+            let ids = queries::legacy_listed_cases(&self.db, after.as_deref(), BATCH).await?;
             let Some(last) = ids.last() else {
                 return Ok(anchored);
             };
             after = Some(last.clone());
             for id in &ids {
-                let Some(case_id) = CaseId::parse(id) else {
+                let txn = self.begin().await?;
+                // Taken off the list whatever follows: a listed trail is anchored at most once,
+                // and one found rewritten stays as found, for the verifier to report.
+                queries::unlist_legacy_case(&txn, id).await?;
+                let model = match CaseId::parse(id) {
+                    Some(case_id) => match sql::lock_case(&txn, &case_id).await {
+                        Ok(model) => Some((case_id, model)),
+                        Err(StoreError::NotFound) => None,
+                        Err(e) => return Err(e),
+                    },
+                    None => None,
+                };
+                let Some((case_id, mut model)) = model else {
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
                     continue;
                 };
-                let txn = self.begin().await?;
-                let mut model = sql::lock_case(&txn, &case_id).await?;
                 let head = queries::chain_head(&txn, &case_id).await?;
                 let events = queries::events(&txn, &case_id).await?;
-                // Only a legacy trail that verifies up to the row's head is anchored; anything
-                // else stays as found, for the verifier to report.
+                // Only a legacy trail that verifies up to the row's head is anchored.
                 let report = verify_case(&events, &head, &self.keys);
                 let intact = report
                     .broken
@@ -488,7 +498,7 @@ impl CaseStore for SeaStore {
                         .last()
                         .is_some_and(|e| e.sequence == head.sequence && e.hash == head.hash);
                 if !intact {
-                    txn.rollback().await.map_err(StoreError::Unavailable)?;
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
                     tracing::warn!(case_id = %case_id, "legacy audit trail does not verify; not anchored");
                     continue;
                 }

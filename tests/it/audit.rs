@@ -191,6 +191,32 @@ async fn drop_defences(conn: &DatabaseConnection) {
     }
 }
 
+/// Re-hashes `case`'s whole trail with plain SHA-256 (as m0005 found pre-keyed trails, or as
+/// someone without the key can) and leaves its head unsealed.
+async fn make_legacy(conn: &DatabaseConnection, case: &CaseId) {
+    let mut prev = GENESIS.to_owned();
+    for r in rows(conn, case).await {
+        let h = unkeyed_hash(&prev, case, &r);
+        exec(
+            conn,
+            &format!(
+                "UPDATE case_events SET prev_hash = '{prev}', hash = '{h}', key_id = NULL \
+                 WHERE case_id = '{case}' AND seq = {}",
+                r.seq
+            ),
+        )
+        .await
+        .expect("legacy");
+        prev = h;
+    }
+    exec(
+        conn,
+        &format!("UPDATE cases SET last_hash = '{prev}', head_seal = NULL WHERE id = '{case}'"),
+    )
+    .await
+    .expect("legacy head");
+}
+
 async fn tampering_is_named(db: TestDb) {
     let store = open(&db).await;
     let [updated, replaced, rehashed, truncated, untouched]: [CaseId; 5] = [
@@ -376,8 +402,9 @@ async fn tampering_is_named_on_postgres() {
     tampering_is_named(TestDb::postgres().await).await;
 }
 
-/// Trails written before m0005 (plain SHA-256, no key id) are anchored by a keyed event when the
-/// store is opened, then verify; a legacy trail rewritten before that is not anchored.
+/// Trails written before m0005 (plain SHA-256, no key id) that m0008 found are anchored by a
+/// keyed event when the store is opened, then verify; a legacy trail rewritten before that is
+/// not anchored, nor is a keyed trail re-hashed as legacy after m0008 (restart or not).
 async fn legacy_trails_are_anchored(db: TestDb) {
     let store = open(&db).await;
     let intact = case_with_two_events(&store, "3000001").await;
@@ -387,27 +414,7 @@ async fn legacy_trails_are_anchored(db: TestDb) {
     // Make both trails legacy ones, as m0005 found them; the second with a rewritten event
     // whose legacy hash was not recomputed.
     for case in [&intact, &forged] {
-        let mut prev = GENESIS.to_owned();
-        for r in rows(&conn, case).await {
-            let h = unkeyed_hash(&prev, case, &r);
-            exec(
-                &conn,
-                &format!(
-                    "UPDATE case_events SET prev_hash = '{prev}', hash = '{h}', key_id = NULL \
-                     WHERE case_id = '{case}' AND seq = {}",
-                    r.seq
-                ),
-            )
-            .await
-            .expect("legacy");
-            prev = h;
-        }
-        exec(
-            &conn,
-            &format!("UPDATE cases SET last_hash = '{prev}', head_seal = NULL WHERE id = '{case}'"),
-        )
-        .await
-        .expect("legacy head");
+        make_legacy(&conn, case).await;
     }
     exec(
         &conn,
@@ -427,7 +434,12 @@ async fn legacy_trails_are_anchored(db: TestDb) {
         "legacy trails are not accepted unanchored"
     );
 
-    // Opening the store as the gateway does anchors the intact one (once).
+    // m0008 lists the trails it finds all legacy (undone and run again here, as on an upgrade
+    // of a database that m0005 left with these trails).
+    <migration::Migrator as migration::MigratorTrait>::down(&conn, Some(1))
+        .await
+        .expect("undo m0008");
+    // Opening the store as the gateway does migrates and anchors the intact one (once).
     let settings: etjanstekort_gateway::storage::DatabaseSettings =
         etjanstekort_gateway::config::Layers::defaults()
             .set("database.url", db.url.clone())
@@ -445,10 +457,28 @@ async fn legacy_trails_are_anchored(db: TestDb) {
         .await
         .expect("open again");
     assert_eq!(reopened.events(&intact).await.expect("events").len(), 3);
+    // A keyed trail re-hashed later without the key (plain SHA-256, head unsealed) is not on
+    // m0008's list: restarting the gateway does not launder it into a verifying trail.
+    let laundered = case_with_two_events(&reopened, "3000003").await;
+    make_legacy(&conn, &laundered).await;
+    etjanstekort_gateway::startup::open_store(&settings, vault())
+        .await
+        .expect("restart");
+    assert_eq!(reopened.events(&laundered).await.expect("events").len(), 2);
+    // Nor can the list be extended (short of dropping its trigger too).
+    exec(
+        &conn,
+        &format!("INSERT INTO audit_legacy_cases (case_id) VALUES ('{laundered}')"),
+    )
+    .await
+    .expect_err("the list of anchorable trails is closed");
     let reopened: Arc<dyn CaseStore> = Arc::new(reopened);
     assert_eq!(
         broken_cases(reopened).await,
-        BTreeMap::from([(forged.to_string(), (1, ChainProblem::HashMismatch))])
+        BTreeMap::from([
+            (forged.to_string(), (1, ChainProblem::HashMismatch)),
+            (laundered.to_string(), (2, ChainProblem::UnanchoredLegacy)),
+        ])
     );
     // Rewriting an anchored legacy event breaks the anchor's link.
     exec(

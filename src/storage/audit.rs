@@ -227,6 +227,46 @@ fn broken(sequence: i64, problem: ChainProblem, detail: String) -> Option<Broken
     })
 }
 
+/// The report on events whose case has no row: the head (and the case) are gone.
+pub fn orphan_report(events: u64) -> ChainReport {
+    ChainReport {
+        events: 0,
+        legacy: 0,
+        broken: broken(
+            0,
+            ChainProblem::HeadMismatch,
+            format!("{events} audit event(s) but no case row"),
+        ),
+    }
+}
+
+/// Like `verify_case`, for a trail whose event `unreadable` could not be decoded (`events` are
+/// the readable ones before it): a broken link in that prefix is reported as usual, else the
+/// unreadable event is the first broken link.
+pub fn verify_case_unreadable(
+    events: &[CaseEvent],
+    unreadable: i64,
+    head: &ChainHead,
+    keys: &ChainKeys,
+) -> ChainReport {
+    let mut report = verify_case(events, head, keys);
+    let in_prefix = report.broken.take().filter(|b| {
+        b.sequence < unreadable
+            && !matches!(
+                b.problem,
+                ChainProblem::HeadMismatch | ChainProblem::UnanchoredLegacy
+            )
+    });
+    report.broken = in_prefix.or_else(|| {
+        broken(
+            unreadable,
+            ChainProblem::HashMismatch,
+            format!("event {unreadable} cannot be read"),
+        )
+    });
+    report
+}
+
 /// Verifies a case's trail (in sequence order) against the head on its row and reports the
 /// first broken link: each event's hash must cover its predecessor's hash and its own fields,
 /// starting from the genesis hash, under a key in `keys`; unkeyed links only before the first
@@ -295,15 +335,16 @@ fn first_broken(
         report.events += 1;
         prev = computed;
     }
+    // Every case is created with its first event: a case without any has lost its trail.
     let Some(last) = events.last() else {
-        return (head.sequence != 0).then(|| BrokenLink {
-            sequence: head.sequence,
-            problem: ChainProblem::HeadMismatch,
-            detail: format!(
-                "the case's head names event {} but it has none",
+        return broken(
+            head.sequence,
+            ChainProblem::HeadMismatch,
+            format!(
+                "the case has no audit events (its head names event {})",
                 head.sequence
             ),
-        });
+        );
     };
     if last.key_id.is_none() {
         return broken(
@@ -450,7 +491,6 @@ mod tests {
 
     #[test]
     fn an_intact_trail_verifies() {
-        assert_eq!(check(&[], &ChainHead::default()), None);
         let events = trail(4);
         let report = verify_case(
             &events,
@@ -563,10 +603,33 @@ mod tests {
             check(&events[..2], &unsealed).map(|b| b.problem),
             Some(ChainProblem::HeadMismatch)
         );
-        // Every event deleted.
+        // Every event deleted, with the head left or reset to nothing.
         assert_eq!(
             check(&[], &head).map(|b| b.problem),
             Some(ChainProblem::HeadMismatch)
+        );
+        assert_eq!(
+            check(&[], &ChainHead::default()).map(|b| (b.sequence, b.problem)),
+            Some((0, ChainProblem::HeadMismatch))
+        );
+    }
+
+    #[test]
+    fn an_unreadable_event_is_the_broken_link_unless_one_before_it_is() {
+        let events = trail(3);
+        let head = head_of(&events, &vault(1));
+        let keys = ChainKeys::new(&vault(1));
+        let found = verify_case_unreadable(&events[..1], 2, &head, &keys);
+        assert_eq!(
+            found.broken.map(|b| (b.sequence, b.problem)),
+            Some((2, ChainProblem::HashMismatch))
+        );
+        let mut tampered = events.clone();
+        tampered[0].detail.push('!');
+        let found = verify_case_unreadable(&tampered[..1], 2, &head, &keys);
+        assert_eq!(
+            found.broken.map(|b| (b.sequence, b.problem)),
+            Some((1, ChainProblem::HashMismatch))
         );
     }
 

@@ -41,7 +41,10 @@ use crate::domain::{
     State, Timestamp,
 };
 
-pub use audit::{BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
+pub use audit::{
+    BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, orphan_report, verify_case,
+    verify_case_unreadable,
+};
 pub use sea::SeaStore;
 pub use settings::{DatabaseSettings, Timing};
 
@@ -400,6 +403,14 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
 
     /// How many cases there are.
     async fn count_cases(&self) -> Result<u64, StoreError>;
+
+    /// Case ids after `after` (id order, at most `limit`) that audit events name but no case
+    /// row has, each with its number of events: a trail whose case row was deleted.
+    async fn orphan_event_cases(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// The case's outbox rows, in creation order.
     async fn steps(&self, id: &CaseId) -> Result<Vec<StepView>, StoreError>;

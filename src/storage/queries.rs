@@ -262,6 +262,54 @@ pub(crate) async fn chain_head(
     })
 }
 
+/// Case ids after `after` that events name but no case row has, with their event counts.
+pub(crate) async fn orphan_event_cases(
+    conn: &impl ConnectionTrait,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    use case_events::Column as E;
+    use cases::Column as C;
+    let mut exists = Query::select();
+    exists
+        .expr(Expr::val(1))
+        .from(cases::Entity)
+        .and_where(Expr::col((cases::Entity, C::Id)).equals((case_events::Entity, E::CaseId)));
+    let mut q = Query::select();
+    q.column((case_events::Entity, E::CaseId))
+        .expr(Expr::col((case_events::Entity, E::Seq)).count())
+        .from(case_events::Entity)
+        .and_where(Expr::exists(exists).not())
+        .group_by_col((case_events::Entity, E::CaseId))
+        .order_by((case_events::Entity, E::CaseId), sea_orm::Order::Asc)
+        .limit(u64::from(limit));
+    if let Some(after) = after {
+        q.and_where(Expr::col((case_events::Entity, E::CaseId)).gt(after));
+    }
+    let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
+    rows.iter()
+        .map(|r| {
+            let id = r.try_get_by_index::<String>(0)?;
+            let n = r.try_get_by_index::<i64>(1)?;
+            Ok((id, u64::try_from(n).unwrap_or(0)))
+        })
+        .collect::<Result<_, sea_orm::DbErr>>()
+        .map_err(StoreError::Unavailable)
+}
+
+/// A case's event rows as stored, in sequence order (decoded by the caller, row by row).
+pub(crate) async fn event_rows(
+    conn: &impl ConnectionTrait,
+    id: &CaseId,
+) -> Result<Vec<case_events::Model>, StoreError> {
+    case_events::Entity::find()
+        .filter(case_events::Column::CaseId.eq(id.to_string()))
+        .order_by_asc(case_events::Column::Seq)
+        .all(conn)
+        .await
+        .map_err(StoreError::Unavailable)
+}
+
 /// The table m0008 filled with the cases whose all-legacy trail may still be anchored.
 const LEGACY_CASES: &str = "audit_legacy_cases";
 

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use migration::MigratorTrait;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
-use super::audit::{ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
+use super::audit::{
+    ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case, verify_case_unreadable,
+};
 use super::changes::ChangeSet;
 use super::codec::Codec;
 use super::sql::{self, Lock};
@@ -435,8 +437,30 @@ impl CaseStore for SeaStore {
     }
 
     async fn verify_audit(&self, id: &CaseId) -> Result<ChainReport, StoreError> {
-        let (events, head) = self.read_chain(id).await?;
+        let txn = self.begin_snapshot().await?;
+        let head = queries::chain_head(&txn, id).await?;
+        let rows = queries::event_rows(&txn, id).await?;
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        // An event row that does not decode is that case's broken link, not the end of a walk.
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq = row.seq;
+            match super::codec::event_of(row) {
+                Ok(e) => events.push(e),
+                Err(_) => {
+                    return Ok(verify_case_unreadable(&events, seq, &head, &self.keys));
+                }
+            }
+        }
         Ok(verify_case(&events, &head, &self.keys))
+    }
+
+    async fn orphan_event_cases(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        queries::orphan_event_cases(&self.db, after, limit).await
     }
 
     async fn case_ids(

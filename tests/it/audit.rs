@@ -528,6 +528,97 @@ async fn legacy_trails_are_anchored_on_postgres() {
     legacy_trails_are_anchored(TestDb::postgres().await).await;
 }
 
+/// The holes a walk over case rows alone would miss: a case whose events were all deleted, a
+/// trail whose case row was deleted (orphan), and an event row that does not decode (reported
+/// as that case's broken link, the walk going on). The counts are what the periodic check sets
+/// `etk_audit_chain_broken_cases` from.
+async fn verifier_holes_are_reported(db: TestDb) {
+    let store = open(&db).await;
+    let [emptied, orphaned, unreadable, untouched]: [CaseId; 4] = [
+        case_with_two_events(&store, "4000001").await,
+        case_with_two_events(&store, "4000002").await,
+        case_with_two_events(&store, "4000003").await,
+        case_with_two_events(&store, "4000004").await,
+    ];
+    // One connection, so that the session settings below hold for every statement.
+    let mut opts = sea_orm::ConnectOptions::new(db.url.clone());
+    opts.max_connections(1).min_connections(1);
+    let conn = Database::connect(opts).await.expect("raw connection");
+    drop_defences(&conn).await;
+    let no_foreign_keys = if conn.get_database_backend() == DbBackend::Postgres {
+        "SET session_replication_role = replica"
+    } else {
+        "PRAGMA foreign_keys = OFF"
+    };
+    exec(&conn, no_foreign_keys)
+        .await
+        .expect("foreign keys off");
+    exec(
+        &conn,
+        &format!("DELETE FROM case_events WHERE case_id = '{emptied}'"),
+    )
+    .await
+    .expect("delete trail");
+    exec(
+        &conn,
+        &format!(
+            "UPDATE cases SET last_seq = 0, last_hash = '', head_seal = NULL WHERE id = '{emptied}'"
+        ),
+    )
+    .await
+    .expect("reset head");
+    for sql in [
+        format!("DELETE FROM effects WHERE case_id = '{orphaned}'"),
+        format!("DELETE FROM idempotency_keys WHERE case_id = '{orphaned}'"),
+        format!("DELETE FROM cases WHERE id = '{orphaned}'"),
+    ] {
+        exec(&conn, &sql).await.expect("delete the case row");
+    }
+    exec(
+        &conn,
+        &format!(
+            "UPDATE case_events SET state = 'no_such_state' WHERE case_id = '{unreadable}' AND seq = 2"
+        ),
+    )
+    .await
+    .expect("corrupt event");
+
+    let store: Arc<dyn CaseStore> = Arc::new(store);
+    assert_eq!(
+        broken_cases(store.clone()).await,
+        BTreeMap::from([
+            (emptied.to_string(), (0, ChainProblem::HeadMismatch)),
+            (orphaned.to_string(), (0, ChainProblem::HeadMismatch)),
+            (unreadable.to_string(), (2, ChainProblem::HashMismatch)),
+        ])
+    );
+    let mut walk = Walk::all(store.clone()).await.expect("walk");
+    while let Some(next) = walk.next().await {
+        next.expect("the walk goes on past every hole");
+    }
+    let p = walk.progress();
+    assert_eq!((p.checked, p.broken), (4, 3));
+    assert_eq!(
+        store.verify_audit(&untouched).await.expect("verify").broken,
+        None
+    );
+}
+
+#[tokio::test]
+async fn verifier_holes_are_reported_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    verifier_holes_are_reported(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn verifier_holes_are_reported_on_postgres() {
+    verifier_holes_are_reported(TestDb::postgres().await).await;
+}
+
 /// The walk pages through every case (more than one page of ids).
 #[tokio::test]
 async fn the_walk_reaches_every_case() {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{CaseEvent, CaseId, Deregistration, State, Timestamp};
 use crate::privacy::Vault;
-use crate::storage::{ChainHead, ChainKeys, ChainReport, verify_case};
+use crate::storage::{ChainHead, ChainKeys, ChainReport, HeadRow, verify_case};
 
 pub const FORMAT: &str = "etk-audit-record/v1";
 
@@ -95,6 +95,34 @@ pub struct RecordHead {
     pub sequence: i64,
     pub hash: String,
     pub seal: Option<String>,
+    /// The case row's fields the (v2) seal also covers; absent in records exported before
+    /// m0008, whose seal (v1) covers the head only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<RecordHeadRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordHeadRow {
+    pub state: String,
+    /// Unix microseconds.
+    pub updated_at: i64,
+    pub version: i64,
+}
+
+impl RecordHead {
+    /// The chain head as the verifier takes it.
+    pub fn to_head(&self) -> ChainHead {
+        ChainHead {
+            sequence: self.sequence,
+            hash: self.hash.clone(),
+            seal: self.seal.clone(),
+            row: self.row.as_ref().map(|r| HeadRow {
+                state: r.state.clone(),
+                updated_at: r.updated_at,
+                version: r.version,
+            }),
+        }
+    }
 }
 
 impl AuditRecord {
@@ -184,6 +212,11 @@ impl AuditRecord {
                 sequence: head.sequence,
                 hash: head.hash.clone(),
                 seal: head.seal.clone(),
+                row: head.row.as_ref().map(|r| RecordHeadRow {
+                    state: r.state.clone(),
+                    updated_at: r.updated_at,
+                    version: r.version,
+                }),
             },
         }
     }
@@ -229,11 +262,6 @@ impl AuditRecord {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let head = ChainHead {
-            sequence: self.chain_head.sequence,
-            hash: self.chain_head.hash.clone(),
-            seal: self.chain_head.seal.clone(),
-        };
-        Ok(verify_case(&events, &head, keys))
+        Ok(verify_case(&events, &self.chain_head.to_head(), keys))
     }
 }

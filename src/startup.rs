@@ -112,7 +112,8 @@ pub async fn open_store(db: &DatabaseSettings, vault: Arc<Vault>) -> Result<SeaS
 }
 
 /// Covers trails from before the keyed chain (m0005) with a keyed link, once per case m0008
-/// listed (see `storage::audit`); the list is consumed, so later starts anchor nothing.
+/// listed (see `storage::audit`), and re-seals the v1 heads m0008 listed as v2; the lists are
+/// consumed, so later starts change nothing.
 async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
     let meta = EventMeta {
         actor: "system".into(),
@@ -123,6 +124,10 @@ async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
     let n = store.anchor_legacy_chains(meta).await?;
     if n > 0 {
         tracing::info!(cases = n, "legacy audit trails anchored in the keyed chain");
+    }
+    let n = store.reseal_v1_heads().await?;
+    if n > 0 {
+        tracing::info!(cases = n, "audit chain heads re-sealed (v2)");
     }
     Ok(())
 }

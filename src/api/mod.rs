@@ -644,11 +644,7 @@ impl OperationsService for Api {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(case_id = %id, principal = %p.hsa_id, purpose = ?purpose, "audit record exported");
-        let head = crate::storage::ChainHead {
-            sequence: record.chain_head.sequence,
-            hash: record.chain_head.hash.clone(),
-            seal: record.chain_head.seal.clone(),
-        };
+        let head = record.chain_head.to_head();
         ok(pb::ExportAuditRecordResponse {
             record_json: record.to_json(),
             chain_head: Some(convert::chain_head_out(&head)),

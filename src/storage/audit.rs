@@ -101,20 +101,43 @@ pub(crate) fn keyed_hash(
     hex(ctx.sign().as_ref())
 }
 
-/// The seal of the chain head on the case row: `<key id>:<HMAC of case id, last seq, last hash>`.
-/// Rolling the head back to an earlier event (to hide a deleted tail) needs the key.
+/// The seal of the chain head on the case row: `<key id>:<HMAC>`. The HMAC covers the case id,
+/// the last sequence number and hash, and (seal v2, written since m0008) the row's state,
+/// `updated_at` and `version` as that change left them: rolling the head back to an earlier event
+/// (to hide a deleted tail), or restoring an old head from a backup onto a row that has moved on,
+/// needs the key. `row: None` is the v1 seal of m0005 (the head only), still read from exported
+/// records made before m0008 and re-sealed as v2 in the database once (see `SeaStore::reseal_v1_heads`).
 pub(crate) fn head_seal(
     key: &hmac::Key,
     key_id: &str,
     case_id: &str,
     seq: i64,
     hash: &str,
+    row: Option<&HeadRow>,
 ) -> String {
     let mut ctx = hmac::Context::with_key(key);
     let seq = seq.to_string();
-    feed(["etk audit head v1", key_id, case_id, &seq, hash], |b| {
-        ctx.update(b)
-    });
+    match row {
+        None => feed(["etk audit head v1", key_id, case_id, &seq, hash], |b| {
+            ctx.update(b)
+        }),
+        Some(r) => {
+            let (at, version) = (r.updated_at.to_string(), r.version.to_string());
+            feed(
+                [
+                    "etk audit head v2",
+                    key_id,
+                    case_id,
+                    &seq,
+                    hash,
+                    &r.state,
+                    &at,
+                    &version,
+                ],
+                |b| ctx.update(b),
+            )
+        }
+    }
     format!("{key_id}:{}", hex(ctx.sign().as_ref()))
 }
 
@@ -152,7 +175,7 @@ impl ChainKeys {
         self
     }
 
-    fn get(&self, key_id: &str) -> Option<&hmac::Key> {
+    pub(crate) fn get(&self, key_id: &str) -> Option<&hmac::Key> {
         self.keys.get(key_id)
     }
 }
@@ -164,6 +187,19 @@ pub struct ChainHead {
     pub hash: String,
     /// `head_seal`; `None` on rows not written since m0005.
     pub seal: Option<String>,
+    /// The row's fields the v2 seal covers; always read from the database. `None` only for an
+    /// exported record made before m0008, whose seal is v1.
+    pub row: Option<HeadRow>,
+}
+
+/// The case row's fields a v2 head seal covers besides the head.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeadRow {
+    /// `State::as_str`, as stored.
+    pub state: String,
+    /// Unix microseconds.
+    pub updated_at: i64,
+    pub version: i64,
 }
 
 impl ChainHead {
@@ -366,6 +402,18 @@ fn first_broken(
             ),
         );
     }
+    if let Some(row) = &head.row
+        && row.state != last.state.as_str()
+    {
+        return broken(
+            head.sequence,
+            ChainProblem::HeadMismatch,
+            format!(
+                "the case's state is not the one its last event {} recorded",
+                last.sequence
+            ),
+        );
+    }
     let Some(seal) = head.seal.as_deref() else {
         return broken(
             head.sequence,
@@ -382,7 +430,15 @@ fn first_broken(
         );
     };
     let case_id = last.case_id.to_string();
-    if head_seal(key, key_id, &case_id, head.sequence, &head.hash) != seal {
+    if head_seal(
+        key,
+        key_id,
+        &case_id,
+        head.sequence,
+        &head.hash,
+        head.row.as_ref(),
+    ) != seal
+    {
         return broken(
             head.sequence,
             ChainProblem::HeadMismatch,
@@ -444,8 +500,17 @@ mod tests {
         }
     }
 
-    fn head_of(events: &[CaseEvent], v: &Vault) -> ChainHead {
+    /// The row as the store leaves it after `events`' last change.
+    fn row_of(events: &[CaseEvent]) -> HeadRow {
         let last = events.last().unwrap();
+        HeadRow {
+            state: last.state.as_str().to_owned(),
+            updated_at: last.at.0,
+            version: last.sequence,
+        }
+    }
+
+    fn sealed(v: &Vault, last: &CaseEvent, row: Option<HeadRow>) -> ChainHead {
         ChainHead {
             sequence: last.sequence,
             hash: last.hash.clone(),
@@ -455,8 +520,14 @@ mod tests {
                 &last.case_id.to_string(),
                 last.sequence,
                 &last.hash,
+                row.as_ref(),
             )),
+            row,
         }
+    }
+
+    fn head_of(events: &[CaseEvent], v: &Vault) -> ChainHead {
+        sealed(v, events.last().unwrap(), Some(row_of(events)))
     }
 
     /// A well-formed keyed trail of `n` events, chained as the store writes them.
@@ -590,6 +661,7 @@ mod tests {
             sequence: 2,
             hash: events[1].hash.clone(),
             seal: head.seal.clone(),
+            row: Some(row_of(&events[..2])),
         };
         assert_eq!(
             check(&events[..2], &rolled).map(|b| (b.sequence, b.problem)),
@@ -612,6 +684,51 @@ mod tests {
             check(&[], &ChainHead::default()).map(|b| (b.sequence, b.problem)),
             Some((0, ChainProblem::HeadMismatch))
         );
+    }
+
+    #[test]
+    fn an_old_head_replayed_onto_a_row_that_moved_on_is_detected() {
+        let events = trail(3);
+        let v = vault(1);
+        // The head as a backup holds it after event 2, restored with the tail deleted, while
+        // the row's state, time or version is that of event 3 (or made up).
+        let old = head_of(&events[..2], &v);
+        let now = row_of(&events);
+        for row in [
+            HeadRow {
+                state: State::Cancelled.as_str().into(),
+                ..old.row.clone().unwrap()
+            },
+            HeadRow {
+                updated_at: now.updated_at,
+                ..old.row.clone().unwrap()
+            },
+            HeadRow {
+                version: now.version,
+                ..old.row.clone().unwrap()
+            },
+        ] {
+            let replayed = ChainHead {
+                row: Some(row),
+                ..old.clone()
+            };
+            assert_eq!(
+                check(&events[..2], &replayed).map(|b| (b.sequence, b.problem)),
+                Some((2, ChainProblem::HeadMismatch))
+            );
+        }
+        assert_eq!(check(&events[..2], &old), None);
+        // A v1 seal (head only) is not accepted from a row.
+        let v1 = ChainHead {
+            row: Some(row_of(&events)),
+            ..sealed(&v, &events[2], None)
+        };
+        assert_eq!(
+            check(&events, &v1).map(|b| b.problem),
+            Some(ChainProblem::HeadMismatch)
+        );
+        // …only where no row is given (a record exported before m0008).
+        assert_eq!(check(&events, &sealed(&v, &events[2], None)), None);
     }
 
     #[test]
@@ -657,6 +774,7 @@ mod tests {
             sequence: 2,
             hash: unanchored[1].hash.clone(),
             seal: None,
+            row: Some(row_of(&unanchored)),
         };
         assert_eq!(
             check(&unanchored, &head).map(|b| (b.sequence, b.problem)),

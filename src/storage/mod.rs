@@ -42,8 +42,8 @@ use crate::domain::{
 };
 
 pub use audit::{
-    BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, orphan_report, verify_case,
-    verify_case_unreadable,
+    BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, HeadRow, orphan_report,
+    verify_case, verify_case_unreadable,
 };
 pub use sea::SeaStore;
 pub use settings::{DatabaseSettings, Timing};

@@ -8,7 +8,7 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::audit::ChainHead;
+use super::audit::{ChainHead, HeadRow};
 use super::codec::event_of;
 use super::entities::{case_events, cases, effects};
 use super::{ListQuery, Stats, StepView, StoreError};
@@ -244,21 +244,30 @@ pub(crate) async fn chain_head(
     id: &CaseId,
 ) -> Result<ChainHead, StoreError> {
     use cases::Column as C;
-    let row: Option<(i64, String, Option<String>)> = cases::Entity::find()
+    type Head = (i64, String, Option<String>, String, i64, i64);
+    let row: Option<Head> = cases::Entity::find()
         .select_only()
         .column(C::LastSeq)
         .column(C::LastHash)
         .column(C::HeadSeal)
+        .column(C::State)
+        .column(C::UpdatedAt)
+        .column(C::Version)
         .filter(C::Id.eq(id.to_string()))
         .into_tuple()
         .one(conn)
         .await
         .map_err(StoreError::Unavailable)?;
-    let (sequence, hash, seal) = row.ok_or(StoreError::NotFound)?;
+    let (sequence, hash, seal, state, updated_at, version) = row.ok_or(StoreError::NotFound)?;
     Ok(ChainHead {
         sequence,
         hash,
         seal,
+        row: Some(HeadRow {
+            state,
+            updated_at,
+            version,
+        }),
     })
 }
 
@@ -310,19 +319,34 @@ pub(crate) async fn event_rows(
         .map_err(StoreError::Unavailable)
 }
 
-/// The table m0008 filled with the cases whose all-legacy trail may still be anchored.
-const LEGACY_CASES: &str = "audit_legacy_cases";
+/// The lists m0008 filled, which start-up consumes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum UpgradeList {
+    /// Cases whose all-legacy trail may still be anchored.
+    LegacyTrails,
+    /// Cases whose head seal is still the v1 seal.
+    V1Seals,
+}
 
-/// Case ids on m0008's list of anchorable legacy trails after `after` (id order, at most
-/// `limit`).
-pub(crate) async fn legacy_listed_cases(
+impl UpgradeList {
+    fn table(self) -> &'static str {
+        match self {
+            Self::LegacyTrails => "audit_legacy_cases",
+            Self::V1Seals => "audit_v1_seals",
+        }
+    }
+}
+
+/// Case ids on one of m0008's lists after `after` (id order, at most `limit`).
+pub(crate) async fn listed_cases(
     conn: &impl ConnectionTrait,
+    list: UpgradeList,
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<String>, StoreError> {
     let mut q = Query::select();
     q.column("case_id")
-        .from(LEGACY_CASES)
+        .from(list.table())
         .order_by("case_id", sea_orm::Order::Asc)
         .limit(u64::from(limit));
     if let Some(after) = after {
@@ -335,13 +359,14 @@ pub(crate) async fn legacy_listed_cases(
         .map_err(StoreError::Unavailable)
 }
 
-/// Takes `id` off m0008's list: its trail had its one chance to be anchored.
-pub(crate) async fn unlist_legacy_case(
+/// Takes `id` off one of m0008's lists: the case had its one chance.
+pub(crate) async fn unlist_case(
     conn: &impl ConnectionTrait,
+    list: UpgradeList,
     id: &str,
 ) -> Result<(), StoreError> {
     let mut q = Query::delete();
-    q.from_table(LEGACY_CASES)
+    q.from_table(list.table())
         .and_where(Expr::col("case_id").eq(id));
     conn.execute(&q).await.map_err(StoreError::Unavailable)?;
     Ok(())

@@ -14,6 +14,7 @@ use super::audit::{
 };
 use super::changes::ChangeSet;
 use super::codec::Codec;
+use super::queries::UpgradeList;
 use super::sql::{self, Lock};
 use super::{
     CaseRecord, CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, ReencryptBatch,
@@ -126,6 +127,74 @@ impl SeaStore {
     /// The id of the master key new data is encrypted under.
     pub fn current_key_id(&self) -> String {
         self.codec.current_key_id()
+    }
+
+    /// Re-seals, once, each head m0008 found sealed with the v1 seal (the head only) with the v2
+    /// seal (also the row's state, `updated_at` and `version`), if the case's chain verifies
+    /// under the v1 seal; every listed case is taken off the list, re-sealed or not, and one whose
+    /// chain does not verify stays as found, for the verifier to report. Returns how many were
+    /// re-sealed.
+    pub async fn reseal_v1_heads(&self) -> Result<u64, StoreError> {
+        use sea_orm::sea_query::Expr;
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+        use super::entities::cases;
+        const BATCH: u32 = 100;
+        let mut resealed = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let ids =
+                queries::listed_cases(&self.db, UpgradeList::V1Seals, after.as_deref(), BATCH)
+                    .await?;
+            let Some(last) = ids.last() else {
+                return Ok(resealed);
+            };
+            after = Some(last.clone());
+            for id in &ids {
+                let txn = self.begin().await?;
+                queries::unlist_case(&txn, UpgradeList::V1Seals, id).await?;
+                let Some(case_id) = CaseId::parse(id) else {
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
+                    continue;
+                };
+                let model = match sql::lock_case(&txn, &case_id).await {
+                    Ok(model) => model,
+                    Err(StoreError::NotFound) => {
+                        txn.commit().await.map_err(StoreError::Unavailable)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut head = queries::chain_head(&txn, &case_id).await?;
+                let events = queries::events(&txn, &case_id).await?;
+                let row = head.row.take();
+                // The v1 seal covers the head only.
+                let intact = verify_case(&events, &head, &self.keys).broken.is_none();
+                let key_id = head.key_id().to_owned();
+                let key = self.keys.get(&key_id);
+                let (Some(row), Some(key), true) = (row, key, intact) else {
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
+                    tracing::warn!(case_id = %case_id, "audit chain head does not verify; not re-sealed");
+                    continue;
+                };
+                let seal = super::audit::head_seal(
+                    key,
+                    &key_id,
+                    &model.id,
+                    head.sequence,
+                    &head.hash,
+                    Some(&row),
+                );
+                cases::Entity::update_many()
+                    .col_expr(cases::Column::HeadSeal, Expr::value(seal))
+                    .filter(cases::Column::Id.eq(model.id.clone()))
+                    .exec(&txn)
+                    .await
+                    .map_err(StoreError::Unavailable)?;
+                txn.commit().await.map_err(StoreError::Unavailable)?;
+                resealed += 1;
+            }
+        }
     }
 
     /// A read-only transaction that sees one snapshot (PostgreSQL's default READ COMMITTED takes
@@ -489,7 +558,9 @@ impl CaseStore for SeaStore {
         let mut anchored = 0;
         let mut after: Option<String> = None;
         loop {
-            let ids = queries::legacy_listed_cases(&self.db, after.as_deref(), BATCH).await?;
+            let ids =
+                queries::listed_cases(&self.db, UpgradeList::LegacyTrails, after.as_deref(), BATCH)
+                    .await?;
             let Some(last) = ids.last() else {
                 return Ok(anchored);
             };
@@ -498,7 +569,7 @@ impl CaseStore for SeaStore {
                 let txn = self.begin().await?;
                 // Taken off the list whatever follows: a listed trail is anchored at most once,
                 // and one found rewritten stays as found, for the verifier to report.
-                queries::unlist_legacy_case(&txn, id).await?;
+                queries::unlist_case(&txn, UpgradeList::LegacyTrails, id).await?;
                 let model = match CaseId::parse(id) {
                     Some(case_id) => match sql::lock_case(&txn, &case_id).await {
                         Ok(model) => Some((case_id, model)),

@@ -619,6 +619,184 @@ async fn verifier_holes_are_reported_on_postgres() {
     verifier_holes_are_reported(TestDb::postgres().await).await;
 }
 
+/// The v1 head seal of m0005 (HMAC over the case id, last sequence and hash only), as the
+/// gateway wrote it before m0008.
+fn v1_seal(case: &CaseId, seq: i64, hash: &str) -> String {
+    let v = vault();
+    let mut ctx = ring::hmac::Context::with_key(v.audit_chain_key());
+    let (case, seq) = (case.to_string(), seq.to_string());
+    for part in [
+        "etk audit head v1",
+        v.key_id().as_str(),
+        case.as_str(),
+        seq.as_str(),
+        hash,
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    format!("{}:{}", v.key_id(), hex::encode(ctx.sign().as_ref()))
+}
+
+/// The head columns of a case row.
+async fn head_row(conn: &DatabaseConnection, case: &CaseId) -> (i64, String, String, String) {
+    let sql =
+        format!("SELECT last_seq, last_hash, head_seal, state FROM cases WHERE id = '{case}'");
+    let r = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .expect("query")
+        .expect("row");
+    (
+        r.try_get("", "last_seq").expect("seq"),
+        r.try_get("", "last_hash").expect("hash"),
+        r.try_get("", "head_seal").expect("seal"),
+        r.try_get("", "state").expect("state"),
+    )
+}
+
+/// An old head (sequence, hash and seal, as a backup holds them) put back after the tail was
+/// deleted does not verify on a row that moved on since: the seal covers the row's state, time
+/// and version, and the row's state must be the last event's. v1 seals (head only) are
+/// re-sealed once at start for the cases m0008 found, and never accepted otherwise.
+async fn old_heads_do_not_verify(db: TestDb) {
+    let store = open(&db).await;
+    let conn = Database::connect(&db.url).await.expect("raw connection");
+    let make = |card: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .create(new_case(card))
+                .await
+                .expect("create")
+                .into_case()
+                .id
+        }
+    };
+    let [moved_on, rolled_back, v1_sealed, v1_replayed] = [
+        make("5000001").await,
+        make("5000002").await,
+        make("5000003").await,
+        make("5000004").await,
+    ];
+    let mut backups = BTreeMap::new();
+    for case in [&moved_on, &rolled_back] {
+        backups.insert(case.to_string(), head_row(&conn, case).await);
+        store
+            .apply(case, None, &Event::Cancel, meta("SE1655999991-E1"))
+            .await
+            .expect("cancel");
+    }
+    drop_defences(&conn).await;
+    for case in [&moved_on, &rolled_back] {
+        exec(
+            &conn,
+            &format!("DELETE FROM case_events WHERE case_id = '{case}' AND seq = 2"),
+        )
+        .await
+        .expect("delete tail");
+        let (seq, hash, seal, state) = &backups[&case.to_string()];
+        // The head restored; for `rolled_back` the state too (its time and version stay).
+        let state = if case == &rolled_back {
+            format!(", state = '{state}'")
+        } else {
+            String::new()
+        };
+        exec(
+            &conn,
+            &format!(
+                "UPDATE cases SET last_seq = {seq}, last_hash = '{hash}', head_seal = '{seal}'{state} \
+                 WHERE id = '{case}'"
+            ),
+        )
+        .await
+        .expect("restore the old head");
+    }
+    // Heads as m0005 sealed them (v1); one of them replayed over a deleted tail.
+    for case in [&v1_sealed, &v1_replayed] {
+        let (seq, hash, _, _) = head_row(&conn, case).await;
+        exec(
+            &conn,
+            &format!(
+                "UPDATE cases SET head_seal = '{}' WHERE id = '{case}'",
+                v1_seal(case, seq, &hash)
+            ),
+        )
+        .await
+        .expect("v1 seal");
+    }
+    store
+        .apply(&v1_replayed, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    let (seq, _, _, _) = head_row(&conn, &v1_replayed).await;
+    exec(
+        &conn,
+        &format!("DELETE FROM case_events WHERE case_id = '{v1_replayed}' AND seq = {seq}"),
+    )
+    .await
+    .expect("delete tail");
+    let (first_seq, first_hash) = (seq - 1, rows(&conn, &v1_replayed).await[0].hash.clone());
+    exec(
+        &conn,
+        &format!(
+            "UPDATE cases SET last_seq = {first_seq}, last_hash = '{first_hash}', head_seal = '{}' \
+             WHERE id = '{v1_replayed}'",
+            v1_seal(&v1_replayed, first_seq, &first_hash)
+        ),
+    )
+    .await
+    .expect("replay the v1 head");
+
+    let broken = broken_cases;
+    let store: Arc<dyn CaseStore> = Arc::new(store);
+    let head = |seq| (seq, ChainProblem::HeadMismatch);
+    assert_eq!(
+        broken(store.clone()).await,
+        BTreeMap::from([
+            (moved_on.to_string(), head(1)),
+            (rolled_back.to_string(), head(1)),
+            (v1_sealed.to_string(), head(1)),
+            (v1_replayed.to_string(), head(1)),
+        ]),
+        "no v1 seal is accepted from the database, nor an old v2 head on a row that moved on"
+    );
+    // m0008 lists the v1 seals (undone and run again, as on an upgrade); opening the store
+    // re-seals those whose chain verifies under the v1 seal, once.
+    <migration::Migrator as migration::MigratorTrait>::down(&conn, Some(1))
+        .await
+        .expect("undo m0008");
+    let settings: etjanstekort_gateway::storage::DatabaseSettings =
+        etjanstekort_gateway::config::Layers::defaults()
+            .set("database.url", db.url.clone())
+            .section("database")
+            .expect("database settings");
+    let reopened = etjanstekort_gateway::startup::open_store(&settings, vault())
+        .await
+        .expect("open");
+    let reopened: Arc<dyn CaseStore> = Arc::new(reopened);
+    let after = broken(reopened.clone()).await;
+    assert!(!after.contains_key(&v1_sealed.to_string()), "{after:?}");
+    for case in [&moved_on, &rolled_back, &v1_replayed] {
+        assert!(after.contains_key(&case.to_string()), "{case} {after:?}");
+    }
+}
+
+#[tokio::test]
+async fn old_heads_do_not_verify_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    old_heads_do_not_verify(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn old_heads_do_not_verify_on_postgres() {
+    old_heads_do_not_verify(TestDb::postgres().await).await;
+}
+
 /// The walk pages through every case (more than one page of ids).
 #[tokio::test]
 async fn the_walk_reaches_every_case() {

@@ -552,17 +552,18 @@ impl OperationsService for Api {
         let raw = &req.get_ref().id;
         let store = self.gateway.store().clone();
         let mut walk = if raw.trim().is_empty() {
+            tracing::info!(principal = %p.hsa_id, "operator verifies every audit chain");
             Walk::all(store)
                 .await
                 .map_err(|e| ApiError::from(app::AppError::from(e)))?
         } else {
             let id = convert::case_id("id", raw)?;
             record_case(&id);
+            tracing::info!(principal = %p.hsa_id, case_id = %id, "operator verifies an audit chain");
             // A missing case is NOT_FOUND before the stream starts.
             self.gateway.get_any(&id).await.map_err(ApiError::from)?;
             Walk::one(store, id)
         };
-        tracing::info!(principal = %p.hsa_id, cases = walk.progress().total, "operator verifies audit chains");
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let message = |p: Progress, broken: Option<pb::BrokenAuditChain>, done: bool| {

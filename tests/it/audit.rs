@@ -884,13 +884,21 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
         (reporter.full_name.as_str(), reporter.email.as_str()),
         ("***", "***")
     );
+    assert_eq!(d.card_number, "***");
     assert_eq!(got.card_holder_pseudonym.len(), 64);
     let head = got.chain_head.clone().expect("head");
     assert_eq!(head.sequence, 1);
     let key_id = vault().key_id();
     assert_eq!(head.key_id, key_id);
     let debug = format!("{got:?}");
-    for secret in ["1212121212", "Tolvan", "Vera", "tolvan@", "vera@"] {
+    for secret in [
+        "1212121212",
+        "Tolvan",
+        "Vera",
+        "tolvan@",
+        "vera@",
+        "4000001",
+    ] {
         assert!(!debug.contains(secret), "{secret} shown to an operator");
     }
 
@@ -910,11 +918,9 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
             .collect::<Vec<_>>(),
         [id.as_str(), other.as_str()]
     );
-    assert!(
-        all.deregistrations
-            .iter()
-            .all(|d| d.card_holder.as_ref().is_some_and(|h| h.full_name == "***"))
-    );
+    assert!(all.deregistrations.iter().all(|d| {
+        d.card_holder.as_ref().is_some_and(|h| h.full_name == "***") && d.card_number == "***"
+    }));
     let paged = list(pb::ListCasesRequest {
         page_size: 1,
         ..Default::default()

@@ -1087,6 +1087,26 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
     let mut cut = record.clone();
     cut.events.pop();
     assert!(cut.verify(&keys).expect("verify").broken.is_some());
+    // The case section is covered too: edited, or its MAC removed, it no longer verifies.
+    let edits: [fn(&mut AuditRecord); 5] = [
+        |r| r.case.state = "completed".into(),
+        |r| r.case.care_unit_hsa_id.push('9'),
+        |r| r.case.revocation_reference = Some("forged".into()),
+        |r| r.exported_by.push('x'),
+        |r| r.case_mac = None,
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        let mut edited = record.clone();
+        edit(&mut edited);
+        assert!(
+            edited.verify(&keys).expect("verify").broken.is_some(),
+            "edit {i} not detected"
+        );
+    }
+    // An empty events list never verifies.
+    let mut emptied = record.clone();
+    emptied.events.clear();
+    assert!(emptied.verify(&keys).expect("verify").broken.is_some());
     // …and not without the gateway's key.
     let stranger = ChainKeys::new(&Vault::from_master_key(&[9; 32]).expect("vault"));
     assert!(record.verify(&stranger).expect("verify").broken.is_some());

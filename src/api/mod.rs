@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{self, Gateway};
 use crate::audit_record::Purpose;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal, Role};
 use crate::storage::Created;
 use crate::telemetry::current_trace_id;
 use crate::verifier::{Progress, Walk};
@@ -626,6 +626,15 @@ impl OperationsService for Api {
                 Purpose::Pseudonymized,
                 Some(convert::free_text("justification", &r.justification)?),
             ),
+            // Personal data in clear: the record keeper's role only, not the operators'.
+            Ok(pb::ExportPurpose::RecordKeeper) if p.role != Role::RecordKeeper => {
+                return Err(ApiError::from(AuthError::WrongRole {
+                    principal: p.hsa_id.clone(),
+                    has: p.role.as_str(),
+                    needs: Role::RecordKeeper.as_str(),
+                })
+                .into());
+            }
             Ok(pb::ExportPurpose::RecordKeeper) => (
                 Purpose::RecordKeeper,
                 Some(convert::required_text("justification", &r.justification)?),

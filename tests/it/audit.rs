@@ -1134,8 +1134,25 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
         .expect("verify-export");
     assert_eq!(out.status.code(), Some(3));
 
-    // For the record keeper: only with a justification, then with the personal data, audited.
+    // For the record keeper: not for operators (a role of its own in the principals file)…
     let err = ops
+        .export_audit_record(pb::ExportAuditRecordRequest {
+            id: id.clone(),
+            purpose: pb::ExportPurpose::RecordKeeper as i32,
+            justification: "arkivering enligt beslut 2026-11".into(),
+        })
+        .await
+        .expect_err("an operator exports personal data");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // …and the record keeper reaches no other operator RPC.
+    let mut keeper = OperationsServiceClient::new(app.channel("record-keeper").await);
+    let err = keeper
+        .get_case(pb::GetCaseRequest { id: id.clone() })
+        .await
+        .expect_err("a record keeper reads cases");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Only with a justification, then with the personal data, audited.
+    let err = keeper
         .export_audit_record(pb::ExportAuditRecordRequest {
             id: id.clone(),
             purpose: pb::ExportPurpose::RecordKeeper as i32,
@@ -1144,7 +1161,7 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
         .await
         .expect_err("no justification");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let kept = ops
+    let kept = keeper
         .export_audit_record(pb::ExportAuditRecordRequest {
             id: id.clone(),
             purpose: pb::ExportPurpose::RecordKeeper as i32,

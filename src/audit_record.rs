@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{CaseEvent, CaseId, Deregistration, State, Timestamp};
 use crate::privacy::Vault;
-use crate::storage::{ChainHead, ChainKeys, ChainReport, verify_case};
+use crate::storage::{
+    BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, HeadRow, verify_case,
+};
 
 pub const FORMAT: &str = "etk-audit-record/v1";
 
@@ -33,6 +35,12 @@ pub struct AuditRecord {
     pub case: RecordCase,
     pub events: Vec<RecordEvent>,
     pub chain_head: RecordHead,
+    /// `<key id>:<HMAC>` under the audit chain key over the format, purpose, export time and
+    /// exporter and the case section (its JSON), so an edit of the case part is detected like
+    /// an edit of an event. Absent in records exported before m0008 (whose `chain_head` has no
+    /// `row` either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_mac: Option<String>,
 }
 
 /// A person's data: in clear (record keeper) or as keyed pseudonyms; the other half is absent.
@@ -95,6 +103,34 @@ pub struct RecordHead {
     pub sequence: i64,
     pub hash: String,
     pub seal: Option<String>,
+    /// The case row's fields the (v2) seal also covers; absent in records exported before
+    /// m0008, whose seal (v1) covers the head only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<RecordHeadRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordHeadRow {
+    pub state: String,
+    /// Unix microseconds.
+    pub updated_at: i64,
+    pub version: i64,
+}
+
+impl RecordHead {
+    /// The chain head as the verifier takes it.
+    pub fn to_head(&self) -> ChainHead {
+        ChainHead {
+            sequence: self.sequence,
+            hash: self.hash.clone(),
+            seal: self.seal.clone(),
+            row: self.row.as_ref().map(|r| HeadRow {
+                state: r.state.clone(),
+                updated_at: r.updated_at,
+                version: r.version,
+            }),
+        }
+    }
 }
 
 impl AuditRecord {
@@ -144,7 +180,7 @@ impl AuditRecord {
             )
         };
         let card = r.card_number.to_string();
-        Self {
+        let mut record = Self {
             format: FORMAT.to_owned(),
             purpose,
             exported_at: now.0,
@@ -184,8 +220,62 @@ impl AuditRecord {
                 sequence: head.sequence,
                 hash: head.hash.clone(),
                 seal: head.seal.clone(),
+                row: head.row.as_ref().map(|r| RecordHeadRow {
+                    state: r.state.clone(),
+                    updated_at: r.updated_at,
+                    version: r.version,
+                }),
             },
+            case_mac: None,
+        };
+        let key_id = vault.key_id();
+        record.case_mac = Some(format!(
+            "{key_id}:{}",
+            record.case_mac_under(vault.audit_chain_key(), &key_id)
+        ));
+        record
+    }
+
+    /// The HMAC of everything but the events and the head (which the chain covers).
+    fn case_mac_under(&self, key: &ring::hmac::Key, key_id: &str) -> String {
+        let purpose = serde_json::to_string(&self.purpose).unwrap_or_default();
+        // Plain data with string keys, fields in declaration order: the same JSON each time.
+        let case = serde_json::to_string(&self.case).unwrap_or_default();
+        let (at, by) = (self.exported_at.to_string(), self.exported_by.as_str());
+        let mut ctx = ring::hmac::Context::with_key(key);
+        for part in [
+            "etk audit record case v1",
+            key_id,
+            self.format.as_str(),
+            purpose.as_str(),
+            at.as_str(),
+            by,
+            case.as_str(),
+        ] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
         }
+        hex::encode(ctx.sign().as_ref())
+    }
+
+    /// Why the case section does not hold, if it does not.
+    fn case_problem(&self, keys: &ChainKeys) -> Option<String> {
+        let Some(mac) = &self.case_mac else {
+            // Only a record from before m0008 (v1 head seal, no row) may lack it.
+            return self
+                .chain_head
+                .row
+                .is_some()
+                .then(|| "the record's case section carries no MAC".to_owned());
+        };
+        let (key_id, _) = mac.split_once(':').unwrap_or_default();
+        let Some(key) = keys.get(key_id) else {
+            return Some(format!(
+                "the record's case section was sealed with unknown key {key_id}"
+            ));
+        };
+        (format!("{key_id}:{}", self.case_mac_under(key, key_id)) != *mac)
+            .then(|| "the record's case section does not match its MAC".to_owned())
     }
 
     pub fn to_json(&self) -> String {
@@ -229,11 +319,16 @@ impl AuditRecord {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let head = ChainHead {
-            sequence: self.chain_head.sequence,
-            hash: self.chain_head.hash.clone(),
-            seal: self.chain_head.seal.clone(),
-        };
-        Ok(verify_case(&events, &head, keys))
+        let mut report = verify_case(&events, &self.chain_head.to_head(), keys);
+        if report.broken.is_none()
+            && let Some(detail) = self.case_problem(keys)
+        {
+            report.broken = Some(BrokenLink {
+                sequence: 0,
+                problem: ChainProblem::HashMismatch,
+                detail,
+            });
+        }
+        Ok(report)
     }
 }

@@ -22,6 +22,9 @@ pub enum Role {
     HealthCareOffice,
     TjansteidService,
     Operator,
+    /// The record keeper (arkivansvarig): may export a case's audit record with its personal
+    /// data in clear (`ExportAuditRecord`, purpose record keeper), which operators may not.
+    RecordKeeper,
 }
 
 impl Role {
@@ -176,6 +179,16 @@ impl Authorizer {
         peer_certs: Option<&[impl AsRef<[u8]>]>,
         needs: Role,
     ) -> Result<&Principal, AuthError> {
+        self.authorize_any(peer_certs, needs, &[])
+    }
+
+    /// Like `authorize`, also admitting the roles in `or` (`needs` is the one a denial names).
+    pub fn authorize_any(
+        &self,
+        peer_certs: Option<&[impl AsRef<[u8]>]>,
+        needs: Role,
+        or: &[Role],
+    ) -> Result<&Principal, AuthError> {
         let leaf = peer_certs
             .and_then(|c| c.first())
             .ok_or(AuthError::NoCertificate)?;
@@ -184,7 +197,7 @@ impl Authorizer {
             .principals
             .get(&hsa_id)
             .ok_or(AuthError::UnknownPrincipal(hsa_id))?;
-        if principal.role != needs {
+        if principal.role != needs && !or.contains(&principal.role) {
             return Err(AuthError::WrongRole {
                 principal: principal.hsa_id.clone(),
                 has: principal.role.as_str(),

@@ -62,6 +62,7 @@ pub fn dev_clients() -> Vec<DevClient> {
         ),
         c("tjansteid", "T000000000001", Role::TjansteidService, vec![]),
         c("operator", "O000000000001", Role::Operator, vec![]),
+        c("record-keeper", "R000000000001", Role::RecordKeeper, vec![]),
     ]
 }
 

@@ -143,8 +143,9 @@ async fn apply_migrations(store: &SeaStore) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Covers trails from before the keyed chain (m0005) with a keyed link, once per case (see
-/// `storage::audit`). Idempotent: an anchored trail ends in a keyed link.
+/// Covers trails from before the keyed chain (m0005) with a keyed link, once per case m0008
+/// listed (see `storage::audit`), and re-seals the v1 heads m0008 listed as v2; the lists are
+/// consumed, so later starts change nothing.
 async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
     let meta = EventMeta {
         actor: "system".into(),
@@ -155,6 +156,10 @@ async fn anchor_legacy_chains(store: &SeaStore) -> Result<(), StartError> {
     let n = store.anchor_legacy_chains(meta).await?;
     if n > 0 {
         tracing::info!(cases = n, "legacy audit trails anchored in the keyed chain");
+    }
+    let n = store.reseal_v1_heads().await?;
+    if n > 0 {
+        tracing::info!(cases = n, "audit chain heads re-sealed (v2)");
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Verifying the audit chains of many cases: the one walk behind `VerifyAuditChain`, the offline
 //! `audit verify` subcommand and the periodic check inside the gateway (`[audit]`). Each case is
 //! verified by `CaseStore::verify_audit` (its events against the sealed head on its row, in one
-//! snapshot); this module pages through the cases and keeps the counts.
+//! snapshot); this module pages through the cases, then through the trails whose case row is
+//! gone (orphans, each reported broken), and keeps the counts. A case whose trail or row cannot
+//! be read is reported broken and the walk goes on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use crate::domain::CaseId;
 use crate::metrics::Metrics;
-use crate::storage::{CaseStore, ChainReport, StoreError};
+use crate::storage::{BrokenLink, CaseStore, ChainProblem, ChainReport, StoreError, orphan_report};
 
 /// `[audit]`: the periodic verification inside the gateway.
 #[derive(Clone, Copy, Debug, serde::Deserialize)]
@@ -43,6 +45,10 @@ pub struct Walk {
     queue: VecDeque<CaseId>,
     /// Where the next page starts; `None` once everything is read (or for a one-case walk).
     after: Option<Option<CaseId>>,
+    /// Orphan trails read but not yet reported: case id and event count.
+    orphans: VecDeque<(String, u64)>,
+    /// Where the next page of orphans starts; `None` once all are read (or for a one-case walk).
+    orphans_after: Option<Option<String>>,
     progress: Progress,
     /// A one-case walk: a missing case is an error, not skipped.
     single: bool,
@@ -56,6 +62,8 @@ impl Walk {
             store,
             queue: VecDeque::new(),
             after: Some(None),
+            orphans: VecDeque::new(),
+            orphans_after: Some(None),
             progress: Progress {
                 total,
                 ..Progress::default()
@@ -70,6 +78,8 @@ impl Walk {
             store,
             queue: VecDeque::from([id]),
             after: None,
+            orphans: VecDeque::new(),
+            orphans_after: None,
             progress: Progress {
                 total: 1,
                 ..Progress::default()
@@ -98,21 +108,71 @@ impl Walk {
                     Err(e) => return Some(Err(e)),
                 }
             }
-            let id = self.queue.pop_front()?;
+            let Some(id) = self.queue.pop_front() else {
+                return self.next_orphan().await;
+            };
             let report = match self.store.verify_audit(&id).await {
                 Ok(r) => r,
                 // A walk over every case skips a case that vanished meanwhile.
                 Err(StoreError::NotFound) if !self.single => continue,
+                Err(StoreError::Corrupt(_)) => unreadable(),
                 Err(e) => return Some(Err(e)),
             };
-            let p = &mut self.progress;
-            p.checked += 1;
-            p.total = p.total.max(p.checked);
-            p.events += report.events;
-            p.legacy += report.legacy;
-            p.broken += u64::from(report.broken.is_some());
-            return Some(Ok((id, report)));
+            return Some(Ok((id, self.count(report))));
         }
+    }
+
+    /// The next trail without a case row, once every case is done.
+    async fn next_orphan(&mut self) -> Option<Result<(CaseId, ChainReport), StoreError>> {
+        loop {
+            if self.orphans.is_empty()
+                && let Some(after) = self.orphans_after.take()
+            {
+                match self.store.orphan_event_cases(after.as_deref(), PAGE).await {
+                    Ok(ids) => {
+                        if ids.len() == PAGE as usize {
+                            self.orphans_after = Some(ids.last().map(|(id, _)| id.clone()));
+                        }
+                        self.orphans.extend(ids);
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            let (raw, events) = self.orphans.pop_front()?;
+            let report = orphan_report(events);
+            let Some(id) = CaseId::parse(&raw) else {
+                // Not even a case id: counted and logged, but there is nothing to name.
+                self.count(report);
+                tracing::error!(
+                    events,
+                    "audit events under an unreadable case id and no case row"
+                );
+                continue;
+            };
+            return Some(Ok((id, self.count(report))));
+        }
+    }
+
+    fn count(&mut self, report: ChainReport) -> ChainReport {
+        let p = &mut self.progress;
+        p.checked += 1;
+        p.total = p.total.max(p.checked);
+        p.events += report.events;
+        p.legacy += report.legacy;
+        p.broken += u64::from(report.broken.is_some());
+        report
+    }
+}
+
+/// The report on a case whose row or trail cannot be read at all.
+fn unreadable() -> ChainReport {
+    ChainReport {
+        broken: Some(BrokenLink {
+            sequence: 0,
+            problem: ChainProblem::HashMismatch,
+            detail: "the case's row or audit trail cannot be read".into(),
+        }),
+        ..ChainReport::default()
     }
 }
 

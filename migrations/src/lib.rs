@@ -10,6 +10,7 @@ mod m0004_trace_parent;
 mod m0005_keyed_audit;
 mod m0006_retention;
 mod m0007_purge_guard;
+mod m0008_audit_legacy_cases;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_keyed_audit::Migration),
             Box::new(m0006_retention::Migration),
             Box::new(m0007_purge_guard::Migration),
+            Box::new(m0008_audit_legacy_cases::Migration),
         ]
     }
 }

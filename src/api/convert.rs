@@ -391,8 +391,9 @@ pub fn event_out(e: &CaseEvent) -> pb::DeregistrationEvent {
 /// What operators see in place of a name or an e-mail address.
 pub const MASK: &str = "***";
 
-/// A case as operators see it: the personal identity number masked (`YYYYMMDD-****`), names
-/// and e-mail addresses replaced by `MASK` (an absent e-mail address stays empty).
+/// A case as operators see it: the personal identity number masked (`YYYYMMDD-****`), the
+/// card number, names and e-mail addresses replaced by `MASK` (an absent e-mail address stays
+/// empty). The card is identified by the case id (and, across cases, the holder's pseudonym).
 pub fn deregistration_masked(c: &Deregistration) -> pb::Deregistration {
     let mut d = deregistration_out(c);
     let mask = |s: &mut String| {
@@ -400,6 +401,7 @@ pub fn deregistration_masked(c: &Deregistration) -> pb::Deregistration {
             *s = MASK.to_owned();
         }
     };
+    mask(&mut d.card_number);
     if let Some(h) = d.card_holder.as_mut() {
         mask(&mut h.full_name);
         mask(&mut h.email);

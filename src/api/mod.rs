@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{self, Gateway};
 use crate::audit_record::Purpose;
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal, Role};
 use crate::rpc::auth::CallerCheck;
 use crate::storage::Created;
 use crate::telemetry::current_trace_id;
@@ -564,17 +564,18 @@ impl OperationsService for Api {
         let raw = &req.get_ref().id;
         let store = self.gateway.store().clone();
         let mut walk = if raw.trim().is_empty() {
+            tracing::info!(principal = %p.hsa_id, "operator verifies every audit chain");
             Walk::all(store)
                 .await
                 .map_err(|e| ApiError::from(app::AppError::from(e)))?
         } else {
             let id = convert::case_id("id", raw)?;
             record_case(&id);
+            tracing::info!(principal = %p.hsa_id, case_id = %id, "operator verifies an audit chain");
             // A missing case is NOT_FOUND before the stream starts.
             self.gateway.get_any(&id).await.map_err(ApiError::from)?;
             Walk::one(store, id)
         };
-        tracing::info!(principal = %p.hsa_id, cases = walk.progress().total, "operator verifies audit chains");
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let message = |p: Progress, broken: Option<pb::BrokenAuditChain>, done: bool| {
@@ -637,6 +638,15 @@ impl OperationsService for Api {
                 Purpose::Pseudonymized,
                 Some(convert::free_text("justification", &r.justification)?),
             ),
+            // Personal data in clear: the record keeper's role only, not the operators'.
+            Ok(pb::ExportPurpose::RecordKeeper) if p.role != Role::RecordKeeper => {
+                return Err(ApiError::from(AuthError::WrongRole {
+                    principal: p.hsa_id.clone(),
+                    has: p.role.as_str(),
+                    needs: Role::RecordKeeper.as_str(),
+                })
+                .into());
+            }
             Ok(pb::ExportPurpose::RecordKeeper) => (
                 Purpose::RecordKeeper,
                 Some(convert::required_text("justification", &r.justification)?),
@@ -656,11 +666,7 @@ impl OperationsService for Api {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(case_id = %id, principal = %p.hsa_id, purpose = ?purpose, "audit record exported");
-        let head = crate::storage::ChainHead {
-            sequence: record.chain_head.sequence,
-            hash: record.chain_head.hash.clone(),
-            seal: record.chain_head.seal.clone(),
-        };
+        let head = record.chain_head.to_head();
         ok(pb::ExportAuditRecordResponse {
             record_json: record.to_json(),
             chain_head: Some(convert::chain_head_out(&head)),

@@ -13,11 +13,13 @@ mod pages;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::domain::{CaseId, State as CaseState};
 use crate::storage::{CaseStore, ListQuery};
 
@@ -92,7 +94,11 @@ pub fn router(store: Arc<dyn CaseStore>, settings: ConsoleSettings) -> axum::Rou
 }
 
 /// The overview: cases by state and the cases that need attention.
-async fn overview(State(c): State<Console>) -> Response {
+/// Every page view is logged with the operator's HSA-id (and the case id); no personal data.
+/// The principal is the one the authentication layer put on the request: without it (the
+/// layer not in front) the page is not served.
+async fn overview(State(c): State<Console>, Extension(p): Extension<Principal>) -> Response {
+    tracing::info!(principal = %p.hsa_id, "operator viewed the console overview");
     let now = crate::clock::now();
     let stats = match c.store.stats(now).await {
         Ok(s) => s,
@@ -117,10 +123,15 @@ async fn overview(State(c): State<Console>) -> Response {
 }
 
 /// One case: its state and its audit timeline with links to the traces.
-async fn case(State(c): State<Console>, Path(id): Path<String>) -> Response {
+async fn case(
+    State(c): State<Console>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
     let Some(id) = CaseId::parse(&id) else {
         return not_found().await;
     };
+    tracing::info!(principal = %p.hsa_id, case_id = %id, "operator viewed a case in the console");
     let case = match c.store.get(&id).await {
         Ok(Some(case)) => case,
         Ok(None) => return not_found().await,
@@ -215,6 +226,81 @@ fn csp() -> &'static HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Page views are logged with the operator's HSA-id and the case id; without the
+    /// authentication layer's principal no page is served.
+    #[tokio::test(flavor = "current_thread")]
+    async fn page_views_are_logged_with_the_operator_and_the_case() {
+        use tower_service::Service as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let vault = Arc::new(crate::privacy::Vault::from_master_key(&[7; 32]).expect("vault"));
+        let store =
+            crate::storage::SeaStore::connect(&url, 1, std::time::Duration::from_secs(5), vault)
+                .await
+                .expect("connect");
+        store.migrate().await.expect("migrate");
+        let store: Arc<dyn CaseStore> = Arc::new(store);
+        let mut router = router(store, settings(""));
+        let operator = Principal {
+            hsa_id: crate::domain::HsaId::parse("SE1655999991-O000000000001").expect("hsa"),
+            role: crate::auth::Role::Operator,
+            care_provider: crate::domain::HsaId::parse("SE1655999991-O000000000001").expect("hsa"),
+            care_units: Default::default(),
+        };
+        let case_id = crate::clock::new_case_id();
+        let buf = Buffer::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        for (path, principal) in [
+            ("/console".to_owned(), true),
+            (format!("/console/cases/{case_id}"), true),
+            ("/console".to_owned(), false),
+        ] {
+            let mut req = axum::http::Request::builder()
+                .uri(&path)
+                .body(axum::body::Body::empty())
+                .expect("request");
+            if principal {
+                req.extensions_mut().insert(operator.clone());
+            }
+            let response = router.call(req).await.expect("response");
+            if !principal {
+                assert!(
+                    response.status().is_server_error(),
+                    "{path}: served without a principal"
+                );
+            }
+        }
+        let logs = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8");
+        assert!(
+            logs.contains("operator viewed the console overview")
+                && logs.contains("principal=SE1655999991-O000000000001"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains("operator viewed a case in the console")
+                && logs.contains(&format!("case_id={case_id}")),
+            "{logs}"
+        );
+    }
 
     fn settings(template: &str) -> ConsoleSettings {
         ConsoleSettings {

@@ -6,8 +6,9 @@
 //! Exit codes (scripts may rely on them; see docs/operations.md):
 //! 0 done; 1 error (connection, TLS, server); 2 usage (bad flags or arguments, also an
 //! argument the gateway refuses as invalid); 3 an audit chain is broken (as the gateway's own
-//! offline `audit verify`); 4 no such case; 5 the case's state does not allow the action;
-//! 6 the certificate is not an operator's.
+//! offline `audit verify`, also when the run failed after finding one); 4 no such case; 5 the
+//! case's state does not allow the action; 6 the certificate is not an operator's; 7 retryable
+//! (`UNAVAILABLE`, `ABORTED`, `RESOURCE_EXHAUSTED`: run it again later).
 
 pub mod render;
 pub mod target;
@@ -34,6 +35,9 @@ pub enum Exit {
     NotFound = 4,
     Refused = 5,
     NotAuthorized = 6,
+    /// The gateway is unavailable, overloaded or the call collided: the same command may
+    /// succeed if run again later.
+    Retryable = 7,
 }
 
 impl From<Exit> for ExitCode {
@@ -49,8 +53,9 @@ impl Exit {
             Code::Ok => Exit::Ok,
             Code::InvalidArgument | Code::OutOfRange => Exit::Usage,
             Code::NotFound => Exit::NotFound,
-            Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => Exit::Refused,
+            Code::FailedPrecondition | Code::AlreadyExists => Exit::Refused,
             Code::PermissionDenied | Code::Unauthenticated => Exit::NotAuthorized,
+            Code::Unavailable | Code::Aborted | Code::ResourceExhausted => Exit::Retryable,
             _ => Exit::Error,
         }
     }
@@ -66,7 +71,8 @@ impl Exit {
                   Connects over mutual TLS with an operator certificate; with no connection \
                   flags it uses the dev gateway of `etjanstekort-gateway serve --dev`.\n\n\
                   Exit codes: 0 done, 1 error, 2 usage, 3 audit chain broken, 4 no such case, \
-                  5 the case's state does not allow it, 6 not an operator's certificate."
+                  5 the case's state does not allow it, 6 not an operator's certificate, \
+                  7 retryable (unavailable, aborted, rate limited: run it again later)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -202,6 +208,41 @@ impl From<StateArg> for pb::State {
             StateArg::Cancelled => pb::State::Cancelled,
             StateArg::NeedsAttention => pb::State::NeedsAttention,
         }
+    }
+}
+
+/// How an `audit verify` run ends: any broken case makes it exit 3, also when the stream
+/// failed or ended early (the failure is named in the message); otherwise the failure's own
+/// exit code.
+fn verify_outcome(
+    broken: usize,
+    done: bool,
+    failure: Option<tonic::Status>,
+) -> Result<(), CtlError> {
+    let unfinished = match (&failure, done) {
+        (Some(s), _) => Some(format!(
+            "; the verification did not finish: {}",
+            status_text(s)
+        )),
+        (None, false) => Some("; the verification stream ended before its summary".into()),
+        (None, true) => None,
+    };
+    if broken > 0 {
+        return Err(CtlError::Finding {
+            exit: Exit::ChainBroken,
+            message: format!(
+                "audit chain broken in {broken} case(s){}",
+                unfinished.unwrap_or_default()
+            ),
+        });
+    }
+    match (failure, done) {
+        (Some(s), _) => Err(CtlError::Status(s)),
+        (None, false) => Err(CtlError::Finding {
+            exit: Exit::Error,
+            message: "the verification stream ended before its summary".into(),
+        }),
+        (None, true) => Ok(()),
     }
 }
 
@@ -432,7 +473,18 @@ impl Ctl {
         let mut progress = render::Progress::new();
         let mut broken = Vec::new();
         let mut last = pb::VerifyAuditChainResponse::default();
-        while let Some(m) = stream.message().await? {
+        // A stream error ends the run, but the broken cases received before it are still
+        // printed and decide the exit code.
+        let mut failure = None;
+        loop {
+            let m = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(s) => {
+                    failure = Some(s);
+                    break;
+                }
+            };
             progress.update(
                 m.cases_checked.max(0) as u64,
                 m.cases_total.max(0) as u64,
@@ -448,25 +500,14 @@ impl Ctl {
             }
         }
         progress.finish();
-        if !last.done {
-            return Err(CtlError::Finding {
-                exit: Exit::Error,
-                message: "the verification stream ended before its summary".into(),
-            });
+        if last.done || !broken.is_empty() {
+            let summary = render::VerifySummary::new(&last, &broken);
+            match self.output {
+                Output::Json => render::print_json(&summary)?,
+                Output::Table => render::print(&summary.text())?,
+            }
         }
-        let summary = render::VerifySummary::new(&last, &broken);
-        match self.output {
-            Output::Json => render::print_json(&summary)?,
-            Output::Table => render::print(&summary.text())?,
-        }
-        if broken.is_empty() {
-            Ok(())
-        } else {
-            Err(CtlError::Finding {
-                exit: Exit::ChainBroken,
-                message: format!("audit chain broken in {} case(s)", broken.len()),
-            })
-        }
+        verify_outcome(broken.len(), last.done, failure)
     }
 
     /// Pages through the filtered list up to `limit` cases.
@@ -580,18 +621,16 @@ mod tests {
         assert_eq!(Exit::of(Code::Ok), Exit::Ok);
         assert_eq!(Exit::of(Code::InvalidArgument), Exit::Usage);
         assert_eq!(Exit::of(Code::NotFound), Exit::NotFound);
-        for c in [Code::FailedPrecondition, Code::Aborted, Code::AlreadyExists] {
+        for c in [Code::FailedPrecondition, Code::AlreadyExists] {
             assert_eq!(Exit::of(c), Exit::Refused, "{c:?}");
+        }
+        for c in [Code::Unavailable, Code::Aborted, Code::ResourceExhausted] {
+            assert_eq!(Exit::of(c), Exit::Retryable, "{c:?}");
         }
         for c in [Code::PermissionDenied, Code::Unauthenticated] {
             assert_eq!(Exit::of(c), Exit::NotAuthorized, "{c:?}");
         }
-        for c in [
-            Code::Unavailable,
-            Code::Internal,
-            Code::Unknown,
-            Code::DeadlineExceeded,
-        ] {
+        for c in [Code::Internal, Code::Unknown, Code::DeadlineExceeded] {
             assert_eq!(Exit::of(c), Exit::Error, "{c:?}");
         }
         let codes = [
@@ -602,8 +641,29 @@ mod tests {
             Exit::NotFound,
             Exit::Refused,
             Exit::NotAuthorized,
+            Exit::Retryable,
         ];
-        assert_eq!(codes.map(|e| e as u8), [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(codes.map(|e| e as u8), [0, 1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn verify_exits_3_on_any_broken_case_even_when_the_run_failed() {
+        let exit = |r: Result<(), CtlError>| r.err().map(|e| e.exit());
+        let unavailable = || Some(tonic::Status::unavailable("gone"));
+        assert_eq!(exit(verify_outcome(0, true, None)), None);
+        assert_eq!(exit(verify_outcome(2, true, None)), Some(Exit::ChainBroken));
+        let failed = verify_outcome(1, false, unavailable()).unwrap_err();
+        assert_eq!(failed.exit(), Exit::ChainBroken);
+        assert!(failed.to_string().contains("did not finish"), "{failed}");
+        assert_eq!(
+            exit(verify_outcome(1, false, None)),
+            Some(Exit::ChainBroken)
+        );
+        assert_eq!(
+            exit(verify_outcome(0, false, unavailable())),
+            Some(Exit::Retryable)
+        );
+        assert_eq!(exit(verify_outcome(0, false, None)), Some(Exit::Error));
     }
 
     #[test]

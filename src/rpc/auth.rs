@@ -21,11 +21,51 @@ use crate::crl::{CertificateRefusal, CrlStore, RefusalReason};
 use crate::metrics::Metrics;
 use crate::rpc::limit::{self, RateLimiter};
 
-/// The role each API service requires. Health and reflection need only the client
-/// certificate that mutual TLS has already verified (still checked against the CRLs, and
-/// limited per certificate); unknown paths end in UNIMPLEMENTED.
+/// What a path needs before any handler sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// An API service or the console: a principal with this role.
+    Needs(Role),
+    /// Health and reflection: only the client certificate mutual TLS has already verified.
+    Open,
+    /// Anything else (`//console`, `/%63onsole`, unknown prefixes): refused here, deny by
+    /// default, so no look-alike path reaches a handler or a fallback route unauthorized.
+    Unknown,
+}
+
+/// The one path a record keeper may call (besides the operators, who may call it too).
+const EXPORT_AUDIT_RECORD: &str = "/etjanstekort.v1.OperationsService/ExportAuditRecord";
+
+/// Served to any verified client certificate.
+const OPEN_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+fn access(path: &str) -> Access {
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split('/').next())
+        .unwrap_or_default();
+    if let Some(role) = role_of(service) {
+        Access::Needs(role)
+    } else if OPEN_SERVICES.contains(&service) {
+        Access::Open
+    } else {
+        Access::Unknown
+    }
+}
+
+/// The role each API service requires (`None` for health, reflection and unknown paths).
 fn required_role(path: &str) -> Option<Role> {
-    let service = path.strip_prefix('/')?.split('/').next()?;
+    match access(path) {
+        Access::Needs(role) => Some(role),
+        Access::Open | Access::Unknown => None,
+    }
+}
+
+fn role_of(service: &str) -> Option<Role> {
     match service {
         pb::deregistration_service_server::SERVICE_NAME => Some(Role::CareProvider),
         pb::health_care_office_service_server::SERVICE_NAME => Some(Role::HealthCareOffice),
@@ -147,7 +187,15 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let needs = required_role(req.uri().path());
+        let path = req.uri().path();
+        let access = access(path);
+        let needs = required_role(path);
+        // The record keeper reaches the one RPC it has: exporting a case's record.
+        let or: &[Role] = if path == EXPORT_AUDIT_RECORD {
+            &[Role::RecordKeeper]
+        } else {
+            &[]
+        };
         let certs = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -158,6 +206,7 @@ where
             self.revocation.as_ref(),
             certs.as_deref(),
             needs,
+            or,
         );
         // Calls without a principal spend their certificate's bucket, before any log line.
         if !matches!(judged.verdict, Ok(Some(_)))
@@ -166,6 +215,13 @@ where
         {
             metrics.rate_limited(limit::CERTIFICATE);
             return limit::refusal(wait, limiter.refusal_delay());
+        }
+        if access == Access::Unknown {
+            // Deny by default: no look-alike path (`//console`, `/%63onsole`, unknown prefixes)
+            // reaches a handler or a fallback route. The path is not logged: it is the caller's.
+            tracing::info!("request refused: no such service");
+            let refused = tonic::Status::unimplemented("no such service").into_http();
+            return Box::pin(std::future::ready(Ok(refused)));
         }
         match judged.verdict {
             Ok(Some(principal)) => {
@@ -215,6 +271,7 @@ fn judge(
     revocation: Option<&Revocation>,
     certs: Option<&Vec<CertificateDer<'static>>>,
     needs: Option<Role>,
+    or: &[Role],
 ) -> Judged {
     let leaf = certs.and_then(|c| c.first());
     let refusal = match (revocation, leaf) {
@@ -237,7 +294,7 @@ fn judge(
         }),
         (None, Some(needs)) => auth
             .current()
-            .authorize(certs.map(Vec::as_slice), needs)
+            .authorize_any(certs.map(Vec::as_slice), needs, or)
             .map(|p| Some(p.clone())),
         // Health and reflection: any verified certificate.
         (None, None) => Ok(None),
@@ -280,6 +337,7 @@ impl CallerCheck {
             self.revocation.as_ref(),
             Some(&self.certs),
             Some(self.needs),
+            &[],
         );
         match judged.verdict {
             Ok(_) => Ok(()),
@@ -351,5 +409,100 @@ mod tests {
             role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             None
         );
+    }
+
+    #[test]
+    fn only_known_services_health_reflection_and_the_console_are_routed() {
+        for open in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(access(open), Access::Open, "{open}");
+        }
+        for unknown in [
+            "",
+            "/",
+            "//console",
+            "//console/cases/x",
+            "/%63onsole",
+            "/Console",
+            "/consoles",
+            "console",
+            "/metrics",
+            "/grpc.health.v1.Healthz/Check",
+            "//etjanstekort.v1.OperationsService/ListCases",
+            "/etjanstekort.v1.Nope/X",
+        ] {
+            assert_eq!(access(unknown), Access::Unknown, "{unknown:?}");
+        }
+    }
+
+    /// An inner service that records whether it was reached.
+    #[derive(Clone)]
+    struct Handler(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tower_service::Service<http::Request<Body>> for Handler {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_and_unauthorized_paths_never_reach_a_handler() {
+        use tower_layer::Layer as _;
+        use tower_service::Service as _;
+        let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let layer = AuthLayer::new(Arc::new(Principals::default()));
+        let mut service = layer.layer(Handler(reached.clone()));
+        for method in ["GET", "HEAD", "POST"] {
+            for path in [
+                "//console",
+                "/%63onsole",
+                "/%2Fconsole",
+                "/nope/x",
+                "//etjanstekort.v1.OperationsService/ListCases",
+                // Known, but no certificate: denied too.
+                "/console",
+                "/console/cases/x",
+                "/etjanstekort.v1.OperationsService/ListCases",
+            ] {
+                let req = http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap();
+                let response = service.call(req).await.unwrap();
+                let grpc_status = response
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                assert!(
+                    response.status() == http::StatusCode::FORBIDDEN || grpc_status.is_some(),
+                    "{method} {path}: {response:?}"
+                );
+                if path.starts_with("//") || path.contains('%') || path.starts_with("/nope") {
+                    assert_eq!(grpc_status.as_deref(), Some("12"), "{method} {path}");
+                }
+            }
+        }
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Health passes through to its handler.
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/grpc.health.v1.Health/Check")
+            .body(Body::empty())
+            .unwrap();
+        service.call(req).await.unwrap();
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

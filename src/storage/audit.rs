@@ -11,9 +11,11 @@
 //!
 //! Legacy links: events written before m0005 carry a plain SHA-256 hash and no key id. They are
 //! accepted only as a prefix of a chain that a keyed link follows (the gateway appends an
-//! `audit_chain_keyed` event to every such chain at start, `SeaStore::anchor_legacy_chains`);
-//! that link's MAC covers the legacy head, so a rewritten legacy prefix breaks it. A legacy
-//! link after a keyed one, and a chain ending in a legacy link, are reported broken.
+//! `audit_chain_keyed` event at start to each such chain that m0008 found, and to no other,
+//! `SeaStore::anchor_legacy_chains`); that link's MAC covers the legacy head, so a rewritten
+//! legacy prefix breaks it. A legacy link after a keyed one, and a chain ending in a legacy
+//! link, are reported broken — also after a restart: a trail re-hashed without the key is not on
+//! m0008's list, so it is never anchored.
 
 use std::collections::HashMap;
 
@@ -99,20 +101,43 @@ pub(crate) fn keyed_hash(
     hex(ctx.sign().as_ref())
 }
 
-/// The seal of the chain head on the case row: `<key id>:<HMAC of case id, last seq, last hash>`.
-/// Rolling the head back to an earlier event (to hide a deleted tail) needs the key.
+/// The seal of the chain head on the case row: `<key id>:<HMAC>`. The HMAC covers the case id,
+/// the last sequence number and hash, and (seal v2, written since m0008) the row's state,
+/// `updated_at` and `version` as that change left them: rolling the head back to an earlier event
+/// (to hide a deleted tail), or restoring an old head from a backup onto a row that has moved on,
+/// needs the key. `row: None` is the v1 seal of m0005 (the head only), still read from exported
+/// records made before m0008 and re-sealed as v2 in the database once (see `SeaStore::reseal_v1_heads`).
 pub(crate) fn head_seal(
     key: &hmac::Key,
     key_id: &str,
     case_id: &str,
     seq: i64,
     hash: &str,
+    row: Option<&HeadRow>,
 ) -> String {
     let mut ctx = hmac::Context::with_key(key);
     let seq = seq.to_string();
-    feed(["etk audit head v1", key_id, case_id, &seq, hash], |b| {
-        ctx.update(b)
-    });
+    match row {
+        None => feed(["etk audit head v1", key_id, case_id, &seq, hash], |b| {
+            ctx.update(b)
+        }),
+        Some(r) => {
+            let (at, version) = (r.updated_at.to_string(), r.version.to_string());
+            feed(
+                [
+                    "etk audit head v2",
+                    key_id,
+                    case_id,
+                    &seq,
+                    hash,
+                    &r.state,
+                    &at,
+                    &version,
+                ],
+                |b| ctx.update(b),
+            )
+        }
+    }
     format!("{key_id}:{}", hex(ctx.sign().as_ref()))
 }
 
@@ -152,7 +177,7 @@ impl ChainKeys {
         self
     }
 
-    fn get(&self, key_id: &str) -> Option<&hmac::Key> {
+    pub(crate) fn get(&self, key_id: &str) -> Option<&hmac::Key> {
         self.keys.get(key_id)
     }
 }
@@ -164,6 +189,19 @@ pub struct ChainHead {
     pub hash: String,
     /// `head_seal`; `None` on rows not written since m0005.
     pub seal: Option<String>,
+    /// The row's fields the v2 seal covers; always read from the database. `None` only for an
+    /// exported record made before m0008, whose seal is v1.
+    pub row: Option<HeadRow>,
+}
+
+/// The case row's fields a v2 head seal covers besides the head.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeadRow {
+    /// `State::as_str`, as stored.
+    pub state: String,
+    /// Unix microseconds.
+    pub updated_at: i64,
+    pub version: i64,
 }
 
 impl ChainHead {
@@ -225,6 +263,46 @@ fn broken(sequence: i64, problem: ChainProblem, detail: String) -> Option<Broken
         problem,
         detail,
     })
+}
+
+/// The report on events whose case has no row: the head (and the case) are gone.
+pub fn orphan_report(events: u64) -> ChainReport {
+    ChainReport {
+        events: 0,
+        legacy: 0,
+        broken: broken(
+            0,
+            ChainProblem::HeadMismatch,
+            format!("{events} audit event(s) but no case row"),
+        ),
+    }
+}
+
+/// Like `verify_case`, for a trail whose event `unreadable` could not be decoded (`events` are
+/// the readable ones before it): a broken link in that prefix is reported as usual, else the
+/// unreadable event is the first broken link.
+pub fn verify_case_unreadable(
+    events: &[CaseEvent],
+    unreadable: i64,
+    head: &ChainHead,
+    keys: &ChainKeys,
+) -> ChainReport {
+    let mut report = verify_case(events, head, keys);
+    let in_prefix = report.broken.take().filter(|b| {
+        b.sequence < unreadable
+            && !matches!(
+                b.problem,
+                ChainProblem::HeadMismatch | ChainProblem::UnanchoredLegacy
+            )
+    });
+    report.broken = in_prefix.or_else(|| {
+        broken(
+            unreadable,
+            ChainProblem::HashMismatch,
+            format!("event {unreadable} cannot be read"),
+        )
+    });
+    report
 }
 
 /// Verifies a case's trail (in sequence order) against the head on its row and reports the
@@ -295,15 +373,16 @@ fn first_broken(
         report.events += 1;
         prev = computed;
     }
+    // Every case is created with its first event: a case without any has lost its trail.
     let Some(last) = events.last() else {
-        return (head.sequence != 0).then(|| BrokenLink {
-            sequence: head.sequence,
-            problem: ChainProblem::HeadMismatch,
-            detail: format!(
-                "the case's head names event {} but it has none",
+        return broken(
+            head.sequence,
+            ChainProblem::HeadMismatch,
+            format!(
+                "the case has no audit events (its head names event {})",
                 head.sequence
             ),
-        });
+        );
     };
     if last.key_id.is_none() {
         return broken(
@@ -325,6 +404,18 @@ fn first_broken(
             ),
         );
     }
+    if let Some(row) = &head.row
+        && row.state != last.state.as_str()
+    {
+        return broken(
+            head.sequence,
+            ChainProblem::HeadMismatch,
+            format!(
+                "the case's state is not the one its last event {} recorded",
+                last.sequence
+            ),
+        );
+    }
     let Some(seal) = head.seal.as_deref() else {
         return broken(
             head.sequence,
@@ -341,7 +432,15 @@ fn first_broken(
         );
     };
     let case_id = last.case_id.to_string();
-    if head_seal(key, key_id, &case_id, head.sequence, &head.hash) != seal {
+    if head_seal(
+        key,
+        key_id,
+        &case_id,
+        head.sequence,
+        &head.hash,
+        head.row.as_ref(),
+    ) != seal
+    {
         return broken(
             head.sequence,
             ChainProblem::HeadMismatch,
@@ -403,8 +502,17 @@ mod tests {
         }
     }
 
-    fn head_of(events: &[CaseEvent], v: &Vault) -> ChainHead {
+    /// The row as the store leaves it after `events`' last change.
+    fn row_of(events: &[CaseEvent]) -> HeadRow {
         let last = events.last().unwrap();
+        HeadRow {
+            state: last.state.as_str().to_owned(),
+            updated_at: last.at.0,
+            version: last.sequence,
+        }
+    }
+
+    fn sealed(v: &Vault, last: &CaseEvent, row: Option<HeadRow>) -> ChainHead {
         ChainHead {
             sequence: last.sequence,
             hash: last.hash.clone(),
@@ -414,8 +522,14 @@ mod tests {
                 &last.case_id.to_string(),
                 last.sequence,
                 &last.hash,
+                row.as_ref(),
             )),
+            row,
         }
+    }
+
+    fn head_of(events: &[CaseEvent], v: &Vault) -> ChainHead {
+        sealed(v, events.last().unwrap(), Some(row_of(events)))
     }
 
     /// A well-formed keyed trail of `n` events, chained as the store writes them.
@@ -450,7 +564,6 @@ mod tests {
 
     #[test]
     fn an_intact_trail_verifies() {
-        assert_eq!(check(&[], &ChainHead::default()), None);
         let events = trail(4);
         let report = verify_case(
             &events,
@@ -470,7 +583,12 @@ mod tests {
             |e| e.at = Timestamp(e.at.0 + 1),
             |e| e.trace_id.push('0'),
             |e| e.detail.push('!'),
-            |e| e.hash.replace_range(0..1, "f"),
+            // Another first digit, whatever the random key made it (a fixed "f" left the
+            // hash unchanged one run in sixteen).
+            |e| {
+                let other = if e.hash.starts_with('f') { "0" } else { "f" };
+                e.hash.replace_range(0..1, other);
+            },
             |e| e.case_id = crate::clock::new_case_id(),
         ];
         for (i, tamper) in tamperings.iter().enumerate() {
@@ -550,6 +668,7 @@ mod tests {
             sequence: 2,
             hash: events[1].hash.clone(),
             seal: head.seal.clone(),
+            row: Some(row_of(&events[..2])),
         };
         assert_eq!(
             check(&events[..2], &rolled).map(|b| (b.sequence, b.problem)),
@@ -563,10 +682,78 @@ mod tests {
             check(&events[..2], &unsealed).map(|b| b.problem),
             Some(ChainProblem::HeadMismatch)
         );
-        // Every event deleted.
+        // Every event deleted, with the head left or reset to nothing.
         assert_eq!(
             check(&[], &head).map(|b| b.problem),
             Some(ChainProblem::HeadMismatch)
+        );
+        assert_eq!(
+            check(&[], &ChainHead::default()).map(|b| (b.sequence, b.problem)),
+            Some((0, ChainProblem::HeadMismatch))
+        );
+    }
+
+    #[test]
+    fn an_old_head_replayed_onto_a_row_that_moved_on_is_detected() {
+        let events = trail(3);
+        let v = vault(1);
+        // The head as a backup holds it after event 2, restored with the tail deleted, while
+        // the row's state, time or version is that of event 3 (or made up).
+        let old = head_of(&events[..2], &v);
+        let now = row_of(&events);
+        for row in [
+            HeadRow {
+                state: State::Cancelled.as_str().into(),
+                ..old.row.clone().unwrap()
+            },
+            HeadRow {
+                updated_at: now.updated_at,
+                ..old.row.clone().unwrap()
+            },
+            HeadRow {
+                version: now.version,
+                ..old.row.clone().unwrap()
+            },
+        ] {
+            let replayed = ChainHead {
+                row: Some(row),
+                ..old.clone()
+            };
+            assert_eq!(
+                check(&events[..2], &replayed).map(|b| (b.sequence, b.problem)),
+                Some((2, ChainProblem::HeadMismatch))
+            );
+        }
+        assert_eq!(check(&events[..2], &old), None);
+        // A v1 seal (head only) is not accepted from a row.
+        let v1 = ChainHead {
+            row: Some(row_of(&events)),
+            ..sealed(&v, &events[2], None)
+        };
+        assert_eq!(
+            check(&events, &v1).map(|b| b.problem),
+            Some(ChainProblem::HeadMismatch)
+        );
+        // …only where no row is given (a record exported before m0008).
+        assert_eq!(check(&events, &sealed(&v, &events[2], None)), None);
+    }
+
+    #[test]
+    fn an_unreadable_event_is_the_broken_link_unless_one_before_it_is() {
+        let events = trail(3);
+        let head = head_of(&events, &vault(1));
+        let keys = ChainKeys::new(&vault(1));
+        let found = verify_case_unreadable(&events[..1], 2, &head, &keys);
+        assert_eq!(
+            found.broken.map(|b| (b.sequence, b.problem)),
+            Some((2, ChainProblem::HashMismatch))
+        );
+        let mut tampered = events.clone();
+        tampered[0].detail.push('!');
+        let found = verify_case_unreadable(&tampered[..1], 2, &head, &keys);
+        assert_eq!(
+            found.broken.map(|b| (b.sequence, b.problem)),
+            Some((1, ChainProblem::HashMismatch))
         );
     }
 
@@ -594,6 +781,7 @@ mod tests {
             sequence: 2,
             hash: unanchored[1].hash.clone(),
             seal: None,
+            row: Some(row_of(&unanchored)),
         };
         assert_eq!(
             check(&unanchored, &head).map(|b| (b.sequence, b.problem)),

@@ -14,7 +14,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, Value,
 };
 
-use super::audit::{GENESIS_HASH, head_seal, keyed_hash};
+use super::audit::{GENESIS_HASH, HeadRow, head_seal, keyed_hash};
 use super::codec::{Codec, event_row, saga_of, set_saga};
 use super::entities::{case_events, cases, effects};
 use super::sql::{exec, micros};
@@ -170,7 +170,12 @@ impl ChangeSet {
         model.version += 1;
         model.last_seq = seq;
         model.last_hash = hash.clone();
-        model.head_seal = Some(head_seal(key, &key_id, &model.id, seq, &hash));
+        let row = HeadRow {
+            state: model.state.clone(),
+            updated_at: model.updated_at,
+            version: model.version,
+        };
+        model.head_seal = Some(head_seal(key, &key_id, &model.id, seq, &hash, Some(&row)));
         if saga.state.is_terminal() {
             // Frees the card number for a new case.
             model.active_card_number = None;

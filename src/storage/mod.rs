@@ -41,7 +41,10 @@ use crate::domain::{
     State, Timestamp,
 };
 
-pub use audit::{BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
+pub use audit::{
+    BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, HeadRow, orphan_report,
+    verify_case, verify_case_unreadable,
+};
 pub use queries::SchemaStatus;
 pub use sea::{MIGRATION_LOCK, SeaStore};
 pub use settings::{DatabaseSettings, Timing};
@@ -402,12 +405,22 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// How many cases there are.
     async fn count_cases(&self) -> Result<u64, StoreError>;
 
+    /// Case ids after `after` (id order, at most `limit`) that audit events name but no case
+    /// row has, each with its number of events: a trail whose case row was deleted.
+    async fn orphan_event_cases(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// The case's outbox rows, in creation order.
     async fn steps(&self, id: &CaseId) -> Result<Vec<StepView>, StoreError>;
 
-    /// Appends a keyed `audit_chain_keyed` event to every case whose trail ends in a legacy
-    /// (pre-m0005) link that verifies, so the keyed chain covers it. Returns how many were
-    /// anchored; a legacy trail that does not verify is left for the verifier to report.
+    /// Appends a keyed `audit_chain_keyed` event to every case on m0008's list (cases whose
+    /// trail was all legacy, pre-m0005, when m0008 ran) whose trail verifies, so the keyed chain
+    /// covers it, and takes each listed case off the list. Returns how many were anchored; a
+    /// legacy trail that does not verify, and one of a case not on the list (re-hashed without
+    /// the key since), is left for the verifier to report.
     async fn anchor_legacy_chains(&self, meta: EventMeta) -> Result<u64, StoreError>;
 
     /// The connection pool's use, where the implementation has one.

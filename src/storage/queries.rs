@@ -8,7 +8,7 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::audit::ChainHead;
+use super::audit::{ChainHead, HeadRow};
 use super::codec::event_of;
 use super::entities::{case_events, cases, effects};
 use super::{ListQuery, Stats, StepView, StoreError};
@@ -311,53 +311,132 @@ pub(crate) async fn chain_head(
     id: &CaseId,
 ) -> Result<ChainHead, StoreError> {
     use cases::Column as C;
-    let row: Option<(i64, String, Option<String>)> = cases::Entity::find()
+    type Head = (i64, String, Option<String>, String, i64, i64);
+    let row: Option<Head> = cases::Entity::find()
         .select_only()
         .column(C::LastSeq)
         .column(C::LastHash)
         .column(C::HeadSeal)
+        .column(C::State)
+        .column(C::UpdatedAt)
+        .column(C::Version)
         .filter(C::Id.eq(id.to_string()))
         .into_tuple()
         .one(conn)
         .await
         .map_err(StoreError::Unavailable)?;
-    let (sequence, hash, seal) = row.ok_or(StoreError::NotFound)?;
+    let (sequence, hash, seal, state, updated_at, version) = row.ok_or(StoreError::NotFound)?;
     Ok(ChainHead {
         sequence,
         hash,
         seal,
+        row: Some(HeadRow {
+            state,
+            updated_at,
+            version,
+        }),
     })
 }
 
-/// Cases after `after` (id order, at most `limit`) whose last event is a legacy (unkeyed) link.
-pub(crate) async fn unanchored_cases(
+/// Case ids after `after` that events name but no case row has, with their event counts.
+pub(crate) async fn orphan_event_cases(
     conn: &impl ConnectionTrait,
     after: Option<&str>,
     limit: u32,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<(String, u64)>, StoreError> {
     use case_events::Column as E;
     use cases::Column as C;
-    let mut q = Query::select();
-    q.column((cases::Entity, C::Id))
+    let mut exists = Query::select();
+    exists
+        .expr(Expr::val(1))
         .from(cases::Entity)
-        .join(
-            JoinType::InnerJoin,
-            case_events::Entity,
-            Expr::col((case_events::Entity, E::CaseId))
-                .equals((cases::Entity, C::Id))
-                .and(Expr::col((case_events::Entity, E::Seq)).equals((cases::Entity, C::LastSeq))),
-        )
-        .and_where(Expr::col((case_events::Entity, E::KeyId)).is_null())
-        .order_by((cases::Entity, C::Id), sea_orm::Order::Asc)
+        .and_where(Expr::col((cases::Entity, C::Id)).equals((case_events::Entity, E::CaseId)));
+    let mut q = Query::select();
+    q.column((case_events::Entity, E::CaseId))
+        .expr(Expr::col((case_events::Entity, E::Seq)).count())
+        .from(case_events::Entity)
+        .and_where(Expr::exists(exists).not())
+        .group_by_col((case_events::Entity, E::CaseId))
+        .order_by((case_events::Entity, E::CaseId), sea_orm::Order::Asc)
         .limit(u64::from(limit));
     if let Some(after) = after {
-        q.and_where(Expr::col((cases::Entity, C::Id)).gt(after));
+        q.and_where(Expr::col((case_events::Entity, E::CaseId)).gt(after));
+    }
+    let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
+    rows.iter()
+        .map(|r| {
+            let id = r.try_get_by_index::<String>(0)?;
+            let n = r.try_get_by_index::<i64>(1)?;
+            Ok((id, u64::try_from(n).unwrap_or(0)))
+        })
+        .collect::<Result<_, sea_orm::DbErr>>()
+        .map_err(StoreError::Unavailable)
+}
+
+/// A case's event rows as stored, in sequence order (decoded by the caller, row by row).
+pub(crate) async fn event_rows(
+    conn: &impl ConnectionTrait,
+    id: &CaseId,
+) -> Result<Vec<case_events::Model>, StoreError> {
+    case_events::Entity::find()
+        .filter(case_events::Column::CaseId.eq(id.to_string()))
+        .order_by_asc(case_events::Column::Seq)
+        .all(conn)
+        .await
+        .map_err(StoreError::Unavailable)
+}
+
+/// The lists m0008 filled, which start-up consumes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum UpgradeList {
+    /// Cases whose all-legacy trail may still be anchored.
+    LegacyTrails,
+    /// Cases whose head seal is still the v1 seal.
+    V1Seals,
+}
+
+impl UpgradeList {
+    fn table(self) -> &'static str {
+        match self {
+            Self::LegacyTrails => "audit_legacy_cases",
+            Self::V1Seals => "audit_v1_seals",
+        }
+    }
+}
+
+/// Case ids on one of m0008's lists after `after` (id order, at most `limit`).
+pub(crate) async fn listed_cases(
+    conn: &impl ConnectionTrait,
+    list: UpgradeList,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    let mut q = Query::select();
+    q.column("case_id")
+        .from(list.table())
+        .order_by("case_id", sea_orm::Order::Asc)
+        .limit(u64::from(limit));
+    if let Some(after) = after {
+        q.and_where(Expr::col("case_id").gt(after));
     }
     let rows = conn.query_all(&q).await.map_err(StoreError::Unavailable)?;
     rows.iter()
         .map(|r| r.try_get_by_index::<String>(0))
         .collect::<Result<_, _>>()
         .map_err(StoreError::Unavailable)
+}
+
+/// Takes `id` off one of m0008's lists: the case had its one chance.
+pub(crate) async fn unlist_case(
+    conn: &impl ConnectionTrait,
+    list: UpgradeList,
+    id: &str,
+) -> Result<(), StoreError> {
+    let mut q = Query::delete();
+    q.from_table(list.table())
+        .and_where(Expr::col("case_id").eq(id));
+    conn.execute(&q).await.map_err(StoreError::Unavailable)?;
+    Ok(())
 }
 
 /// The case's outbox rows, in creation order.

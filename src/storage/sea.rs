@@ -9,9 +9,12 @@ use async_trait::async_trait;
 use migration::MigratorTrait;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
-use super::audit::{ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case};
+use super::audit::{
+    ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case, verify_case_unreadable,
+};
 use super::changes::ChangeSet;
 use super::codec::Codec;
+use super::queries::UpgradeList;
 use super::sql::{self, Lock};
 use super::{
     CaseRecord, CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, ReencryptBatch,
@@ -151,6 +154,74 @@ impl SeaStore {
     /// The id of the master key new data is encrypted under.
     pub fn current_key_id(&self) -> String {
         self.codec.current_key_id()
+    }
+
+    /// Re-seals, once, each head m0008 found sealed with the v1 seal (the head only) with the v2
+    /// seal (also the row's state, `updated_at` and `version`), if the case's chain verifies
+    /// under the v1 seal; every listed case is taken off the list, re-sealed or not, and one whose
+    /// chain does not verify stays as found, for the verifier to report. Returns how many were
+    /// re-sealed.
+    pub async fn reseal_v1_heads(&self) -> Result<u64, StoreError> {
+        use sea_orm::sea_query::Expr;
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+        use super::entities::cases;
+        const BATCH: u32 = 100;
+        let mut resealed = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let ids =
+                queries::listed_cases(&self.db, UpgradeList::V1Seals, after.as_deref(), BATCH)
+                    .await?;
+            let Some(last) = ids.last() else {
+                return Ok(resealed);
+            };
+            after = Some(last.clone());
+            for id in &ids {
+                let txn = self.begin().await?;
+                queries::unlist_case(&txn, UpgradeList::V1Seals, id).await?;
+                let Some(case_id) = CaseId::parse(id) else {
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
+                    continue;
+                };
+                let model = match sql::lock_case(&txn, &case_id).await {
+                    Ok(model) => model,
+                    Err(StoreError::NotFound) => {
+                        txn.commit().await.map_err(StoreError::Unavailable)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut head = queries::chain_head(&txn, &case_id).await?;
+                let events = queries::events(&txn, &case_id).await?;
+                let row = head.row.take();
+                // The v1 seal covers the head only.
+                let intact = verify_case(&events, &head, &self.keys).broken.is_none();
+                let key_id = head.key_id().to_owned();
+                let key = self.keys.get(&key_id);
+                let (Some(row), Some(key), true) = (row, key, intact) else {
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
+                    tracing::warn!(case_id = %case_id, "audit chain head does not verify; not re-sealed");
+                    continue;
+                };
+                let seal = super::audit::head_seal(
+                    key,
+                    &key_id,
+                    &model.id,
+                    head.sequence,
+                    &head.hash,
+                    Some(&row),
+                );
+                cases::Entity::update_many()
+                    .col_expr(cases::Column::HeadSeal, Expr::value(seal))
+                    .filter(cases::Column::Id.eq(model.id.clone()))
+                    .exec(&txn)
+                    .await
+                    .map_err(StoreError::Unavailable)?;
+                txn.commit().await.map_err(StoreError::Unavailable)?;
+                resealed += 1;
+            }
+        }
     }
 
     /// A read-only transaction that sees one snapshot (PostgreSQL's default READ COMMITTED takes
@@ -470,8 +541,30 @@ impl CaseStore for SeaStore {
     }
 
     async fn verify_audit(&self, id: &CaseId) -> Result<ChainReport, StoreError> {
-        let (events, head) = self.read_chain(id).await?;
+        let txn = self.begin_snapshot().await?;
+        let head = queries::chain_head(&txn, id).await?;
+        let rows = queries::event_rows(&txn, id).await?;
+        txn.commit().await.map_err(StoreError::Unavailable)?;
+        // An event row that does not decode is that case's broken link, not the end of a walk.
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq = row.seq;
+            match super::codec::event_of(row) {
+                Ok(e) => events.push(e),
+                Err(_) => {
+                    return Ok(verify_case_unreadable(&events, seq, &head, &self.keys));
+                }
+            }
+        }
         Ok(verify_case(&events, &head, &self.keys))
+    }
+
+    async fn orphan_event_cases(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        queries::orphan_event_cases(&self.db, after, limit).await
     }
 
     async fn case_ids(
@@ -500,21 +593,33 @@ impl CaseStore for SeaStore {
         let mut anchored = 0;
         let mut after: Option<String> = None;
         loop {
-            let ids = queries::unanchored_cases(&self.db, after.as_deref(), BATCH).await?;
+            let ids =
+                queries::listed_cases(&self.db, UpgradeList::LegacyTrails, after.as_deref(), BATCH)
+                    .await?;
             let Some(last) = ids.last() else {
                 return Ok(anchored);
             };
             after = Some(last.clone());
             for id in &ids {
-                let Some(case_id) = CaseId::parse(id) else {
+                let txn = self.begin().await?;
+                // Taken off the list whatever follows: a listed trail is anchored at most once,
+                // and one found rewritten stays as found, for the verifier to report.
+                queries::unlist_case(&txn, UpgradeList::LegacyTrails, id).await?;
+                let model = match CaseId::parse(id) {
+                    Some(case_id) => match sql::lock_case(&txn, &case_id).await {
+                        Ok(model) => Some((case_id, model)),
+                        Err(StoreError::NotFound) => None,
+                        Err(e) => return Err(e),
+                    },
+                    None => None,
+                };
+                let Some((case_id, mut model)) = model else {
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
                     continue;
                 };
-                let txn = self.begin().await?;
-                let mut model = sql::lock_case(&txn, &case_id).await?;
                 let head = queries::chain_head(&txn, &case_id).await?;
                 let events = queries::events(&txn, &case_id).await?;
-                // Only a legacy trail that verifies up to the row's head is anchored; anything
-                // else stays as found, for the verifier to report.
+                // Only a legacy trail that verifies up to the row's head is anchored.
                 let report = verify_case(&events, &head, &self.keys);
                 let intact = report
                     .broken
@@ -523,7 +628,7 @@ impl CaseStore for SeaStore {
                         .last()
                         .is_some_and(|e| e.sequence == head.sequence && e.hash == head.hash);
                 if !intact {
-                    txn.rollback().await.map_err(StoreError::Unavailable)?;
+                    txn.commit().await.map_err(StoreError::Unavailable)?;
                     tracing::warn!(case_id = %case_id, "legacy audit trail does not verify; not anchored");
                     continue;
                 }

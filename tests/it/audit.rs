@@ -191,6 +191,32 @@ async fn drop_defences(conn: &DatabaseConnection) {
     }
 }
 
+/// Re-hashes `case`'s whole trail with plain SHA-256 (as m0005 found pre-keyed trails, or as
+/// someone without the key can) and leaves its head unsealed.
+async fn make_legacy(conn: &DatabaseConnection, case: &CaseId) {
+    let mut prev = GENESIS.to_owned();
+    for r in rows(conn, case).await {
+        let h = unkeyed_hash(&prev, case, &r);
+        exec(
+            conn,
+            &format!(
+                "UPDATE case_events SET prev_hash = '{prev}', hash = '{h}', key_id = NULL \
+                 WHERE case_id = '{case}' AND seq = {}",
+                r.seq
+            ),
+        )
+        .await
+        .expect("legacy");
+        prev = h;
+    }
+    exec(
+        conn,
+        &format!("UPDATE cases SET last_hash = '{prev}', head_seal = NULL WHERE id = '{case}'"),
+    )
+    .await
+    .expect("legacy head");
+}
+
 async fn tampering_is_named(db: TestDb) {
     let store = open(&db).await;
     let [updated, replaced, rehashed, truncated, untouched]: [CaseId; 5] = [
@@ -376,8 +402,9 @@ async fn tampering_is_named_on_postgres() {
     tampering_is_named(TestDb::postgres().await).await;
 }
 
-/// Trails written before m0005 (plain SHA-256, no key id) are anchored by a keyed event when the
-/// store is opened, then verify; a legacy trail rewritten before that is not anchored.
+/// Trails written before m0005 (plain SHA-256, no key id) that m0008 found are anchored by a
+/// keyed event when the store is opened, then verify; a legacy trail rewritten before that is
+/// not anchored, nor is a keyed trail re-hashed as legacy after m0008 (restart or not).
 async fn legacy_trails_are_anchored(db: TestDb) {
     let store = open(&db).await;
     let intact = case_with_two_events(&store, "3000001").await;
@@ -387,27 +414,7 @@ async fn legacy_trails_are_anchored(db: TestDb) {
     // Make both trails legacy ones, as m0005 found them; the second with a rewritten event
     // whose legacy hash was not recomputed.
     for case in [&intact, &forged] {
-        let mut prev = GENESIS.to_owned();
-        for r in rows(&conn, case).await {
-            let h = unkeyed_hash(&prev, case, &r);
-            exec(
-                &conn,
-                &format!(
-                    "UPDATE case_events SET prev_hash = '{prev}', hash = '{h}', key_id = NULL \
-                     WHERE case_id = '{case}' AND seq = {}",
-                    r.seq
-                ),
-            )
-            .await
-            .expect("legacy");
-            prev = h;
-        }
-        exec(
-            &conn,
-            &format!("UPDATE cases SET last_hash = '{prev}', head_seal = NULL WHERE id = '{case}'"),
-        )
-        .await
-        .expect("legacy head");
+        make_legacy(&conn, case).await;
     }
     exec(
         &conn,
@@ -427,7 +434,12 @@ async fn legacy_trails_are_anchored(db: TestDb) {
         "legacy trails are not accepted unanchored"
     );
 
-    // Opening the store as the gateway does anchors the intact one (once).
+    // m0008 lists the trails it finds all legacy (undone and run again here, as on an upgrade
+    // of a database that m0005 left with these trails).
+    <migration::Migrator as migration::MigratorTrait>::down(&conn, Some(1))
+        .await
+        .expect("undo m0008");
+    // Opening the store as the gateway does migrates and anchors the intact one (once).
     let settings: etjanstekort_gateway::storage::DatabaseSettings =
         etjanstekort_gateway::config::Layers::defaults()
             .set("database.url", db.url.clone())
@@ -445,10 +457,28 @@ async fn legacy_trails_are_anchored(db: TestDb) {
         .await
         .expect("open again");
     assert_eq!(reopened.events(&intact).await.expect("events").len(), 3);
+    // A keyed trail re-hashed later without the key (plain SHA-256, head unsealed) is not on
+    // m0008's list: restarting the gateway does not launder it into a verifying trail.
+    let laundered = case_with_two_events(&reopened, "3000003").await;
+    make_legacy(&conn, &laundered).await;
+    etjanstekort_gateway::startup::open_store(&settings, vault())
+        .await
+        .expect("restart");
+    assert_eq!(reopened.events(&laundered).await.expect("events").len(), 2);
+    // Nor can the list be extended (short of dropping its trigger too).
+    exec(
+        &conn,
+        &format!("INSERT INTO audit_legacy_cases (case_id) VALUES ('{laundered}')"),
+    )
+    .await
+    .expect_err("the list of anchorable trails is closed");
     let reopened: Arc<dyn CaseStore> = Arc::new(reopened);
     assert_eq!(
         broken_cases(reopened).await,
-        BTreeMap::from([(forged.to_string(), (1, ChainProblem::HashMismatch))])
+        BTreeMap::from([
+            (forged.to_string(), (1, ChainProblem::HashMismatch)),
+            (laundered.to_string(), (2, ChainProblem::UnanchoredLegacy)),
+        ])
     );
     // Rewriting an anchored legacy event breaks the anchor's link.
     exec(
@@ -496,6 +526,275 @@ async fn legacy_trails_are_anchored_on_sqlite() {
 #[tokio::test]
 async fn legacy_trails_are_anchored_on_postgres() {
     legacy_trails_are_anchored(TestDb::postgres().await).await;
+}
+
+/// The holes a walk over case rows alone would miss: a case whose events were all deleted, a
+/// trail whose case row was deleted (orphan), and an event row that does not decode (reported
+/// as that case's broken link, the walk going on). The counts are what the periodic check sets
+/// `etk_audit_chain_broken_cases` from.
+async fn verifier_holes_are_reported(db: TestDb) {
+    let store = open(&db).await;
+    let [emptied, orphaned, unreadable, untouched]: [CaseId; 4] = [
+        case_with_two_events(&store, "4000001").await,
+        case_with_two_events(&store, "4000002").await,
+        case_with_two_events(&store, "4000003").await,
+        case_with_two_events(&store, "4000004").await,
+    ];
+    // One connection, so that the session settings below hold for every statement.
+    let mut opts = sea_orm::ConnectOptions::new(db.url.clone());
+    opts.max_connections(1).min_connections(1);
+    let conn = Database::connect(opts).await.expect("raw connection");
+    drop_defences(&conn).await;
+    let no_foreign_keys = if conn.get_database_backend() == DbBackend::Postgres {
+        "SET session_replication_role = replica"
+    } else {
+        "PRAGMA foreign_keys = OFF"
+    };
+    exec(&conn, no_foreign_keys)
+        .await
+        .expect("foreign keys off");
+    exec(
+        &conn,
+        &format!("DELETE FROM case_events WHERE case_id = '{emptied}'"),
+    )
+    .await
+    .expect("delete trail");
+    exec(
+        &conn,
+        &format!(
+            "UPDATE cases SET last_seq = 0, last_hash = '', head_seal = NULL WHERE id = '{emptied}'"
+        ),
+    )
+    .await
+    .expect("reset head");
+    for sql in [
+        format!("DELETE FROM effects WHERE case_id = '{orphaned}'"),
+        format!("DELETE FROM idempotency_keys WHERE case_id = '{orphaned}'"),
+        format!("DELETE FROM cases WHERE id = '{orphaned}'"),
+    ] {
+        exec(&conn, &sql).await.expect("delete the case row");
+    }
+    exec(
+        &conn,
+        &format!(
+            "UPDATE case_events SET state = 'no_such_state' WHERE case_id = '{unreadable}' AND seq = 2"
+        ),
+    )
+    .await
+    .expect("corrupt event");
+
+    let store: Arc<dyn CaseStore> = Arc::new(store);
+    assert_eq!(
+        broken_cases(store.clone()).await,
+        BTreeMap::from([
+            (emptied.to_string(), (0, ChainProblem::HeadMismatch)),
+            (orphaned.to_string(), (0, ChainProblem::HeadMismatch)),
+            (unreadable.to_string(), (2, ChainProblem::HashMismatch)),
+        ])
+    );
+    let mut walk = Walk::all(store.clone()).await.expect("walk");
+    while let Some(next) = walk.next().await {
+        next.expect("the walk goes on past every hole");
+    }
+    let p = walk.progress();
+    assert_eq!((p.checked, p.broken), (4, 3));
+    assert_eq!(
+        store.verify_audit(&untouched).await.expect("verify").broken,
+        None
+    );
+}
+
+#[tokio::test]
+async fn verifier_holes_are_reported_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    verifier_holes_are_reported(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn verifier_holes_are_reported_on_postgres() {
+    verifier_holes_are_reported(TestDb::postgres().await).await;
+}
+
+/// The v1 head seal of m0005 (HMAC over the case id, last sequence and hash only), as the
+/// gateway wrote it before m0008.
+fn v1_seal(case: &CaseId, seq: i64, hash: &str) -> String {
+    let v = vault();
+    let mut ctx = ring::hmac::Context::with_key(v.audit_chain_key());
+    let (case, seq) = (case.to_string(), seq.to_string());
+    for part in [
+        "etk audit head v1",
+        v.key_id().as_str(),
+        case.as_str(),
+        seq.as_str(),
+        hash,
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    format!("{}:{}", v.key_id(), hex::encode(ctx.sign().as_ref()))
+}
+
+/// The head columns of a case row.
+async fn head_row(conn: &DatabaseConnection, case: &CaseId) -> (i64, String, String, String) {
+    let sql =
+        format!("SELECT last_seq, last_hash, head_seal, state FROM cases WHERE id = '{case}'");
+    let r = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .expect("query")
+        .expect("row");
+    (
+        r.try_get("", "last_seq").expect("seq"),
+        r.try_get("", "last_hash").expect("hash"),
+        r.try_get("", "head_seal").expect("seal"),
+        r.try_get("", "state").expect("state"),
+    )
+}
+
+/// An old head (sequence, hash and seal, as a backup holds them) put back after the tail was
+/// deleted does not verify on a row that moved on since: the seal covers the row's state, time
+/// and version, and the row's state must be the last event's. v1 seals (head only) are
+/// re-sealed once at start for the cases m0008 found, and never accepted otherwise.
+async fn old_heads_do_not_verify(db: TestDb) {
+    let store = open(&db).await;
+    let conn = Database::connect(&db.url).await.expect("raw connection");
+    let make = |card: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .create(new_case(card))
+                .await
+                .expect("create")
+                .into_case()
+                .id
+        }
+    };
+    let [moved_on, rolled_back, v1_sealed, v1_replayed] = [
+        make("5000001").await,
+        make("5000002").await,
+        make("5000003").await,
+        make("5000004").await,
+    ];
+    let mut backups = BTreeMap::new();
+    for case in [&moved_on, &rolled_back] {
+        backups.insert(case.to_string(), head_row(&conn, case).await);
+        store
+            .apply(case, None, &Event::Cancel, meta("SE1655999991-E1"))
+            .await
+            .expect("cancel");
+    }
+    drop_defences(&conn).await;
+    for case in [&moved_on, &rolled_back] {
+        exec(
+            &conn,
+            &format!("DELETE FROM case_events WHERE case_id = '{case}' AND seq = 2"),
+        )
+        .await
+        .expect("delete tail");
+        let (seq, hash, seal, state) = &backups[&case.to_string()];
+        // The head restored; for `rolled_back` the state too (its time and version stay).
+        let state = if case == &rolled_back {
+            format!(", state = '{state}'")
+        } else {
+            String::new()
+        };
+        exec(
+            &conn,
+            &format!(
+                "UPDATE cases SET last_seq = {seq}, last_hash = '{hash}', head_seal = '{seal}'{state} \
+                 WHERE id = '{case}'"
+            ),
+        )
+        .await
+        .expect("restore the old head");
+    }
+    // Heads as m0005 sealed them (v1); one of them replayed over a deleted tail.
+    for case in [&v1_sealed, &v1_replayed] {
+        let (seq, hash, _, _) = head_row(&conn, case).await;
+        exec(
+            &conn,
+            &format!(
+                "UPDATE cases SET head_seal = '{}' WHERE id = '{case}'",
+                v1_seal(case, seq, &hash)
+            ),
+        )
+        .await
+        .expect("v1 seal");
+    }
+    store
+        .apply(&v1_replayed, None, &Event::Cancel, meta("SE1655999991-E1"))
+        .await
+        .expect("cancel");
+    let (seq, _, _, _) = head_row(&conn, &v1_replayed).await;
+    exec(
+        &conn,
+        &format!("DELETE FROM case_events WHERE case_id = '{v1_replayed}' AND seq = {seq}"),
+    )
+    .await
+    .expect("delete tail");
+    let (first_seq, first_hash) = (seq - 1, rows(&conn, &v1_replayed).await[0].hash.clone());
+    exec(
+        &conn,
+        &format!(
+            "UPDATE cases SET last_seq = {first_seq}, last_hash = '{first_hash}', head_seal = '{}' \
+             WHERE id = '{v1_replayed}'",
+            v1_seal(&v1_replayed, first_seq, &first_hash)
+        ),
+    )
+    .await
+    .expect("replay the v1 head");
+
+    let broken = broken_cases;
+    let store: Arc<dyn CaseStore> = Arc::new(store);
+    let head = |seq| (seq, ChainProblem::HeadMismatch);
+    assert_eq!(
+        broken(store.clone()).await,
+        BTreeMap::from([
+            (moved_on.to_string(), head(1)),
+            (rolled_back.to_string(), head(1)),
+            (v1_sealed.to_string(), head(1)),
+            (v1_replayed.to_string(), head(1)),
+        ]),
+        "no v1 seal is accepted from the database, nor an old v2 head on a row that moved on"
+    );
+    // m0008 lists the v1 seals (undone and run again, as on an upgrade); opening the store
+    // re-seals those whose chain verifies under the v1 seal, once.
+    <migration::Migrator as migration::MigratorTrait>::down(&conn, Some(1))
+        .await
+        .expect("undo m0008");
+    let settings: etjanstekort_gateway::storage::DatabaseSettings =
+        etjanstekort_gateway::config::Layers::defaults()
+            .set("database.url", db.url.clone())
+            .section("database")
+            .expect("database settings");
+    let reopened = etjanstekort_gateway::startup::open_store(&settings, vault())
+        .await
+        .expect("open");
+    let reopened: Arc<dyn CaseStore> = Arc::new(reopened);
+    let after = broken(reopened.clone()).await;
+    assert!(!after.contains_key(&v1_sealed.to_string()), "{after:?}");
+    for case in [&moved_on, &rolled_back, &v1_replayed] {
+        assert!(after.contains_key(&case.to_string()), "{case} {after:?}");
+    }
+}
+
+#[tokio::test]
+async fn old_heads_do_not_verify_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    old_heads_do_not_verify(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn old_heads_do_not_verify_on_postgres() {
+    old_heads_do_not_verify(TestDb::postgres().await).await;
 }
 
 /// The walk pages through every case (more than one page of ids).
@@ -585,13 +884,21 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
         (reporter.full_name.as_str(), reporter.email.as_str()),
         ("***", "***")
     );
+    assert_eq!(d.card_number, "***");
     assert_eq!(got.card_holder_pseudonym.len(), 64);
     let head = got.chain_head.clone().expect("head");
     assert_eq!(head.sequence, 1);
     let key_id = vault().key_id();
     assert_eq!(head.key_id, key_id);
     let debug = format!("{got:?}");
-    for secret in ["1212121212", "Tolvan", "Vera", "tolvan@", "vera@"] {
+    for secret in [
+        "1212121212",
+        "Tolvan",
+        "Vera",
+        "tolvan@",
+        "vera@",
+        "4000001",
+    ] {
         assert!(!debug.contains(secret), "{secret} shown to an operator");
     }
 
@@ -611,11 +918,9 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
             .collect::<Vec<_>>(),
         [id.as_str(), other.as_str()]
     );
-    assert!(
-        all.deregistrations
-            .iter()
-            .all(|d| d.card_holder.as_ref().is_some_and(|h| h.full_name == "***"))
-    );
+    assert!(all.deregistrations.iter().all(|d| {
+        d.card_holder.as_ref().is_some_and(|h| h.full_name == "***") && d.card_number == "***"
+    }));
     let paged = list(pb::ListCasesRequest {
         page_size: 1,
         ..Default::default()
@@ -782,6 +1087,26 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
     let mut cut = record.clone();
     cut.events.pop();
     assert!(cut.verify(&keys).expect("verify").broken.is_some());
+    // The case section is covered too: edited, or its MAC removed, it no longer verifies.
+    let edits: [fn(&mut AuditRecord); 5] = [
+        |r| r.case.state = "completed".into(),
+        |r| r.case.care_unit_hsa_id.push('9'),
+        |r| r.case.revocation_reference = Some("forged".into()),
+        |r| r.exported_by.push('x'),
+        |r| r.case_mac = None,
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        let mut edited = record.clone();
+        edit(&mut edited);
+        assert!(
+            edited.verify(&keys).expect("verify").broken.is_some(),
+            "edit {i} not detected"
+        );
+    }
+    // An empty events list never verifies.
+    let mut emptied = record.clone();
+    emptied.events.clear();
+    assert!(emptied.verify(&keys).expect("verify").broken.is_some());
     // …and not without the gateway's key.
     let stranger = ChainKeys::new(&Vault::from_master_key(&[9; 32]).expect("vault"));
     assert!(record.verify(&stranger).expect("verify").broken.is_some());
@@ -809,8 +1134,25 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
         .expect("verify-export");
     assert_eq!(out.status.code(), Some(3));
 
-    // For the record keeper: only with a justification, then with the personal data, audited.
+    // For the record keeper: not for operators (a role of its own in the principals file)…
     let err = ops
+        .export_audit_record(pb::ExportAuditRecordRequest {
+            id: id.clone(),
+            purpose: pb::ExportPurpose::RecordKeeper as i32,
+            justification: "arkivering enligt beslut 2026-11".into(),
+        })
+        .await
+        .expect_err("an operator exports personal data");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // …and the record keeper reaches no other operator RPC.
+    let mut keeper = OperationsServiceClient::new(app.channel("record-keeper").await);
+    let err = keeper
+        .get_case(pb::GetCaseRequest { id: id.clone() })
+        .await
+        .expect_err("a record keeper reads cases");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Only with a justification, then with the personal data, audited.
+    let err = keeper
         .export_audit_record(pb::ExportAuditRecordRequest {
             id: id.clone(),
             purpose: pb::ExportPurpose::RecordKeeper as i32,
@@ -819,7 +1161,7 @@ async fn operators_see_cases_masked_and_every_action_is_audited() {
         .await
         .expect_err("no justification");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let kept = ops
+    let kept = keeper
         .export_audit_record(pb::ExportAuditRecordRequest {
             id: id.clone(),
             purpose: pb::ExportPurpose::RecordKeeper as i32,

@@ -12,7 +12,7 @@
 //! Consumers read a `CrlSet` snapshot: the CRLs by issuer, their `thisUpdate`/`nextUpdate`,
 //! `is_revoked(serial)` and a freshness verdict under a `StalePolicy`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,13 +21,16 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Deserialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
-use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::metrics::Metrics;
 use crate::reload::FileStamp;
 
-/// The largest CRL body fetched over HTTP (large national CAs publish lists of some MiB).
-const MAX_CRL_BYTES: usize = 64 * 1024 * 1024;
+mod http;
+mod list;
+
+use http::{HttpUrl, fetch};
+pub use list::Crl;
+use list::{TrustedIssuer, decode, trusted_issuers, verify};
 
 /// At most this many distribution points are learnt from certificates (a CA has one or two).
 const MAX_LEARNT_URLS: usize = 16;
@@ -126,157 +129,6 @@ impl CrlError {
             Self::Fetch { .. } => "fetch_failed",
         }
     }
-}
-
-/// A CA whose CRLs are believed: its subject (raw DER) and public key.
-#[derive(Clone, Debug)]
-struct TrustedIssuer {
-    subject: Vec<u8>,
-    name: String,
-    spki: Vec<u8>,
-    may_sign_crls: bool,
-}
-
-fn trusted_issuers(cas: &[CertificateDer<'_>]) -> Vec<TrustedIssuer> {
-    cas.iter()
-        .filter_map(|der| {
-            let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
-            let may_sign_crls = match cert.key_usage() {
-                Ok(Some(ku)) => ku.value.crl_sign(),
-                Ok(None) => true,
-                Err(_) => false,
-            };
-            Some(TrustedIssuer {
-                subject: cert.subject().as_raw().to_vec(),
-                name: cert.subject().to_string(),
-                spki: cert.public_key().raw.to_vec(),
-                may_sign_crls,
-            })
-        })
-        .collect()
-}
-
-/// One verified CRL.
-#[derive(Debug)]
-pub struct Crl {
-    der: CertificateRevocationListDer<'static>,
-    issuer: Vec<u8>,
-    issuer_name: String,
-    this_update: SystemTime,
-    next_update: SystemTime,
-    revoked: HashSet<Vec<u8>>,
-    source: String,
-}
-
-impl Crl {
-    pub fn der(&self) -> &CertificateRevocationListDer<'static> {
-        &self.der
-    }
-
-    /// The issuer's distinguished name, as text (a CA's name, never a person's).
-    pub fn issuer_name(&self) -> &str {
-        &self.issuer_name
-    }
-
-    pub fn this_update(&self) -> SystemTime {
-        self.this_update
-    }
-
-    pub fn next_update(&self) -> SystemTime {
-        self.next_update
-    }
-
-    /// The file or URL it came from.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// Whether the certificate with this serial number (DER integer content bytes, as in the
-    /// certificate) is on the list.
-    pub fn is_revoked(&self, serial: &[u8]) -> bool {
-        self.revoked.contains(strip_sign_byte(serial))
-    }
-
-    /// Past `nextUpdate + grace` at `now`.
-    pub fn is_stale(&self, now: SystemTime, grace: Duration) -> bool {
-        // A grace beyond the representable end of time is no limit.
-        self.next_update
-            .checked_add(grace)
-            .is_some_and(|end| now > end)
-    }
-}
-
-fn strip_sign_byte(serial: &[u8]) -> &[u8] {
-    match serial {
-        [0, rest @ ..] if !rest.is_empty() => rest,
-        s => s,
-    }
-}
-
-fn to_system_time(secs: i64) -> SystemTime {
-    match u64::try_from(secs) {
-        Ok(s) => UNIX_EPOCH + Duration::from_secs(s),
-        Err(_) => UNIX_EPOCH,
-    }
-}
-
-/// Every CRL in `bytes` (one DER CRL, or PEM with one or more `X509 CRL` blocks).
-fn decode(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CrlError> {
-    if bytes.first() == Some(&0x30) {
-        return Ok(vec![bytes.to_vec()]);
-    }
-    let ders = CertificateRevocationListDer::pem_slice_iter(bytes)
-        .map(|r| r.map(|d| d.as_ref().to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CrlError::Parse(e.to_string()))?;
-    if ders.is_empty() {
-        return Err(CrlError::Parse("no X509 CRL block".into()));
-    }
-    Ok(ders)
-}
-
-/// Parses and verifies one DER CRL against the trusted issuers.
-fn verify(der: Vec<u8>, trust: &[TrustedIssuer], source: &str) -> Result<Crl, CrlError> {
-    let (_, crl) =
-        CertificateRevocationList::from_der(&der).map_err(|e| CrlError::Parse(e.to_string()))?;
-    let issuer = crl.issuer().as_raw().to_vec();
-    let issuer_name = crl.issuer().to_string();
-    let candidates: Vec<&TrustedIssuer> = trust.iter().filter(|t| t.subject == issuer).collect();
-    if candidates.is_empty() {
-        return Err(CrlError::UnknownIssuer(issuer_name));
-    }
-    // Several CA certificates may share a name (a re-keyed CA): one of them must have signed.
-    let mut last = CrlError::BadSignature(issuer_name.clone());
-    let mut signed = false;
-    for ca in candidates {
-        let Ok((_, spki)) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&ca.spki) else {
-            continue;
-        };
-        if crl.verify_signature(&spki).is_ok() {
-            if ca.may_sign_crls {
-                signed = true;
-                break;
-            }
-            last = CrlError::NotCrlSigner(ca.name.clone());
-        }
-    }
-    if !signed {
-        return Err(last);
-    }
-    let next_update = crl.next_update().ok_or(CrlError::NoNextUpdate)?;
-    let revoked = crl
-        .iter_revoked_certificates()
-        .map(|r| strip_sign_byte(r.raw_serial()).to_vec())
-        .collect();
-    Ok(Crl {
-        this_update: to_system_time(crl.last_update().timestamp()),
-        next_update: to_system_time(next_update.timestamp()),
-        issuer,
-        issuer_name,
-        revoked,
-        source: source.to_owned(),
-        der: CertificateRevocationListDer::from(der),
-    })
 }
 
 /// The verdict on a certificate's issuer's CRL at some time.
@@ -731,95 +583,6 @@ impl CrlStore {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(CrlSet { by_issuer });
     }
-}
-
-/// An `http://host[:port]/path` URL (CRLs are signed: their integrity does not rest on TLS).
-#[derive(Debug)]
-struct HttpUrl {
-    authority: String,
-    host: String,
-    port: u16,
-    path_and_query: String,
-}
-
-impl HttpUrl {
-    fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err("only http:// URLs are supported (CRLs are signed)".into());
-        }
-        let authority = uri.authority().ok_or("no host")?;
-        Ok(Self {
-            authority: authority.as_str().to_owned(),
-            host: authority.host().to_owned(),
-            port: authority.port_u16().unwrap_or(80),
-            path_and_query: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        })
-    }
-}
-
-/// GET `url` with the configured timeout per attempt and retries with doubling pauses.
-async fn fetch(url: &str, settings: &CrlSettings) -> Result<Vec<u8>, CrlError> {
-    let failed = |message: String| CrlError::Fetch {
-        url: url.to_owned(),
-        message,
-    };
-    let target = HttpUrl::parse(url).map_err(failed)?;
-    let mut pause = Duration::from_secs(1);
-    let mut attempt = 1;
-    loop {
-        let result = tokio::time::timeout(settings.fetch_timeout, get(&target))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.fetch_timeout)));
-        match result {
-            Ok(body) => return Ok(body),
-            Err(message) if attempt >= settings.fetch_attempts => return Err(failed(message)),
-            Err(message) => {
-                tracing::debug!(url, attempt, error = %message, "CRL fetch failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(60));
-                attempt += 1;
-            }
-        }
-    }
-}
-
-async fn get(target: &HttpUrl) -> Result<Vec<u8>, String> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let request = http::Request::get(target.path_and_query.as_str())
-        .header(http::header::HOST, target.authority.as_str())
-        .header(http::header::USER_AGENT, "etjanstekort-gateway")
-        .body(Empty::<hyper::body::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP status {}", response.status()));
-        }
-        let body = Limited::new(response.into_body(), MAX_CRL_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?;
-        Ok(body.to_bytes().to_vec())
-    }
-    .await;
-    driver.abort();
-    result
 }
 
 /// The `http://` CRL distribution points of a DER certificate.

@@ -140,6 +140,7 @@ fn connectors(latency: Duration, confirm: Option<Duration>, employ: bool) -> Con
         kiv: Arc::new(SimulatedKiv::new(employ, f, None)),
         notifier: Arc::new(LogNotifier::new(f, None)),
         gateway_removes_kiv: true,
+        revocation: None,
     }
 }
 

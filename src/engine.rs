@@ -280,9 +280,16 @@ impl Engine {
             );
             // Counted from before the spawn until the future is dropped, however it ends.
             let live = self.steps.enter();
-            set.spawn(
+            set.spawn(async move {
+                let _live = live;
+                // Read before the step's span is entered: sqlx's SQLite worker keeps the span
+                // current at a command alive until its next command (docs/observability.md),
+                // and a step span that does not end is never exported.
+                let snapshot = match w.step {
+                    Step::RestoreKiv => Some(store.snapshot(&w.case_id).await),
+                    _ => None,
+                };
                 async move {
-                    let _live = live;
                     // A step must end well inside its lease, or another worker would take it
                     // over while it still runs and do it twice.
                     // Counted from the claim, so loading the cases eats into it too.
@@ -291,7 +298,7 @@ impl Engine {
                     let connector = connector_of(w.step);
                     let result = match tokio::time::timeout(
                         limit,
-                        execute(&*store, &connectors, &cfg, &metrics, &w, case),
+                        execute(&connectors, &cfg, &metrics, &w, case, snapshot),
                     )
                     .await
                     {
@@ -305,8 +312,9 @@ impl Engine {
                     spans::record_outcome(&tracing::Span::current(), &result);
                     Finished { work: w, result }
                 }
-                .instrument(span),
-            );
+                .instrument(span)
+                .await
+            });
         }
         let mut results = Vec::with_capacity(n);
         while let Some(r) = set.join_next().await {
@@ -489,13 +497,14 @@ fn connector_of(step: Step) -> &'static str {
 const CONNECTOR_KIV: &str = "kiv";
 
 /// Runs one effect. Connector errors are classified where they arise; this only counts.
+/// `snapshot` is the case's KIV snapshot, read beforehand for `RestoreKiv` (else `None`).
 async fn execute(
-    store: &dyn CaseStore,
     c: &Connectors,
     cfg: &EngineSettings,
     metrics: &Metrics,
     w: &Work,
     case: Option<Deregistration>,
+    snapshot: Option<Result<Option<crate::domain::Employment>, StoreError>>,
 ) -> WorkResult {
     let Some(case) = case else {
         return WorkResult::Failed {
@@ -582,7 +591,7 @@ async fn execute(
                 c.kiv.remove(&w.key, pnr, unit).await?;
                 done(Event::KivRemoved)
             }
-            Step::RestoreKiv => match store.snapshot(&case.id).await {
+            Step::RestoreKiv => match snapshot.unwrap_or(Ok(None)) {
                 Ok(Some(snapshot)) => {
                     c.kiv.restore(&w.key, &snapshot).await?;
                     done(Event::EmploymentRestored)

@@ -207,6 +207,7 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
         kiv,
         notifier,
         gateway_removes_kiv: !matches!(config.kiv, KivSettings::Office {}),
+        revocation: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! implementations. Each error is classified retryable or terminal where it arises; the engine's
 //! retry logic reads only that classification.
 
+pub mod card_certs;
 pub mod ldap;
 pub mod simulated;
 pub mod smtp;
@@ -13,7 +14,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::domain::{
-    CardNumber, CaseId, Email, Employment, HsaId, PersonName, Personnummer, Timestamp,
+    CardCertificate, CardNumber, CaseId, Email, Employment, HsaId, PersonName, Personnummer,
+    Timestamp,
 };
 
 /// `[tjansteid]`: how reports reach TjänsteID-service. `kind` picks the connector; the rest of
@@ -233,6 +235,58 @@ pub trait Kiv: Send + Sync + fmt::Debug {
     }
 }
 
+/// A CA's revocation list as an answer was read from it: whose, when it was issued, until
+/// when it holds, and where it came from (a URL or file path: never anything about a person).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationList {
+    pub issuer: String,
+    pub this_update: Timestamp,
+    pub next_update: Timestamp,
+    pub source: String,
+}
+
+/// What a card certificate's issuer publishes about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// Listed as revoked.
+    Revoked { list: RevocationList },
+    /// Not on the list: still valid as far as the list issued at `list.this_update` knows.
+    NotListed { list: RevocationList },
+}
+
+impl CertificateStatus {
+    pub fn list(&self) -> &RevocationList {
+        match self {
+            Self::Revoked { list } | Self::NotListed { list } => list,
+        }
+    }
+}
+
+/// The card certificates' revocation as their issuing CA publishes it (issue #14): the
+/// verification between TjänsteID-service's confirmation and the removal from KIV.
+///
+/// An implementation answers only from a list that is trustworthy at `now`: its signature
+/// verified with a configured CA's key, and `now` not past its `nextUpdate`. Otherwise it
+/// fails `Retryable` (list unreachable, stale, or wrongly signed — the message says which),
+/// or `Terminal` when the certificate's issuer is not a configured CA.
+#[async_trait]
+pub trait RevocationStatus: Send + Sync + fmt::Debug {
+    /// Which implementation this is (`simulated`, `crl`): tags spans and metrics.
+    fn name(&self) -> &'static str;
+
+    /// The certificate's status on its issuer's current list. Read-only; safe to retry.
+    async fn status(
+        &self,
+        certificate: &CardCertificate,
+        now: Timestamp,
+    ) -> Result<CertificateStatus, ConnectorError>;
+
+    /// Whether lists can be had now (readiness).
+    async fn probe(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
 /// Who is told that the card is deregistered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recipient {
@@ -277,6 +331,9 @@ pub struct Connectors {
     pub notifier: Arc<dyn Notifier>,
     /// False when KIV is left to the health-care office (`kiv.kind = "office"`).
     pub gateway_removes_kiv: bool,
+    /// The card certificates' revocation check; `None` when it is switched off (then
+    /// TjänsteID-service's confirmation alone lets the case go on to KIV).
+    pub revocation: Option<Arc<dyn RevocationStatus>>,
 }
 
 impl Connectors {

@@ -3,6 +3,7 @@
 //! protobuf or database crates or the outer layers, nothing here does I/O, and nothing here
 //! reads the clock ("now" and "today" are arguments, read by callers from a `Clock`).
 
+mod card_certificate;
 mod card_number;
 mod case;
 mod email;
@@ -15,6 +16,7 @@ mod personnummer;
 pub mod saga;
 pub mod timestamp;
 
+pub use card_certificate::{CardCertificate, CertificateError, CertificateSource, same_issuer};
 pub use card_number::{CardNumber, CardNumberError};
 pub use case::{
     CardHolder, CaseEvent, CaseId, Deregistration, Employment, KivRemovalRoute, NewDeregistration,

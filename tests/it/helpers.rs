@@ -242,6 +242,7 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         kiv: kiv.clone(),
         notifier: notifier.clone(),
         gateway_removes_kiv: true,
+        revocation: None,
     };
     let connectors = opts.connectors.clone().unwrap_or(connectors);
     let app = App::build_with(cfg, connectors).await.expect("app builds");

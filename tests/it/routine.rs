@@ -34,6 +34,7 @@ async fn real_app_with(
         kiv: Arc::new(kiv),
         notifier: Arc::new(SmtpNotifier::new(relay)),
         gateway_removes_kiv: true,
+        revocation: None,
     };
     spawn_app_opts(Options {
         connectors: Some(connectors),

@@ -809,6 +809,7 @@ async fn at_shutdown_a_cut_off_step_lets_go_before_its_lease_is_released() {
         kiv: Arc::new(SimulatedKiv::new(true, Faults::default(), None)),
         notifier: Arc::new(LogNotifier::new(Faults::default(), None)),
         gateway_removes_kiv: true,
+        revocation: None,
     };
     let mut app = spawn_app_opts(Options {
         connectors: Some(connectors),

@@ -216,6 +216,7 @@ async fn world(confirm_after: Option<Duration>) -> World {
         kiv: kiv.clone(),
         notifier: Arc::new(LogNotifier::new(Faults::default(), None)),
         gateway_removes_kiv: true,
+        revocation: None,
     };
     let settings = EngineSettings {
         workers: 0,

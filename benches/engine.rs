@@ -76,6 +76,7 @@ async fn store(dir: &std::path::Path, poll: bool, bus: EventBus) -> Arc<SeaStore
             remind_after: Duration::from_secs(86_400),
             escalate_after: Duration::from_secs(864_000),
             poll_outcome: poll,
+            ..Timing::default()
         })
         .with_bus(bus);
     s.migrate().await.unwrap();

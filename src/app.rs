@@ -10,8 +10,9 @@ use crate::bus::EventBus;
 use crate::clock::{Clock, SystemClock};
 use crate::domain::saga::{Event, TransitionError};
 use crate::domain::{
-    CaseEvent, CaseId, Deregistration, FreeText, HsaId, InstantError, KivRemovalRoute,
-    NewDeregistration, RequestId, RevocationReference, State, Timestamp, TraceId, timestamp,
+    CardCertificate, CaseEvent, CaseId, Deregistration, FreeText, HsaId, InstantError,
+    KivRemovalRoute, NewDeregistration, RequestId, RevocationReference, State, Timestamp, TraceId,
+    timestamp,
 };
 use crate::metrics::Metrics;
 use crate::privacy::Vault;
@@ -359,6 +360,7 @@ impl Gateway {
         id: &CaseId,
         reference: RevocationReference,
         revoked_at: Option<Timestamp>,
+        certificates: Vec<CardCertificate>,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
         if let Some(at) = revoked_at {
@@ -366,16 +368,16 @@ impl Gateway {
             timestamp::revoked_at(at, case.created_at, self.now()).map_err(AppError::RevokedAt)?;
         }
         let reference = reference.into_string();
-        let detail = match revoked_at {
-            Some(t) => format!(
-                "revocation reference {reference}, revoked at {} (unix time)",
-                t.unix_seconds()
-            ),
-            None => format!("revocation reference {reference}"),
-        };
+        let mut detail = crate::engine::confirmation_detail(&reference, &certificates);
+        if let Some(t) = revoked_at {
+            detail.push_str(&format!("; revoked at {} (unix time)", t.unix_seconds()));
+        }
         self.apply_any(
             id,
-            &Event::RevocationConfirmed { reference },
+            &Event::RevocationConfirmed {
+                reference,
+                certificates,
+            },
             self.meta(principal, trace_id, detail),
         )
         .await

@@ -17,7 +17,9 @@ use crate::api::Paging;
 use crate::auth::AuthSettings;
 use crate::connectors::simulated::SimulatedSettings;
 use crate::connectors::smtp::SmtpSettings;
-use crate::connectors::{KivSettings, NotifierSettings, TjansteIdSettings};
+use crate::connectors::{
+    KivSettings, NotifierSettings, RevocationCheckSettings, TjansteIdSettings,
+};
 use crate::console::ConsoleSettings;
 use crate::engine::EngineSettings;
 use crate::privacy::PrivacySettings;
@@ -49,6 +51,8 @@ pub struct Config {
     pub tjansteid: TjansteIdSettings,
     pub kiv: KivSettings,
     pub notifier: NotifierSettings,
+    #[serde(default)]
+    pub revocation_check: RevocationCheckSettings,
     /// The relay for the `smtp` kinds of `tjansteid` and `notifier`; required by them only.
     #[serde(default)]
     pub smtp: Option<SmtpSettings>,

@@ -14,10 +14,11 @@ use tracing::Instrument;
 
 use crate::bus::EventBus;
 use crate::connectors::{
-    ConnectorError, Connectors, CutCardReport, Notice, Recipient, RevocationOutcome,
+    CertificateStatus, ConnectorError, Connectors, CutCardReport, Notice, Recipient,
+    RevocationOutcome,
 };
 use crate::domain::saga::{Event, SnapshotState, Step, step_applies};
-use crate::domain::{Deregistration, State, Timestamp};
+use crate::domain::{CardCertificate, Deregistration, State, Timestamp};
 use crate::metrics::Metrics;
 use crate::retention::RetentionSettings;
 use crate::storage::{CaseStore, EventMeta, Finished, ListQuery, StoreError, Work, WorkResult};
@@ -286,7 +287,9 @@ impl Engine {
                 // current at a command alive until its next command (docs/observability.md),
                 // and a step span that does not end is never exported.
                 let snapshot = match w.step {
-                    Step::RestoreKiv => Some(store.snapshot(&w.case_id).await),
+                    Step::RestoreKiv | Step::VerifyRevocation => {
+                        Some(store.snapshot(&w.case_id).await)
+                    }
                     _ => None,
                 };
                 async move {
@@ -490,9 +493,12 @@ fn connector_of(step: Step) -> &'static str {
         Step::Snapshot | Step::RemoveKiv | Step::RestoreKiv => CONNECTOR_KIV,
         Step::Report | Step::PollOutcome | Step::Remind(_) => "tjansteid",
         Step::NotifyHead | Step::NotifyHolder => "notifier",
-        Step::Escalate => "none",
+        Step::VerifyRevocation => CONNECTOR_REVOCATION,
+        Step::Escalate | Step::VerifyDeadline => "none",
     }
 }
+
+const CONNECTOR_REVOCATION: &str = "revocation_check";
 
 const CONNECTOR_KIV: &str = "kiv";
 
@@ -542,11 +548,17 @@ async fn execute(
                     RevocationOutcome::Pending => done(Event::OutcomePending),
                     // Outside text goes through the same filter as server errors before it
                     // reaches the case and its append-only trail.
-                    RevocationOutcome::Confirmed { reference } => {
+                    RevocationOutcome::Confirmed {
+                        reference,
+                        certificates,
+                    } => {
                         let reference = crate::connectors::redact(&reference);
                         WorkResult::Done {
-                            detail: format!("revocation reference {reference}"),
-                            event: Some(Event::RevocationConfirmed { reference }),
+                            detail: confirmation_detail(&reference, &certificates),
+                            event: Some(Event::RevocationConfirmed {
+                                reference,
+                                certificates,
+                            }),
                             snapshot: None,
                         }
                     }
@@ -591,6 +603,20 @@ async fn execute(
                 c.kiv.remove(&w.key, pnr, unit).await?;
                 done(Event::KivRemoved)
             }
+            Step::VerifyRevocation => {
+                verify(c, metrics, &case, snapshot.unwrap_or(Ok(None))).await?
+            }
+            Step::VerifyDeadline => {
+                metrics.revocation_check("overdue");
+                WorkResult::Done {
+                    event: Some(Event::VerificationOverdue),
+                    snapshot: None,
+                    detail: format!(
+                        "the card's certificates were not found revoked on their CA's revocation lists within {} of the check's start",
+                        human(cfg.timers.verify_within)
+                    ),
+                }
+            }
             Step::RestoreKiv => match snapshot.unwrap_or(Ok(None)) {
                 Ok(Some(snapshot)) => {
                     c.kiv.restore(&w.key, &snapshot).await?;
@@ -614,6 +640,153 @@ async fn execute(
         Err(ConnectorError::Retryable(e)) => retry_or_give_up(cfg, w, e),
         Err(ConnectorError::Terminal(error)) => give_up(error),
     }
+}
+
+/// The audit detail of a confirmation: its reference and the certificates it names.
+pub(crate) fn confirmation_detail(reference: &str, certificates: &[CardCertificate]) -> String {
+    let mut detail = format!("revocation reference {reference}");
+    if !certificates.is_empty() {
+        let named: Vec<String> = certificates.iter().map(ToString::to_string).collect();
+        detail.push_str("; certificates: ");
+        detail.push_str(&named.join(", "));
+    }
+    detail
+}
+
+/// The certificates to look up: those the confirmation named or, when it named none, those
+/// KIV's snapshot holds for the card (`card_certs::kiv_card_certificates`).
+fn certificates_to_check(
+    case: &Deregistration,
+    snapshot: Option<&crate::domain::Employment>,
+) -> Vec<CardCertificate> {
+    if !case.revoked_certificates.is_empty() {
+        return case.revoked_certificates.clone();
+    }
+    let _ = snapshot;
+    Vec::new()
+}
+
+/// The revocation check: every certificate looked up on its CA's current list, then one
+/// verdict (`verdict`). A list that cannot be had or trusted now is a retryable failure.
+async fn verify(
+    c: &Connectors,
+    metrics: &Metrics,
+    case: &Deregistration,
+    snapshot: Result<Option<crate::domain::Employment>, StoreError>,
+) -> Result<WorkResult, ConnectorError> {
+    let Some(checker) = &c.revocation else {
+        return Err(ConnectorError::Terminal(
+            "the case was created with the revocation check on, but this gateway has it off ([revocation_check]): switch it on, or resolve the case by hand".into(),
+        ));
+    };
+    let snapshot = snapshot.map_err(|e| ConnectorError::Retryable(e.to_string()))?;
+    if case.revoked_certificates.is_empty() && case.snapshot == SnapshotState::Pending {
+        // The look-up at acceptance runs beside the report and may still be under way (or
+        // retrying): its certificates are the ones to check.
+        return Err(ConnectorError::Retryable(
+            "the confirmation named no certificate and KIV's snapshot is not taken yet".into(),
+        ));
+    }
+    let certificates = certificates_to_check(case, snapshot.as_ref());
+    let now = crate::clock::now();
+    let mut looked_up = Vec::with_capacity(certificates.len());
+    for certificate in certificates {
+        let status = checker.status(&certificate, now).await?;
+        looked_up.push((certificate, status));
+    }
+    let confirmed_at = case.revocation_confirmed_at.unwrap_or(now);
+    let (event, detail) = verdict(&looked_up, confirmed_at, now);
+    metrics.revocation_check(match event {
+        Event::RevocationVerified { .. } => "verified",
+        Event::RevocationNotYetListed { .. } => "not_yet_listed",
+        Event::RevocationDiscrepancy => "discrepancy",
+        _ => "unverifiable",
+    });
+    if matches!(event, Event::RevocationDiscrepancy) {
+        tracing::warn!(case_id = %case.id, %detail, "revocation check: a CA's list shows a confirmed revocation as not done");
+    }
+    Ok(WorkResult::Done {
+        event: Some(event),
+        snapshot: None,
+        detail,
+    })
+}
+
+/// A re-check never comes sooner than this after the last (a list whose `nextUpdate` has just
+/// passed is fetched again, not hammered).
+const MIN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The verdict on the looked-up certificates, with its audit detail (serials, issuers, list
+/// times). A certificate not on a list issued after the confirmation (`confirmed_at`) is a
+/// discrepancy: that list should show it. Not on a list issued before: not yet published, look
+/// again at its `nextUpdate`. All revoked: verified, on lists holding until the earliest
+/// `nextUpdate`. None known: unverifiable.
+pub(crate) fn verdict(
+    looked_up: &[(CardCertificate, CertificateStatus)],
+    confirmed_at: Timestamp,
+    now: Timestamp,
+) -> (Event, String) {
+    if looked_up.is_empty() {
+        return (
+            Event::RevocationUnverifiable,
+            "no certificate of the card is known: the confirmation named none and KIV's snapshot holds none".into(),
+        );
+    }
+    let at = |t: Timestamp| t.unix_seconds();
+    let mut discrepant = Vec::new();
+    let mut unlisted = Vec::new();
+    let mut revoked = Vec::new();
+    for (cert, status) in looked_up {
+        let list = status.list();
+        let line = format!(
+            "{cert}: list of {} issued {} (unix time), next {}",
+            list.issuer,
+            at(list.this_update),
+            at(list.next_update)
+        );
+        match status {
+            CertificateStatus::Revoked { .. } => revoked.push(line),
+            CertificateStatus::NotListed { list } if list.this_update > confirmed_at => {
+                discrepant.push(line)
+            }
+            CertificateStatus::NotListed { .. } => unlisted.push((line, list.next_update)),
+        }
+    }
+    if !discrepant.is_empty() {
+        return (
+            Event::RevocationDiscrepancy,
+            format!(
+                "not revoked on a list issued after the confirmation: {}",
+                discrepant.join("; ")
+            ),
+        );
+    }
+    if !unlisted.is_empty() {
+        let next = unlisted.iter().map(|(_, t)| *t).min().unwrap_or(now);
+        let floor = Timestamp(now.0.saturating_add(MIN_RECHECK.as_micros() as i64));
+        let recheck_at = next.max(floor);
+        let lines: Vec<&str> = unlisted.iter().map(|(l, _)| l.as_str()).collect();
+        return (
+            Event::RevocationNotYetListed { recheck_at },
+            format!(
+                "not yet on the lists (issued before the confirmation): {}; checked again at {} (unix time)",
+                lines.join("; "),
+                at(recheck_at)
+            ),
+        );
+    }
+    let valid_until = looked_up
+        .iter()
+        .map(|(_, s)| s.list().next_update)
+        .min()
+        .unwrap_or(now);
+    (
+        Event::RevocationVerified {
+            at: now,
+            valid_until,
+        },
+        format!("revoked on the CA's lists: {}", revoked.join("; ")),
+    )
 }
 
 /// A retryable failure: again after a backoff, or — attempts exhausted — for good.

@@ -195,10 +195,17 @@ pub struct Metrics {
     config_reloads: Family<ReloadLabels, Counter>,
     crl_updates: Family<CrlUpdateLabels, Counter>,
     crl_next_update: Family<IssuerLabels, Gauge>,
+    revocation_checks: Family<RevocationCheckLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetentionPassLabels {
+    outcome: &'static str,
+}
+
+/// A revocation check's verdict: five values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevocationCheckLabels {
     outcome: &'static str,
 }
 
@@ -289,6 +296,12 @@ impl Metrics {
             "database_up",
             "Whether the database answered the last health probe with a current schema (1) or not (0)",
             database_up.clone(),
+        );
+        let revocation_checks = Family::<RevocationCheckLabels, Counter>::default();
+        registry.register(
+            "revocation_checks",
+            "Verdicts of the revocation check on the CA's lists after a confirmation (verified, not_yet_listed, discrepancy, unverifiable, overdue)",
+            revocation_checks.clone(),
         );
         let reconciliation_restores = Counter::default();
         registry.register(
@@ -394,6 +407,7 @@ impl Metrics {
             connector_up,
             database_up,
             reconciliation_restores,
+            revocation_checks,
             order_violations_refused,
             db_pool,
             watch_streams_open,
@@ -491,6 +505,13 @@ impl Metrics {
         let outcome = if ok { "ok" } else { "failed" };
         self.retention_passes
             .get_or_create(&RetentionPassLabels { outcome })
+            .inc();
+    }
+
+    /// One verdict of the revocation check (`outcome` is one of five fixed names).
+    pub fn revocation_check(&self, outcome: &'static str) {
+        self.revocation_checks
+            .get_or_create(&RevocationCheckLabels { outcome })
             .inc();
     }
 

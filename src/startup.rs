@@ -26,10 +26,11 @@ use crate::auth::{Authorizer, Principals};
 use crate::bus::EventBus;
 use crate::config::Config;
 use crate::connectors::simulated::{LogNotifier, SimulatedKiv, SimulatedTjansteId};
+use crate::connectors::simulated_list::SimulatedList;
 use crate::connectors::smtp::{Smtp, SmtpNotifier, SmtpTjansteId};
 use crate::connectors::{
-    Connectors, Kiv, KivSettings, Notifier, NotifierSettings, OfficeOnly, TjansteId,
-    TjansteIdSettings, ldap::LdapKiv,
+    Connectors, Kiv, KivSettings, Notifier, NotifierSettings, OfficeOnly, RevocationCheckSettings,
+    TjansteId, TjansteIdSettings, ldap::LdapKiv,
 };
 use crate::crl::CrlStore;
 use crate::engine::Engine;
@@ -207,7 +208,10 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
         kiv,
         notifier,
         gateway_removes_kiv: !matches!(config.kiv, KivSettings::Office {}),
-        revocation: None,
+        revocation: match &config.revocation_check {
+            RevocationCheckSettings::Off => None,
+            RevocationCheckSettings::Simulated(s) => Some(Arc::new(SimulatedList::new(s))),
+        },
     })
 }
 
@@ -278,6 +282,8 @@ impl App {
         tracing::info!(current_key = %vault.key_id(), keys = vault.key_ids().len(), "master keys loaded");
         let timing = crate::storage::Timing {
             poll_outcome: connectors.tjansteid.polls(),
+            // New cases are checked when a checker is configured; each case keeps its mode.
+            check_revocation: connectors.revocation.is_some(),
             ..config.engine.timers
         };
         // One bus per process: the store publishes what it commits, watchers and workers listen.

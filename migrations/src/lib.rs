@@ -11,6 +11,7 @@ mod m0005_keyed_audit;
 mod m0006_retention;
 mod m0007_purge_guard;
 mod m0008_audit_legacy_cases;
+mod m0009_revocation_check;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_retention::Migration),
             Box::new(m0007_purge_guard::Migration),
             Box::new(m0008_audit_legacy_cases::Migration),
+            Box::new(m0009_revocation_check::Migration),
         ]
     }
 }

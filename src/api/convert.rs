@@ -7,10 +7,12 @@ use tonic_types::FieldViolation;
 
 use super::error::{ApiError, violation};
 use super::pb;
+use crate::domain::saga::Verification;
 use crate::domain::{
-    CardHolder, CardNumber, CaseEvent, CaseId, Deregistration, Email, FreeText, HsaId,
-    InstantError, KivRemovalRoute, NewDeregistration, PersonName, Personnummer, Reason, Reporter,
-    RequestId, RevocationReference, Rule, State, TextError, Timestamp, timestamp,
+    CardCertificate, CardHolder, CardNumber, CaseEvent, CaseId, CertificateSource, Deregistration,
+    Email, FreeText, HsaId, InstantError, KivRemovalRoute, NewDeregistration, PersonName,
+    Personnummer, Reason, Reporter, RequestId, RevocationReference, Rule, State, TextError,
+    Timestamp, same_issuer, timestamp,
 };
 use crate::privacy::Vault;
 
@@ -370,6 +372,7 @@ pub fn deregistration_out(c: &Deregistration) -> pb::Deregistration {
         update_time: Some(timestamp_out(c.updated_at)),
         revocation_reference: c.revocation_reference.clone().unwrap_or_default(),
         state_reason: c.state_reason.clone().unwrap_or_default(),
+        revocation_check: revocation_check_out(c.verification) as i32,
     }
 }
 
@@ -538,6 +541,109 @@ pub fn pending_revocation_out(c: &Deregistration) -> pb::PendingRevocation {
 /// A reference from TjänsteID-service: required, printable, bounded.
 pub fn reference(field: &str, raw: &str) -> Result<RevocationReference, ApiError> {
     RevocationReference::parse(raw).map_err(|e| ApiError::invalid(field, e.code(), e))
+}
+
+fn revocation_check_out(v: Verification) -> pb::RevocationCheck {
+    match v {
+        Verification::Off => pb::RevocationCheck::Off,
+        Verification::Required => pb::RevocationCheck::Pending,
+        Verification::Verified => pb::RevocationCheck::Verified,
+    }
+}
+
+/// At most this many certificates per confirmation (a card carries two or three).
+const MAX_REVOKED_CERTIFICATES: usize = 16;
+/// A certificate is a few KiB; anything much larger is not one.
+const MAX_CERTIFICATE_DER: usize = 16 * 1024;
+
+/// The certificates a confirmation names: each as DER, or as serial number and issuer (both
+/// given, and matching the DER when that is given too). Every violation is reported, by path.
+pub fn revoked_certificates(
+    field: &str,
+    raw: &[pb::RevokedCertificate],
+) -> Result<Vec<CardCertificate>, ApiError> {
+    if raw.len() > MAX_REVOKED_CERTIFICATES {
+        return Err(ApiError::invalid(
+            field,
+            "TOO_MANY_CERTIFICATES",
+            format!("at most {MAX_REVOKED_CERTIFICATES} certificates"),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut violations = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let at = |name: &str| format!("{field}[{i}].{name}");
+        let named = match (c.serial_number.trim(), c.issuer.trim()) {
+            ("", "") => None,
+            (serial, issuer) => {
+                let s = CardCertificate::new(serial, "CN=x", CertificateSource::Confirmation);
+                let n = CardCertificate::new("1", issuer, CertificateSource::Confirmation);
+                if let Err(e) = &s {
+                    violations.push(violation(&at("serial_number"), e.code(), e));
+                }
+                if let Err(e) = &n {
+                    violations.push(violation(&at("issuer"), e.code(), e));
+                }
+                match (s, n) {
+                    (Ok(s), Ok(n)) => Some(CardCertificate {
+                        issuer: n.issuer,
+                        ..s
+                    }),
+                    _ => continue,
+                }
+            }
+        };
+        let from_der = if c.certificate_der.is_empty() {
+            None
+        } else if c.certificate_der.len() > MAX_CERTIFICATE_DER {
+            violations.push(violation(
+                &at("certificate_der"),
+                "CERTIFICATE_FORMAT",
+                format!("a DER X.509 certificate of at most {MAX_CERTIFICATE_DER} bytes"),
+            ));
+            continue;
+        } else {
+            match crate::connectors::card_certs::read(
+                &c.certificate_der,
+                CertificateSource::Confirmation,
+            ) {
+                Ok(f) => Some(f.certificate),
+                Err(e) => {
+                    violations.push(violation(&at("certificate_der"), "CERTIFICATE_FORMAT", e));
+                    continue;
+                }
+            }
+        };
+        match (named, from_der) {
+            (None, None) => violations.push(violation(
+                &at("certificate_der"),
+                "CERTIFICATE_REQUIRED",
+                "give the certificate (DER), or its serial_number and issuer",
+            )),
+            (Some(n), Some(d)) if n.serial != d.serial || !same_issuer(&n.issuer, &d.issuer) => {
+                violations.push(violation(
+                    &at("serial_number"),
+                    "CERTIFICATE_MISMATCH",
+                    "serial_number and issuer must name the certificate given in certificate_der",
+                ))
+            }
+            (_, Some(d)) => out.push(d),
+            (Some(n), None) => out.push(n),
+        }
+    }
+    if !violations.is_empty() {
+        return Err(ApiError::InvalidArgument(violations));
+    }
+    let mut unique: Vec<CardCertificate> = Vec::with_capacity(out.len());
+    for c in out {
+        if !unique
+            .iter()
+            .any(|u| u.serial == c.serial && same_issuer(&u.issuer, &c.issuer))
+        {
+            unique.push(c);
+        }
+    }
+    Ok(unique)
 }
 
 /// A reason or justification that must be given.

@@ -39,6 +39,7 @@ pub enum Reason {
     NotReported,
     OutcomeSettled,
     RevocationNotConfirmed,
+    RevocationNotVerified,
     ConflictingRevocationReference,
     WrongRoute,
     NotAwaitingKivRemoval,
@@ -75,6 +76,7 @@ impl Reason {
             | R::NotReported
             | R::OutcomeSettled
             | R::RevocationNotConfirmed
+            | R::RevocationNotVerified
             | R::ConflictingRevocationReference
             | R::WrongRoute
             | R::NotAwaitingKivRemoval
@@ -122,6 +124,7 @@ impl From<&TransitionError> for Reason {
             TransitionError::NotReported => Reason::NotReported,
             TransitionError::OutcomeSettled { .. } => Reason::OutcomeSettled,
             TransitionError::RevocationNotConfirmed => Reason::RevocationNotConfirmed,
+            TransitionError::RevocationNotVerified => Reason::RevocationNotVerified,
             TransitionError::ConflictingReference => Reason::ConflictingRevocationReference,
             TransitionError::WrongRoute => Reason::WrongRoute,
             TransitionError::NotAwaitingKivRemoval { .. } => Reason::NotAwaitingKivRemoval,

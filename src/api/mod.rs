@@ -340,9 +340,13 @@ impl RevocationService for Api {
         let reference =
             convert::reference("revocation_reference", &req.get_ref().revocation_reference)?;
         let revoked_at = convert::optional_time("revoke_time", req.get_ref().revoke_time.as_ref())?;
+        let certificates = convert::revoked_certificates(
+            "revoked_certificates",
+            &req.get_ref().revoked_certificates,
+        )?;
         let case = self
             .gateway
-            .confirm_revocation(&p, &id, reference, revoked_at, trace)
+            .confirm_revocation(&p, &id, reference, revoked_at, certificates, trace)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(case_id = %case.id, principal = %p.hsa_id, state = %case.state, "revocation confirmed");

@@ -5,6 +5,7 @@
 pub mod card_certs;
 pub mod ldap;
 pub mod simulated;
+pub mod simulated_list;
 pub mod smtp;
 
 use std::fmt;
@@ -37,6 +38,18 @@ pub enum KivSettings {
     /// No KIV access: every case uses the health-care office route, and the office removes
     /// employments.
     Office {},
+}
+
+/// `[revocation_check]`: whether — and against what — a confirmed revocation is verified on
+/// the card certificates' CA revocation lists before KIV (docs/revocation-check.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RevocationCheckSettings {
+    /// The confirmation alone suffices (as before the check existed).
+    #[default]
+    Off,
+    /// A list that follows the simulated desk (dev and tests).
+    Simulated(simulated_list::SimulatedListSettings),
 }
 
 /// `[notifier]`: how people are told the outcome.
@@ -167,8 +180,14 @@ pub struct CutCardReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RevocationOutcome {
     Pending,
-    Confirmed { reference: String },
-    Rejected { reason: String },
+    Confirmed {
+        reference: String,
+        /// The card's certificates the service names as revoked (may be none).
+        certificates: Vec<CardCertificate>,
+    },
+    Rejected {
+        reason: String,
+    },
 }
 
 /// TjänsteID-service: receives reports of cut cards.

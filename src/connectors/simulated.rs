@@ -252,6 +252,7 @@ impl TjansteId for SimulatedTjansteId {
         Ok(if crate::clock::now().0 >= due {
             RevocationOutcome::Confirmed {
                 reference: format!("SIM-{}", &case_id.to_string()[..8]),
+                certificates: vec![super::simulated_list::simulated_certificate(case_id)],
             }
         } else {
             RevocationOutcome::Pending

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use super::saga::{Saga, SnapshotState};
-use super::{CardNumber, Email, HsaId, PersonName, Personnummer, Timestamp};
+use super::saga::{Saga, SnapshotState, Verification};
+use super::{CardCertificate, CardNumber, Email, HsaId, PersonName, Personnummer, Timestamp};
 
 /// Identifies a case. Time-ordered (UUIDv7), so ordering by id is ordering by creation.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -185,6 +185,10 @@ pub struct Deregistration {
     /// The W3C `traceparent` of the span that created the case (not personal data): the saga
     /// steps' spans continue that trace. `None` for cases stored before it was kept.
     pub trace_parent: Option<String>,
+    /// The revocation check in force for the case, and whether it is done.
+    pub verification: Verification,
+    /// The card's certificates named in the confirmation (serial and issuer only).
+    pub revoked_certificates: Vec<CardCertificate>,
 }
 
 impl Deregistration {
@@ -196,6 +200,7 @@ impl Deregistration {
             attention_from: self.attention_from,
             revocation_confirmed: self.revocation_confirmed_at.is_some(),
             head_notified: self.head_notified_at.is_some(),
+            verification: self.verification,
         }
     }
 }

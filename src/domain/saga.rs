@@ -5,9 +5,12 @@
 //!
 //! The central rule — revocation before KIV — is structural: `Effect::RemoveKiv` is produced
 //! only from `Revoked`, which is reachable only through `Event::RevocationConfirmed`, and the
-//! office's completion is refused unless the confirmation is recorded.
+//! office's completion is refused unless the confirmation is recorded. With the revocation
+//! check on (`Verification::Required`), `Revoked` also waits for the card's certificates to be
+//! found revoked on their CA's list (`Event::RevocationVerified`, believed only while that list
+//! is current) before anyone is told and before anything is removed from KIV.
 
-use super::{KivRemovalRoute, State};
+use super::{KivRemovalRoute, State, Timestamp};
 
 /// A side effect to run later, at most once per idempotency key. Its name (`name`) is
 /// stored and part of idempotency keys: it never changes.
@@ -35,6 +38,10 @@ pub enum Step {
     RemoveKiv,
     /// Put back an employment removed from KIV too early, from the snapshot.
     RestoreKiv,
+    /// Look the card's certificates up on their CA's revocation list (check on).
+    VerifyRevocation,
+    /// Give up waiting for the list to show them revoked: the case needs attention.
+    VerifyDeadline,
 }
 
 impl Step {
@@ -55,7 +62,14 @@ impl Step {
     /// their idempotency key (the audit sequence number of the event that scheduled them).
     /// Reminders count too: an operator's retry starts a new round of them.
     pub fn repeatable(self) -> bool {
-        matches!(self, Step::PollOutcome | Step::RestoreKiv | Step::Remind(_))
+        matches!(
+            self,
+            Step::PollOutcome
+                | Step::RestoreKiv
+                | Step::Remind(_)
+                | Step::VerifyRevocation
+                | Step::VerifyDeadline
+        )
     }
 }
 
@@ -66,6 +80,10 @@ pub enum Delay {
     PollInterval,
     RemindAfter,
     EscalateAfter,
+    /// The configured limit for a revocation to show on its CA's list.
+    VerifyWithin,
+    /// At this instant (a list's `nextUpdate`).
+    At(Timestamp),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +121,30 @@ impl SnapshotState {
     }
 }
 
+/// The revocation check of a case: fixed when the case is created (the configuration in force
+/// then), recorded on it, and `Verified` once its certificates were found revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
+pub enum Verification {
+    /// Off: TjänsteID-service's confirmation alone lets the case go on (and every case from
+    /// before the check existed).
+    Off,
+    /// On, and not yet verified.
+    Required,
+    /// On, and verified on a list that was current when checked.
+    Verified,
+}
+
+impl Verification {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn from_str_opt(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
 /// The part of a case the state machine reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Saga {
@@ -116,6 +158,7 @@ pub struct Saga {
     /// True once the head of operations has been told. Never reset: a retry must not tell
     /// them twice.
     pub head_notified: bool,
+    pub verification: Verification,
 }
 
 impl Saga {
@@ -127,7 +170,24 @@ impl Saga {
             attention_from: None,
             revocation_confirmed: false,
             head_notified: false,
+            verification: Verification::Off,
         }
+    }
+
+    /// A new case whose revocation is to be verified on the CA's lists.
+    pub fn with_check(mut self, on: bool) -> Self {
+        self.verification = if on {
+            Verification::Required
+        } else {
+            Verification::Off
+        };
+        self
+    }
+
+    /// Whether the revocation may be taken as done: confirmed, and — with the check on —
+    /// verified.
+    pub fn revocation_settled(&self) -> bool {
+        self.revocation_confirmed && self.verification != Verification::Required
     }
 
     /// The state that decides behaviour: a case needing attention behaves like where it stopped.
@@ -150,7 +210,7 @@ impl Saga {
 
     /// Whether the health-care office may see and complete the removal task.
     pub fn office_task_open(&self) -> bool {
-        self.revocation_confirmed
+        self.revocation_settled()
             && self.route == KivRemovalRoute::HealthCareOffice
             && self.effective() == State::KivRemovalPending
     }
@@ -168,10 +228,28 @@ pub enum Event {
     OutcomePending,
     RevocationConfirmed {
         reference: String,
+        /// The card's certificates the confirmation names (kept for the revocation check).
+        certificates: Vec<super::CardCertificate>,
     },
     RevocationRejected {
         reason: String,
     },
+    /// Every certificate of the card is revoked on its CA's list, checked `at`; the lists hold
+    /// until `valid_until` (the earliest `nextUpdate`). Believed only if `at <= valid_until`.
+    RevocationVerified {
+        at: Timestamp,
+        valid_until: Timestamp,
+    },
+    /// A certificate is not on a list issued before the confirmation: look again then.
+    RevocationNotYetListed {
+        recheck_at: Timestamp,
+    },
+    /// A list issued after the confirmation shows a certificate as not revoked.
+    RevocationDiscrepancy,
+    /// No certificate of the card is known: nothing can be verified.
+    RevocationUnverifiable,
+    /// The limit for the revocation to show on the lists has passed.
+    VerificationOverdue,
     ReminderSent {
         n: u32,
     },
@@ -211,6 +289,10 @@ pub enum TransitionError {
     OutcomeSettled { state: State },
     #[error("the card's revocation is not confirmed: the employment must stay in KIV until it is")]
     RevocationNotConfirmed,
+    #[error(
+        "the card's revocation is not yet verified on its CA's revocation list: the employment must stay in KIV until it is"
+    )]
+    RevocationNotVerified,
     #[error("the revocation is already confirmed with another revocation_reference")]
     ConflictingReference,
     #[error(
@@ -294,6 +376,13 @@ fn work_of(saga: &Saga, state: State) -> Vec<Effect> {
                 delay: Delay::EscalateAfter,
             },
         ],
+        State::Revoked if saga.verification == Verification::Required => vec![
+            now(Step::VerifyRevocation),
+            Effect {
+                step: Step::VerifyDeadline,
+                delay: Delay::VerifyWithin,
+            },
+        ],
         State::Revoked if saga.head_notified => vec![now(Step::NotifyHolder)],
         State::Revoked => vec![now(Step::NotifyHead)],
         State::KivRemovalPending if saga.route == KivRemovalRoute::CareProvider => {
@@ -327,7 +416,7 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             Event::RevocationConfirmed { .. } | Event::RevocationRejected { .. } => {
                 Err(TransitionError::OutcomeSettled { state })
             }
-            Event::OfficeCompleted if state == S::Completed && saga.revocation_confirmed => {
+            Event::OfficeCompleted if state == S::Completed && saga.revocation_settled() => {
                 Ok(Outcome::unchanged(saga))
             }
             Event::OfficeCompleted if !saga.revocation_confirmed => {
@@ -398,11 +487,12 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
                 S::RevocationRequested => {
                     let mut next = saga;
                     next.revocation_confirmed = true;
+                    let effects = work_of(&next, S::Revoked);
                     Ok(Outcome::to(
                         next,
                         S::Revoked,
                         "revocation_confirmed",
-                        vec![now(Step::NotifyHead)],
+                        effects,
                     ))
                 }
                 _ => Ok(Outcome::unchanged(saga)),
@@ -423,6 +513,45 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
                 _ => Ok(Outcome::unchanged(saga)),
             }
         }
+        Event::RevocationVerified { at, valid_until } => {
+            // A verdict read from a list past its nextUpdate is not believed.
+            if state != S::Revoked
+                || saga.verification != Verification::Required
+                || at > valid_until
+            {
+                return Ok(Outcome::unchanged(saga));
+            }
+            let mut next = saga;
+            next.verification = Verification::Verified;
+            let effects = work_of(&next, S::Revoked);
+            Ok(Outcome::audit_only(next, "revocation_verified", effects))
+        }
+        Event::RevocationNotYetListed { recheck_at } => {
+            if state != S::Revoked || saga.verification != Verification::Required {
+                return Ok(Outcome::unchanged(saga));
+            }
+            Ok(Outcome::audit_only(
+                saga,
+                "revocation_not_yet_listed",
+                vec![Effect {
+                    step: Step::VerifyRevocation,
+                    delay: Delay::At(*recheck_at),
+                }],
+            ))
+        }
+        Event::RevocationDiscrepancy
+        | Event::RevocationUnverifiable
+        | Event::VerificationOverdue => {
+            if state != S::Revoked || saga.verification != Verification::Required {
+                return Ok(Outcome::unchanged(saga));
+            }
+            let audit = match event {
+                Event::RevocationDiscrepancy => "revocation_discrepancy",
+                Event::RevocationUnverifiable => "revocation_unverifiable",
+                _ => "revocation_not_verified_in_time",
+            };
+            Ok(Outcome::attention(saga, audit))
+        }
         Event::ReminderSent { n } => match state {
             S::RevocationRequested => Ok(Outcome::audit_only(
                 saga,
@@ -439,7 +568,7 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             _ => Ok(Outcome::unchanged(saga)),
         },
         Event::HeadNotified => match state {
-            S::Revoked if !saga.head_notified => {
+            S::Revoked if !saga.head_notified && saga.revocation_settled() => {
                 let mut next = saga;
                 next.head_notified = true;
                 Ok(Outcome::audit_only(
@@ -451,7 +580,7 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             _ => Ok(Outcome::unchanged(saga)),
         },
         Event::NotificationsSent => match state {
-            S::Revoked => {
+            S::Revoked if saga.revocation_settled() => {
                 let mut next = saga;
                 next.state = S::KivRemovalPending;
                 let effects = work_of(&next, S::KivRemovalPending);
@@ -460,7 +589,7 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             _ => Ok(Outcome::unchanged(saga)),
         },
         Event::KivRemoved => match state {
-            S::KivRemovalPending if saga.revocation_confirmed => {
+            S::KivRemovalPending if saga.revocation_settled() => {
                 Ok(Outcome::to(saga, S::Completed, "kiv_removed", Vec::new()))
             }
             _ => Ok(Outcome::unchanged(saga)),
@@ -471,6 +600,9 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             }
             if !saga.revocation_confirmed {
                 return Err(TransitionError::RevocationNotConfirmed);
+            }
+            if !saga.revocation_settled() {
+                return Err(TransitionError::RevocationNotVerified);
             }
             match eff {
                 S::KivRemovalPending => Ok(Outcome::to(
@@ -514,7 +646,7 @@ pub fn transition(saga: Saga, event: &Event) -> Result<Outcome, TransitionError>
             }
             // An undeliverable notice to the card holder is recorded, not allowed to keep the
             // employment in KIV: the routine goes on.
-            (Step::NotifyHolder, S::Revoked) => {
+            (Step::NotifyHolder, S::Revoked) if saga.revocation_settled() => {
                 let mut next = saga;
                 next.state = S::KivRemovalPending;
                 let effects = work_of(&next, S::KivRemovalPending);
@@ -565,12 +697,17 @@ pub fn step_applies(saga: &Saga, step: Step) -> bool {
         Step::PollOutcome | Step::Remind(_) | Step::Escalate => {
             saga.state == State::RevocationRequested
         }
-        Step::NotifyHead => saga.state == State::Revoked && !saga.head_notified,
-        Step::NotifyHolder => saga.state == State::Revoked,
+        Step::NotifyHead => {
+            saga.state == State::Revoked && !saga.head_notified && saga.revocation_settled()
+        }
+        Step::NotifyHolder => saga.state == State::Revoked && saga.revocation_settled(),
         Step::RemoveKiv => {
             saga.state == State::KivRemovalPending
-                && saga.revocation_confirmed
+                && saga.revocation_settled()
                 && saga.route == KivRemovalRoute::CareProvider
+        }
+        Step::VerifyRevocation | Step::VerifyDeadline => {
+            saga.state == State::Revoked && saga.verification == Verification::Required
         }
         Step::RestoreKiv => saga.guards_kiv() && saga.snapshot == SnapshotState::Taken,
     }

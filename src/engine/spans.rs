@@ -53,7 +53,8 @@ pub(super) fn connector_of(c: &Connectors, step: Step) -> &'static str {
         Step::Snapshot | Step::RemoveKiv | Step::RestoreKiv => c.kiv.name(),
         Step::Report | Step::PollOutcome | Step::Remind(_) => c.tjansteid.name(),
         Step::NotifyHead | Step::NotifyHolder => c.notifier.name(),
-        Step::Escalate => "none",
+        Step::VerifyRevocation => c.revocation.as_ref().map_or("none", |r| r.name()),
+        Step::Escalate | Step::VerifyDeadline => "none",
     }
 }
 

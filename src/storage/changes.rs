@@ -19,7 +19,9 @@ use super::codec::{Codec, event_row, saga_of, set_saga};
 use super::entities::{case_events, cases, effects};
 use super::sql::{exec, micros};
 use super::{EventMeta, StoreError, Timing};
-use crate::domain::saga::{Delay, Effect, Event, Saga, Step, TransitionError, transition};
+use crate::domain::saga::{
+    Delay, Effect, Event, Saga, Step, TransitionError, Verification, transition,
+};
 use crate::domain::{CaseEvent, CaseId, State, Timestamp};
 
 /// Case rows per bulk UPDATE and effect rows per INSERT: well below both backends' limits on
@@ -93,7 +95,7 @@ impl ChangeSet {
     ) -> Result<bool, StoreError> {
         // Decided under the row lock: of two concurrent confirmations with different
         // references, the second is refused rather than silently dropped.
-        if let Event::RevocationConfirmed { reference } = event
+        if let Event::RevocationConfirmed { reference, .. } = event
             && model
                 .revocation_reference
                 .as_ref()
@@ -195,11 +197,18 @@ impl ChangeSet {
             Some(Event::HeadNotified) if model.head_notified_at.is_none() => {
                 model.head_notified_at = Some(meta.at.0)
             }
-            Some(Event::RevocationConfirmed { reference })
-                if model.revocation_confirmed_at.is_none() =>
-            {
+            Some(Event::RevocationConfirmed {
+                reference,
+                certificates,
+            }) if model.revocation_confirmed_at.is_none() => {
                 model.revocation_confirmed_at = Some(meta.at.0);
                 model.revocation_reference = Some(reference.clone());
+                if !certificates.is_empty() {
+                    model.revoked_certificates = Some(
+                        serde_json::to_string(certificates)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    );
+                }
             }
             _ => {}
         }
@@ -243,6 +252,8 @@ impl ChangeSet {
                 Delay::PollInterval => micros(self.timing.poll_interval),
                 Delay::RemindAfter => micros(self.timing.remind_after),
                 Delay::EscalateAfter => micros(self.timing.escalate_after),
+                Delay::VerifyWithin => micros(self.timing.verify_within),
+                Delay::At(t) => Ord::max(t.0.saturating_sub(now.0), 0),
             };
             let n = match effect.step {
                 Step::Remind(n) => i64::from(n),
@@ -331,6 +342,8 @@ fn update_cases_statement(rows: &[cases::Model]) -> UpdateStatement {
         C::HeadNotifiedAt,
         C::EndedAt,
         C::HeadSeal,
+        C::RevocationCheck,
+        C::RevokedCertificates,
     ];
     let values = rows.iter().map(|m| {
         ValueTuple::Many(vec![
@@ -351,6 +364,8 @@ fn update_cases_statement(rows: &[cases::Model]) -> UpdateStatement {
             m.head_notified_at.into(),
             m.ended_at.into(),
             m.head_seal.clone().into(),
+            m.revocation_check.clone().into(),
+            m.revoked_certificates.clone().into(),
         ])
     });
     let v = |i: usize| Expr::col(("v", format!("column{i}")));
@@ -421,7 +436,8 @@ fn enqueue_statement(rows: &[EffectRow]) -> Result<InsertStatement, StoreError> 
 }
 
 /// Architecture invariant, checked where removals are enqueued: each case's revocation
-/// confirmation must already be durable in this transaction's view of the rows.
+/// confirmation must already be durable in this transaction's view of the rows, and — with the
+/// revocation check on — its verification (`revocation_check` not `required`).
 async fn assert_revocation_recorded(
     txn: &impl ConnectionTrait,
     case_ids: &[String],
@@ -433,6 +449,7 @@ async fn assert_revocation_recorded(
         .select_only()
         .column(cases::Column::Id)
         .filter(cases::Column::RevocationConfirmedAt.is_not_null())
+        .filter(cases::Column::RevocationCheck.ne(Verification::Required.as_str()))
         .filter(cases::Column::Id.is_in(ids.iter().map(|id| (*id).clone())))
         .into_tuple()
         .all(txn)
@@ -440,7 +457,7 @@ async fn assert_revocation_recorded(
         .map_err(StoreError::Unavailable)?;
     if confirmed.len() != ids.len() {
         return Err(StoreError::Invariant(
-            "KIV removal enqueued for a case without a recorded revocation confirmation".into(),
+            "KIV removal enqueued for a case without a recorded (and, with the check on, verified) revocation confirmation".into(),
         ));
     }
     Ok(())

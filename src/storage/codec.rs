@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::audit::GENESIS_HASH;
 use super::entities::{case_events, cases, effects};
 use super::{CreateCase, StoreError, Work};
-use crate::domain::saga::{Saga, SnapshotState, Step};
+use crate::domain::saga::{Saga, SnapshotState, Step, Verification};
 use crate::domain::{
-    CardHolder, CardNumber, CaseEvent, CaseId, Deregistration, Email, Employment, HsaId,
-    KivRemovalRoute, NewDeregistration, PersonName, Personnummer, Reason, Reporter, State,
+    CardCertificate, CardHolder, CardNumber, CaseEvent, CaseId, Deregistration, Email, Employment,
+    HsaId, KivRemovalRoute, NewDeregistration, PersonName, Personnummer, Reason, Reporter, State,
     Timestamp,
 };
 use crate::privacy::{DataKey, Vault, VaultError};
@@ -118,7 +118,11 @@ impl Codec {
 
     /// The row of a new case in `ACCEPTED`, before its first event (`last_seq` 0, genesis
     /// hash): personal data sealed, the holder looked up by pseudonym only.
-    pub(crate) fn new_case(&self, cmd: &CreateCase) -> Result<cases::ActiveModel, StoreError> {
+    pub(crate) fn new_case(
+        &self,
+        cmd: &CreateCase,
+        check_revocation: bool,
+    ) -> Result<cases::ActiveModel, StoreError> {
         let report = &cmd.report;
         let id = cmd.id.to_string();
         let (key, wrapped) = self
@@ -158,6 +162,12 @@ impl Codec {
             ended_at: Set(None),
             shredded_at: Set(None),
             head_seal: Set(None),
+            revocation_check: Set(Saga::new(report.route)
+                .with_check(check_revocation)
+                .verification
+                .as_str()
+                .to_owned()),
+            revoked_certificates: Set(None),
         })
     }
 
@@ -314,6 +324,8 @@ impl Codec {
             head_notified_at: m.head_notified_at.map(Timestamp),
             trace_id: m.trace_id.clone(),
             trace_parent: m.trace_parent.clone(),
+            verification: saga.verification,
+            revoked_certificates: certificates_of(m)?,
         })
     }
 
@@ -371,7 +383,19 @@ pub(crate) fn saga_of(m: &cases::Model) -> Result<Saga, StoreError> {
             .transpose()?,
         revocation_confirmed: m.revocation_confirmed_at.is_some(),
         head_notified: m.head_notified_at.is_some(),
+        verification: Verification::from_str_opt(&m.revocation_check)
+            .ok_or_else(|| corrupt(&m.id, "revocation check"))?,
     })
+}
+
+/// The certificates the confirmation named (none before it, or when it named none).
+pub(crate) fn certificates_of(m: &cases::Model) -> Result<Vec<CardCertificate>, StoreError> {
+    match &m.revoked_certificates {
+        None => Ok(Vec::new()),
+        Some(json) => {
+            serde_json::from_str(json).map_err(|_| corrupt(&m.id, "revoked certificates"))
+        }
+    }
 }
 
 /// Writes the saga's fields into the row (the rest of a change is the planner's).
@@ -379,6 +403,7 @@ pub(crate) fn set_saga(m: &mut cases::Model, saga: &Saga) {
     m.state = saga.state.as_str().to_owned();
     m.attention_from = saga.attention_from.map(|s| s.as_str().to_owned());
     m.snapshot_state = saga.snapshot.as_str().to_owned();
+    m.revocation_check = saga.verification.as_str().to_owned();
 }
 
 /// The audit event as its `case_events` row.

@@ -26,7 +26,7 @@ pub(crate) async fn create_in(
     // The case row goes first so the idempotency record's foreign key holds; a conflict on
     // the active card number is only reported after the idempotency check below, since a
     // retry of the request that created the active case must replay, not conflict.
-    let inserted = cases::Entity::insert(codec.new_case(cmd)?)
+    let inserted = cases::Entity::insert(codec.new_case(cmd, timing.check_revocation)?)
         .on_conflict(
             OnConflict::column(cases::Column::ActiveCardNumber)
                 .do_nothing()
@@ -88,7 +88,7 @@ pub(crate) async fn create_in(
     let mut model = find_case(txn, &cmd.id, Lock::No)
         .await?
         .ok_or(StoreError::NotFound)?;
-    let saga = Saga::new(cmd.report.route);
+    let saga = Saga::new(cmd.report.route).with_check(timing.check_revocation);
     let mut cs = ChangeSet::new(timing, codec);
     cs.change(
         &mut model,

@@ -46,6 +46,10 @@ pub(crate) mod cases {
         /// `audit::head_seal` of (`last_seq`, `last_hash`) (m0005); NULL until the case's first
         /// keyed event.
         pub head_seal: Option<String>,
+        /// `saga::Verification` by name (m0009): `off` for every older case.
+        pub revocation_check: String,
+        /// The certificates the confirmation named, as JSON (m0009); serials and issuers only.
+        pub revoked_certificates: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -55,6 +55,14 @@ pub struct Timing {
     /// Not a setting: start-up sets it from the chosen connector.
     #[serde(skip, default = "polls")]
     pub poll_outcome: bool,
+    /// Give up waiting for a confirmed revocation to show on the CA's lists after this long:
+    /// the case needs attention (only with the revocation check on).
+    #[serde(with = "humantime_serde")]
+    pub verify_within: Duration,
+    /// Whether new cases are created with the revocation check on. Not a setting here:
+    /// start-up sets it from `[revocation_check]`.
+    #[serde(skip)]
+    pub check_revocation: bool,
 }
 
 fn polls() -> bool {
@@ -68,6 +76,8 @@ impl Default for Timing {
             remind_after: Duration::from_secs(3 * 86_400),
             escalate_after: Duration::from_secs(10 * 86_400),
             poll_outcome: true,
+            verify_within: Duration::from_secs(2 * 86_400),
+            check_revocation: false,
         }
     }
 }

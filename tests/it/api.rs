@@ -691,6 +691,7 @@ async fn free_text_fields_refuse_identity_numbers_however_written() {
             deregistration_id: case.id.clone(),
             revocation_reference: "TJID-1191212121212".into(),
             revoke_time: None,
+            ..Default::default()
         })
         .await
         .expect_err("reference");
@@ -722,6 +723,7 @@ async fn a_revoke_time_must_lie_between_the_report_and_now() {
                 deregistration_id: id.clone(),
                 revocation_reference: "TJID-2026-0042".into(),
                 revoke_time: time,
+                ..Default::default()
             })
             .await
             .expect_err(code);

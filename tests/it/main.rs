@@ -25,3 +25,4 @@ mod servers;
 mod store;
 mod telemetry;
 mod traces;
+mod verification;

@@ -116,6 +116,7 @@ async fn confirm(app: &TestApp, id: &str) {
             deregistration_id: id.to_owned(),
             revocation_reference: "TJID-42".into(),
             revoke_time: None,
+            ..Default::default()
         })
         .await
         .expect("confirm");
@@ -1116,6 +1117,7 @@ async fn three_replicas_on_real_registries_one_killed_every_effect_under_one_key
                         deregistration_id: id.clone(),
                         revocation_reference: "TJID-7".into(),
                         revoke_time: None,
+                        ..Default::default()
                     })
                     .await
                     .expect("confirm");

@@ -51,6 +51,7 @@ async fn confirm(app: &crate::helpers::TestApp, id: &str) {
             deregistration_id: id.to_owned(),
             revocation_reference: "TJID-2026-0042".into(),
             revoke_time: None,
+            ..Default::default()
         })
         .await
         .expect("confirm");

@@ -35,6 +35,7 @@ async fn confirm(app: &TestApp, id: &str) -> Result<pb::Deregistration, tonic::S
             deregistration_id: id.to_owned(),
             revocation_reference: "TJID-2026-0042".into(),
             revoke_time: None,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().deregistration.expect("case"))
@@ -516,6 +517,7 @@ async fn no_outcome_in_time_escalates_with_reminders_and_a_late_confirmation_sti
             deregistration_id: id.clone(),
             revocation_reference: "TJID-OTHER".into(),
             revoke_time: None,
+            ..Default::default()
         })
         .await
         .expect_err("conflicting reference");
@@ -592,6 +594,7 @@ async fn of_two_conflicting_confirmations_one_wins() {
                 deregistration_id: id,
                 revocation_reference: reference.into(),
                 revoke_time: None,
+                ..Default::default()
             })
             .await
             .map(|_| reference)
@@ -627,6 +630,7 @@ async fn references_carrying_an_identity_number_are_refused() {
                 deregistration_id: id.clone(),
                 revocation_reference: reference.into(),
                 revoke_time: None,
+                ..Default::default()
             })
             .await
             .expect_err(reference);
@@ -639,6 +643,7 @@ async fn references_carrying_an_identity_number_are_refused() {
         deregistration_id: id.clone(),
         revocation_reference: "TJID-2026-0042".into(),
         revoke_time: None,
+        ..Default::default()
     })
     .await
     .expect("same reference again");
@@ -648,6 +653,7 @@ async fn references_carrying_an_identity_number_are_refused() {
         deregistration_id: other,
         revocation_reference: "INC0012345678".into(),
         revoke_time: None,
+        ..Default::default()
     })
     .await
     .expect("a long ticket number");

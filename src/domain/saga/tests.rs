@@ -9,7 +9,8 @@ fn any_event() -> impl Strategy<Value = Event> {
         Just(Event::ReportSent),
         Just(Event::OutcomePending),
         Just(Event::RevocationConfirmed {
-            reference: "R-1".into()
+            reference: "R-1".into(),
+            certificates: Vec::new()
         }),
         Just(Event::RevocationRejected {
             reason: "no".into()
@@ -31,6 +32,21 @@ fn any_event() -> impl Strategy<Value = Event> {
             reason: "x".into()
         }),
         Just(Event::HeadNotified),
+        // Checked at 10, on lists holding until 5, 10 or 20: the first is never believed.
+        prop_oneof![Just(5i64), Just(10), Just(20)].prop_map(|until| Event::RevocationVerified {
+            at: Timestamp(10),
+            valid_until: Timestamp(until)
+        }),
+        Just(Event::RevocationNotYetListed {
+            recheck_at: Timestamp(30)
+        }),
+        Just(Event::RevocationDiscrepancy),
+        Just(Event::RevocationUnverifiable),
+        Just(Event::VerificationOverdue),
+        Just(Event::StepFailed {
+            step: Step::VerifyRevocation,
+            reason: "x".into()
+        }),
         Just(Event::OperatorRetry),
         any::<bool>().prop_map(|completed| Event::OperatorResolve { completed }),
     ]
@@ -50,6 +66,7 @@ fn result_of(step: Step, confirm: bool) -> Event {
         Step::Report => Event::ReportSent,
         Step::PollOutcome if confirm => Event::RevocationConfirmed {
             reference: "R".into(),
+            certificates: Vec::new(),
         },
         Step::PollOutcome => Event::OutcomePending,
         Step::Remind(n) => Event::ReminderSent { n },
@@ -58,25 +75,69 @@ fn result_of(step: Step, confirm: bool) -> Event {
         Step::NotifyHolder => Event::NotificationsSent,
         Step::RemoveKiv => Event::KivRemoved,
         Step::RestoreKiv => Event::EmploymentRestored,
+        Step::VerifyRevocation if confirm => Event::RevocationVerified {
+            at: Timestamp(10),
+            valid_until: Timestamp(20),
+        },
+        Step::VerifyRevocation => Event::RevocationNotYetListed {
+            recheck_at: Timestamp(30),
+        },
+        Step::VerifyDeadline => Event::VerificationOverdue,
     }
 }
 
-/// Checks every invariant across one step.
+/// Whether `event` is a verification the saga may believe: read from a list still current.
+fn believable(event: &Event) -> bool {
+    matches!(event, Event::RevocationVerified { at, valid_until } if at <= valid_until)
+}
+
+/// Checks every invariant across one step. `verified` tells whether a believable verification
+/// was applied before or by this event.
 fn check(
     before: &Saga,
     event: &Event,
     outcome: &Outcome,
     resolved_by_operator: bool,
+    verified: bool,
 ) -> Result<(), TestCaseError> {
     let after = &outcome.saga;
+    // The check's mode never changes, except Required -> Verified on a believable verdict.
+    match (before.verification, after.verification) {
+        (a, b) if a == b => {}
+        (Verification::Required, Verification::Verified) => {
+            prop_assert!(believable(event), "verified by {:?}", event);
+        }
+        (a, b) => prop_assert!(false, "check went from {:?} to {:?}", a, b),
+    }
+    let checked = before.verification != Verification::Off;
+    // Anything that leads to KIV — its removal, the office's task, the notices that precede
+    // them — needs the confirmation and, with the check on, a verification that was believed.
+    let towards_kiv = outcome.effects.iter().any(|e| {
+        matches!(
+            e.step,
+            Step::RemoveKiv | Step::NotifyHead | Step::NotifyHolder
+        )
+    }) || after.office_task_open()
+        || (after.state == State::KivRemovalPending && before.state != State::KivRemovalPending)
+        || (after.state == State::Completed
+            && before.state != State::Completed
+            && !matches!(event, Event::OperatorResolve { .. }));
+    if towards_kiv {
+        prop_assert!(
+            after.revocation_confirmed,
+            "towards KIV without confirmation after {:?} from {:?}",
+            event,
+            before
+        );
+        prop_assert!(
+            !checked || verified,
+            "towards KIV without verification after {:?} from {:?}",
+            event,
+            before
+        );
+    }
     for e in &outcome.effects {
         if e.step == Step::RemoveKiv {
-            prop_assert!(
-                after.revocation_confirmed,
-                "RemoveKiv without confirmation after {:?} from {:?}",
-                event,
-                before
-            );
             prop_assert_eq!(after.route, KivRemovalRoute::CareProvider);
         }
     }
@@ -122,17 +183,20 @@ proptest! {
     #[test]
     fn arbitrary_event_sequences_keep_every_invariant(
         route in any_route(),
+        on in any::<bool>(),
         events in proptest::collection::vec(any_event(), 0..40),
     ) {
-        let mut saga = Saga::new(route);
+        let mut saga = Saga::new(route).with_check(on);
         let mut resolved = false;
+        let mut verified = false;
         for e in &events {
             // A refused event must leave the case as it was; the loop simply keeps `saga`.
             if let Ok(o) = transition(saga, e) {
                 if matches!(e, Event::OperatorResolve { .. }) && o.audit.is_some() {
                     resolved = true;
                 }
-                check(&saga, e, &o, resolved)?;
+                verified |= believable(e) && o.audit.is_some();
+                check(&saga, e, &o, resolved, verified)?;
                 if o.audit.is_none() {
                     prop_assert_eq!(o.saga, saga, "a no-op changed the case");
                 }
@@ -146,11 +210,13 @@ proptest! {
     #[test]
     fn a_simulated_engine_never_breaks_an_invariant(
         route in any_route(),
+        on in any::<bool>(),
         script in proptest::collection::vec((0u8..10, any::<prop::sample::Index>(), any_event()), 0..60),
     ) {
-        let mut saga = Saga::new(route);
+        let mut saga = Saga::new(route).with_check(on);
         let mut pending: Vec<Step> = initial_effects(&saga).iter().map(|e| e.step).collect();
         let mut resolved = false;
+        let mut verified = false;
         for (kind, pick, outside) in script {
             let event = match kind {
                 // Run a pending effect to success (maybe the poll says confirmed).
@@ -170,7 +236,8 @@ proptest! {
                 if matches!(event, Event::OperatorResolve { .. }) && o.audit.is_some() {
                     resolved = true;
                 }
-                check(&saga, &event, &o, resolved)?;
+                verified |= believable(&event) && o.audit.is_some();
+                check(&saga, &event, &o, resolved, verified)?;
                 pending.extend(o.effects.iter().map(|e| e.step));
                 saga = o.saga;
             }
@@ -212,7 +279,8 @@ fn the_routine_runs_in_order_on_both_routes() {
             step(
                 &mut s,
                 Event::RevocationConfirmed {
-                    reference: "R".into()
+                    reference: "R".into(),
+                    certificates: Vec::new()
                 }
             ),
             vec![now(Step::NotifyHead)]
@@ -268,6 +336,7 @@ fn early_removal_is_refused_and_compensated() {
         s,
         &Event::RevocationConfirmed {
             reference: "R".into(),
+            certificates: Vec::new(),
         },
     )
     .expect("ok")
@@ -288,7 +357,8 @@ fn outcomes_are_idempotent_and_settled() {
         transition(
             s,
             &Event::RevocationConfirmed {
-                reference: "R".into()
+                reference: "R".into(),
+                certificates: Vec::new()
             }
         )
         .err(),
@@ -309,7 +379,8 @@ fn outcomes_are_idempotent_and_settled() {
         transition(
             r,
             &Event::RevocationConfirmed {
-                reference: "R".into()
+                reference: "R".into(),
+                certificates: Vec::new()
             }
         )
         .is_err()
@@ -318,6 +389,7 @@ fn outcomes_are_idempotent_and_settled() {
         s,
         &Event::RevocationConfirmed {
             reference: "R".into(),
+            certificates: Vec::new(),
         },
     )
     .expect("ok")
@@ -326,7 +398,8 @@ fn outcomes_are_idempotent_and_settled() {
         transition(
             c,
             &Event::RevocationConfirmed {
-                reference: "R".into()
+                reference: "R".into(),
+                certificates: Vec::new()
             }
         )
         .expect("ok")
@@ -353,6 +426,7 @@ fn attention_remembers_where_work_resumes() {
         a,
         &Event::RevocationConfirmed {
             reference: "R".into(),
+            certificates: Vec::new(),
         },
     )
     .expect("ok");
@@ -369,6 +443,7 @@ fn a_retry_never_tells_the_head_of_operations_twice() {
         Event::ReportSent,
         Event::RevocationConfirmed {
             reference: "R".into(),
+            certificates: Vec::new(),
         },
         Event::HeadNotified,
     ] {
@@ -457,6 +532,8 @@ fn step_and_snapshot_names_never_change() {
         (Step::NotifyHolder, "notify_holder"),
         (Step::RemoveKiv, "remove_kiv"),
         (Step::RestoreKiv, "restore_kiv"),
+        (Step::VerifyRevocation, "verify_revocation"),
+        (Step::VerifyDeadline, "verify_deadline"),
     ];
     for (step, name) in steps {
         assert_eq!(step.name(), name);
@@ -472,5 +549,148 @@ fn step_and_snapshot_names_never_change() {
     ] {
         assert_eq!(s.as_str(), name);
         assert_eq!(SnapshotState::from_str_opt(name), Some(s));
+    }
+}
+
+/// With the check on, a confirmed case waits for its certificates on the CA's list: nobody is
+/// told and nothing leaves KIV until a current list shows them revoked.
+#[test]
+fn with_the_check_on_kiv_waits_for_a_current_list() {
+    for route in [
+        KivRemovalRoute::CareProvider,
+        KivRemovalRoute::HealthCareOffice,
+    ] {
+        let mut s = Saga::new(route).with_check(true);
+        s = transition(s, &Event::ReportSent).expect("ok").saga;
+        let o = transition(
+            s,
+            &Event::RevocationConfirmed {
+                reference: "R".into(),
+                certificates: Vec::new(),
+            },
+        )
+        .expect("ok");
+        assert_eq!(o.saga.state, State::Revoked);
+        assert_eq!(
+            o.effects,
+            vec![
+                now(Step::VerifyRevocation),
+                Effect {
+                    step: Step::VerifyDeadline,
+                    delay: Delay::VerifyWithin
+                }
+            ]
+        );
+        s = o.saga;
+        for step in [Step::NotifyHead, Step::NotifyHolder, Step::RemoveKiv] {
+            assert!(!step_applies(&s, step), "{step:?}");
+        }
+        // The notices' results cannot move the case either.
+        assert_eq!(transition(s, &Event::HeadNotified).expect("ok").audit, None);
+        assert_eq!(
+            transition(s, &Event::NotificationsSent).expect("ok").audit,
+            None
+        );
+        assert_eq!(
+            transition(
+                s,
+                &Event::StepFailed {
+                    step: Step::NotifyHolder,
+                    reason: "x".into()
+                }
+            )
+            .expect("ok")
+            .saga
+            .state,
+            State::NeedsAttention
+        );
+        // Not yet on the list: a timer at the list's nextUpdate.
+        let o = transition(
+            s,
+            &Event::RevocationNotYetListed {
+                recheck_at: Timestamp(99),
+            },
+        )
+        .expect("ok");
+        assert_eq!(o.audit, Some("revocation_not_yet_listed"));
+        assert_eq!(
+            o.effects,
+            vec![Effect {
+                step: Step::VerifyRevocation,
+                delay: Delay::At(Timestamp(99))
+            }]
+        );
+        // A verdict from a list past its nextUpdate is not believed.
+        let stale = transition(
+            s,
+            &Event::RevocationVerified {
+                at: Timestamp(11),
+                valid_until: Timestamp(10),
+            },
+        )
+        .expect("ok");
+        assert_eq!((stale.saga, stale.audit), (s, None));
+        // A discrepancy parks the case; a retry verifies again.
+        let d = transition(s, &Event::RevocationDiscrepancy).expect("ok");
+        assert_eq!(d.audit, Some("revocation_discrepancy"));
+        assert_eq!(d.saga.state, State::NeedsAttention);
+        let r = transition(d.saga, &Event::OperatorRetry).expect("ok");
+        assert_eq!(r.effects[0], now(Step::VerifyRevocation));
+        let v = transition(
+            s,
+            &Event::RevocationVerified {
+                at: Timestamp(10),
+                valid_until: Timestamp(10),
+            },
+        )
+        .expect("ok");
+        assert_eq!(v.audit, Some("revocation_verified"));
+        assert_eq!(v.saga.verification, Verification::Verified);
+        assert_eq!(v.effects, vec![now(Step::NotifyHead)]);
+        s = v.saga;
+        assert!(!step_applies(&s, Step::VerifyRevocation));
+        assert!(!step_applies(&s, Step::VerifyDeadline));
+        s = transition(s, &Event::HeadNotified).expect("ok").saga;
+        s = transition(s, &Event::NotificationsSent).expect("ok").saga;
+        assert_eq!(s.state, State::KivRemovalPending);
+    }
+    // The office cannot complete an unverified case.
+    let mut s = Saga::new(KivRemovalRoute::HealthCareOffice).with_check(true);
+    s.state = State::KivRemovalPending;
+    s.revocation_confirmed = true;
+    assert_eq!(
+        transition(s, &Event::OfficeCompleted).err(),
+        Some(TransitionError::RevocationNotVerified)
+    );
+    assert!(!s.office_task_open());
+}
+
+/// With the check off the routine is as it was: confirmation, then the notices.
+#[test]
+fn with_the_check_off_verdicts_change_nothing() {
+    let mut s = Saga::new(KivRemovalRoute::CareProvider);
+    s = transition(s, &Event::ReportSent).expect("ok").saga;
+    let o = transition(
+        s,
+        &Event::RevocationConfirmed {
+            reference: "R".into(),
+            certificates: Vec::new(),
+        },
+    )
+    .expect("ok");
+    assert_eq!(o.effects, vec![now(Step::NotifyHead)]);
+    for e in [
+        Event::RevocationDiscrepancy,
+        Event::VerificationOverdue,
+        Event::RevocationUnverifiable,
+    ] {
+        assert_eq!(transition(o.saga, &e).expect("ok").audit, None);
+    }
+    for v in [
+        Verification::Off,
+        Verification::Required,
+        Verification::Verified,
+    ] {
+        assert_eq!(Verification::from_str_opt(v.as_str()), Some(v));
     }
 }

@@ -838,3 +838,118 @@ pub fn human(d: Duration) -> String {
     };
     format!("{n} {unit}")
 }
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+    use crate::connectors::RevocationList;
+    use crate::domain::CertificateSource;
+
+    const CONFIRMED: Timestamp = Timestamp(1_000_000_000_000);
+    const NOW: Timestamp = Timestamp(1_000_100_000_000);
+
+    fn cert(serial: &str) -> CardCertificate {
+        CardCertificate::new(serial, "CN=CA, C=SE", CertificateSource::Confirmation).unwrap()
+    }
+
+    fn list(issued: Timestamp, next: Timestamp) -> RevocationList {
+        RevocationList {
+            issuer: "CN=CA, C=SE".into(),
+            this_update: issued,
+            next_update: next,
+            source: "http://crl.test/ca.crl".into(),
+        }
+    }
+
+    fn revoked(next: i64) -> CertificateStatus {
+        CertificateStatus::Revoked {
+            list: list(Timestamp(NOW.0 - 1), Timestamp(next)),
+        }
+    }
+
+    fn not_listed(issued: i64, next: i64) -> CertificateStatus {
+        CertificateStatus::NotListed {
+            list: list(Timestamp(issued), Timestamp(next)),
+        }
+    }
+
+    #[test]
+    fn all_revoked_is_verified_until_the_earliest_next_update() {
+        let (e, detail) = verdict(
+            &[
+                (cert("a"), revoked(NOW.0 + 50)),
+                (cert("b"), revoked(NOW.0 + 20)),
+            ],
+            CONFIRMED,
+            NOW,
+        );
+        assert_eq!(
+            e,
+            Event::RevocationVerified {
+                at: NOW,
+                valid_until: Timestamp(NOW.0 + 20)
+            }
+        );
+        assert!(
+            detail.contains("serial a") && detail.contains("serial b"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn not_on_a_list_from_before_the_confirmation_waits_for_the_next() {
+        let next = NOW.0 + 3_600_000_000;
+        let (e, _) = verdict(
+            &[
+                (cert("a"), revoked(next)),
+                (cert("b"), not_listed(CONFIRMED.0 - 1, next)),
+            ],
+            CONFIRMED,
+            NOW,
+        );
+        assert_eq!(
+            e,
+            Event::RevocationNotYetListed {
+                recheck_at: Timestamp(next)
+            }
+        );
+        // A nextUpdate that has just passed is not looked at again in a tight loop.
+        let (e, _) = verdict(
+            &[(cert("b"), not_listed(CONFIRMED.0, NOW.0))],
+            CONFIRMED,
+            NOW,
+        );
+        assert_eq!(
+            e,
+            Event::RevocationNotYetListed {
+                recheck_at: Timestamp(NOW.0 + MIN_RECHECK.as_micros() as i64)
+            }
+        );
+    }
+
+    #[test]
+    fn not_on_a_list_from_after_the_confirmation_is_a_discrepancy() {
+        let (e, detail) = verdict(
+            &[
+                (cert("a"), not_listed(CONFIRMED.0 - 1, NOW.0 + 9)),
+                (cert("b"), not_listed(CONFIRMED.0 + 1, NOW.0 + 9)),
+                (cert("c"), revoked(NOW.0 + 9)),
+            ],
+            CONFIRMED,
+            NOW,
+        );
+        assert_eq!(e, Event::RevocationDiscrepancy);
+        assert!(
+            detail.contains("serial b") && !detail.contains("serial c"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn nothing_to_check_is_unverifiable() {
+        assert_eq!(
+            verdict(&[], CONFIRMED, NOW).0,
+            Event::RevocationUnverifiable
+        );
+    }
+}

@@ -436,9 +436,7 @@ async fn legacy_trails_are_anchored(db: TestDb) {
 
     // m0008 lists the trails it finds all legacy (undone and run again here, as on an upgrade
     // of a database that m0005 left with these trails).
-    <migration::Migrator as migration::MigratorTrait>::down(&conn, Some(1))
-        .await
-        .expect("undo m0008");
+    undo_through_m0008(&conn).await;
     // Opening the store as the gateway does migrates and anchors the intact one (once).
     let settings: etjanstekort_gateway::storage::DatabaseSettings =
         etjanstekort_gateway::config::Layers::defaults()
@@ -763,9 +761,7 @@ async fn old_heads_do_not_verify(db: TestDb) {
     );
     // m0008 lists the v1 seals (undone and run again, as on an upgrade); opening the store
     // re-seals those whose chain verifies under the v1 seal, once.
-    <migration::Migrator as migration::MigratorTrait>::down(&conn, Some(1))
-        .await
-        .expect("undo m0008");
+    undo_through_m0008(&conn).await;
     let settings: etjanstekort_gateway::storage::DatabaseSettings =
         etjanstekort_gateway::config::Layers::defaults()
             .set("database.url", db.url.clone())
@@ -1314,4 +1310,13 @@ async fn a_care_provider_cannot_call_operator_rpcs() {
         .deregistration
         .expect("case");
     assert_eq!(d.state, pb::State::Accepted as i32);
+}
+
+/// Undoes m0008 and every migration after it (they run again when the store opens).
+async fn undo_through_m0008(conn: &sea_orm::DatabaseConnection) {
+    use migration::MigratorTrait as _;
+    let after_m0007 = migration::Migrator::migrations().len() - 7;
+    migration::Migrator::down(conn, Some(u32::try_from(after_m0007).expect("count")))
+        .await
+        .expect("undo m0008 and later");
 }

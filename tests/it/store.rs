@@ -534,30 +534,41 @@ async fn one_unreadable_row_does_not_take_the_others_with_it() {
     ));
 }
 
-/// The store's own guard, behind the saga's rule: even if a row claims `REVOKED` without a
-/// recorded confirmation (a bug, a hand edit), no KIV removal is enqueued and nothing changes.
+/// The store's own guard, behind the saga's rule: even if a row claims to await its removal from
+/// KIV without a recorded (and, with the check on, verified) confirmation — a bug, a hand edit —
+/// no KIV removal is enqueued and nothing changes. (An operator's retry of such a row is the
+/// one event the saga lets through to the guard: it resumes where the row says it stopped.)
 async fn kiv_removal_needs_a_recorded_revocation(db: TestDb) {
     let store = open(&db).await;
-    let mut c = cmd(None, "f", "5000001");
-    c.report.route = KivRemovalRoute::CareProvider;
-    let case = store.create(c).await.expect("create").into_case();
     let conn = Database::connect(&db.url).await.expect("raw");
-    conn.execute_unprepared(&format!(
-        "UPDATE cases SET state = 'revoked', head_notified_at = 1 WHERE id = '{}'",
-        case.id
-    ))
-    .await
-    .expect("a row that skipped the confirmation");
-    let refused = store
-        .apply(&case.id, None, &Event::NotificationsSent, meta("system"))
-        .await;
-    assert!(
-        matches!(refused, Err(StoreError::Invariant(_))),
-        "{refused:?}"
-    );
-    let after = store.get(&case.id).await.expect("get").expect("case");
-    assert_eq!(after.state, State::Revoked);
-    assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
+    for (card, edit) in [
+        ("5000001", ""),
+        // Confirmed, but the revocation check is on and has not verified it.
+        (
+            "5000002",
+            ", revocation_confirmed_at = 1, revocation_reference = 'R', revocation_check = 'required'",
+        ),
+    ] {
+        let mut c = cmd(None, "f", card);
+        c.report.route = KivRemovalRoute::CareProvider;
+        let case = store.create(c).await.expect("create").into_case();
+        conn.execute_unprepared(&format!(
+            "UPDATE cases SET state = 'needs_attention', attention_from = 'kiv_removal_pending'{edit} WHERE id = '{}'",
+            case.id
+        ))
+        .await
+        .expect("a row that skipped the confirmation");
+        let refused = store
+            .apply(&case.id, None, &Event::OperatorRetry, meta("operator"))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Invariant(_))),
+            "{card}: {refused:?}"
+        );
+        let after = store.get(&case.id).await.expect("get").expect("case");
+        assert_eq!(after.state, State::NeedsAttention);
+        assert_eq!(store.events(&case.id).await.expect("events").len(), 1);
+    }
     let far = Timestamp(etjanstekort_gateway::clock::now().0 + 86_400_000_000);
     let work = store
         .claim("w", far, Duration::from_secs(30), 100)

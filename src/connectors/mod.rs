@@ -3,6 +3,7 @@
 //! retry logic reads only that classification.
 
 pub mod card_certs;
+pub mod crl_status;
 pub mod ldap;
 pub mod simulated;
 pub mod smtp;

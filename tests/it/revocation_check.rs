@@ -296,7 +296,8 @@ async fn a_wrongly_signed_list_is_never_believed() {
     let cut = card(&ca, &[url(addr)]);
     let now = t0();
     let dir = tempfile::tempdir().expect("dir");
-    let check = connector(&settings(&dir, &[&ca]));
+    let metrics = Arc::new(Metrics::new());
+    let check = CrlRevocationStatus::new(&settings(&dir, &[&ca]), metrics.clone()).expect("crl");
 
     for listed in [true, false] {
         let revoked: Vec<&Card> = if listed { vec![&cut] } else { vec![] };
@@ -314,6 +315,28 @@ async fn a_wrongly_signed_list_is_never_believed() {
     let m = retryable(check.status(&cut.certificate, at(now + 2 * HOUR)).await);
     assert!(m.contains("stale since"), "{m}");
     assert!(m.contains("signature does not verify"), "{m}");
+
+    // Counted as the card check's, apart from the client certificates' CRLs.
+    let samples = crate::admin::parse_prometheus(&metrics.render());
+    let count = |k: &str| samples.get(k).copied().unwrap_or_default();
+    assert_eq!(
+        count("etk_card_crl_updates_total{source=\"url\",outcome=\"bad_signature\"}"),
+        3.0
+    );
+    assert_eq!(
+        count("etk_card_crl_updates_total{source=\"url\",outcome=\"applied\"}"),
+        1.0
+    );
+    assert!(
+        !samples.keys().any(|k| k.starts_with("etk_crl_")),
+        "{samples:?}"
+    );
+    assert!(
+        samples
+            .keys()
+            .any(|k| k.starts_with("etk_card_crl_next_update_timestamp_seconds{issuer=")),
+        "{samples:?}"
+    );
 }
 
 /// A certificate of a CA that is not configured is refused for good, and its distribution

@@ -139,8 +139,17 @@ struct Ca {
     subject: Vec<u8>,
     /// Its subject as text (a CA's name).
     name: String,
-    /// Serialises the CA's fetch rounds; when the last one began.
-    round: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Serialises the CA's refreshes; when the last ones began.
+    rounds: tokio::sync::Mutex<Rounds>,
+}
+
+/// When a CA's sources were last tried.
+#[derive(Debug, Default)]
+struct Rounds {
+    /// Its URLs fetched (and, for an outdated list, every file re-read).
+    fetched: Option<tokio::time::Instant>,
+    /// The files looked at for a change.
+    files_checked: Option<tokio::time::Instant>,
 }
 
 /// Card certificates checked on their issuing CAs' CRLs.
@@ -173,7 +182,7 @@ impl CrlRevocationStatus {
                 cas.push(Ca {
                     subject,
                     name: cert.subject().to_string(),
-                    round: tokio::sync::Mutex::new(None),
+                    rounds: tokio::sync::Mutex::default(),
                 });
             }
         }
@@ -244,35 +253,42 @@ impl CrlRevocationStatus {
             .collect()
     }
 
-    /// Brings CA `at`'s list up to date for an answer at `now`: files re-read when they
-    /// changed; the URLs fetched at once when no list is held or it is past `nextUpdate`, or
-    /// on their schedule (`refresh`, or the list's `nextUpdate`) otherwise. At most one round
-    /// of fetches per CA per `min_fetch_interval`.
+    /// Brings CA `at`'s list up to date for an answer at `now`. When no list is held or it is
+    /// past its `nextUpdate`: every file re-read and the CA's URLs fetched at once. Otherwise:
+    /// changed files re-read, and the URLs fetched on their schedule (`refresh`, or the
+    /// list's `nextUpdate`). Either at most once per CA per `min_fetch_interval`.
     async fn bring_up_to_date(&self, at: usize, now: SystemTime) {
         let ca = &self.cas[at];
-        let mut last_round = ca.round.lock().await;
-        self.store.refresh_files(false);
+        let mut rounds = ca.rounds.lock().await;
+        let interval = self.settings.min_fetch_interval;
+        let passed = |t: Option<tokio::time::Instant>| t.is_none_or(|t| t.elapsed() >= interval);
         let urls = self.urls_of(at);
         let outdated = self
             .store
             .snapshot()
             .for_issuer(&ca.subject)
             .is_none_or(|crl| now > crl.next_update());
-        let scheduled = urls.iter().any(|u| self.store.is_due(u));
-        if !outdated && !scheduled {
-            return;
-        }
-        if last_round.is_some_and(|t| t.elapsed() < self.settings.min_fetch_interval) {
-            tracing::debug!(ca = %ca.name, "CRL fetched recently; not again yet");
-            return;
-        }
-        *last_round = Some(tokio::time::Instant::now());
         if outdated {
-            // A file that was refused (or replaced within the stamp's resolution) is read
-            // again too.
+            if !passed(rounds.fetched) {
+                tracing::debug!(ca = %ca.name, "CRL sources tried recently; not again yet");
+                return;
+            }
+            let started = Some(tokio::time::Instant::now());
+            rounds.fetched = started;
+            rounds.files_checked = started;
+            // A file refused before (or replaced within its stamp's resolution) is read too.
             self.store.refresh_files(true);
+            self.store.refresh_urls_in(&urls, true).await;
+            return;
         }
-        self.store.refresh_urls_in(&urls, outdated).await;
+        if !self.settings.files.is_empty() && passed(rounds.files_checked) {
+            rounds.files_checked = Some(tokio::time::Instant::now());
+            self.store.refresh_files(false);
+        }
+        if urls.iter().any(|u| self.store.is_due(u)) && passed(rounds.fetched) {
+            rounds.fetched = Some(tokio::time::Instant::now());
+            self.store.refresh_urls_in(&urls, false).await;
+        }
     }
 }
 

@@ -443,6 +443,34 @@ async fn a_configured_crl_file_is_a_source() {
     assert_eq!(list.this_update, at(now + HOUR));
 }
 
+/// A certificate named only by serial and issuer (as a confirmation may name it) is checked on
+/// the list its CA's other certificates led to; before any did, there is no source.
+#[tokio::test]
+async fn a_certificate_named_by_serial_and_issuer_is_checked_on_its_cas_list() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let with_point = card(&ca, &[url(addr)]);
+    let cut = card(&ca, &[]);
+    let now = t0();
+    publication.publish(crl(&ca, &[&cut], now - MINUTE, now + HOUR));
+    // The issuer as RFC 4514 text would have it (parts reversed, other case).
+    let named = CardCertificate::new(
+        &cut.certificate.serial.to_uppercase(),
+        "o=etjanstekort-gateway TEST,cn=card test ca",
+        CertificateSource::Confirmation,
+    )
+    .expect("certificate");
+    let dir = tempfile::tempdir().expect("dir");
+    let check = connector(&settings(&dir, &[&ca]));
+
+    let m = retryable(check.status(&named, at(now)).await);
+    assert!(m.contains("no source names it"), "{m}");
+    not_listed(check.status(&with_point.certificate, at(now)).await);
+    let list = revoked(check.status(&named, at(now)).await);
+    assert_eq!(list.source, url(addr));
+}
+
 /// A listener on a free loopback port (dropped to leave nothing listening there).
 async fn reserved_port() -> (tokio::net::TcpListener, SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

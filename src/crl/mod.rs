@@ -1,5 +1,6 @@
-//! Certificate revocation lists (CRLs): one module for every use — the client certificates of
-//! mutual TLS today, the card certificates of a revocation check later.
+//! Certificate revocation lists (CRLs): one module for every use (`CrlUse`) — the client
+//! certificates of mutual TLS, and the card certificates of the revocation check
+//! (`connectors::crl_status`), each with its own store, CAs and metrics.
 //!
 //! A `CrlStore` keeps the newest *trusted* CRL of each issuer. CRLs come from files and/or
 //! plain-HTTP URLs (DER or PEM); a CRL is believed only when its signature verifies with the

@@ -147,6 +147,7 @@ impl Layers {
             ("privacy", c.privacy.validate()),
             ("retention", c.retention.validate()),
             ("simulated", c.simulated.validate()),
+            ("revocation_check", c.revocation_check.validate()),
             ("tls", c.tls.validate()),
         ];
         // After a wrong value its placeholder stands in the tree, and the checks would judge

@@ -196,6 +196,8 @@ pub struct Metrics {
     crl_updates: Family<CrlUpdateLabels, Counter>,
     crl_next_update: Family<IssuerLabels, Gauge>,
     revocation_checks: Family<RevocationCheckLabels, Counter>,
+    card_crl_updates: Family<CrlUpdateLabels, Counter>,
+    card_crl_next_update: Family<IssuerLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -388,6 +390,19 @@ impl Metrics {
             Unit::Seconds,
             crl_next_update.clone(),
         );
+        let card_crl_updates = Family::default();
+        registry.register(
+            "card_crl_updates",
+            "CRLs of card certificates' CAs (the revocation check) loaded or refused, by source (file, url) and outcome (applied, bad_signature, rollback, fetch_failed, ...)",
+            card_crl_updates.clone(),
+        );
+        let card_crl_next_update = Family::default();
+        registry.register_with_unit(
+            "card_crl_next_update_timestamp",
+            "nextUpdate of the CRL in force for the revocation check, by card certificates' issuing CA (Unix time)",
+            Unit::Seconds,
+            card_crl_next_update.clone(),
+        );
         Self {
             registry,
             client_certificates_refused,
@@ -395,6 +410,8 @@ impl Metrics {
             config_reloads,
             crl_updates,
             crl_next_update,
+            card_crl_updates,
+            card_crl_next_update,
             rpc_requests,
             rpc_duration,
             cases,
@@ -567,6 +584,22 @@ impl Metrics {
     /// The `nextUpdate` of the CRL in force for a CA, as Unix seconds.
     pub fn set_crl_next_update(&self, issuer: &str, unix_seconds: u64) {
         self.crl_next_update
+            .get_or_create(&IssuerLabels {
+                issuer: issuer.to_owned(),
+            })
+            .set(clamp(unix_seconds));
+    }
+
+    /// A CRL of a card certificates' CA (the revocation check) was put in force or refused.
+    pub fn card_crl_update(&self, source: &'static str, outcome: &'static str) {
+        self.card_crl_updates
+            .get_or_create(&CrlUpdateLabels { source, outcome })
+            .inc();
+    }
+
+    /// The `nextUpdate` of the revocation check's CRL in force for a CA, as Unix seconds.
+    pub fn set_card_crl_next_update(&self, issuer: &str, unix_seconds: u64) {
+        self.card_crl_next_update
             .get_or_create(&IssuerLabels {
                 issuer: issuer.to_owned(),
             })

@@ -25,6 +25,7 @@ use crate::app::Gateway;
 use crate::auth::{Authorizer, Principals};
 use crate::bus::EventBus;
 use crate::config::Config;
+use crate::connectors::crl_status::CrlRevocationStatus;
 use crate::connectors::simulated::{LogNotifier, SimulatedKiv, SimulatedTjansteId};
 use crate::connectors::simulated_list::SimulatedList;
 use crate::connectors::smtp::{Smtp, SmtpNotifier, SmtpTjansteId};
@@ -171,7 +172,8 @@ pub fn load_vault(privacy: &PrivacySettings) -> Result<Vault, StartError> {
 }
 
 /// The connectors the configuration chooses.
-pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
+/// `metrics` receives what connectors count themselves (the CRL connector's list updates).
+pub fn build_connectors(config: &Config, metrics: &Arc<Metrics>) -> Result<Connectors, String> {
     let faults = config.simulated.faults();
     let journal = config.simulated.journal.as_deref();
     let smtp = match &config.smtp {
@@ -211,6 +213,9 @@ pub fn build_connectors(config: &Config) -> Result<Connectors, String> {
         revocation: match &config.revocation_check {
             RevocationCheckSettings::Off => None,
             RevocationCheckSettings::Simulated(s) => Some(Arc::new(SimulatedList::new(s))),
+            RevocationCheckSettings::Crl(s) => {
+                Some(Arc::new(CrlRevocationStatus::new(s, metrics.clone())?))
+            }
         },
     })
 }
@@ -268,15 +273,24 @@ impl Drop for Relay {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let connectors = build_connectors(&config).map_err(StartError::Connector)?;
+        let metrics = Arc::new(Metrics::new());
+        let connectors = build_connectors(&config, &metrics).map_err(StartError::Connector)?;
         if config.server.require_reachable_at_start {
             connectors.probe().await.map_err(StartError::Connector)?;
         }
-        Self::build_with(config, connectors).await
+        Self::build_with_metrics(config, connectors, metrics).await
     }
 
     /// Builds with the given connectors (tests hold on to simulated ones to inspect them).
     pub async fn build_with(config: Config, connectors: Connectors) -> Result<Self, StartError> {
+        Self::build_with_metrics(config, connectors, Arc::new(Metrics::new())).await
+    }
+
+    async fn build_with_metrics(
+        config: Config,
+        connectors: Connectors,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
         let vault = Arc::new(load_vault(&config.privacy)?);
         // Key ids are not secret: they tell which key is current after a rotation.
         tracing::info!(current_key = %vault.key_id(), keys = vault.key_ids().len(), "master keys loaded");
@@ -297,7 +311,6 @@ impl App {
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
-        let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(
             Engine::new(
                 store.clone(),

@@ -3,6 +3,7 @@
 //! retry logic reads only that classification.
 
 pub mod card_certs;
+pub mod crl_status;
 pub mod ldap;
 pub mod simulated;
 pub mod simulated_list;
@@ -50,6 +51,17 @@ pub enum RevocationCheckSettings {
     Off,
     /// A list that follows the simulated desk (dev and tests).
     Simulated(simulated_list::SimulatedListSettings),
+    /// The card certificates' CA revocation lists (`docs/revocation-check.md`).
+    Crl(Box<crl_status::CrlCheckSettings>),
+}
+
+impl RevocationCheckSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Crl(s) => s.validate(),
+            Self::Off | Self::Simulated(_) => Ok(()),
+        }
+    }
 }
 
 /// `[notifier]`: how people are told the outcome.

@@ -1,5 +1,6 @@
-//! Certificate revocation lists (CRLs): one module for every use — the client certificates of
-//! mutual TLS today, the card certificates of a revocation check later.
+//! Certificate revocation lists (CRLs): one module for every use (`CrlUse`) — the client
+//! certificates of mutual TLS, and the card certificates of the revocation check
+//! (`connectors::crl_status`), each with its own store, CAs and metrics.
 //!
 //! A `CrlStore` keeps the newest *trusted* CRL of each issuer. CRLs come from files and/or
 //! plain-HTTP URLs (DER or PEM); a CRL is believed only when its signature verifies with the
@@ -286,6 +287,26 @@ struct Entry {
     stamp: Option<FileStamp>,
     /// When a URL is due again.
     due: Option<tokio::time::Instant>,
+    /// Why the source's last reading was refused; cleared when one is believed.
+    refusal: Option<String>,
+}
+
+/// What a store's CRLs are for: its log lines and metrics tell the two uses apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrlUse {
+    /// Client certificates of mutual TLS (`[tls.revocation]`): `etk_crl_*` metrics.
+    ClientTls,
+    /// Card certificates checked before KIV (issue #14): `etk_card_crl_*` metrics.
+    CardCheck,
+}
+
+impl CrlUse {
+    fn certificates(self) -> &'static str {
+        match self {
+            Self::ClientTls => "client certificate",
+            Self::CardCheck => "card certificate",
+        }
+    }
 }
 
 /// The CRLs of the configured sources, verified against the configured CAs.
@@ -298,11 +319,22 @@ pub struct CrlStore {
     metrics: Arc<Metrics>,
     /// Woken when a URL is learnt (the refresh loop fetches it at once).
     learnt: tokio::sync::Notify,
+    purpose: CrlUse,
 }
 
 impl CrlStore {
     /// A store trusting CRLs signed by `cas`; nothing is loaded yet.
     pub fn new(settings: CrlSettings, cas: &[CertificateDer<'_>], metrics: Arc<Metrics>) -> Self {
+        Self::for_use(CrlUse::ClientTls, settings, cas, metrics)
+    }
+
+    /// A store for `purpose` (its metrics and log lines say which).
+    pub fn for_use(
+        purpose: CrlUse,
+        settings: CrlSettings,
+        cas: &[CertificateDer<'_>],
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let mut entries = HashMap::new();
         for f in &settings.files {
             entries.insert(Source::File(f.clone()), Entry::default());
@@ -317,6 +349,7 @@ impl CrlStore {
             current: RwLock::new(Arc::new(CrlSet::default())),
             metrics,
             learnt: tokio::sync::Notify::new(),
+            purpose,
         }
     }
 
@@ -342,7 +375,8 @@ impl CrlStore {
         drop(entries);
         tracing::info!(
             url,
-            "CRL distribution point learnt from a client certificate"
+            certificates = self.purpose.certificates(),
+            "CRL distribution point learnt from a certificate"
         );
         self.learnt.notify_one();
         true
@@ -355,6 +389,29 @@ impl CrlStore {
 
     pub fn settings(&self) -> &CrlSettings {
         &self.settings
+    }
+
+    /// Why the last reading of a source (a URL, or a file's path as configured) was refused,
+    /// when it was and nothing from it has been believed since.
+    pub fn refusal(&self, source: &str) -> Option<String> {
+        self.lock_entries()
+            .iter()
+            .find(|(s, _)| s.describe() == source)
+            .and_then(|(_, e)| e.refusal.clone())
+    }
+
+    /// Whether the URL is configured or learnt.
+    pub fn knows_url(&self, url: &str) -> bool {
+        self.lock_entries()
+            .contains_key(&Source::Url(url.to_owned()))
+    }
+
+    /// Whether the URL (configured or learnt) is due for a fetch on the store's schedule.
+    pub fn is_due(&self, url: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        self.lock_entries()
+            .get(&Source::Url(url.to_owned()))
+            .is_some_and(|e| e.due.is_none_or(|d| d <= now))
     }
 
     /// The CRLs in force.
@@ -441,13 +498,25 @@ impl CrlStore {
     /// Fetches the URLs that are due (all of them when `force`), each with the configured
     /// timeout and retries. Returns whether the CRLs in force changed.
     pub async fn refresh_urls(&self, force: bool) -> bool {
+        self.refresh_urls_where(force, |_| true).await
+    }
+
+    /// `refresh_urls` limited to `urls` (those the store knows; others are ignored).
+    pub async fn refresh_urls_in(&self, urls: &[String], force: bool) -> bool {
+        self.refresh_urls_where(force, |u| urls.iter().any(|x| x == u))
+            .await
+    }
+
+    async fn refresh_urls_where(&self, force: bool, wanted: impl Fn(&str) -> bool) -> bool {
         let now = tokio::time::Instant::now();
         let due: Vec<String> = {
             let entries = self.lock_entries();
             let mut due: Vec<String> = entries
                 .iter()
                 .filter_map(|(s, e)| match s {
-                    Source::Url(u) if force || e.due.is_none_or(|d| d <= now) => Some(u.clone()),
+                    Source::Url(u) if (force || e.due.is_none_or(|d| d <= now)) && wanted(u) => {
+                        Some(u.clone())
+                    }
                     _ => None,
                 })
                 .collect();
@@ -456,43 +525,53 @@ impl CrlStore {
         };
         let mut changed = false;
         for url in due {
-            let source = Source::Url(url.clone());
-            let result = match fetch(&url, &self.settings).await {
-                Ok(bytes) => self.accept(&source, &bytes),
-                Err(e) => Err(e),
-            };
-            // Failed: try again after a tenth of the refresh period (at least a minute's
-            // worth of attempts have already been spent inside `fetch`).
-            let mut next = if result.is_ok() {
-                self.settings.refresh
-            } else {
-                (self.settings.refresh / 10).max(Duration::from_secs(1))
-            };
-            match result {
-                Ok(c) => changed |= c,
-                Err(e) => self.refused(&source, &e),
-            }
-            let mut entries = self.lock_entries();
-            let entry = entries.entry(source).or_default();
-            // Due again at the list's nextUpdate when that comes first.
-            if let Some(until) = entry
-                .crls
-                .iter()
-                .map(|c| c.next_update)
-                .min()
-                .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            {
-                next = next.min(until.max(Duration::from_secs(1)));
-            }
-            let at = tokio::time::Instant::now();
-            entry.due = Some(
-                at.checked_add(next)
-                    .unwrap_or_else(|| at + Duration::from_secs(86_400)),
-            );
+            changed |= self.fetch_one(url).await;
         }
         if changed {
             self.publish();
         }
+        changed
+    }
+
+    /// Fetches one URL and schedules its next fetch; whether its CRLs changed (not yet
+    /// published).
+    async fn fetch_one(&self, url: String) -> bool {
+        let source = Source::Url(url.clone());
+        let result = match fetch(&url, &self.settings).await {
+            Ok(bytes) => self.accept(&source, &bytes),
+            Err(e) => Err(e),
+        };
+        // Failed: try again after a tenth of the refresh period (at least a minute's
+        // worth of attempts have already been spent inside `fetch`).
+        let mut next = if result.is_ok() {
+            self.settings.refresh
+        } else {
+            (self.settings.refresh / 10).max(Duration::from_secs(1))
+        };
+        let changed = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.refused(&source, &e);
+                false
+            }
+        };
+        let mut entries = self.lock_entries();
+        let entry = entries.entry(source).or_default();
+        // Due again at the list's nextUpdate when that comes first.
+        if let Some(until) = entry
+            .crls
+            .iter()
+            .map(|c| c.next_update)
+            .min()
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        {
+            next = next.min(until.max(Duration::from_secs(1)));
+        }
+        let at = tokio::time::Instant::now();
+        entry.due = Some(
+            at.checked_add(next)
+                .unwrap_or_else(|| at + Duration::from_secs(86_400)),
+        );
         changed
     }
 
@@ -526,6 +605,7 @@ impl CrlStore {
                 return Err(CrlError::Rollback(new.issuer_name.clone()));
             }
         }
+        entry.refusal = None;
         let same = entry.crls.len() == crls.len()
             && entry
                 .crls
@@ -547,14 +627,25 @@ impl CrlStore {
         }
         entry.crls = crls;
         drop(entries);
-        self.metrics.crl_update(source.kind(), "applied");
+        self.count_update(source.kind(), "applied");
         Ok(true)
     }
 
     fn refused(&self, source: &Source, e: &CrlError) {
         tracing::warn!(source = %source.describe(), error = %e,
+            certificates = self.purpose.certificates(),
             "CRL refused; the CRL in force stays");
-        self.metrics.crl_update(source.kind(), e.outcome());
+        if let Some(entry) = self.lock_entries().get_mut(source) {
+            entry.refusal = Some(e.to_string());
+        }
+        self.count_update(source.kind(), e.outcome());
+    }
+
+    fn count_update(&self, source: &'static str, outcome: &'static str) {
+        match self.purpose {
+            CrlUse::ClientTls => self.metrics.crl_update(source, outcome),
+            CrlUse::CardCheck => self.metrics.card_crl_update(source, outcome),
+        }
     }
 
     /// Recomputes the snapshot: the newest CRL (by `thisUpdate`) of each issuer over all sources.
@@ -571,12 +662,14 @@ impl CrlStore {
             }
         }
         for c in by_issuer.values() {
-            self.metrics.set_crl_next_update(
-                &c.issuer_name,
-                c.next_update
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            );
+            let at = c
+                .next_update
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match self.purpose {
+                CrlUse::ClientTls => self.metrics.set_crl_next_update(&c.issuer_name, at),
+                CrlUse::CardCheck => self.metrics.set_card_crl_next_update(&c.issuer_name, at),
+            }
         }
         *self
             .current

@@ -19,6 +19,7 @@ mod reload;
 mod replicas;
 mod retention;
 mod revocation;
+mod revocation_check;
 mod routine;
 mod saga;
 mod servers;

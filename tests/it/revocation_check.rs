@@ -1,0 +1,488 @@
+//! The CRL connector of the revocation check (issue #14) against a real distribution point: a
+//! test CA made with rcgen issues card certificates naming an HTTP server on loopback whose
+//! CRL the test swaps. Time is the `now` each check is asked about, against the lists'
+//! validity windows: nothing sleeps.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etjanstekort_gateway::connectors::crl_status::{CrlCheckSettings, CrlRevocationStatus};
+use etjanstekort_gateway::connectors::{
+    CertificateStatus, ConnectorError, RevocationStatus, card_certs,
+};
+use etjanstekort_gateway::devcerts::DevCa;
+use etjanstekort_gateway::domain::{CardCertificate, CertificateSource, Timestamp};
+use etjanstekort_gateway::metrics::Metrics;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOLDER: &str = "Anna Kortinnehavare";
+const HOLDER_HSA_ID: &str = "SE2321000016-9TST";
+
+/// A CRL distribution point on loopback serving `body` (404 while it is empty), counting
+/// requests.
+#[derive(Clone, Default)]
+struct Publication {
+    body: Arc<Mutex<Vec<u8>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Publication {
+    fn publish(&self, body: impl Into<Vec<u8>>) {
+        *self.body.lock().expect("lock") = body.into();
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, p: Publication) {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/card-ca.crl",
+        axum::routing::get(move || {
+            let p = p.clone();
+            async move {
+                p.requests.fetch_add(1, Ordering::SeqCst);
+                let body = p.body.lock().expect("lock").clone();
+                if body.is_empty() {
+                    (StatusCode::NOT_FOUND, Vec::new())
+                } else {
+                    (StatusCode::OK, body)
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+}
+
+async fn distribution_point(p: Publication) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    serve(listener, p).await;
+    addr
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/card-ca.crl")
+}
+
+/// Whole seconds (CRLs carry no fractions).
+fn t0() -> SystemTime {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn at(t: SystemTime) -> Timestamp {
+    Timestamp::from_system(t)
+}
+
+struct Card {
+    certificate: CardCertificate,
+    /// The serial as in the certificate (DER integer content), for CRLs.
+    raw_serial: Vec<u8>,
+}
+
+/// A card certificate of `ca` naming `crl_urls` as its distribution points, read as the
+/// gateway reads a confirmation's certificate.
+fn card(ca: &DevCa, crl_urls: &[String]) -> Card {
+    let issued = ca
+        .issue_client_with(HOLDER, Some(HOLDER_HSA_ID), crl_urls)
+        .expect("card certificate");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(issued.cert_pem.as_bytes()).expect("pem");
+    let raw_serial = {
+        use x509_parser::prelude::FromDer;
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(&pem.contents).expect("der");
+        cert.raw_serial().to_vec()
+    };
+    let facts = card_certs::read(&pem.contents, CertificateSource::Confirmation).expect("read");
+    assert_eq!(facts.certificate.crl_urls, crl_urls);
+    Card {
+        certificate: facts.certificate,
+        raw_serial,
+    }
+}
+
+fn der(crl_pem: &str) -> Vec<u8> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateRevocationListDer::from_pem_slice(crl_pem.as_bytes())
+        .expect("crl pem")
+        .as_ref()
+        .to_vec()
+}
+
+/// A CRL of `ca` (PEM) listing `revoked`, valid from `this_update` until `next_update`.
+fn crl(ca: &DevCa, revoked: &[&Card], this_update: SystemTime, next_update: SystemTime) -> String {
+    let serials: Vec<Vec<u8>> = revoked.iter().map(|c| c.raw_serial.clone()).collect();
+    ca.crl(&serials, this_update, next_update).expect("crl")
+}
+
+/// Settings trusting `cas` (written to a bundle in `dir`): one attempt per fetch, no pause
+/// between rounds (the rounds' bound has its own test).
+fn settings(dir: &tempfile::TempDir, cas: &[&DevCa]) -> CrlCheckSettings {
+    let path = dir.path().join("card-cas.pem");
+    let bundle: String = cas.iter().map(|c| c.cert_pem.as_str()).collect();
+    std::fs::write(&path, bundle).expect("bundle");
+    let mut s = CrlCheckSettings::with_ca_file(path);
+    s.fetch_attempts = 1;
+    s.fetch_timeout = Duration::from_secs(5);
+    s.min_fetch_interval = Duration::ZERO;
+    s
+}
+
+fn connector(s: &CrlCheckSettings) -> CrlRevocationStatus {
+    CrlRevocationStatus::new(s, Arc::new(Metrics::new())).expect("connector")
+}
+
+fn retryable(result: Result<CertificateStatus, ConnectorError>) -> String {
+    match result {
+        Err(ConnectorError::Retryable(m)) => {
+            assert!(
+                !m.contains(HOLDER) && !m.contains(HOLDER_HSA_ID),
+                "personal data in {m}"
+            );
+            m
+        }
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+}
+
+fn revoked(
+    result: Result<CertificateStatus, ConnectorError>,
+) -> etjanstekort_gateway::connectors::RevocationList {
+    match result {
+        Ok(CertificateStatus::Revoked { list }) => list,
+        other => panic!("expected Revoked, got {other:?}"),
+    }
+}
+
+fn not_listed(
+    result: Result<CertificateStatus, ConnectorError>,
+) -> etjanstekort_gateway::connectors::RevocationList {
+    match result {
+        Ok(CertificateStatus::NotListed { list }) => list,
+        other => panic!("expected NotListed, got {other:?}"),
+    }
+}
+
+/// Revoked and not revoked, from a list served as DER and as PEM; the list is fetched once and
+/// then answered from while it is fresh.
+#[tokio::test]
+async fn a_card_certificate_is_found_revoked_or_not_listed_on_its_cas_list_in_der_and_pem() {
+    for pem in [false, true] {
+        let ca = DevCa::generate("Card TEST CA").expect("ca");
+        let publication = Publication::default();
+        let addr = distribution_point(publication.clone()).await;
+        let cut = card(&ca, &[url(addr)]);
+        let other = card(&ca, &[url(addr)]);
+        let now = t0();
+        let (this_update, next_update) = (now - 10 * MINUTE, now + HOUR);
+        let list = crl(&ca, &[&cut], this_update, next_update);
+        publication.publish(if pem { list.into_bytes() } else { der(&list) });
+        let dir = tempfile::tempdir().expect("dir");
+        let check = connector(&settings(&dir, &[&ca]));
+        assert_eq!(check.name(), "crl");
+
+        let list = revoked(check.status(&cut.certificate, at(now)).await);
+        assert_eq!(list.this_update, at(this_update), "pem: {pem}");
+        assert_eq!(list.next_update, at(next_update));
+        assert_eq!(list.source, url(addr));
+        assert!(list.issuer.contains("Card TEST CA"), "{}", list.issuer);
+        assert_eq!(
+            not_listed(check.status(&other.certificate, at(now + MINUTE)).await),
+            list
+        );
+        assert_eq!(publication.requests(), 1, "answered from the list held");
+        // The probe does not judge the lists (a documented choice).
+        check.probe().await.expect("ready");
+    }
+}
+
+/// A list that shows the certificate not revoked is replaced by the next publication once it
+/// is past its nextUpdate; an older list served again is not believed (no roll-back).
+#[tokio::test]
+async fn a_newer_publication_is_picked_up_once_the_list_held_is_past_its_next_update() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    let first = crl(&ca, &[], now - 10 * MINUTE, now + HOUR);
+    publication.publish(first.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let check = connector(&settings(&dir, &[&ca]));
+
+    let held = not_listed(check.status(&cut.certificate, at(now)).await);
+    assert_eq!(held.next_update, at(now + HOUR));
+    // Published, but the list held is fresh until its nextUpdate: the answer stands.
+    publication.publish(crl(&ca, &[&cut], now + 50 * MINUTE, now + 2 * HOUR));
+    assert_eq!(
+        not_listed(check.status(&cut.certificate, at(now + 30 * MINUTE)).await),
+        held
+    );
+    assert_eq!(publication.requests(), 1);
+    // Past it: fetched again, and the new publication answers.
+    let list = revoked(
+        check
+            .status(&cut.certificate, at(now + HOUR + MINUTE))
+            .await,
+    );
+    assert_eq!(list.this_update, at(now + 50 * MINUTE));
+    assert_eq!(list.next_update, at(now + 2 * HOUR));
+    assert_eq!(publication.requests(), 2);
+
+    // The old list served again after that one's nextUpdate: refused, and the list held is
+    // stale: no answer.
+    publication.publish(first);
+    let m = retryable(check.status(&cut.certificate, at(now + 3 * HOUR)).await);
+    assert!(m.contains("stale since"), "{m}");
+    assert!(m.contains("older than the CRL in force"), "{m}");
+}
+
+/// A list past its nextUpdate (+ stale_grace) answers nothing, whatever it lists.
+#[tokio::test]
+async fn an_expired_list_is_never_believed() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let other = card(&ca, &[url(addr)]);
+    let now = t0();
+    publication.publish(crl(&ca, &[&cut], now - 3 * HOUR, now - HOUR));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(&dir, &[&ca]);
+    let check = connector(&s);
+
+    for c in [&cut, &other] {
+        let m = retryable(check.status(&c.certificate, at(now)).await);
+        assert!(m.contains("stale since"), "{m}");
+        assert!(m.contains("Card TEST CA"), "{m}");
+    }
+    // Each check found the list outdated and fetched again: still the same old list.
+    assert_eq!(publication.requests(), 2);
+
+    // Within a configured grace the same list answers.
+    s.stale_grace = 2 * HOUR;
+    let lenient = connector(&s);
+    revoked(lenient.status(&cut.certificate, at(now)).await);
+    not_listed(lenient.status(&other.certificate, at(now)).await);
+    // ... and not past it.
+    retryable(
+        lenient
+            .status(&other.certificate, at(now + HOUR + MINUTE))
+            .await,
+    );
+}
+
+/// A list signed by another key under the CA's name is never believed: neither its
+/// revocations nor its silence.
+#[tokio::test]
+async fn a_wrongly_signed_list_is_never_believed() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let impostor = DevCa::generate("Card TEST CA").expect("same name, other key");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Arc::new(Metrics::new());
+    let check = CrlRevocationStatus::new(&settings(&dir, &[&ca]), metrics.clone()).expect("crl");
+
+    for listed in [true, false] {
+        let revoked: Vec<&Card> = if listed { vec![&cut] } else { vec![] };
+        publication.publish(crl(&impostor, &revoked, now - MINUTE, now + HOUR));
+        let m = retryable(check.status(&cut.certificate, at(now)).await);
+        assert!(m.contains("signature does not verify"), "{m}");
+        assert!(m.contains("no trustworthy CRL"), "{m}");
+    }
+    // The CA's own list is believed.
+    publication.publish(crl(&ca, &[], now - MINUTE, now + HOUR));
+    not_listed(check.status(&cut.certificate, at(now)).await);
+    // A newer one from the impostor once that is past nextUpdate: refused; the list held is
+    // stale, so no answer (least of all Revoked).
+    publication.publish(crl(&impostor, &[&cut], now + HOUR, now + 3 * HOUR));
+    let m = retryable(check.status(&cut.certificate, at(now + 2 * HOUR)).await);
+    assert!(m.contains("stale since"), "{m}");
+    assert!(m.contains("signature does not verify"), "{m}");
+
+    // Counted as the card check's, apart from the client certificates' CRLs.
+    let samples = crate::admin::parse_prometheus(&metrics.render());
+    let count = |k: &str| samples.get(k).copied().unwrap_or_default();
+    assert_eq!(
+        count("etk_card_crl_updates_total{source=\"url\",outcome=\"bad_signature\"}"),
+        3.0
+    );
+    assert_eq!(
+        count("etk_card_crl_updates_total{source=\"url\",outcome=\"applied\"}"),
+        1.0
+    );
+    assert!(
+        !samples.keys().any(|k| k.starts_with("etk_crl_")),
+        "{samples:?}"
+    );
+    assert!(
+        samples
+            .keys()
+            .any(|k| k.starts_with("etk_card_crl_next_update_timestamp_seconds{issuer=")),
+        "{samples:?}"
+    );
+}
+
+/// A certificate of a CA that is not configured is refused for good, and its distribution
+/// point is not fetched.
+#[tokio::test]
+async fn a_certificate_of_an_unknown_issuer_is_terminal() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let stranger = DevCa::generate("Stranger TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let now = t0();
+    publication.publish(crl(&stranger, &[], now - MINUTE, now + HOUR));
+    let foreign = card(&stranger, &[url(addr)]);
+    let dir = tempfile::tempdir().expect("dir");
+    let check = connector(&settings(&dir, &[&ca]));
+    match check.status(&foreign.certificate, at(now)).await {
+        Err(ConnectorError::Terminal(m)) => {
+            assert!(m.contains("Stranger TEST CA"), "{m}");
+            assert!(m.contains(&foreign.certificate.serial), "{m}");
+            assert!(!m.contains(HOLDER) && !m.contains(HOLDER_HSA_ID), "{m}");
+        }
+        other => panic!("expected a terminal failure, got {other:?}"),
+    }
+    assert_eq!(publication.requests(), 0);
+}
+
+/// A distribution point with nothing listening: retryable with the reason; once it serves,
+/// the next check answers.
+#[tokio::test]
+async fn an_unreachable_distribution_point_is_retryable_until_it_serves() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let (listener, addr) = reserved_port().await;
+    drop(listener);
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    let dir = tempfile::tempdir().expect("dir");
+    let check = connector(&settings(&dir, &[&ca]));
+
+    let m = retryable(check.status(&cut.certificate, at(now)).await);
+    assert!(m.contains("no trustworthy CRL"), "{m}");
+    assert!(m.contains(&url(addr)) && m.contains("connect"), "{m}");
+
+    let publication = Publication::default();
+    publication.publish(der(&crl(&ca, &[&cut], now - MINUTE, now + HOUR)));
+    serve(rebind(addr).await, publication.clone()).await;
+    revoked(check.status(&cut.certificate, at(now)).await);
+    assert_eq!(publication.requests(), 1);
+}
+
+/// However many checks ask, a CA's distribution point gets one round of fetches per
+/// `min_fetch_interval`.
+#[tokio::test]
+async fn a_distribution_point_is_not_hammered() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(&dir, &[&ca]);
+    s.min_fetch_interval = HOUR;
+    let check = connector(&s);
+    // Nothing published yet (404).
+    for _ in 0..5 {
+        let m = retryable(check.status(&cut.certificate, at(now)).await);
+        assert!(m.contains("HTTP status 404"), "{m}");
+    }
+    assert_eq!(publication.requests(), 1);
+    // Published: still within the interval, so not fetched yet.
+    publication.publish(crl(&ca, &[&cut], now - MINUTE, now + HOUR));
+    retryable(check.status(&cut.certificate, at(now)).await);
+    assert_eq!(publication.requests(), 1);
+}
+
+/// A configured CRL file (and no distribution point): its list answers, and names the file.
+#[tokio::test]
+async fn a_configured_crl_file_is_a_source() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let cut = card(&ca, &[]);
+    let other = card(&ca, &[]);
+    let now = t0();
+    let dir = tempfile::tempdir().expect("dir");
+    let path: PathBuf = dir.path().join("card-ca.crl");
+    let mut s = settings(&dir, &[&ca]);
+    s.distribution_points = false;
+    s.files = vec![path.clone()];
+    let check = connector(&s);
+
+    // No file yet: retryable, naming it.
+    let m = retryable(check.status(&cut.certificate, at(now)).await);
+    assert!(m.contains(&path.display().to_string()), "{m}");
+
+    std::fs::write(&path, der(&crl(&ca, &[&cut], now - MINUTE, now + HOUR))).expect("crl");
+    let list = revoked(check.status(&cut.certificate, at(now)).await);
+    assert_eq!(list.source, path.display().to_string());
+    not_listed(check.status(&other.certificate, at(now)).await);
+    // A newer list in the file (PEM this time) is read once the one held is past nextUpdate.
+    std::fs::write(&path, crl(&ca, &[&cut, &other], now + HOUR, now + 2 * HOUR)).expect("crl");
+    let list = revoked(
+        check
+            .status(&other.certificate, at(now + HOUR + MINUTE))
+            .await,
+    );
+    assert_eq!(list.this_update, at(now + HOUR));
+}
+
+/// A certificate named only by serial and issuer (as a confirmation may name it) is checked on
+/// the list its CA's other certificates led to; before any did, there is no source.
+#[tokio::test]
+async fn a_certificate_named_by_serial_and_issuer_is_checked_on_its_cas_list() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let with_point = card(&ca, &[url(addr)]);
+    let cut = card(&ca, &[]);
+    let now = t0();
+    publication.publish(crl(&ca, &[&cut], now - MINUTE, now + HOUR));
+    // The issuer as RFC 4514 text would have it (parts reversed, other case).
+    let named = CardCertificate::new(
+        &cut.certificate.serial.to_uppercase(),
+        "o=etjanstekort-gateway TEST,cn=card test ca",
+        CertificateSource::Confirmation,
+    )
+    .expect("certificate");
+    let dir = tempfile::tempdir().expect("dir");
+    let check = connector(&settings(&dir, &[&ca]));
+
+    let m = retryable(check.status(&named, at(now)).await);
+    assert!(m.contains("no source names it"), "{m}");
+    not_listed(check.status(&with_point.certificate, at(now)).await);
+    let list = revoked(check.status(&named, at(now)).await);
+    assert_eq!(list.source, url(addr));
+}
+
+/// A listener on a free loopback port (dropped to leave nothing listening there).
+async fn reserved_port() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr)
+}
+
+async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("reuseaddr");
+    socket.bind(addr).expect("the port again");
+    socket.listen(16).expect("listen")
+}

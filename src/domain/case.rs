@@ -1,5 +1,6 @@
 //! A deregistration case: what a care provider reports, and the state it is in.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::saga::{Saga, SnapshotState};
@@ -200,20 +201,82 @@ impl Deregistration {
     }
 }
 
-/// An employment entry as KIV holds it: its DN and every attribute. Personal data (it
-/// carries the personnummer): `Debug` prints only the attribute names.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Marks, at the end of an attribute's name in a snapshot, that its values are binary and
+/// written in base64 (`userCertificate;binary;base64`); other values are text as read.
+pub const BASE64_SUFFIX: &str = ";base64";
+
+/// An employment entry as KIV holds it: its DN and every attribute (binary ones under their
+/// name + [`BASE64_SUFFIX`]), and what the card check reads from the person entry it sits
+/// under. Personal data (it carries the personnummer): `Debug` prints only attribute names.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Employment {
     pub dn: String,
-    pub attributes: std::collections::BTreeMap<String, Vec<String>>,
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// The person entry above the employment (KIV keeps a person's employments below the
+    /// person): its `hsaIdentity` and `userCertificate;binary`, when it has either. `None` in
+    /// snapshots taken before this was read (the field is then absent), and when there is no
+    /// person entry. Restoring never writes it: removing an employment leaves the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<PersonEntry>,
+}
+
+/// The part of a KIV person entry a snapshot keeps; attributes as in [`Employment`].
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersonEntry {
+    pub dn: String,
+    pub attributes: BTreeMap<String, Vec<String>>,
 }
 
 impl fmt::Debug for Employment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Employment")
             .field("attributes", &self.attributes.keys().collect::<Vec<_>>())
+            .field("person", &self.person)
             .finish_non_exhaustive()
     }
+}
+
+impl fmt::Debug for PersonEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersonEntry")
+            .field("attributes", &self.attributes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The values of every attribute in `attributes` whose description, apart from options in
+/// `options`, is `name` (both without regard to case; `userCertificate` with `["binary"]`
+/// finds `userCertificate` and `userCertificate;binary`), as bytes: base64-marked values
+/// decoded (a value that does not decode is left out), text values as their UTF-8.
+pub fn attribute_bytes(
+    attributes: &BTreeMap<String, Vec<String>>,
+    name: &str,
+    options: &[&str],
+) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for (key, values) in attributes {
+        let (description, encoded) = match key.strip_suffix(BASE64_SUFFIX) {
+            Some(d) => (d, true),
+            None => (key.as_str(), false),
+        };
+        let mut parts = description.split(';');
+        let named = parts.next().is_some_and(|n| n.eq_ignore_ascii_case(name))
+            && parts.all(|o| options.iter().any(|w| o.eq_ignore_ascii_case(w)));
+        if !named {
+            continue;
+        }
+        for v in values {
+            if encoded {
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v) {
+                    out.push(bytes);
+                }
+            } else {
+                out.push(v.as_bytes().to_vec());
+            }
+        }
+    }
+    out
 }
 
 /// One entry of a case's audit trail.

@@ -696,6 +696,31 @@ mod tests {
     }
 
     #[test]
+    fn the_person_entry_is_the_parent_below_the_base() {
+        assert_eq!(
+            parent_dn("cn=SE1-S1,cn=P19121212,ou=Personal,o=VGR"),
+            Some("cn=P19121212,ou=Personal,o=VGR")
+        );
+        assert_eq!(
+            parent_dn(r"cn=Andersson\, Anna,cn=P1, ou=Personal,o=VGR"),
+            Some("cn=P1, ou=Personal,o=VGR")
+        );
+        assert_eq!(parent_dn("o=VGR"), None);
+        let base = "ou=Personal,o=VGR";
+        assert!(strictly_below("cn=P19121212,ou=Personal,o=VGR", base));
+        assert!(strictly_below("CN=P1, OU = personal , O=vgr", base));
+        assert!(strictly_below(r"cn=A\,B,ou=Personal,o=VGR", base));
+        // The base itself (employments directly under it) and entries elsewhere are no person.
+        assert!(!strictly_below("ou=Personal,o=VGR", base));
+        assert!(!strictly_below("cn=P1,ou=Other,o=VGR", base));
+        assert!(!strictly_below("o=VGR", base));
+        assert!(!strictly_below(
+            r"cn=P1\,ou=Personal,o=VGR",
+            "ou=Personal,o=VGR,c=SE"
+        ));
+    }
+
+    #[test]
     fn result_codes_are_classified() {
         for rc in [51, 52, 80, 3] {
             assert!(retryable_rc(rc), "{rc}");

@@ -301,6 +301,75 @@ mod tests {
     use super::*;
     use strum::VariantArray;
 
+    /// Snapshots stored before the person entry was read still open, and one without a person
+    /// entry is written exactly as before.
+    #[test]
+    fn old_snapshots_still_read_and_write_the_same() {
+        let old = r#"{"dn":"cn=u,cn=19121212,ou=Personal,o=VGR","attributes":{"hsaPersonIdentityNumber":["191212121212"],"jpegPhoto;base64":["AAE="]}}"#;
+        let e: Employment = serde_json::from_str(old).expect("an old snapshot reads");
+        assert_eq!(e.person, None);
+        assert_eq!(
+            attribute_bytes(&e.attributes, "jpegPhoto", &[]),
+            vec![vec![0, 1]]
+        );
+        assert_eq!(serde_json::to_string(&e).expect("json"), old);
+
+        let with_person = Employment {
+            person: Some(PersonEntry {
+                dn: "cn=19121212,ou=Personal,o=VGR".into(),
+                attributes: BTreeMap::from([(
+                    format!("userCertificate;binary{BASE64_SUFFIX}"),
+                    vec!["MAMCAQE=".into()],
+                )]),
+            }),
+            ..e
+        };
+        let json = serde_json::to_string(&with_person).expect("json");
+        assert_eq!(
+            serde_json::from_str::<Employment>(&json).expect("reads back"),
+            with_person
+        );
+    }
+
+    #[test]
+    fn snapshot_debug_names_attributes_only() {
+        let e = Employment {
+            dn: "cn=u,cn=19121212,ou=Personal,o=VGR".into(),
+            attributes: BTreeMap::from([(
+                "hsaPersonIdentityNumber".into(),
+                vec!["191212121212".into()],
+            )]),
+            person: Some(PersonEntry {
+                dn: "cn=19121212,ou=Personal,o=VGR".into(),
+                attributes: BTreeMap::from([(
+                    "hsaIdentity".into(),
+                    vec!["SE1655999991-P000000000042".into()],
+                )]),
+            }),
+        };
+        let printed = format!("{e:?}");
+        assert!(printed.contains("hsaPersonIdentityNumber") && printed.contains("hsaIdentity"));
+        for value in ["19121212", "P000000000042"] {
+            assert!(!printed.contains(value), "{printed}");
+        }
+    }
+
+    #[test]
+    fn attribute_bytes_match_names_and_options() {
+        let attributes = BTreeMap::from([
+            (
+                "userCertificate;binary;base64".into(),
+                vec!["AQI=".into(), "!".into()],
+            ),
+            ("USERCERTIFICATE".into(), vec!["ab".into()]),
+            ("userCertificate;lang-sv".into(), vec!["x".into()]),
+            ("userCertificateX".into(), vec!["y".into()]),
+        ]);
+        let mut found = attribute_bytes(&attributes, "usercertificate", &["binary"]);
+        found.sort();
+        assert_eq!(found, vec![vec![1, 2], b"ab".to_vec()]);
+    }
+
     /// Existing databases and audit chains hold these exact names.
     #[test]
     fn stored_names_never_change() {

@@ -141,3 +141,132 @@ impl SimulatedCardCa {
             .map_err(|e| format!("signing the simulated list: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    use x509_parser::revocation_list::CertificateRevocationList;
+
+    use super::*;
+    use crate::connectors::Kiv;
+    use crate::connectors::card_certs::kiv_card_certificates;
+    use crate::connectors::simulated::{Faults, SimulatedKiv};
+    use crate::domain::{Personnummer, Timestamp, same_issuer};
+
+    fn person(p: &str) -> Personnummer {
+        Personnummer::parse(p, time::macros::date!(2026 - 12 - 01)).expect("pnr")
+    }
+
+    fn unit() -> HsaId {
+        HsaId::parse(&crate::devcerts::unit_a()).expect("unit")
+    }
+
+    #[tokio::test]
+    async fn employed_people_get_a_card_certificate_from_the_simulated_ca_when_asked() {
+        let kiv = SimulatedKiv::new(true, Faults::default(), None)
+            .with_card_certificates()
+            .expect("cards");
+        let p = person("19121212-1212");
+        assert_eq!(
+            kiv.card_certificates_of(&p),
+            vec![],
+            "none before the first employment"
+        );
+        let snapshot = kiv
+            .lookup(&p, &unit())
+            .await
+            .expect("lookup")
+            .expect("employed");
+        let person_entry = snapshot.person.as_ref().expect("a person entry");
+        assert_eq!(person_entry.dn, "cn=19121212,ou=Personal,o=VGR");
+        let hsa_id = kiv.hsa_id_of(&p).expect("an HSA-id");
+        assert!(hsa_id.as_str().starts_with("SE1655999991-P"));
+
+        let found = kiv_card_certificates(&snapshot, Timestamp(1_790_000_000 * 1_000_000));
+        assert_eq!(
+            found.len(),
+            1,
+            "the person's card certificate matches the rule"
+        );
+        assert!(
+            same_issuer(&found[0].issuer, SIMULATED_CARD_CA),
+            "{}",
+            found[0].issuer
+        );
+        assert_eq!(kiv.card_certificates_of(&p), found);
+        assert_eq!(kiv.card_certificates(), found);
+
+        // The certificate is the CA's: it verifies against the CA certificate.
+        let ca = kiv.card_ca().expect("the CA");
+        let (_, ca_cert) = X509Certificate::from_der(ca.certificate_der()).expect("CA cert");
+        assert!(same_issuer(&ca_cert.subject().to_string(), ca.name()));
+
+        // A list the CA signs names the serial and verifies against the CA.
+        let now = std::time::SystemTime::now();
+        let der = ca
+            .crl(
+                &[found[0].serial.clone()],
+                7,
+                now,
+                now + Duration::from_secs(3600),
+            )
+            .expect("crl");
+        let (_, crl) = CertificateRevocationList::from_der(&der).expect("a CRL");
+        crl.verify_signature(ca_cert.public_key())
+            .expect("signed by the CA");
+        let listed: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                hex::encode(r.raw_serial())
+                    .trim_start_matches('0')
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(listed, [found[0].serial.clone()]);
+        assert!(ca.crl(&["xyz".into()], 8, now, now).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_second_person_gets_their_own_and_a_second_employment_the_same() {
+        let kiv = SimulatedKiv::new(false, Faults::default(), None)
+            .with_card_certificates()
+            .expect("cards");
+        let (p, q) = (person("19121212-1212"), person("19800101-2387"));
+        let other_unit = HsaId::parse(&crate::devcerts::unit_b()).expect("unit");
+        kiv.employ(&p, &unit());
+        kiv.employ(&p, &other_unit);
+        kiv.employ(&q, &unit());
+        let a = kiv.lookup(&p, &unit()).await.expect("lookup").expect("a");
+        let b = kiv
+            .lookup(&p, &other_unit)
+            .await
+            .expect("lookup")
+            .expect("b");
+        assert_eq!(a.person, b.person, "one person entry for both employments");
+        assert_ne!(kiv.hsa_id_of(&p), kiv.hsa_id_of(&q));
+        assert_eq!(kiv.card_certificates().len(), 2);
+        assert_ne!(kiv.card_certificates_of(&p), kiv.card_certificates_of(&q));
+        // Removing the employment leaves the person; restoring brings the snapshot back.
+        kiv.remove("k", &p, &unit()).await.expect("remove");
+        assert_eq!(kiv.card_certificates_of(&p).len(), 1);
+        kiv.restore("k:1", &a).await.expect("restore");
+        assert_eq!(kiv.lookup(&p, &unit()).await.expect("lookup"), Some(a));
+    }
+
+    #[tokio::test]
+    async fn without_asking_there_are_no_certificates() {
+        let kiv = SimulatedKiv::new(true, Faults::default(), None);
+        let p = person("19121212-1212");
+        let e = kiv
+            .lookup(&p, &unit())
+            .await
+            .expect("lookup")
+            .expect("employed");
+        assert_eq!(e.person, None);
+        assert_eq!(e, SimulatedKiv::employment_for(&p, &unit()));
+        assert!(kiv.card_ca().is_none() && kiv.card_certificates().is_empty());
+        assert_eq!(kiv.hsa_id_of(&p), None);
+    }
+}

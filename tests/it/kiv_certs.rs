@@ -7,13 +7,13 @@ use std::collections::HashSet;
 
 use etjanstekort_gateway::connectors::Kiv;
 use etjanstekort_gateway::connectors::card_certs::kiv_card_certificates;
-use etjanstekort_gateway::connectors::ldap::Removal;
+use etjanstekort_gateway::connectors::ldap::{LdapKiv, Removal};
 use etjanstekort_gateway::domain::{Employment, Timestamp, attribute_bytes};
 use ldap3::{Scope, SearchEntry};
 use rcgen::{CertificateParams, DnType, DnValue, IsCa, Issuer, KeyPair};
 use time::macros::datetime;
 
-use crate::real::{ldap_kiv, person, unit};
+use crate::real::{ldap_kiv, ldap_settings, person, unit};
 use crate::servers::Slapd;
 
 const HOLDER: &str = "SE1655999991-P000000000042";
@@ -196,17 +196,29 @@ async fn kiv_card_certificates_from_a_real_directory_survive_removal_and_restore
     assert_eq!(back.person, snapshot.person);
 }
 
-/// Employments directly under the search base have no person entry to read: nothing is taken
-/// from the base, and the look-up works as before.
+/// The search base is a container, never the person entry: an employment directly under it
+/// has no person entry, even when the base is an entry with an HSA-id.
 #[tokio::test]
-async fn an_employment_directly_under_the_base_has_no_person_entry() {
+async fn the_search_base_is_never_the_person_entry() {
     let slapd = Slapd::start();
-    let kiv = ldap_kiv(&slapd, Removal::Delete);
     let (p, u) = (person(), unit());
     let digits = p.expose_digits();
+    let person_dn = format!("cn=P{},ou=Personal,o=VGR", &digits[..8]);
     let mut ldap = slapd.admin().await;
     ldap.add(
-        &format!("cn={},ou=Personal,o=VGR", u.as_str()),
+        &person_dn,
+        vec![
+            ("objectClass", HashSet::from(["vgrPerson"])),
+            ("cn", HashSet::from([&person_dn[3..12]])),
+            ("hsaIdentity", HashSet::from([HOLDER])),
+        ],
+    )
+    .await
+    .expect("add")
+    .success()
+    .expect("the person");
+    ldap.add(
+        &format!("cn={},{person_dn}", u.as_str()),
         vec![
             ("objectClass", HashSet::from(["vgrAnstallning"])),
             ("cn", HashSet::from([u.as_str()])),
@@ -217,7 +229,18 @@ async fn an_employment_directly_under_the_base_has_no_person_entry() {
     .await
     .expect("add")
     .success()
-    .expect("added");
-    let snapshot = kiv.lookup(&p, &u).await.expect("lookup").expect("employed");
-    assert_eq!(snapshot.person, None);
+    .expect("the employment");
+    let below = ldap_kiv(&slapd, Removal::Delete);
+    let found = below.lookup(&p, &u).await.expect("lookup").expect("employed");
+    assert!(found.person.is_some(), "below ou=Personal the parent is the person");
+
+    let mut settings = ldap_settings(&slapd, Removal::Delete);
+    settings.base_dn = person_dn.clone();
+    let at_the_person = LdapKiv::new(settings).expect("settings");
+    let found = at_the_person
+        .lookup(&p, &u)
+        .await
+        .expect("lookup")
+        .expect("employed");
+    assert_eq!(found.person, None);
 }

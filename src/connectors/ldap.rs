@@ -1,5 +1,8 @@
 //! KIV over LDAP: an employment is its own entry carrying the person's identity number and the
-//! employing unit's HSA-id. Each operation opens a connection (StartTLS or LDAPS through
+//! employing unit's HSA-id, below the person's entry. A look-up keeps the employment entry
+//! whole, and of the person entry above it (when that lies below `base_dn`) only what the card
+//! check reads: `hsaIdentity` and `userCertificate;binary`. Removal and restore touch the
+//! employment entry only. Each operation opens a connection (StartTLS or LDAPS through
 //! rustls), binds, acts and unbinds — the rate is a few operations per case, and a fresh
 //! connection never carries a broken one's state into a retry.
 

@@ -27,7 +27,8 @@ fn card(
     until: time::OffsetDateTime,
 ) -> Vec<u8> {
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.distinguished_name.push(DnType::CommonName, "Tolvan Tolvansson");
+    p.distinguished_name
+        .push(DnType::CommonName, "Tolvan Tolvansson");
     p.distinguished_name.push(
         DnType::CustomDnType(vec![2, 5, 4, 5]),
         DnValue::PrintableString(hsa_id.try_into().expect("printable")),
@@ -142,21 +143,35 @@ async fn kiv_card_certificates_from_a_real_directory_survive_removal_and_restore
     // The look-up keeps them in the snapshot.
     let snapshot: Employment = kiv.lookup(&p, &u).await.expect("lookup").expect("employed");
     let person_entry = snapshot.person.as_ref().expect("the person entry was read");
-    assert_eq!(person_entry.dn.to_ascii_lowercase(), person_dn.to_ascii_lowercase());
+    assert_eq!(
+        person_entry.dn.to_ascii_lowercase(),
+        person_dn.to_ascii_lowercase()
+    );
     assert_eq!(
         attribute_bytes(&person_entry.attributes, "hsaIdentity", &[]),
         vec![b(HOLDER)]
     );
     assert_eq!(
-        set(attribute_bytes(&person_entry.attributes, "userCertificate", &["binary"])),
+        set(attribute_bytes(
+            &person_entry.attributes,
+            "userCertificate",
+            &["binary"]
+        )),
         person_certs
     );
     assert_eq!(
-        set(attribute_bytes(&snapshot.attributes, "userCertificate", &["binary"])),
+        set(attribute_bytes(
+            &snapshot.attributes,
+            "userCertificate",
+            &["binary"]
+        )),
         employment_certs
     );
     let printed = format!("{snapshot:?}");
-    assert!(!printed.contains(HOLDER) && !printed.contains(&digits), "{printed}");
+    assert!(
+        !printed.contains(HOLDER) && !printed.contains(&digits),
+        "{printed}"
+    );
 
     // The rule picks the holder's certificates in force at the report.
     let reported_at = Timestamp(datetime!(2026-12-01 12:00 UTC).unix_timestamp() * 1_000_000);
@@ -186,7 +201,10 @@ async fn kiv_card_certificates_from_a_real_directory_survive_removal_and_restore
         certificates_at(&slapd, &employment_dn).await,
         Some(employment_certs)
     );
-    assert_eq!(certificates_at(&slapd, &person_dn).await, Some(person_certs));
+    assert_eq!(
+        certificates_at(&slapd, &person_dn).await,
+        Some(person_certs)
+    );
     let back = kiv.lookup(&p, &u).await.expect("lookup").expect("restored");
     assert_eq!(
         kiv_card_certificates(&back, reported_at).len(),
@@ -231,8 +249,15 @@ async fn the_search_base_is_never_the_person_entry() {
     .success()
     .expect("the employment");
     let below = ldap_kiv(&slapd, Removal::Delete);
-    let found = below.lookup(&p, &u).await.expect("lookup").expect("employed");
-    assert!(found.person.is_some(), "below ou=Personal the parent is the person");
+    let found = below
+        .lookup(&p, &u)
+        .await
+        .expect("lookup")
+        .expect("employed");
+    assert!(
+        found.person.is_some(),
+        "below ou=Personal the parent is the person"
+    );
 
     let mut settings = ldap_settings(&slapd, Removal::Delete);
     settings.base_dn = person_dn.clone();

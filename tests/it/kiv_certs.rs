@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use etjanstekort_gateway::connectors::Kiv;
 use etjanstekort_gateway::connectors::card_certs::kiv_card_certificates;
 use etjanstekort_gateway::connectors::ldap::{LdapKiv, Removal};
+use etjanstekort_gateway::connectors::simulated::{Faults, SimulatedKiv};
 use etjanstekort_gateway::domain::{Employment, Timestamp, attribute_bytes};
 use ldap3::{Scope, SearchEntry};
 use rcgen::{CertificateParams, DnType, DnValue, IsCa, Issuer, KeyPair};
@@ -268,4 +269,21 @@ async fn the_search_base_is_never_the_person_entry() {
         .expect("lookup")
         .expect("employed");
     assert_eq!(found.person, None);
+}
+
+/// The simulation with card certificates keeps the KIV contract, and its snapshots carry the
+/// person entry whose certificate the rule picks.
+#[tokio::test]
+async fn kiv_contract_on_the_simulation_with_card_certificates() {
+    let kiv = SimulatedKiv::new(false, Faults::default(), None)
+        .with_card_certificates()
+        .expect("cards");
+    crate::real::kiv_contract(&kiv, &kiv).await;
+    let (p, u) = (person(), unit());
+    let snapshot = kiv.lookup(&p, &u).await.expect("lookup").expect("employed");
+    let picked = kiv_card_certificates(&snapshot, etjanstekort_gateway::clock::now());
+    assert_eq!(picked, kiv.card_certificates_of(&p));
+    assert_eq!(picked.len(), 1);
+    let printed = format!("{kiv:?} {snapshot:?}");
+    assert!(!printed.contains(&p.expose_digits()[..8]), "{printed}");
 }

@@ -1,5 +1,8 @@
 //! KIV over LDAP: an employment is its own entry carrying the person's identity number and the
-//! employing unit's HSA-id. Each operation opens a connection (StartTLS or LDAPS through
+//! employing unit's HSA-id, below the person's entry. A look-up keeps the employment entry
+//! whole, and of the person entry above it (when that lies below `base_dn`) only what the card
+//! check reads: `hsaIdentity` and `userCertificate;binary`. Removal and restore touch the
+//! employment entry only. Each operation opens a connection (StartTLS or LDAPS through
 //! rustls), binds, acts and unbinds — the rate is a few operations per case, and a fresh
 //! connection never carries a broken one's state into a retry.
 
@@ -19,10 +22,13 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::{ConnectorError, Kiv};
-use crate::domain::{Employment, HsaId, Personnummer, Timestamp};
+use crate::domain::{
+    BASE64_SUFFIX as BINARY, Employment, HsaId, PersonEntry, Personnummer, Timestamp,
+};
 
-/// Suffix marking a binary attribute's values as base64 in a snapshot.
-const BINARY: &str = ";base64";
+/// What the card check reads from the person entry above an employment (see
+/// [`crate::connectors::card_certs::kiv_card_certificates`]).
+const PERSON_ATTRIBUTES: [&str; 2] = ["hsaIdentity", "userCertificate"];
 
 /// How the gateway removes an employment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -347,20 +353,11 @@ impl LdapKiv {
         let mut found: Vec<Employment> = entries
             .into_iter()
             .map(|e| {
-                let e = SearchEntry::construct(e);
-                let mut attributes: BTreeMap<String, Vec<String>> = e.attrs.into_iter().collect();
-                for (name, values) in e.bin_attrs {
-                    attributes.insert(
-                        format!("{name}{BINARY}"),
-                        values
-                            .iter()
-                            .map(|v| base64::engine::general_purpose::STANDARD.encode(v))
-                            .collect(),
-                    );
-                }
+                let (dn, attributes) = snapshot_of(SearchEntry::construct(e));
                 Employment {
-                    dn: e.dn,
+                    dn,
                     attributes,
+                    person: None,
                 }
             })
             .collect();
@@ -384,12 +381,120 @@ impl LdapKiv {
         Ok(found)
     }
 
+    /// The person entry above an employment entry: its [`PERSON_ATTRIBUTES`], when it lies
+    /// below `base_dn` (the search base is a container, never a person) and has any of them.
+    /// A parent that is gone (noSuchObject) is no person entry.
+    async fn person_of(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        employment_dn: &str,
+    ) -> Result<Option<PersonEntry>, ConnectorError> {
+        let Some(parent) = parent_dn(employment_dn) else {
+            return Ok(None);
+        };
+        if !strictly_below(parent, &self.s.base_dn) {
+            return Ok(None);
+        }
+        let span = self.op_span("search", true);
+        let r = ldap
+            .search(
+                parent,
+                Scope::Base,
+                "(objectClass=*)",
+                PERSON_ATTRIBUTES.to_vec(),
+            )
+            .instrument(span.clone())
+            .await;
+        let (entries, res) = match r {
+            Ok(SearchResult(entries, res)) => (entries, Ok(res)),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        check(&span, "search person", res, &[32])?;
+        Ok(entries.into_iter().next().and_then(|e| {
+            let (dn, attributes) = snapshot_of(SearchEntry::construct(e));
+            (!attributes.is_empty()).then_some(PersonEntry { dn, attributes })
+        }))
+    }
+
     /// Connects and binds: for readiness checks.
     pub async fn probe(&self) -> Result<(), ConnectorError> {
         let mut ldap = self.connect(false).await?;
         let _ = ldap.unbind().await;
         Ok(())
     }
+}
+
+/// An entry's DN and attributes as a snapshot keeps them: binary values base64 under the
+/// attribute's name + [`BINARY`].
+fn snapshot_of(e: SearchEntry) -> (String, BTreeMap<String, Vec<String>>) {
+    let mut attributes: BTreeMap<String, Vec<String>> = e.attrs.into_iter().collect();
+    for (name, values) in e.bin_attrs {
+        attributes.insert(
+            format!("{name}{BINARY}"),
+            values
+                .iter()
+                .map(|v| base64::engine::general_purpose::STANDARD.encode(v))
+                .collect(),
+        );
+    }
+    (e.dn, attributes)
+}
+
+/// The RDNs of a DN (split at commas not escaped by a backslash), each trimmed.
+fn rdns(dn: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in dn.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' => {
+                out.push(dn[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = dn[start..].trim();
+    if !last.is_empty() || !out.is_empty() {
+        out.push(last);
+    }
+    out
+}
+
+/// The DN of an entry's parent; none for a single RDN.
+fn parent_dn(dn: &str) -> Option<&str> {
+    let mut escaped = false;
+    for (i, c) in dn.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' => return Some(dn[i + 1..].trim()).filter(|p| !p.is_empty()),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether `dn` names an entry strictly below `base` (RDNs compared without regard to case
+/// or to spaces around `=`).
+fn strictly_below(dn: &str, base: &str) -> bool {
+    let norm = |rdn: &str| -> String {
+        rdn.split('+')
+            .map(|ava| match ava.split_once('=') {
+                Some((t, v)) => format!("{}={}", t.trim(), v.trim()),
+                None => ava.trim().to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("+")
+            .to_lowercase()
+    };
+    let (d, b) = (rdns(dn), rdns(base));
+    d.len() > b.len()
+        && d[d.len() - b.len()..]
+            .iter()
+            .zip(&b)
+            .all(|(x, y)| norm(x) == norm(y))
 }
 
 fn values_of(name: &str, values: &[String]) -> Result<(Vec<u8>, HashSet<Vec<u8>>), ConnectorError> {
@@ -426,7 +531,14 @@ impl Kiv for LdapKiv {
     ) -> Result<Option<Employment>, ConnectorError> {
         self.bounded("lookup", async {
             let mut ldap = self.connect(true).await?;
-            let r = self.find(&mut ldap, person, unit).await;
+            let r = async {
+                let Some(mut employment) = self.find(&mut ldap, person, unit).await? else {
+                    return Ok(None);
+                };
+                employment.person = self.person_of(&mut ldap, &employment.dn).await?;
+                Ok(Some(employment))
+            }
+            .await;
             let _ = ldap.unbind().await;
             r
         })
@@ -584,6 +696,31 @@ mod tests {
         assert_eq!(server_of("ldap://127.0.0.1:3890"), s("127.0.0.1", 3890));
         assert_eq!(server_of("LDAPS://[::1]:6360/dc=x"), s("::1", 6360));
         assert_eq!(server_of("ldap://[::1]"), s("::1", 389));
+    }
+
+    #[test]
+    fn the_person_entry_is_the_parent_below_the_base() {
+        assert_eq!(
+            parent_dn("cn=SE1-S1,cn=P19121212,ou=Personal,o=VGR"),
+            Some("cn=P19121212,ou=Personal,o=VGR")
+        );
+        assert_eq!(
+            parent_dn(r"cn=Andersson\, Anna,cn=P1, ou=Personal,o=VGR"),
+            Some("cn=P1, ou=Personal,o=VGR")
+        );
+        assert_eq!(parent_dn("o=VGR"), None);
+        let base = "ou=Personal,o=VGR";
+        assert!(strictly_below("cn=P19121212,ou=Personal,o=VGR", base));
+        assert!(strictly_below("CN=P1, OU = personal , O=vgr", base));
+        assert!(strictly_below(r"cn=A\,B,ou=Personal,o=VGR", base));
+        // The base itself (employments directly under it) and entries elsewhere are no person.
+        assert!(!strictly_below("ou=Personal,o=VGR", base));
+        assert!(!strictly_below("cn=P1,ou=Other,o=VGR", base));
+        assert!(!strictly_below("o=VGR", base));
+        assert!(!strictly_below(
+            r"cn=P1\,ou=Personal,o=VGR",
+            "ou=Personal,o=VGR,c=SE"
+        ));
     }
 
     #[test]

@@ -7,11 +7,18 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine;
 use ring::rand::SecureRandom;
 use serde::Deserialize;
 
 use super::{ConnectorError, CutCardReport, Kiv, Notice, Notifier, RevocationOutcome, TjansteId};
-use crate::domain::{CaseId, Employment, HsaId, Personnummer, Timestamp};
+use crate::domain::{
+    BASE64_SUFFIX, CardCertificate, CaseId, CertificateSource, Employment, HsaId, PersonEntry,
+    Personnummer, Timestamp,
+};
+
+mod cards;
+pub use cards::{SIMULATED_CARD_CA, SimulatedCardCa};
 
 /// `[simulated]`: latency and failure injection and the journal, shared by every simulation
 /// in use.
@@ -261,7 +268,6 @@ impl TjansteId for SimulatedTjansteId {
 }
 
 /// Simulated KIV: employments keyed by person and care unit, held in memory.
-#[derive(Debug)]
 pub struct SimulatedKiv {
     /// When true, a look-up of an unknown person creates a plausible employment first
     /// (dev mode: every reported person is employed where reported).
@@ -270,7 +276,31 @@ pub struct SimulatedKiv {
     entries: Mutex<BTreeMap<(String, String), Employment>>,
     removed_keys: Mutex<HashSet<String>>,
     journal: Journal,
+    /// Card certificates on the person entries; none unless asked for.
+    cards: Option<Cards>,
 }
+
+/// The simulated CA and the person entries it issued certificates for.
+struct Cards {
+    ca: SimulatedCardCa,
+    /// By the person's 12 digits: the person entry (HSA-id and card certificate), made at the
+    /// first employment and shared by every employment of the person.
+    persons: Mutex<BTreeMap<String, PersonEntry>>,
+}
+
+/// Without the entries: they are keyed by personnummer.
+impl std::fmt::Debug for SimulatedKiv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatedKiv")
+            .field("auto_employ", &self.auto_employ)
+            .field("faults", &self.faults)
+            .field("card_certificates", &self.cards.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+const HSA_IDENTITY: &str = "hsaIdentity";
+const USER_CERTIFICATE: &str = "userCertificate;binary";
 
 impl SimulatedKiv {
     pub fn new(auto_employ: bool, faults: Faults, journal: Option<&std::path::Path>) -> Self {
@@ -280,7 +310,73 @@ impl SimulatedKiv {
             entries: Mutex::new(BTreeMap::new()),
             removed_keys: Mutex::new(HashSet::new()),
             journal: Journal::open(journal),
+            cards: None,
         }
+    }
+
+    /// Employed people get a person entry with a synthetic HSA-id (`hsaIdentity`) and one card
+    /// certificate (`userCertificate;binary`) from a new [`SimulatedCardCa`], as KIV may hold
+    /// them — what dev mode and the core tests check on the simulated revocation list.
+    pub fn with_card_certificates(mut self) -> Result<Self, String> {
+        let ca = SimulatedCardCa::generate().map_err(|e| format!("the simulated card CA: {e}"))?;
+        self.cards = Some(Cards {
+            ca,
+            persons: Mutex::new(BTreeMap::new()),
+        });
+        Ok(self)
+    }
+
+    /// The simulated issuing CA, when card certificates are on.
+    pub fn card_ca(&self) -> Option<&SimulatedCardCa> {
+        self.cards.as_ref().map(|c| &c.ca)
+    }
+
+    /// The card certificates (serial and issuer) the simulation issued to `person`; none
+    /// before the person's first employment, or with card certificates off.
+    pub fn card_certificates_of(&self, person: &Personnummer) -> Vec<CardCertificate> {
+        let Some(cards) = &self.cards else {
+            return Vec::new();
+        };
+        cards
+            .persons
+            .lock()
+            .map(|p| {
+                p.get(&person.expose_digits())
+                    .map(certificates_on)
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every card certificate the simulation issued.
+    pub fn card_certificates(&self) -> Vec<CardCertificate> {
+        let Some(cards) = &self.cards else {
+            return Vec::new();
+        };
+        cards
+            .persons
+            .lock()
+            .map(|p| p.values().flat_map(certificates_on).collect())
+            .unwrap_or_default()
+    }
+
+    /// The person's simulated HSA-id, when card certificates are on and the person has been
+    /// employed.
+    pub fn hsa_id_of(&self, person: &Personnummer) -> Option<HsaId> {
+        let cards = self.cards.as_ref()?;
+        let persons = cards.persons.lock().ok()?;
+        let entry = persons.get(&person.expose_digits())?;
+        HsaId::parse(entry.attributes.get(HSA_IDENTITY)?.first()?).ok()
+    }
+
+    /// An employment as this KIV holds it: [`Self::employment_for`], with the person entry
+    /// when card certificates are on.
+    fn employment(&self, person: &Personnummer, unit: &HsaId) -> Employment {
+        let mut e = Self::employment_for(person, unit);
+        if let Some(cards) = &self.cards {
+            e.person = cards.person_entry(person, &e.dn);
+        }
+        e
     }
 
     fn slot(person: &Personnummer, unit: &HsaId) -> (String, String) {
@@ -305,13 +401,14 @@ impl SimulatedKiv {
         Employment {
             dn: format!("cn={},cn={},ou=Personal,o=VGR", unit.as_str(), &digits[..8]),
             attributes,
+            person: None,
         }
     }
 
     /// Puts an employment in place (tests, dev data).
     pub fn employ(&self, person: &Personnummer, unit: &HsaId) {
         if let Ok(mut e) = self.entries.lock() {
-            e.insert(Self::slot(person, unit), Self::employment_for(person, unit));
+            e.insert(Self::slot(person, unit), self.employment(person, unit));
         }
     }
 
@@ -357,7 +454,7 @@ impl Kiv for SimulatedKiv {
             .map_err(|_| ConnectorError::Retryable("simulated KIV poisoned".into()))?;
         let slot = Self::slot(person, unit);
         if self.auto_employ && !e.contains_key(&slot) {
-            e.insert(slot.clone(), Self::employment_for(person, unit));
+            e.insert(slot.clone(), self.employment(person, unit));
         }
         Ok(e.get(&slot).cloned())
     }
@@ -400,6 +497,56 @@ impl Kiv for SimulatedKiv {
         self.journal.record("restore_kiv", key);
         Ok(())
     }
+}
+
+impl Cards {
+    /// The person's entry, made (HSA-id and card certificate) at the first call.
+    fn person_entry(&self, person: &Personnummer, employment_dn: &str) -> Option<PersonEntry> {
+        let mut persons = self.persons.lock().ok()?;
+        let digits = person.expose_digits();
+        if let Some(p) = persons.get(&digits) {
+            return Some(p.clone());
+        }
+        // `P` and twelve digits counting up from 1: never a date, so never an identity number.
+        let hsa_id = HsaId::parse(&format!(
+            "{}-P{:012}",
+            crate::devcerts::TEST_ORG,
+            persons.len() + 1
+        ))
+        .ok()?;
+        let der = match self.ca.issue(&hsa_id, "Simulated card holder (TEST)") {
+            Ok(der) => der,
+            Err(e) => {
+                tracing::warn!(error = %e, "the simulated CA could not issue a card certificate");
+                return None;
+            }
+        };
+        let dn = employment_dn
+            .split_once(',')
+            .map_or(employment_dn, |(_, parent)| parent)
+            .to_owned();
+        let entry = PersonEntry {
+            dn,
+            attributes: BTreeMap::from([
+                (HSA_IDENTITY.to_owned(), vec![hsa_id.to_string()]),
+                (
+                    format!("{USER_CERTIFICATE}{BASE64_SUFFIX}"),
+                    vec![base64::engine::general_purpose::STANDARD.encode(der)],
+                ),
+            ]),
+        };
+        persons.insert(digits, entry.clone());
+        Some(entry)
+    }
+}
+
+/// The certificates on a simulated person entry, read.
+fn certificates_on(entry: &PersonEntry) -> Vec<CardCertificate> {
+    crate::domain::attribute_bytes(&entry.attributes, "userCertificate", &["binary"])
+        .iter()
+        .filter_map(|der| super::card_certs::read(der, CertificateSource::Kiv).ok())
+        .map(|facts| facts.certificate)
+        .collect()
 }
 
 /// Notifier that writes a log line per notice (no personal data) and keeps the notices.

@@ -1,5 +1,6 @@
 //! A deregistration case: what a care provider reports, and the state it is in.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::saga::{Saga, SnapshotState, Verification};
@@ -205,20 +206,82 @@ impl Deregistration {
     }
 }
 
-/// An employment entry as KIV holds it: its DN and every attribute. Personal data (it
-/// carries the personnummer): `Debug` prints only the attribute names.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Marks, at the end of an attribute's name in a snapshot, that its values are binary and
+/// written in base64 (`userCertificate;binary;base64`); other values are text as read.
+pub const BASE64_SUFFIX: &str = ";base64";
+
+/// An employment entry as KIV holds it: its DN and every attribute (binary ones under their
+/// name + [`BASE64_SUFFIX`]), and what the card check reads from the person entry it sits
+/// under. Personal data (it carries the personnummer): `Debug` prints only attribute names.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Employment {
     pub dn: String,
-    pub attributes: std::collections::BTreeMap<String, Vec<String>>,
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// The person entry above the employment (KIV keeps a person's employments below the
+    /// person): its `hsaIdentity` and `userCertificate;binary`, when it has either. `None` in
+    /// snapshots taken before this was read (the field is then absent), and when there is no
+    /// person entry. Restoring never writes it: removing an employment leaves the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<PersonEntry>,
+}
+
+/// The part of a KIV person entry a snapshot keeps; attributes as in [`Employment`].
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersonEntry {
+    pub dn: String,
+    pub attributes: BTreeMap<String, Vec<String>>,
 }
 
 impl fmt::Debug for Employment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Employment")
             .field("attributes", &self.attributes.keys().collect::<Vec<_>>())
+            .field("person", &self.person)
             .finish_non_exhaustive()
     }
+}
+
+impl fmt::Debug for PersonEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersonEntry")
+            .field("attributes", &self.attributes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The values of every attribute in `attributes` whose description, apart from options in
+/// `options`, is `name` (both without regard to case; `userCertificate` with `["binary"]`
+/// finds `userCertificate` and `userCertificate;binary`), as bytes: base64-marked values
+/// decoded (a value that does not decode is left out), text values as their UTF-8.
+pub fn attribute_bytes(
+    attributes: &BTreeMap<String, Vec<String>>,
+    name: &str,
+    options: &[&str],
+) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for (key, values) in attributes {
+        let (description, encoded) = match key.strip_suffix(BASE64_SUFFIX) {
+            Some(d) => (d, true),
+            None => (key.as_str(), false),
+        };
+        let mut parts = description.split(';');
+        let named = parts.next().is_some_and(|n| n.eq_ignore_ascii_case(name))
+            && parts.all(|o| options.iter().any(|w| o.eq_ignore_ascii_case(w)));
+        if !named {
+            continue;
+        }
+        for v in values {
+            if encoded {
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v) {
+                    out.push(bytes);
+                }
+            } else {
+                out.push(v.as_bytes().to_vec());
+            }
+        }
+    }
+    out
 }
 
 /// One entry of a case's audit trail.
@@ -242,6 +305,75 @@ pub struct CaseEvent {
 mod tests {
     use super::*;
     use strum::VariantArray;
+
+    /// Snapshots stored before the person entry was read still open, and one without a person
+    /// entry is written exactly as before.
+    #[test]
+    fn old_snapshots_still_read_and_write_the_same() {
+        let old = r#"{"dn":"cn=u,cn=19121212,ou=Personal,o=VGR","attributes":{"hsaPersonIdentityNumber":["191212121212"],"jpegPhoto;base64":["AAE="]}}"#;
+        let e: Employment = serde_json::from_str(old).expect("an old snapshot reads");
+        assert_eq!(e.person, None);
+        assert_eq!(
+            attribute_bytes(&e.attributes, "jpegPhoto", &[]),
+            vec![vec![0, 1]]
+        );
+        assert_eq!(serde_json::to_string(&e).expect("json"), old);
+
+        let with_person = Employment {
+            person: Some(PersonEntry {
+                dn: "cn=19121212,ou=Personal,o=VGR".into(),
+                attributes: BTreeMap::from([(
+                    format!("userCertificate;binary{BASE64_SUFFIX}"),
+                    vec!["MAMCAQE=".into()],
+                )]),
+            }),
+            ..e
+        };
+        let json = serde_json::to_string(&with_person).expect("json");
+        assert_eq!(
+            serde_json::from_str::<Employment>(&json).expect("reads back"),
+            with_person
+        );
+    }
+
+    #[test]
+    fn snapshot_debug_names_attributes_only() {
+        let e = Employment {
+            dn: "cn=u,cn=19121212,ou=Personal,o=VGR".into(),
+            attributes: BTreeMap::from([(
+                "hsaPersonIdentityNumber".into(),
+                vec!["191212121212".into()],
+            )]),
+            person: Some(PersonEntry {
+                dn: "cn=19121212,ou=Personal,o=VGR".into(),
+                attributes: BTreeMap::from([(
+                    "hsaIdentity".into(),
+                    vec!["SE1655999991-P000000000042".into()],
+                )]),
+            }),
+        };
+        let printed = format!("{e:?}");
+        assert!(printed.contains("hsaPersonIdentityNumber") && printed.contains("hsaIdentity"));
+        for value in ["19121212", "P000000000042"] {
+            assert!(!printed.contains(value), "{printed}");
+        }
+    }
+
+    #[test]
+    fn attribute_bytes_match_names_and_options() {
+        let attributes = BTreeMap::from([
+            (
+                "userCertificate;binary;base64".into(),
+                vec!["AQI=".into(), "!".into()],
+            ),
+            ("USERCERTIFICATE".into(), vec!["ab".into()]),
+            ("userCertificate;lang-sv".into(), vec!["x".into()]),
+            ("userCertificateX".into(), vec!["y".into()]),
+        ]);
+        let mut found = attribute_bytes(&attributes, "usercertificate", &["binary"]);
+        found.sort();
+        assert_eq!(found, vec![vec![1, 2], b"ab".to_vec()]);
+    }
 
     /// Existing databases and audit chains hold these exact names.
     #[test]

@@ -19,8 +19,8 @@ pub mod timestamp;
 pub use card_certificate::{CardCertificate, CertificateError, CertificateSource, same_issuer};
 pub use card_number::{CardNumber, CardNumberError};
 pub use case::{
-    CardHolder, CaseEvent, CaseId, Deregistration, Employment, KivRemovalRoute, NewDeregistration,
-    Reason, Reporter, State,
+    BASE64_SUFFIX, CardHolder, CaseEvent, CaseId, Deregistration, Employment, KivRemovalRoute,
+    NewDeregistration, PersonEntry, Reason, Reporter, State, attribute_bytes,
 };
 pub use email::{Email, EmailError};
 pub use free_text::{FreeText, RequestId, RevocationReference, TextError, TraceId};

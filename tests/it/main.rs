@@ -10,6 +10,7 @@ mod ctl;
 mod deploy;
 mod fuzz;
 mod helpers;
+mod kiv_certs;
 mod launcher;
 mod limits;
 mod privacy;

@@ -154,7 +154,7 @@ fn sorted(e: &Employment) -> BTreeMap<String, Vec<String>> {
 
 // ---- contract suites --------------------------------------------------------------------------
 
-async fn kiv_contract(kiv: &dyn Kiv, world: &impl KivWorld) {
+pub(crate) async fn kiv_contract(kiv: &dyn Kiv, world: &impl KivWorld) {
     let (p, u) = (person(), unit());
     assert_eq!(
         kiv.lookup(&p, &u).await.expect("lookup"),

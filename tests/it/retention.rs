@@ -72,6 +72,7 @@ fn employment() -> Employment {
     Employment {
         dn: "cn=Tolvan Tolvansson,ou=Enhet,o=VGR".into(),
         attributes: BTreeMap::from([("mail".into(), vec!["tolvan@example.se".into()])]),
+        ..Default::default()
     }
 }
 

@@ -32,6 +32,9 @@ pub enum AppError {
     /// The reported revocation time is impossible for this case.
     #[error("revoke_time {0}")]
     RevokedAt(InstantError),
+    /// A named certificate cannot be the cut card's: (field path, rule code, rule).
+    #[error("{0}: {2}")]
+    CertificateRefused(String, &'static str, &'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -39,6 +42,26 @@ pub enum AppError {
 impl From<TransitionError> for AppError {
     fn from(e: TransitionError) -> Self {
         AppError::Store(StoreError::Transition(e))
+    }
+}
+
+/// A certificate a confirmation names, with what its DER tells of the holder (checked against
+/// the case by `app`; never kept) and the field it came from.
+#[derive(Clone)]
+pub struct NamedCertificate {
+    pub certificate: CardCertificate,
+    pub field: String,
+    /// The HSA-id in the certificate's subject (DER only).
+    pub holder: Option<HsaId>,
+    pub not_after: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for NamedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedCertificate")
+            .field("certificate", &self.certificate)
+            .field("field", &self.field)
+            .finish_non_exhaustive()
     }
 }
 
@@ -321,7 +344,16 @@ impl Gateway {
                 self.meta(principal, trace_id.clone(), comment.into_string()),
             )
             .await;
-        if let Err(StoreError::Transition(TransitionError::RevocationNotConfirmed)) = &result {
+        let early = match &result {
+            Err(StoreError::Transition(TransitionError::RevocationNotConfirmed)) => Some(
+                "health-care office tried to complete the KIV removal before the revocation was confirmed",
+            ),
+            Err(StoreError::Transition(TransitionError::RevocationNotVerified)) => Some(
+                "health-care office tried to complete the KIV removal before the revocation was verified on the CA's revocation list",
+            ),
+            _ => None,
+        };
+        if let Some(detail) = early {
             // The refusal itself is part of the record: someone tried to remove too early.
             self.metrics.order_violation_refused();
             tracing::warn!(case_id = %case.id, principal = %principal.hsa_id, "KIV removal before revocation refused");
@@ -329,7 +361,7 @@ impl Gateway {
                 .audit(
                     id,
                     "early_kiv_removal_refused",
-                    self.meta(principal, trace_id, "health-care office tried to complete the KIV removal before the revocation was confirmed".into()),
+                    self.meta(principal, trace_id, detail.into()),
                 )
                 .await?;
         }
@@ -360,13 +392,18 @@ impl Gateway {
         id: &CaseId,
         reference: RevocationReference,
         revoked_at: Option<Timestamp>,
-        certificates: Vec<CardCertificate>,
+        named: Vec<NamedCertificate>,
         trace_id: String,
     ) -> Result<Deregistration, AppError> {
-        if let Some(at) = revoked_at {
+        if revoked_at.is_some() || !named.is_empty() {
             let case = self.store.get(id).await?.ok_or(AppError::NotFound)?;
-            timestamp::revoked_at(at, case.created_at, self.now()).map_err(AppError::RevokedAt)?;
+            if let Some(at) = revoked_at {
+                timestamp::revoked_at(at, case.created_at, self.now())
+                    .map_err(AppError::RevokedAt)?;
+            }
+            self.check_named(&case, &named).await?;
         }
+        let certificates: Vec<CardCertificate> = named.into_iter().map(|n| n.certificate).collect();
         let reference = reference.into_string();
         let mut detail = crate::engine::confirmation_detail(&reference, &certificates);
         if let Some(t) = revoked_at {
@@ -381,6 +418,45 @@ impl Gateway {
             self.meta(principal, trace_id, detail),
         )
         .await
+    }
+
+    /// A certificate given whole must be the holder's (its subject HSA-id the one KIV's
+    /// snapshot names, where it names one) and must not have expired before the report: a
+    /// confirmation that names another card's certificate is refused rather than believed.
+    async fn check_named(
+        &self,
+        case: &Deregistration,
+        named: &[NamedCertificate],
+    ) -> Result<(), AppError> {
+        if named
+            .iter()
+            .all(|n| n.holder.is_none() && n.not_after.is_none())
+        {
+            return Ok(());
+        }
+        let holder = match self.store.snapshot(&case.id).await? {
+            Some(s) => crate::connectors::card_certs::holder_of(&s),
+            None => None,
+        };
+        for n in named {
+            if n.not_after.is_some_and(|t| t < case.created_at) {
+                return Err(AppError::CertificateRefused(
+                    n.field.clone(),
+                    "CERTIFICATE_EXPIRED",
+                    "the certificate had expired before the card was reported",
+                ));
+            }
+            if let (Some(expected), Some(got)) = (&holder, &n.holder)
+                && !expected.as_str().eq_ignore_ascii_case(got.as_str())
+            {
+                return Err(AppError::CertificateRefused(
+                    n.field.clone(),
+                    "CERTIFICATE_OTHER_HOLDER",
+                    "the certificate is not the card holder's (its subject serialNumber is not the holder's HSA-id in KIV)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub async fn reject_revocation(

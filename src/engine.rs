@@ -350,39 +350,49 @@ impl Engine {
     /// the violation is recorded and the employment restored from the snapshot. Returns how
     /// many violations it found.
     pub async fn reconcile_once(&self) -> Result<usize, StoreError> {
-        let mut after = None;
         let mut found = 0;
         // One trace per pass, begun only when a case is checked: an idle pass exports nothing.
         let mut pass: Option<tracing::Span> = None;
-        loop {
-            let page = self
-                .store
-                .list(&ListQuery {
-                    states: vec![
-                        State::Accepted,
-                        State::RevocationRequested,
-                        State::NeedsAttention,
-                    ],
-                    revocation_confirmed: Some(false),
-                    after: after.clone(),
-                    limit: 200,
-                    ..Default::default()
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for case in &page {
-                let saga = case.saga();
-                // Only a taken snapshot proves there was an employment to guard. Before the snapshot
-                // step has run (KIV down at acceptance), a missing entry proves nothing: the step
-                // itself will record whether the person was employed.
-                let check = saga.guards_kiv() && saga.snapshot == SnapshotState::Taken;
-                if !check {
-                    continue;
-                }
-                let pass = pass.get_or_insert_with(spans::reconcile_pass);
-                if self.reconcile_case(case, pass).await? {
-                    found += 1;
+        // Unconfirmed cases, then confirmed ones that may still await their verification.
+        let scans = [
+            (
+                vec![
+                    State::Accepted,
+                    State::RevocationRequested,
+                    State::NeedsAttention,
+                ],
+                false,
+            ),
+            (vec![State::Revoked, State::NeedsAttention], true),
+        ];
+        for (states, confirmed) in scans {
+            let mut after: Option<crate::domain::CaseId> = None;
+            loop {
+                let page = self
+                    .store
+                    .list(&ListQuery {
+                        states: states.clone(),
+                        revocation_confirmed: Some(confirmed),
+                        after: after.clone(),
+                        limit: 200,
+                        ..Default::default()
+                    })
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id.clone());
+                for case in &page {
+                    let saga = case.saga();
+                    // Only a taken snapshot proves there was an employment to guard. Before the snapshot
+                    // step has run (KIV down at acceptance), a missing entry proves nothing: the step
+                    // itself will record whether the person was employed.
+                    let check = saga.guards_kiv() && saga.snapshot == SnapshotState::Taken;
+                    if !check {
+                        continue;
+                    }
+                    let pass = pass.get_or_insert_with(spans::reconcile_pass);
+                    if self.reconcile_case(case, pass).await? {
+                        found += 1;
+                    }
                 }
             }
         }
@@ -441,7 +451,7 @@ impl Engine {
             actor: "system".into(),
             trace_id: case.trace_id.clone(),
             at: crate::clock::now(),
-            detail: "employment removed from KIV before the revocation was confirmed".into(),
+            detail: "employment removed from KIV before the revocation was confirmed (and, with the check on, verified)".into(),
         };
         // The write runs outside the span: sqlx's SQLite worker keeps the span current at a
         // write transaction alive long after it (see docs/observability.md), and this span
@@ -662,8 +672,9 @@ fn certificates_to_check(
     if !case.revoked_certificates.is_empty() {
         return case.revoked_certificates.clone();
     }
-    let _ = snapshot;
-    Vec::new()
+    snapshot
+        .map(|s| crate::connectors::card_certs::kiv_card_certificates(s, case.created_at))
+        .unwrap_or_default()
 }
 
 /// The revocation check: every certificate looked up on its CA's current list, then one
@@ -675,7 +686,9 @@ async fn verify(
     snapshot: Result<Option<crate::domain::Employment>, StoreError>,
 ) -> Result<WorkResult, ConnectorError> {
     let Some(checker) = &c.revocation else {
-        return Err(ConnectorError::Terminal(
+        // Retryable: during a rolling change another replica may have the check on; if none
+        // does, the attempts run out and the case needs attention with this reason.
+        return Err(ConnectorError::Retryable(
             "the case was created with the revocation check on, but this gateway has it off ([revocation_check]): switch it on, or resolve the case by hand".into(),
         ));
     };
@@ -696,6 +709,14 @@ async fn verify(
     }
     let confirmed_at = case.revocation_confirmed_at.unwrap_or(now);
     let (event, detail) = verdict(&looked_up, confirmed_at, now);
+    if let Event::RevocationVerified { at, valid_until } = event
+        && at > valid_until
+    {
+        // The port answers only from current lists; the saga would not believe this one.
+        return Err(ConnectorError::Retryable(
+            "a revocation list used is past its nextUpdate".into(),
+        ));
+    }
     metrics.revocation_check(match event {
         Event::RevocationVerified { .. } => "verified",
         Event::RevocationNotYetListed { .. } => "not_yet_listed",

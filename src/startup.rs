@@ -201,7 +201,14 @@ pub fn build_connectors(config: &Config, metrics: &Arc<Metrics>) -> Result<Conne
         NotifierSettings::Smtp {} => Arc::new(SmtpNotifier::new(relay()?)),
     };
     let kiv: Arc<dyn Kiv> = match &config.kiv {
-        KivSettings::Simulated(s) => Arc::new(SimulatedKiv::new(s.auto_employ, faults, journal)),
+        KivSettings::Simulated(s) => {
+            let kiv = SimulatedKiv::new(s.auto_employ, faults, journal);
+            // With the check on, simulated people carry card certificates for it to find.
+            Arc::new(match config.revocation_check {
+                RevocationCheckSettings::Off => kiv,
+                _ => kiv.with_card_certificates()?,
+            })
+        }
         KivSettings::Ldap(s) => Arc::new(LdapKiv::new((**s).clone())?),
         KivSettings::Office {} => Arc::new(OfficeOnly),
     };

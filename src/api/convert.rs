@@ -7,6 +7,7 @@ use tonic_types::FieldViolation;
 
 use super::error::{ApiError, violation};
 use super::pb;
+use crate::app::NamedCertificate;
 use crate::domain::saga::Verification;
 use crate::domain::{
     CardCertificate, CardHolder, CardNumber, CaseEvent, CaseId, CertificateSource, Deregistration,
@@ -561,7 +562,7 @@ const MAX_CERTIFICATE_DER: usize = 16 * 1024;
 pub fn revoked_certificates(
     field: &str,
     raw: &[pb::RevokedCertificate],
-) -> Result<Vec<CardCertificate>, ApiError> {
+) -> Result<Vec<NamedCertificate>, ApiError> {
     if raw.len() > MAX_REVOKED_CERTIFICATES {
         return Err(ApiError::invalid(
             field,
@@ -576,6 +577,22 @@ pub fn revoked_certificates(
         let named = match (c.serial_number.trim(), c.issuer.trim()) {
             ("", "") => None,
             (serial, issuer) => {
+                // Client text kept in the audit trail: no identity number in it, by the rule
+                // that guards every free text.
+                let mut scanned = false;
+                for (name, text) in [("serial_number", serial), ("issuer", issuer)] {
+                    if !crate::domain::identity_scan::find(text).is_empty() {
+                        violations.push(violation(
+                            &at(name),
+                            "CONTAINS_IDENTITY_NUMBER",
+                            "must not contain a personal identity number",
+                        ));
+                        scanned = true;
+                    }
+                }
+                if scanned {
+                    continue;
+                }
                 let s = CardCertificate::new(serial, "CN=x", CertificateSource::Confirmation);
                 let n = CardCertificate::new("1", issuer, CertificateSource::Confirmation);
                 if let Err(e) = &s {
@@ -593,53 +610,67 @@ pub fn revoked_certificates(
                 }
             }
         };
-        let from_der = if c.certificate_der.is_empty() {
-            None
-        } else if c.certificate_der.len() > MAX_CERTIFICATE_DER {
-            violations.push(violation(
-                &at("certificate_der"),
-                "CERTIFICATE_FORMAT",
-                format!("a DER X.509 certificate of at most {MAX_CERTIFICATE_DER} bytes"),
-            ));
-            continue;
-        } else {
-            match crate::connectors::card_certs::read(
-                &c.certificate_der,
-                CertificateSource::Confirmation,
-            ) {
-                Ok(f) => Some(f.certificate),
-                Err(e) => {
-                    violations.push(violation(&at("certificate_der"), "CERTIFICATE_FORMAT", e));
-                    continue;
+        let from_der: Option<crate::connectors::card_certs::CardFacts> =
+            if c.certificate_der.is_empty() {
+                None
+            } else if c.certificate_der.len() > MAX_CERTIFICATE_DER {
+                violations.push(violation(
+                    &at("certificate_der"),
+                    "CERTIFICATE_FORMAT",
+                    format!("a DER X.509 certificate of at most {MAX_CERTIFICATE_DER} bytes"),
+                ));
+                continue;
+            } else {
+                match crate::connectors::card_certs::read(
+                    &c.certificate_der,
+                    CertificateSource::Confirmation,
+                ) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        violations.push(violation(&at("certificate_der"), "CERTIFICATE_FORMAT", e));
+                        continue;
+                    }
                 }
-            }
-        };
+            };
         match (named, from_der) {
             (None, None) => violations.push(violation(
                 &at("certificate_der"),
                 "CERTIFICATE_REQUIRED",
                 "give the certificate (DER), or its serial_number and issuer",
             )),
-            (Some(n), Some(d)) if n.serial != d.serial || !same_issuer(&n.issuer, &d.issuer) => {
+            (Some(n), Some(d))
+                if n.serial != d.certificate.serial
+                    || !same_issuer(&n.issuer, &d.certificate.issuer) =>
+            {
                 violations.push(violation(
                     &at("serial_number"),
                     "CERTIFICATE_MISMATCH",
                     "serial_number and issuer must name the certificate given in certificate_der",
                 ))
             }
-            (_, Some(d)) => out.push(d),
-            (Some(n), None) => out.push(n),
+            (_, Some(d)) => out.push(NamedCertificate {
+                field: at("certificate_der"),
+                holder: d.holder,
+                not_after: Some(d.not_after),
+                certificate: d.certificate,
+            }),
+            (Some(n), None) => out.push(NamedCertificate {
+                field: at("serial_number"),
+                holder: None,
+                not_after: None,
+                certificate: n,
+            }),
         }
     }
     if !violations.is_empty() {
         return Err(ApiError::InvalidArgument(violations));
     }
-    let mut unique: Vec<CardCertificate> = Vec::with_capacity(out.len());
+    let mut unique: Vec<NamedCertificate> = Vec::with_capacity(out.len());
     for c in out {
-        if !unique
-            .iter()
-            .any(|u| u.serial == c.serial && same_issuer(&u.issuer, &c.issuer))
-        {
+        if !unique.iter().any(|u| {
+            u.certificate.serial == c.certificate.serial
+                && same_issuer(&u.certificate.issuer, &c.certificate.issuer)
+        }) {
             unique.push(c);
         }
     }

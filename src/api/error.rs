@@ -325,6 +325,9 @@ impl From<AppError> for ApiError {
                 use crate::domain::Rule;
                 ApiError::invalid("revoke_time", e.code(), e)
             }
+            AppError::CertificateRefused(field, code, rule) => {
+                ApiError::invalid(&field, code, rule)
+            }
             AppError::Store(s) => s.into(),
         }
     }

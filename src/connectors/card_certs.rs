@@ -96,7 +96,7 @@ pub fn kiv_card_certificates(
 }
 
 /// The one `hsaIdentity` of the snapshot's person entry, else of the employment entry.
-fn holder_of(snapshot: &Employment) -> Option<HsaId> {
+pub fn holder_of(snapshot: &Employment) -> Option<HsaId> {
     let from = |attributes| {
         let mut ids: Vec<String> = attribute_bytes(attributes, "hsaIdentity", &[])
             .into_iter()

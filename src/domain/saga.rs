@@ -198,14 +198,17 @@ impl Saga {
         }
     }
 
-    /// Whether the employment must still be guarded against early removal.
+    /// Whether the employment must still be guarded against early removal: until the
+    /// revocation is confirmed and — with the check on — verified.
     pub fn guards_kiv(&self) -> bool {
-        !self.revocation_confirmed
+        let unconfirmed = !self.revocation_confirmed
             && matches!(
                 self.effective(),
                 State::Accepted | State::RevocationRequested
-            )
-            && !self.state.is_terminal()
+            );
+        let unverified =
+            self.verification == Verification::Required && self.effective() == State::Revoked;
+        (unconfirmed || unverified) && !self.state.is_terminal()
     }
 
     /// Whether the health-care office may see and complete the removal task.

@@ -66,6 +66,10 @@ impl EngineSettings {
         if t.poll_interval.is_zero() {
             problems.push("timers.poll_interval must be more than 0s".to_owned());
         }
+        // A revocation check's deadline shorter than a CA's publication would park every case.
+        if t.verify_within < Duration::from_secs(1) {
+            problems.push("timers.verify_within must be at least 1s".to_owned());
+        }
         if t.escalate_after <= t.remind_after {
             problems
                 .push("timers.escalate_after must be longer than timers.remind_after".to_owned());
@@ -76,6 +80,7 @@ impl EngineSettings {
             ("timers.poll_interval", t.poll_interval),
             ("timers.remind_after", t.remind_after),
             ("timers.escalate_after", t.escalate_after),
+            ("timers.verify_within", t.verify_within),
         ] {
             if d > LONGEST {
                 problems.push(format!("{name} must be at most {}s", LONGEST.as_secs()));

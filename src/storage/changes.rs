@@ -56,6 +56,9 @@ pub(crate) struct ChangeSet {
     removals: Vec<String>,
     /// Cases that ended: their pending effects are cancelled.
     terminal: Vec<String>,
+    /// Cases that came to need attention: their pending revocation-check timers are cancelled
+    /// (an operator's retry arms new ones; an old deadline must not cut the new round short).
+    parked: Vec<String>,
     appended: Vec<CaseEvent>,
 }
 
@@ -69,6 +72,7 @@ impl ChangeSet {
             events: Vec::new(),
             effects: Vec::new(),
             removals: Vec::new(),
+            parked: Vec::new(),
             terminal: Vec::new(),
             appended: Vec::new(),
         }
@@ -178,6 +182,9 @@ impl ChangeSet {
             version: model.version,
         };
         model.head_seal = Some(head_seal(key, &key_id, &model.id, seq, &hash, Some(&row)));
+        if saga.state == State::NeedsAttention && before != Some(State::NeedsAttention) {
+            self.parked.push(model.id.clone());
+        }
         if saga.state.is_terminal() {
             // Frees the card number for a new case.
             model.active_card_number = None;
@@ -291,6 +298,31 @@ impl ChangeSet {
         }
         for chunk in self.effects.chunks(EFFECTS_PER_STATEMENT) {
             enqueue(txn, chunk).await?;
+        }
+        if !self.parked.is_empty() {
+            effects::Entity::update_many()
+                .col_expr(effects::Column::Status, Expr::value("cancelled"))
+                .col_expr(
+                    effects::Column::LeaseOwner,
+                    Expr::value(Value::String(None)),
+                )
+                .col_expr(
+                    effects::Column::LeaseUntil,
+                    Expr::value(Value::BigInt(None)),
+                )
+                .col_expr(
+                    effects::Column::UpdatedAt,
+                    Expr::value(crate::clock::now().0),
+                )
+                .filter(effects::Column::Status.eq("pending"))
+                .filter(
+                    effects::Column::Step
+                        .is_in([Step::VerifyRevocation.name(), Step::VerifyDeadline.name()]),
+                )
+                .filter(effects::Column::CaseId.is_in(self.parked))
+                .exec(txn)
+                .await
+                .map_err(StoreError::Unavailable)?;
         }
         if !self.terminal.is_empty() {
             let now = crate::clock::now();

@@ -90,12 +90,22 @@ pub(crate) async fn create_in(
         .ok_or(StoreError::NotFound)?;
     let saga = Saga::new(cmd.report.route).with_check(timing.check_revocation);
     let mut cs = ChangeSet::new(timing, codec);
+    // The mode in force is part of the record (and of the chained hash), not only a column.
+    let mut meta = cmd.meta.clone();
+    if timing.check_revocation {
+        if !meta.detail.is_empty() {
+            meta.detail.push_str("; ");
+        }
+        meta.detail.push_str(
+            "revocation check on: the revocation is verified on the CA's lists before KIV",
+        );
+    }
     cs.change(
         &mut model,
         saga,
         "accepted",
         &initial_effects(&saga),
-        &cmd.meta,
+        &meta,
         None,
     )?;
     let appended = cs.flush(txn).await?;

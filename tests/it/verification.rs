@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etjanstekort_gateway::api::pb;
+use etjanstekort_gateway::config::Config;
 use etjanstekort_gateway::connectors::simulated::{
     Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
 };
@@ -122,8 +123,33 @@ struct World {
 }
 
 async fn world(script: Option<Arc<Script>>) -> World {
+    world_with(script, |_| {}, Kiv::AutoWithCertificates).await
+}
+
+/// How the simulated KIV of a world behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kiv {
+    /// Employs whoever is looked up, with a card certificate.
+    AutoWithCertificates,
+    /// Employs whoever is looked up; no certificates.
+    AutoBare,
+    /// Employs only the test's holder (so a removed employment stays removed until restored),
+    /// with a card certificate.
+    HolderOnly,
+}
+
+/// `world`, with the app's configuration adjusted by `configure` and its KIV as `kind`.
+async fn world_with(script: Option<Arc<Script>>, configure: fn(&mut Config), kind: Kiv) -> World {
     let faults = Faults::default();
-    let kiv = Arc::new(SimulatedKiv::new(true, faults, None));
+    let kiv = SimulatedKiv::new(kind != Kiv::HolderOnly, faults, None);
+    let kiv = Arc::new(if kind == Kiv::AutoBare {
+        kiv
+    } else {
+        kiv.with_card_certificates().expect("simulated card CA")
+    });
+    if kind == Kiv::HolderOnly {
+        kiv.employ(&holder(), &unit());
+    }
     let notifier = Arc::new(LogNotifier::new(faults, None));
     let connectors = Connectors {
         // Outcomes arrive through RevocationService only.
@@ -136,6 +162,8 @@ async fn world(script: Option<Arc<Script>>) -> World {
     let app = spawn_app_opts(Options {
         connectors: Some(connectors),
         max_attempts: 3,
+        reconcile_interval: 0.2,
+        configure: Some(configure),
         ..Options::default()
     })
     .await;
@@ -373,7 +401,7 @@ async fn every_certificate_must_be_revoked() {
 
 #[tokio::test]
 async fn without_any_known_certificate_the_case_needs_attention() {
-    let w = world(Some(Arc::default())).await;
+    let w = world_with(Some(Arc::default()), |_| {}, Kiv::AutoBare).await;
     let app = &w.app;
     let id = reported(app, "5300005").await;
     confirm(app, &id, Vec::new()).await.expect("confirm");
@@ -414,6 +442,11 @@ async fn malformed_certificates_are_refused_by_field_and_nothing_is_stored() {
             certificate_der: b"not a certificate".to_vec(),
             ..Default::default()
         },
+        pb::RevokedCertificate {
+            serial_number: "ab".into(),
+            issuer: "CN=Tolvan, serialNumber=19121212-1212, C=SE".into(),
+            certificate_der: Vec::new(),
+        },
     ];
     let e = confirm(app, &id, bad).await.expect_err("refused");
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -439,6 +472,11 @@ async fn malformed_certificates_are_refused_by_field_and_nothing_is_stored() {
             .map(String::as_str),
         Some("CERTIFICATE_FORMAT")
     );
+    assert_eq!(
+        r.get("revoked_certificates[3].issuer").map(String::as_str),
+        Some("CONTAINS_IDENTITY_NUMBER")
+    );
+    assert!(!e.message().contains("1212"), "{}", e.message());
     let too_many: Vec<_> = (0..17).map(|i| cert(&format!("{:x}", i + 1))).collect();
     let e = confirm(app, &id, too_many).await.expect_err("refused");
     assert!(reasons(&e).contains_key("revoked_certificates"));
@@ -446,4 +484,204 @@ async fn malformed_certificates_are_refused_by_field_and_nothing_is_stored() {
     let case = app.wait_for(&id, pb::State::RevocationRequested).await;
     assert!(case.revocation_reference.is_empty());
     assert_eq!(script.lookups(), 0);
+}
+
+/// A confirmation naming no certificate is checked on the certificates KIV holds for the card.
+#[tokio::test]
+async fn without_named_certificates_those_in_kiv_are_checked() {
+    let script: Arc<Script> = Arc::default();
+    let w = world(Some(script.clone())).await;
+    let app = &w.app;
+    let id = reported(app, "5300008").await;
+    let in_kiv = w.kiv.card_certificates_of(&holder());
+    assert_eq!(in_kiv.len(), 1);
+    script.set(&in_kiv[0].serial, Listed::Revoked);
+    confirm(app, &id, Vec::new()).await.expect("confirm");
+    app.wait_for(&id, pb::State::Completed).await;
+    let trail = audit(app, &id).await;
+    let verified = &trail
+        .iter()
+        .find(|(k, _)| k == "revocation_verified")
+        .expect("verified")
+        .1;
+    assert!(
+        verified.contains(&format!("serial {}", in_kiv[0].serial)) && verified.contains("from kiv"),
+        "{verified}"
+    );
+}
+
+/// A certificate given whole must be the holder's and in force at the report; one named twice
+/// counts once; serial and issuer given beside it must name it.
+#[tokio::test]
+async fn certificates_given_whole_must_be_the_holders() {
+    let script: Arc<Script> = Arc::default();
+    let w = world(Some(script.clone())).await;
+    let app = &w.app;
+    let id = reported(app, "5300009").await;
+    let ca = w.kiv.card_ca().expect("card CA");
+    let holder_id = w.kiv.hsa_id_of(&holder()).expect("holder's HSA-id");
+    let own = ca.issue(&holder_id, "Tolvan Tolvansson").expect("issue");
+    let other_id = HsaId::parse("SE1655999991-P000000009999").expect("hsa");
+    let others = ca.issue(&other_id, "Someone Else").expect("issue");
+    let der = |der: &Vec<u8>| pb::RevokedCertificate {
+        certificate_der: der.clone(),
+        ..Default::default()
+    };
+    let e = confirm(app, &id, vec![der(&own), der(&others)])
+        .await
+        .expect_err("another holder's certificate");
+    assert_eq!(
+        reasons(&e)
+            .get("revoked_certificates[1].certificate_der")
+            .map(String::as_str),
+        Some("CERTIFICATE_OTHER_HOLDER"),
+        "{e:?}"
+    );
+    assert!(!e.message().contains("Someone") && !e.message().contains("P000000009999"));
+    let mut mismatch = der(&own);
+    mismatch.serial_number = "ab".into();
+    mismatch.issuer = ISSUER.into();
+    let e = confirm(app, &id, vec![mismatch])
+        .await
+        .expect_err("mismatch");
+    assert_eq!(
+        reasons(&e)
+            .get("revoked_certificates[0].serial_number")
+            .map(String::as_str),
+        Some("CERTIFICATE_MISMATCH")
+    );
+    // Nothing stored by the refusals; then the holder's own, twice, is accepted once.
+    let own_serial = etjanstekort_gateway::connectors::card_certs::read(
+        &own,
+        etjanstekort_gateway::domain::CertificateSource::Confirmation,
+    )
+    .expect("read")
+    .certificate
+    .serial;
+    script.set(&own_serial, Listed::Revoked);
+    confirm(app, &id, vec![der(&own), der(&own)])
+        .await
+        .expect("confirm");
+    app.wait_for(&id, pb::State::Completed).await;
+    let trail = audit(app, &id).await;
+    let confirmed = &trail
+        .iter()
+        .find(|(k, _)| k == "revocation_confirmed")
+        .expect("confirmed")
+        .1;
+    assert_eq!(
+        confirmed.matches(&format!("serial {own_serial}")).count(),
+        1,
+        "{confirmed}"
+    );
+    // The holder's name and HSA-id in the certificate are never kept.
+    for (_, detail) in &trail {
+        assert!(
+            !detail.contains("Tolvan") && !detail.contains(holder_id.as_str()),
+            "{detail}"
+        );
+    }
+}
+
+fn short_verify_window(cfg: &mut Config) {
+    cfg.engine.timers.verify_within = Duration::from_secs(3);
+}
+
+/// The deadline bounds the wait; a retry after a discrepancy starts a new one, and the old one
+/// does not cut the new round short.
+#[tokio::test]
+async fn the_deadline_parks_a_case_and_a_retry_starts_a_new_one() {
+    let script: Arc<Script> = Arc::default();
+    let w = world_with(
+        Some(script.clone()),
+        short_verify_window,
+        Kiv::AutoWithCertificates,
+    )
+    .await;
+    let app = &w.app;
+    let id = reported(app, "5300010").await;
+    // First a discrepancy, parked at once; its deadline (3 s) must not outlive the parking.
+    script.set(
+        "f1",
+        Listed::NotListed {
+            issued: 1_000_000,
+            next: HOUR,
+        },
+    );
+    confirm(app, &id, vec![cert("f1")]).await.expect("confirm");
+    app.wait_for(&id, pb::State::NeedsAttention).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Now not yet published, with the next list far away: the new round waits.
+    script.set(
+        "f1",
+        Listed::NotListed {
+            issued: -HOUR,
+            next: HOUR,
+        },
+    );
+    OperationsServiceClient::new(app.channel("operator").await)
+        .retry_deregistration(pb::RetryDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("retry");
+    // Past the first round's deadline, within the new one's: still waiting.
+    let kinds = app.events_within(&id, Duration::from_millis(2200)).await;
+    let retried = kinds
+        .iter()
+        .rposition(|k| k == "operator_retry")
+        .expect("retry");
+    assert!(
+        !kinds[retried..].contains(&"revocation_not_verified_in_time".to_owned()),
+        "{kinds:?}"
+    );
+    // The new deadline parks it, with its own reason.
+    let parked = app.wait_for(&id, pb::State::NeedsAttention).await;
+    assert!(
+        parked.state_reason.contains("3 seconds"),
+        "{}",
+        parked.state_reason
+    );
+    let trail = audit(app, &id).await;
+    assert_eq!(
+        trail.last().map(|(k, _)| k.as_str()),
+        Some("revocation_not_verified_in_time")
+    );
+    assert!(w.kiv.contains(&holder(), &unit()));
+    assert_eq!(
+        metric(app, "etk_revocation_checks_total{outcome=\"overdue\"}").await,
+        1.0
+    );
+}
+
+/// While the revocation awaits its verification, the employment is still guarded: removed
+/// from KIV behind the gateway's back, it is put back.
+#[tokio::test]
+async fn an_employment_removed_before_the_verification_is_restored() {
+    let script: Arc<Script> = Arc::default();
+    let w = world_with(Some(script.clone()), |_| {}, Kiv::HolderOnly).await;
+    let app = &w.app;
+    script.set(
+        "a7",
+        Listed::NotListed {
+            issued: -HOUR,
+            next: HOUR,
+        },
+    );
+    let id = reported(app, "5300011").await;
+    confirm(app, &id, vec![cert("a7")]).await.expect("confirm");
+    let kinds = app.events_within(&id, Duration::from_millis(500)).await;
+    assert!(
+        kinds.contains(&"revocation_not_yet_listed".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(w.kiv.remove_out_of_band(&holder(), &unit()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !w.kiv.contains(&holder(), &unit()) {
+        assert!(tokio::time::Instant::now() < deadline, "never restored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trail = audit(app, &id).await;
+    assert!(
+        trail.iter().any(|(k, _)| k == "kiv_removed_too_early"),
+        "{trail:?}"
+    );
 }

@@ -694,3 +694,39 @@ fn with_the_check_off_verdicts_change_nothing() {
         assert_eq!(Verification::from_str_opt(v.as_str()), Some(v));
     }
 }
+
+/// The engine's own guard: with the check on, an unverified case's removal, notices and
+/// verification timers apply only where they should, whatever else holds.
+#[test]
+fn steps_of_an_unverified_case_do_not_apply() {
+    let mut s = Saga::new(KivRemovalRoute::CareProvider).with_check(true);
+    s.revocation_confirmed = true;
+    s.state = State::KivRemovalPending;
+    assert!(!step_applies(&s, Step::RemoveKiv));
+    assert!(!step_applies(&s, Step::VerifyRevocation));
+    s.state = State::Revoked;
+    assert!(!step_applies(&s, Step::NotifyHead));
+    assert!(step_applies(&s, Step::VerifyRevocation));
+    assert!(step_applies(&s, Step::VerifyDeadline));
+    // Still guarded: removed from KIV now, the employment is put back.
+    s.snapshot = SnapshotState::Taken;
+    assert!(s.guards_kiv());
+    assert!(step_applies(&s, Step::RestoreKiv));
+    s.verification = Verification::Verified;
+    assert!(!s.guards_kiv());
+    assert!(step_applies(&s, Step::NotifyHead));
+    s.state = State::KivRemovalPending;
+    assert!(step_applies(&s, Step::RemoveKiv));
+    // With the check off, a "not yet listed" verdict schedules nothing.
+    let mut off = Saga::new(KivRemovalRoute::CareProvider);
+    off.revocation_confirmed = true;
+    off.state = State::Revoked;
+    let o = transition(
+        off,
+        &Event::RevocationNotYetListed {
+            recheck_at: Timestamp(5),
+        },
+    )
+    .expect("ok");
+    assert_eq!((o.audit, o.effects.len()), (None, 0));
+}

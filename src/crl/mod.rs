@@ -6,9 +6,9 @@
 //! plain-HTTP URLs (DER or PEM); a CRL is believed only when its signature verifies with the
 //! public key of a configured CA certificate whose subject is the CRL's issuer, it is a full
 //! list (not a delta CRL), it carries a `nextUpdate`, and it is not older than the one it would
-//! replace (no roll-back). Anything else is refused with a log line and the CRL in force stays. Files are re-read when they
-//! change (`refresh_files`, polled by `reload`), URLs are fetched with a timeout and retries on
-//! a schedule and at the list's `nextUpdate` (`refresh_urls`).
+//! replace (no roll-back). Anything else is refused with a log line and the CRL in force stays.
+//! Files are re-read when they change (`refresh_files`, polled by `reload`), URLs are fetched
+//! with a timeout and retries on a schedule and at the list's `nextUpdate` (`refresh_urls`).
 //!
 //! Consumers read a `CrlSet` snapshot: the CRLs by issuer, their `thisUpdate`/`nextUpdate`,
 //! `is_revoked(serial)` / `is_on_hold(serial)` and a freshness verdict. The two uses read a
@@ -222,8 +222,8 @@ impl CrlSet {
     }
 
     /// The verdict on one call's client certificate under `settings`: revoked or on hold, or
-    /// its issuer's CRL stale or missing where the policy refuses that. The same rules the handshake
-    /// applies, for connections that stay open while a CRL changes or ages.
+    /// its issuer's CRL stale or missing where the policy refuses that. The same rules the
+    /// handshake applies, for connections that stay open while a CRL changes or ages.
     pub fn check_certificate(
         &self,
         certificate: &[u8],

@@ -4,10 +4,15 @@
 //! The lists are held by a `CrlStore` (the same machinery as the client certificates of mutual
 //! TLS, with its own metrics: `etk_card_crl_*`): from configured files and URLs, and from the
 //! `http://` distribution points named in card certificates whose issuer is a configured CA.
-//! A list is believed only when its signature verifies with a configured CA's key and it is not
-//! older than the list held (no roll-back). An answer is given only from a list that is fresh at
-//! the `now` asked about (not past `nextUpdate + stale_grace`); otherwise the check fails
+//! A list is believed only when its signature verifies with a configured CA's key, it is a full
+//! list (not a delta CRL) and it is not older than the list held (no roll-back). An answer is
+//! given only from a list that is current at the `now` asked about (not past its `nextUpdate`:
+//! the saga believes a verification only if it was read by then); otherwise the check fails
 //! `Retryable` with the reason, and the saga step waits.
+//!
+//! A certificate listed only on hold (`certificateHold`) is *not listed* here: a hold can be
+//! lifted, so it does not show that the card is revoked for good (the engine then judges the
+//! list as for any certificate not on it). Entries `removeFromCRL` revoke nothing either.
 //!
 //! Nothing about the card holder is read or kept here: serial numbers, CA names, URLs and paths.
 
@@ -56,9 +61,6 @@ pub struct CrlCheckSettings {
     /// Attempts per fetch (the first included); the pause between them doubles from 1 s.
     #[serde(default = "default_fetch_attempts")]
     pub fetch_attempts: u32,
-    /// A list still counts as fresh this long after its `nextUpdate`.
-    #[serde(default, with = "humantime_serde")]
-    pub stale_grace: Duration,
     /// At most one round of fetches per CA this often, however many checks ask: a CA's
     /// distribution point is not hammered while it is down or its list is late.
     #[serde(default = "default_min_fetch_interval", with = "humantime_serde")]
@@ -96,7 +98,6 @@ impl CrlCheckSettings {
             refresh: default_refresh(),
             fetch_timeout: default_fetch_timeout(),
             fetch_attempts: default_fetch_attempts(),
-            stale_grace: Duration::ZERO,
             min_fetch_interval: default_min_fetch_interval(),
         }
     }
@@ -116,7 +117,8 @@ impl CrlCheckSettings {
             .map_err(|e| format!("revocation_check.{}", e.trim_start_matches("revocation.")))
     }
 
-    /// The settings of the store (the policies are the TLS use's and are not read here).
+    /// The settings of the store (the grace and policies are the TLS use's and are not read
+    /// here: a list past its `nextUpdate` is stale).
     fn store_settings(&self) -> CrlSettings {
         CrlSettings {
             files: self.files.clone(),
@@ -125,7 +127,7 @@ impl CrlCheckSettings {
             refresh: self.refresh,
             fetch_timeout: self.fetch_timeout,
             fetch_attempts: self.fetch_attempts,
-            stale_grace: self.stale_grace,
+            stale_grace: Duration::ZERO,
             when_stale: Policy::Refuse,
             without_crl: Policy::Refuse,
         }
@@ -355,12 +357,11 @@ impl RevocationStatus for CrlRevocationStatus {
                 ca.name
             )));
         };
-        if crl.is_stale(now, self.settings.stale_grace) {
+        // Past its nextUpdate the list is stale: no grace, as the saga believes a verification
+        // only if it was read at or before the list's nextUpdate.
+        if crl.is_stale(now, Duration::ZERO) {
             let refusals = self.refusals(at);
-            let since = crl
-                .next_update()
-                .checked_add(self.settings.stale_grace)
-                .map_or_else(|| "?".to_owned(), rfc3339);
+            let since = rfc3339(crl.next_update());
             let mut message = format!(
                 "the CRL of CA {} (thisUpdate {}, from {}) is stale since {since}; no newer list is believed yet",
                 ca.name,
@@ -382,6 +383,10 @@ impl RevocationStatus for CrlRevocationStatus {
         Ok(if crl.is_revoked(&serial) {
             CertificateStatus::Revoked { list }
         } else {
+            if crl.is_on_hold(&serial) {
+                tracing::info!(serial = %certificate.serial, ca = %ca.name, source = %crl.source(),
+                    "card certificate only on hold (certificateHold) on its CA's CRL: not revoked");
+            }
             CertificateStatus::NotListed { list }
         })
     }
@@ -413,19 +418,20 @@ mod tests {
         assert_eq!(s.refresh, Duration::from_secs(3600));
         assert_eq!(s.fetch_timeout, Duration::from_secs(10));
         assert_eq!(s.fetch_attempts, 3);
-        assert_eq!(s.stale_grace, Duration::ZERO);
         assert_eq!(s.min_fetch_interval, Duration::from_secs(10));
         assert!(s.validate().is_ok());
         let s = parse(
             "ca_file = \"ca.pem\"\nfiles = [\"a.crl\"]\nurls = [\"http://crl.example.se/a.crl\"]\n\
-             distribution_points = false\nrefresh = \"30m\"\nstale_grace = \"1h\"",
+             distribution_points = false\nrefresh = \"30m\"",
         )
         .expect("settings");
         assert_eq!(s.refresh, Duration::from_secs(1800));
-        assert_eq!(s.stale_grace, Duration::from_secs(3600));
         assert!(!s.distribution_points);
         let e = parse("ca_file = \"ca.pem\"\nwhen_stale = \"accept\"").expect_err("unknown");
         assert!(e.contains("when_stale"), "{e}");
+        // No grace past a list's nextUpdate: the key is gone, and refused.
+        let e = parse("ca_file = \"ca.pem\"\nstale_grace = \"1h\"").expect_err("unknown");
+        assert!(e.contains("stale_grace"), "{e}");
         assert!(parse("files = []").is_err(), "ca_file is required");
     }
 

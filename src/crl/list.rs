@@ -1,13 +1,20 @@
 //! One CRL: decoded (DER or PEM), its signature verified against a trusted CA, its serials and
 //! `thisUpdate`/`nextUpdate` kept.
+//!
+//! Entries are told apart by their reason code: `certificateHold` (6) is a suspension that may
+//! be lifted (`is_on_hold`), `removeFromCRL` (8) belongs in delta CRLs only and revokes nothing,
+//! every other entry (or one without a reason code) is a revocation (`is_revoked`). Delta CRLs
+//! (`deltaCRLIndicator`) are refused: they are never a full list.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use x509_parser::oid_registry::OID_X509_EXT_DELTA_CRL_INDICATOR;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
+use x509_parser::x509::ReasonCode;
 
 use super::CrlError;
 
@@ -47,7 +54,10 @@ pub struct Crl {
     pub(super) issuer_name: String,
     pub(super) this_update: SystemTime,
     pub(super) next_update: SystemTime,
+    /// Serials revoked for good (any reason but `certificateHold` and `removeFromCRL`).
     pub(super) revoked: HashSet<Vec<u8>>,
+    /// Serials only on hold (`certificateHold`): suspended, and may be released later.
+    pub(super) held: HashSet<Vec<u8>>,
     pub(super) source: String,
 }
 
@@ -75,9 +85,17 @@ impl Crl {
     }
 
     /// Whether the certificate with this serial number (DER integer content bytes, as in the
-    /// certificate) is on the list.
+    /// certificate) is revoked on the list: listed with any reason but `certificateHold` (see
+    /// `is_on_hold`) and `removeFromCRL` (which revokes nothing).
     pub fn is_revoked(&self, serial: &[u8]) -> bool {
         self.revoked.contains(strip_sign_byte(serial))
+    }
+
+    /// Whether the certificate with this serial number is on the list only on hold
+    /// (`certificateHold`): suspended, not revoked — the CA may release it later.
+    pub fn is_on_hold(&self, serial: &[u8]) -> bool {
+        let serial = strip_sign_byte(serial);
+        self.held.contains(serial) && !self.revoked.contains(serial)
     }
 
     /// Past `nextUpdate + grace` at `now`.
@@ -146,17 +164,36 @@ pub(super) fn verify(der: Vec<u8>, trust: &[TrustedIssuer], source: &str) -> Res
     if !signed {
         return Err(last);
     }
+    if crl
+        .extensions()
+        .iter()
+        .any(|e| e.oid == OID_X509_EXT_DELTA_CRL_INDICATOR)
+    {
+        return Err(CrlError::Delta(issuer_name));
+    }
     let next_update = crl.next_update().ok_or(CrlError::NoNextUpdate)?;
-    let revoked = crl
-        .iter_revoked_certificates()
-        .map(|r| strip_sign_byte(r.raw_serial()).to_vec())
-        .collect();
+    let mut revoked = HashSet::new();
+    let mut held = HashSet::new();
+    for entry in crl.iter_revoked_certificates() {
+        let serial = strip_sign_byte(entry.raw_serial()).to_vec();
+        // An entry without a reason code (or with one that does not parse) is a revocation.
+        match entry.reason_code().map(|(_, code)| code) {
+            Some(ReasonCode::CertificateHold) => {
+                held.insert(serial);
+            }
+            Some(ReasonCode::RemoveFromCRL) => {}
+            _ => {
+                revoked.insert(serial);
+            }
+        }
+    }
     Ok(Crl {
         this_update: to_system_time(crl.last_update().timestamp()),
         next_update: to_system_time(next_update.timestamp()),
         issuer,
         issuer_name,
         revoked,
+        held,
         source: source.to_owned(),
         der: CertificateRevocationListDer::from(der),
     })

@@ -4,14 +4,17 @@
 //!
 //! A `CrlStore` keeps the newest *trusted* CRL of each issuer. CRLs come from files and/or
 //! plain-HTTP URLs (DER or PEM); a CRL is believed only when its signature verifies with the
-//! public key of a configured CA certificate whose subject is the CRL's issuer, it carries a
-//! `nextUpdate`, and it is not older than the one it would replace (no roll-back). Anything
-//! else is refused with a log line and the CRL in force stays. Files are re-read when they
-//! change (`refresh_files`, polled by `reload`), URLs are fetched with a timeout and retries on
-//! a schedule and at the list's `nextUpdate` (`refresh_urls`).
+//! public key of a configured CA certificate whose subject is the CRL's issuer, it is a full
+//! list (not a delta CRL), it carries a `nextUpdate`, and it is not older than the one it would
+//! replace (no roll-back). Anything else is refused with a log line and the CRL in force stays.
+//! Files are re-read when they change (`refresh_files`, polled by `reload`), URLs are fetched
+//! with a timeout and retries on a schedule and at the list's `nextUpdate` (`refresh_urls`).
 //!
 //! Consumers read a `CrlSet` snapshot: the CRLs by issuer, their `thisUpdate`/`nextUpdate`,
-//! `is_revoked(serial)` and a freshness verdict under a `StalePolicy`.
+//! `is_revoked(serial)` / `is_on_hold(serial)` and a freshness verdict. The two uses read a
+//! `certificateHold` entry differently: a client certificate on hold is refused like a revoked
+//! one (`check_certificate`, and webpki at the handshake); a card certificate on hold is not
+//! revoked (`connectors::crl_status`), as the CA may release it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +114,8 @@ pub enum CrlError {
     NotCrlSigner(String),
     #[error("no nextUpdate: its freshness cannot be judged")]
     NoNextUpdate,
+    #[error("a delta CRL of {0} (deltaCRLIndicator): only full lists are believed")]
+    Delta(String),
     #[error("older than the CRL in force for {0} (thisUpdate went back)")]
     Rollback(String),
     #[error("fetching {url}: {message}")]
@@ -126,6 +131,7 @@ impl CrlError {
             Self::UnknownIssuer(_) => "unknown_issuer",
             Self::BadSignature(_) | Self::NotCrlSigner(_) => "bad_signature",
             Self::NoNextUpdate => "no_next_update",
+            Self::Delta(_) => "delta_crl",
             Self::Rollback(_) => "rollback",
             Self::Fetch { .. } => "fetch_failed",
         }
@@ -146,7 +152,8 @@ pub enum Freshness {
 /// Why `CrlSet::check_certificate` refuses a certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefusalReason {
-    /// On its issuer's CRL.
+    /// On its issuer's CRL: revoked, or on hold (`certificateHold`) — a suspended client
+    /// certificate is refused until the CA releases it.
     Revoked,
     /// Its issuer's CRL is past `nextUpdate` + grace and `when_stale` is `refuse`.
     Stale,
@@ -205,18 +212,18 @@ impl CrlSet {
         self.by_issuer.values().map(|c| c.der.clone()).collect()
     }
 
-    /// The serial number and issuer (as text) of a DER certificate when it is on its issuer's
-    /// CRL; `None` when it is not (or no CRL of its issuer is held).
+    /// The serial number and issuer (as text) of a DER client certificate when it is on its
+    /// issuer's CRL, revoked or on hold; `None` when it is not (or no CRL of its issuer is held).
     pub fn revocation_of(&self, certificate: &[u8]) -> Option<(String, String)> {
         let (_, cert) = X509Certificate::from_der(certificate).ok()?;
         let crl = self.for_issuer(cert.issuer().as_raw())?;
-        crl.is_revoked(cert.raw_serial())
+        (crl.is_revoked(cert.raw_serial()) || crl.is_on_hold(cert.raw_serial()))
             .then(|| (cert.raw_serial_as_string(), cert.issuer().to_string()))
     }
 
-    /// The verdict on one call's client certificate under `settings`: revoked, or its issuer's
-    /// CRL stale or missing where the policy refuses that. The same rules the handshake
-    /// applies, for connections that stay open while a CRL changes or ages.
+    /// The verdict on one call's client certificate under `settings`: revoked or on hold, or
+    /// its issuer's CRL stale or missing where the policy refuses that. The same rules the
+    /// handshake applies, for connections that stay open while a CRL changes or ages.
     pub fn check_certificate(
         &self,
         certificate: &[u8],
@@ -232,7 +239,11 @@ impl CrlSet {
         };
         let issuer = cert.issuer().as_raw();
         let reason = match self.for_issuer(issuer) {
-            Some(crl) if crl.is_revoked(cert.raw_serial()) => RefusalReason::Revoked,
+            // A client certificate on hold is refused like a revoked one (as webpki does at
+            // the handshake), until a list without it is published.
+            Some(crl) if crl.is_revoked(cert.raw_serial()) || crl.is_on_hold(cert.raw_serial()) => {
+                RefusalReason::Revoked
+            }
             Some(crl)
                 if crl.is_stale(now, settings.stale_grace)
                     && settings.when_stale == Policy::Refuse =>

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod connections;
 mod console;
+mod crl_hold;
 mod ctl;
 mod deploy;
 mod fuzz;

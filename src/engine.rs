@@ -696,6 +696,16 @@ async fn verify(
     }
     let confirmed_at = case.revocation_confirmed_at.unwrap_or(now);
     let (event, detail) = verdict(&looked_up, confirmed_at, now);
+    // Revoked only on a list past its nextUpdate (answered within `stale_grace`): the saga
+    // does not believe that verification and would wait, unchecked, until the deadline. Like
+    // a stale list, it is a failure to verify now, retried and then the case's reason.
+    if let Event::RevocationVerified { at, valid_until } = &event
+        && at > valid_until
+    {
+        return Err(ConnectorError::Retryable(format!(
+            "listed as revoked only on a list past its nextUpdate (revocation_check.stale_grace does not count for a verification): {detail}"
+        )));
+    }
     metrics.revocation_check(match event {
         Event::RevocationVerified { .. } => "verified",
         Event::RevocationNotYetListed { .. } => "not_yet_listed",

@@ -1,7 +1,9 @@
 //! The CRL connector of the revocation check (issue #14) against a real distribution point: a
 //! test CA made with rcgen issues card certificates naming an HTTP server on loopback whose
 //! CRL the test swaps. Time is the `now` each check is asked about, against the lists'
-//! validity windows: nothing sleeps.
+//! validity windows: nothing sleeps. The tests "through the gateway" (below) run the whole
+//! routine with the connector built from `[revocation_check] kind = "crl"`; there the lists'
+//! windows are seconds and the re-checks are real.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -738,12 +740,14 @@ async fn through_the_gateway_a_certificate_is_verified_after_the_next_publicatio
     let publication = Publication::default();
     let addr = distribution_point(publication.clone()).await;
     let cut = card(&ca, &[url(addr)]);
-    let now = t0();
-    publication.publish(crl(&ca, &[], now - MINUTE, now + 4 * SECOND));
     let g = gateway(&ca, Vec::new(), 12).await;
     let app = &g.app;
 
     let id = reported(app, "5400003").await;
+    // The list in force, issued before the confirmation, without the certificate; the next
+    // is due in a few seconds (published just now: the first look-up finds it current).
+    let now = t0();
+    publication.publish(crl(&ca, &[], now - MINUTE, now + 5 * SECOND));
     confirm(app, &id, vec![by_der(&cut)])
         .await
         .expect("confirm");
@@ -781,12 +785,14 @@ async fn through_the_gateway_a_list_issued_after_the_confirmation_without_the_ce
     let publication = Publication::default();
     let addr = distribution_point(publication.clone()).await;
     let cut = card(&ca, &[url(addr)]);
-    let now = t0();
-    publication.publish(crl(&ca, &[], now - MINUTE, now + 4 * SECOND));
     let g = gateway(&ca, Vec::new(), 12).await;
     let app = &g.app;
 
     let id = reported(app, "5400004").await;
+    // The list in force, issued before the confirmation, without the certificate; the next
+    // is due in a few seconds (published just now: the first look-up finds it current).
+    let now = t0();
+    publication.publish(crl(&ca, &[], now - MINUTE, now + 5 * SECOND));
     confirm(app, &id, vec![by_der(&cut)])
         .await
         .expect("confirm");

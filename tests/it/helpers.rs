@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use etjanstekort_gateway::api::pb;
 use etjanstekort_gateway::config::{Config, Layers};
-use etjanstekort_gateway::connectors::Connectors;
 use etjanstekort_gateway::connectors::simulated::{
     Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
 };
+use etjanstekort_gateway::connectors::{Connectors, RevocationCheckSettings};
 use etjanstekort_gateway::devcerts::{self, DevCa, IssuedCert};
-use etjanstekort_gateway::startup::App;
+use etjanstekort_gateway::metrics::Metrics;
+use etjanstekort_gateway::startup::{App, build_connectors};
 use pb::deregistration_service_client::DeregistrationServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -244,7 +245,14 @@ pub async fn spawn_app_opts(opts: Options) -> TestApp {
         gateway_removes_kiv: true,
         revocation: None,
     };
-    let connectors = opts.connectors.clone().unwrap_or(connectors);
+    let mut connectors = opts.connectors.clone().unwrap_or(connectors);
+    // A revocation check set in `[revocation_check]` (and no connectors given): built from the
+    // configuration as `serve` builds it, beside the simulated registries the test inspects.
+    if opts.connectors.is_none() && !matches!(cfg.revocation_check, RevocationCheckSettings::Off) {
+        connectors.revocation = build_connectors(&cfg, &Arc::new(Metrics::new()))
+            .expect("revocation check from the configuration")
+            .revocation;
+    }
     let app = App::build_with(cfg, connectors).await.expect("app builds");
     let addr = app.local_addr();
     let admin = app.admin_addr().expect("admin listener on");

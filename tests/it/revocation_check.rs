@@ -1,7 +1,9 @@
 //! The CRL connector of the revocation check (issue #14) against a real distribution point: a
 //! test CA made with rcgen issues card certificates naming an HTTP server on loopback whose
 //! CRL the test swaps. Time is the `now` each check is asked about, against the lists'
-//! validity windows: nothing sleeps.
+//! validity windows: nothing sleeps. The tests "through the gateway" (below) run the whole
+//! routine with the connector built from `[revocation_check] kind = "crl"`; there the lists'
+//! windows are seconds and the re-checks are real.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,6 +90,8 @@ fn at(t: SystemTime) -> Timestamp {
 
 struct Card {
     certificate: CardCertificate,
+    /// The certificate itself (DER), as a confirmation may give it.
+    der: Vec<u8>,
     /// The serial as in the certificate (DER integer content), for CRLs.
     raw_serial: Vec<u8>,
 }
@@ -109,6 +113,7 @@ fn card(ca: &DevCa, crl_urls: &[String]) -> Card {
     assert_eq!(facts.certificate.crl_urls, crl_urls);
     Card {
         certificate: facts.certificate,
+        der: pem.contents,
         raw_serial,
     }
 }
@@ -487,4 +492,468 @@ async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
     socket.set_reuseaddr(true).expect("reuseaddr");
     socket.bind(addr).expect("the port again");
     socket.listen(16).expect("listen")
+}
+
+// Through the gateway: the CRL connector built from `[revocation_check] kind = "crl"` as a
+// user configures it, the saga driven by `RevocationService.ConfirmRevocation`, the test CA's
+// lists served by a real distribution point on loopback. Each case is followed to its end
+// through the API and the audit trail, with KIV (the simulated registry) watched throughout.
+
+use etjanstekort_gateway::api::pb;
+use pb::operations_service_client::OperationsServiceClient;
+use serde_json::json;
+
+use crate::helpers::{Options, Settings, TestApp, spawn_app_opts};
+use crate::verification::{audit, confirm, holder, metric, reported, unit};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A gateway checking revocation on the CRLs of `ca` (its certificate in a bundle the
+/// configuration names), with one attempt per fetch and no pause between rounds, `extra` laid
+/// over that, and `max_attempts` attempts per saga step.
+struct Gateway {
+    app: TestApp,
+    _dir: tempfile::TempDir,
+}
+
+async fn gateway(ca: &DevCa, extra: Settings, max_attempts: u32) -> Gateway {
+    let dir = tempfile::tempdir().expect("dir");
+    let bundle = dir.path().join("card-cas.pem");
+    std::fs::write(&bundle, &ca.cert_pem).expect("bundle");
+    let mut settings: Settings = vec![
+        ("revocation_check.kind", json!("crl")),
+        (
+            "revocation_check.ca_file",
+            json!(bundle.display().to_string()),
+        ),
+        ("revocation_check.fetch_attempts", json!(1)),
+        ("revocation_check.fetch_timeout", json!("5s")),
+        ("revocation_check.min_fetch_interval", json!("0s")),
+    ];
+    settings.extend(extra);
+    let app = spawn_app_opts(Options {
+        settings,
+        max_attempts,
+        ..Options::default()
+    })
+    .await;
+    Gateway { app, _dir: dir }
+}
+
+/// The card certificate as the confirmation gives it: the certificate itself.
+fn by_der(card: &Card) -> pb::RevokedCertificate {
+    pb::RevokedCertificate {
+        certificate_der: card.der.clone(),
+        ..Default::default()
+    }
+}
+
+/// The case as provider-a sees it.
+async fn case(app: &TestApp, id: &str) -> pb::Deregistration {
+    app.provider("provider-a")
+        .await
+        .get_deregistration(pb::GetDeregistrationRequest { id: id.to_owned() })
+        .await
+        .expect("get")
+        .into_inner()
+        .deregistration
+        .expect("case")
+}
+
+/// Polls until the case is in `state` (bounded; re-checks wait for a list's nextUpdate, so
+/// this allows longer than `TestApp::wait_for`).
+async fn settle(app: &TestApp, id: &str, state: pb::State) -> pb::Deregistration {
+    let mut last = None;
+    for _ in 0..1200 {
+        let d = case(app, id).await;
+        if d.state == state as i32 {
+            return d;
+        }
+        // Completed is final: no use waiting for another state.
+        assert_ne!(
+            d.state,
+            pb::State::Completed as i32,
+            "case {id} completed instead of reaching {state:?}: {d:?}"
+        );
+        last = Some(d);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("case {id} never reached {state:?}; last seen {last:?}");
+}
+
+/// The kinds of the case's audit trail, in order.
+async fn kinds(app: &TestApp, id: &str) -> Vec<String> {
+    audit(app, id).await.into_iter().map(|(k, _)| k).collect()
+}
+
+/// Polls until the case's trail holds an event of `kind` (bounded).
+async fn trail_has(app: &TestApp, id: &str, kind: &str) {
+    for _ in 0..1200 {
+        if kinds(app, id).await.iter().any(|k| k == kind) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("case {id}: no {kind} in {:?}", kinds(app, id).await);
+}
+
+fn position(kinds: &[String], kind: &str) -> usize {
+    kinds
+        .iter()
+        .position(|k| k == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
+}
+
+/// Nothing has moved the case towards KIV: nobody told, the employment still there, no
+/// verification in the trail.
+async fn kiv_untouched(app: &TestApp, id: &str) {
+    assert!(app.kiv.contains(&holder(), &unit()), "KIV was changed");
+    assert!(app.notifier.sent().is_empty(), "{:?}", app.notifier.sent());
+    let kinds = kinds(app, id).await;
+    for never in [
+        "revocation_verified",
+        "head_notified",
+        "notified",
+        "kiv_removed",
+    ] {
+        assert!(!kinds.iter().any(|k| k == never), "{never} in {kinds:?}");
+    }
+}
+
+/// A completed, verified case: verified before anyone was told and before KIV.
+async fn completed_after_verification(app: &TestApp, id: &str) -> Vec<(String, String)> {
+    let done = settle(app, id, pb::State::Completed).await;
+    assert_eq!(done.revocation_check, pb::RevocationCheck::Verified as i32);
+    assert!(!app.kiv.contains(&holder(), &unit()));
+    let trail = audit(app, id).await;
+    let kinds: Vec<String> = trail.iter().map(|(k, _)| k.clone()).collect();
+    let confirmed = position(&kinds, "revocation_confirmed");
+    let verified = position(&kinds, "revocation_verified");
+    let told = position(&kinds, "head_notified");
+    let removed = position(&kinds, "kiv_removed");
+    assert!(
+        confirmed < verified && verified < told && told < removed,
+        "{kinds:?}"
+    );
+    // Serials and issuers only: nothing of the certificate's subject.
+    for (kind, detail) in &trail {
+        assert!(
+            !detail.contains(HOLDER) && !detail.contains(HOLDER_HSA_ID),
+            "{kind}: {detail}"
+        );
+    }
+    trail
+}
+
+fn detail<'a>(trail: &'a [(String, String)], kind: &str) -> &'a str {
+    &trail
+        .iter()
+        .find(|(k, _)| k == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {trail:?}"))
+        .1
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// 1. The CA's list in force lists the card's certificate: verified at once, then the notices
+/// and KIV.
+#[tokio::test]
+async fn through_the_gateway_a_certificate_on_its_cas_list_is_verified_at_once() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    publication.publish(der(&crl(&ca, &[&cut], now - 10 * MINUTE, now + HOUR)));
+    let g = gateway(&ca, Vec::new(), 12).await;
+    let app = &g.app;
+
+    let id = reported(app, "5400001").await;
+    let confirmed = confirm(app, &id, vec![by_der(&cut)])
+        .await
+        .expect("confirm");
+    assert_eq!(confirmed.state, pb::State::Revoked as i32);
+    assert_eq!(
+        confirmed.revocation_check,
+        pb::RevocationCheck::Pending as i32
+    );
+    let trail = completed_after_verification(app, &id).await;
+    let serial = format!("serial {}", cut.certificate.serial);
+    assert!(
+        detail(&trail, "revocation_confirmed").contains(&serial),
+        "{trail:?}"
+    );
+    let verified = detail(&trail, "revocation_verified");
+    assert!(verified.contains(&serial), "{verified}");
+    assert!(verified.contains("Card TEST CA"), "{verified}");
+    assert!(
+        verified.contains(&format!("issued {}", unix(now - 10 * MINUTE))),
+        "{verified}"
+    );
+    assert!(publication.requests() >= 1);
+    assert!(metric(app, "etk_revocation_checks_total{outcome=\"verified\"}").await >= 1.0);
+}
+
+/// 1b. A confirmation naming the certificate by serial and issuer only (no certificate, so no
+/// distribution point): checked on the list of the configured URL.
+#[tokio::test]
+async fn through_the_gateway_a_certificate_named_by_serial_and_issuer_is_verified() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[]);
+    let now = t0();
+    publication.publish(crl(&ca, &[&cut], now - 10 * MINUTE, now + HOUR));
+    let g = gateway(
+        &ca,
+        vec![
+            ("revocation_check.urls", json!([url(addr)])),
+            ("revocation_check.distribution_points", json!(false)),
+        ],
+        12,
+    )
+    .await;
+    let app = &g.app;
+
+    let id = reported(app, "5400002").await;
+    let named = pb::RevokedCertificate {
+        serial_number: cut.certificate.serial.to_uppercase(),
+        issuer: cut.certificate.issuer.clone(),
+        certificate_der: Vec::new(),
+    };
+    confirm(app, &id, vec![named]).await.expect("confirm");
+    let trail = completed_after_verification(app, &id).await;
+    let verified = detail(&trail, "revocation_verified");
+    assert!(
+        verified.contains(&format!("serial {}", cut.certificate.serial)),
+        "{verified}"
+    );
+    assert!(publication.requests() >= 1);
+}
+
+/// 2. Not on the list in force (issued before the confirmation): the case waits in REVOKED,
+/// KIV untouched; the CA's next publication lists it, and the re-check at the list's
+/// nextUpdate verifies it and the case completes.
+#[tokio::test]
+async fn through_the_gateway_a_certificate_is_verified_after_the_next_publication() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let g = gateway(&ca, Vec::new(), 12).await;
+    let app = &g.app;
+
+    let id = reported(app, "5400003").await;
+    // The list in force, issued before the confirmation, without the certificate; the next
+    // is due in a few seconds (published just now: the first look-up finds it current).
+    let now = t0();
+    publication.publish(crl(&ca, &[], now - MINUTE, now + 5 * SECOND));
+    confirm(app, &id, vec![by_der(&cut)])
+        .await
+        .expect("confirm");
+    trail_has(app, &id, "revocation_not_yet_listed").await;
+    let waiting = case(app, &id).await;
+    assert_eq!(waiting.state, pb::State::Revoked as i32);
+    assert_eq!(
+        waiting.revocation_check,
+        pb::RevocationCheck::Pending as i32
+    );
+    kiv_untouched(app, &id).await;
+
+    // The CA publishes its next list, now listing the certificate.
+    let issued = t0();
+    publication.publish(der(&crl(&ca, &[&cut], issued, issued + HOUR)));
+    let trail = completed_after_verification(app, &id).await;
+    let kinds: Vec<String> = trail.iter().map(|(k, _)| k.clone()).collect();
+    assert!(
+        position(&kinds, "revocation_not_yet_listed") < position(&kinds, "revocation_verified")
+    );
+    let verified = detail(&trail, "revocation_verified");
+    assert!(
+        verified.contains(&format!("issued {}", unix(issued))),
+        "{verified}"
+    );
+    assert!(publication.requests() >= 2);
+}
+
+/// 3. A list issued after the confirmation that does not list the certificate: a discrepancy;
+/// the case needs attention, KIV is untouched.
+#[tokio::test]
+async fn through_the_gateway_a_list_issued_after_the_confirmation_without_the_certificate_is_a_discrepancy()
+ {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let g = gateway(&ca, Vec::new(), 12).await;
+    let app = &g.app;
+
+    let id = reported(app, "5400004").await;
+    // The list in force, issued before the confirmation, without the certificate; the next
+    // is due in a few seconds (published just now: the first look-up finds it current).
+    let now = t0();
+    publication.publish(crl(&ca, &[], now - MINUTE, now + 5 * SECOND));
+    confirm(app, &id, vec![by_der(&cut)])
+        .await
+        .expect("confirm");
+    // The confirmation is recorded no later than this.
+    let confirmed_by = SystemTime::now();
+    trail_has(app, &id, "revocation_not_yet_listed").await;
+    // The CA's next list, issued (whole seconds) after the confirmation, still without it.
+    let issued = UNIX_EPOCH + Duration::from_secs(unix(confirmed_by) + 1);
+    while SystemTime::now() < issued {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publication.publish(crl(&ca, &[], issued, issued + HOUR));
+
+    // The re-check's verdict (the one after "not yet listed") is the discrepancy.
+    let verdicts = |kinds: Vec<String>| -> Vec<String> {
+        kinds
+            .into_iter()
+            .filter(|k| {
+                k.starts_with("revocation_")
+                    && !matches!(k.as_str(), "revocation_requested" | "revocation_confirmed")
+            })
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..1200 {
+        seen = verdicts(kinds(app, &id).await);
+        if seen.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen,
+        ["revocation_not_yet_listed", "revocation_discrepancy"],
+        "the verdicts"
+    );
+    let parked = settle(app, &id, pb::State::NeedsAttention).await;
+    assert!(
+        parked.state_reason.contains(&cut.certificate.serial)
+            && parked
+                .state_reason
+                .contains("issued after the confirmation"),
+        "{}",
+        parked.state_reason
+    );
+    assert_eq!(parked.revocation_check, pb::RevocationCheck::Pending as i32);
+    let trail = audit(app, &id).await;
+    let discrepancy = detail(&trail, "revocation_discrepancy");
+    assert!(
+        discrepancy.contains(&format!("issued {}", unix(issued))),
+        "{discrepancy}"
+    );
+    kiv_untouched(app, &id).await;
+    assert_eq!(
+        metric(app, "etk_revocation_checks_total{outcome=\"discrepancy\"}").await,
+        1.0
+    );
+}
+
+/// 4. A list past its nextUpdate (the distribution point serves no newer one) is never
+/// believed, though it lists the certificate: retried, then the case needs attention with the
+/// reason; KIV untouched.
+#[tokio::test]
+async fn through_the_gateway_a_stale_list_is_never_believed() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    publication.publish(crl(&ca, &[&cut], now - 3 * HOUR, now - HOUR));
+    let g = gateway(&ca, Vec::new(), 4).await;
+    let app = &g.app;
+
+    let id = reported(app, "5400005").await;
+    confirm(app, &id, vec![by_der(&cut)])
+        .await
+        .expect("confirm");
+    let parked = settle(app, &id, pb::State::NeedsAttention).await;
+    assert!(
+        parked.state_reason.contains("stale since"),
+        "{}",
+        parked.state_reason
+    );
+    assert!(parked.state_reason.contains("gave up after 4 attempts"));
+    kiv_untouched(app, &id).await;
+    // Each attempt looked for a newer list.
+    assert!(publication.requests() >= 4, "{}", publication.requests());
+}
+
+/// 5. A list under the CA's name signed by another key is never believed, though it lists the
+/// certificate: retried, then the case needs attention with the reason. Once the CA's own
+/// list is served, the operator's retry verifies and completes the case.
+#[tokio::test]
+async fn through_the_gateway_a_wrongly_signed_list_is_never_believed() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let impostor = DevCa::generate("Card TEST CA").expect("same name, other key");
+    let publication = Publication::default();
+    let addr = distribution_point(publication.clone()).await;
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    publication.publish(crl(&impostor, &[&cut], now - MINUTE, now + HOUR));
+    let g = gateway(&ca, Vec::new(), 4).await;
+    let app = &g.app;
+
+    let id = reported(app, "5400007").await;
+    confirm(app, &id, vec![by_der(&cut)])
+        .await
+        .expect("confirm");
+    let parked = settle(app, &id, pb::State::NeedsAttention).await;
+    assert!(
+        parked.state_reason.contains("signature does not verify"),
+        "{}",
+        parked.state_reason
+    );
+    kiv_untouched(app, &id).await;
+
+    publication.publish(crl(&ca, &[&cut], now, now + HOUR));
+    OperationsServiceClient::new(app.channel("operator").await)
+        .retry_deregistration(pb::RetryDeregistrationRequest { id: id.clone() })
+        .await
+        .expect("retry");
+    completed_after_verification(app, &id).await;
+}
+
+/// 6. The distribution point is down (nothing listening): the look-up fails and is retried,
+/// KIV untouched; once it serves the CA's list, a retry of the same step (within the
+/// engine's attempts, no operator) verifies and the case completes.
+#[tokio::test]
+async fn through_the_gateway_an_unreachable_distribution_point_then_reachable_completes() {
+    let ca = DevCa::generate("Card TEST CA").expect("ca");
+    let (listener, addr) = reserved_port().await;
+    drop(listener);
+    let cut = card(&ca, &[url(addr)]);
+    let now = t0();
+    let g = gateway(&ca, Vec::new(), 30).await;
+    let app = &g.app;
+
+    let id = reported(app, "5400008").await;
+    confirm(app, &id, vec![by_der(&cut)])
+        .await
+        .expect("confirm");
+    let failed = "etk_connector_errors_total{connector=\"revocation_check\",class=\"retryable\"}";
+    for _ in 0..1200 {
+        if metric(app, failed).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(app, failed).await >= 1.0, "no failed look-up");
+    assert_eq!(case(app, &id).await.state, pb::State::Revoked as i32);
+    kiv_untouched(app, &id).await;
+
+    let publication = Publication::default();
+    publication.publish(der(&crl(&ca, &[&cut], now - MINUTE, now + HOUR)));
+    serve(rebind(addr).await, publication.clone()).await;
+    let trail = completed_after_verification(app, &id).await;
+    assert!(
+        !trail.iter().any(|(k, _)| k == "step_failed"),
+        "completed within the engine's retries: {trail:?}"
+    );
+    assert!(publication.requests() >= 1);
 }

@@ -102,7 +102,7 @@ impl RevocationStatus for Script {
     }
 }
 
-fn holder() -> Personnummer {
+pub(crate) fn holder() -> Personnummer {
     Personnummer::parse(
         "19121212-1212",
         etjanstekort_gateway::clock::now().utc_date(),
@@ -110,7 +110,7 @@ fn holder() -> Personnummer {
     .expect("pnr")
 }
 
-fn unit() -> HsaId {
+pub(crate) fn unit() -> HsaId {
     HsaId::parse(&unit_a()).expect("unit")
 }
 
@@ -178,7 +178,7 @@ fn cert(serial: &str) -> pb::RevokedCertificate {
     }
 }
 
-async fn confirm(
+pub(crate) async fn confirm(
     app: &TestApp,
     id: &str,
     certificates: Vec<pb::RevokedCertificate>,
@@ -194,7 +194,7 @@ async fn confirm(
         .map(|r| r.into_inner().deregistration.expect("case"))
 }
 
-async fn reported(app: &TestApp, card: &str) -> String {
+pub(crate) async fn reported(app: &TestApp, card: &str) -> String {
     let id = app
         .create_case(
             &format!("req-{card}"),
@@ -205,7 +205,7 @@ async fn reported(app: &TestApp, card: &str) -> String {
     id
 }
 
-async fn audit(app: &TestApp, id: &str) -> Vec<(String, String)> {
+pub(crate) async fn audit(app: &TestApp, id: &str) -> Vec<(String, String)> {
     OperationsServiceClient::new(app.channel("operator").await)
         .get_case_timeline(pb::GetCaseTimelineRequest { id: id.to_owned() })
         .await
@@ -217,7 +217,7 @@ async fn audit(app: &TestApp, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn metric(app: &TestApp, line_start: &str) -> f64 {
+pub(crate) async fn metric(app: &TestApp, line_start: &str) -> f64 {
     let body = http_get(app.admin, "/metrics").await.2;
     body.lines()
         .find(|l| l.starts_with(line_start))

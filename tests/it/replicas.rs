@@ -671,7 +671,7 @@ fn replica_env(
 }
 
 /// The lease owner id of `server`'s saga engine, as it logged it at start
-/// (`etk-` and 32 hex digits).
+/// (`owner=<node id>:<32 hex digits>`).
 fn lease_owner_of(server: &Server) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -680,13 +680,14 @@ fn lease_owner_of(server: &Server) -> String {
             .lines()
             .filter(|l| l.contains("saga engine started"))
             .find_map(|l| {
-                l.match_indices("etk-").find_map(|(i, _)| {
-                    let id = l.get(i..i + 36)?;
-                    id[4..]
-                        .chars()
-                        .all(|c| c.is_ascii_hexdigit())
-                        .then(|| id.to_owned())
-                })
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("owner="))
+                    .filter(|o| {
+                        o.split_once(':').is_some_and(|(_, inc)| {
+                            inc.len() == 32 && inc.chars().all(|c| c.is_ascii_hexdigit())
+                        })
+                    })
+                    .map(str::to_owned)
             });
         if let Some(owner) = found {
             return owner;

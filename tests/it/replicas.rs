@@ -670,8 +670,8 @@ fn replica_env(
     env
 }
 
-/// The lease owner id of `server`'s saga engine, as it logged it at start
-/// (`owner=<node id>:<32 hex digits>`).
+/// The lease owner id of `server`'s saga engine, as it logged it at start (the JSON log's
+/// `owner`: `<node id>:<32 hex digits>`).
 fn lease_owner_of(server: &Server) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -680,14 +680,11 @@ fn lease_owner_of(server: &Server) -> String {
             .lines()
             .filter(|l| l.contains("saga engine started"))
             .find_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix("owner="))
-                    .filter(|o| {
-                        o.split_once(':').is_some_and(|(_, inc)| {
-                            inc.len() == 32 && inc.chars().all(|c| c.is_ascii_hexdigit())
-                        })
-                    })
-                    .map(str::to_owned)
+                let (_, rest) = l.split_once("\"owner\":\"")?;
+                let (owner, _) = rest.split_once('"')?;
+                let (_, incarnation) = owner.split_once(':')?;
+                (incarnation.len() == 32 && incarnation.chars().all(|c| c.is_ascii_hexdigit()))
+                    .then(|| owner.to_owned())
             });
         if let Some(owner) = found {
             return owner;

@@ -272,7 +272,10 @@ impl Engine {
             match self.store.release(&prefix, Some(&mine)).await {
                 Ok(n) => {
                     if n > 0 {
-                        tracing::info!(steps = n, "released the leases a previous incarnation of this node held");
+                        tracing::info!(
+                            steps = n,
+                            "released the leases a previous incarnation of this node held"
+                        );
                     }
                     return;
                 }
@@ -287,9 +290,10 @@ impl Engine {
 
     /// Whether the node lock is known to be held now (always, without a node lock).
     fn node_held_now(&self) -> bool {
-        self.node_held
-            .as_ref()
-            .is_none_or(|h| h.borrow().is_none_or(|until| std::time::Instant::now() < until))
+        self.node_held.as_ref().is_none_or(|h| {
+            h.borrow()
+                .is_none_or(|until| std::time::Instant::now() < until)
+        })
     }
 
     /// Resolves once no step task of this engine exists any more: every step finished, or was
@@ -1025,6 +1029,75 @@ pub fn human(d: Duration) -> String {
         (s, "seconds")
     };
     format!("{n} {unit}")
+}
+
+#[cfg(test)]
+mod cut_off_tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(600);
+
+    async fn within_a_minute(f: impl std::future::Future<Output = Cut>) -> Cut {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("cut off")
+    }
+
+    #[tokio::test]
+    async fn a_step_is_cut_off_when_its_lease_is_not_renewed() {
+        let (_tx, held) = watch::channel(Instant::now() + Duration::from_millis(50));
+        let cut = within_a_minute(cut_off(held, None, Instant::now() + LONG)).await;
+        assert_eq!(cut, Cut::LeaseUnrenewed);
+    }
+
+    #[tokio::test]
+    async fn a_step_is_cut_off_when_the_node_lock_is_unproven() {
+        let (_tx, held) = watch::channel(Instant::now() + LONG);
+        let (_node_tx, node) = watch::channel(Some(Instant::now() + Duration::from_millis(50)));
+        let cut = within_a_minute(cut_off(held, Some(node), Instant::now() + LONG)).await;
+        assert_eq!(cut, Cut::NodeUnproven);
+    }
+
+    #[tokio::test]
+    async fn a_step_is_cut_off_at_its_time_limit() {
+        let (_tx, held) = watch::channel(Instant::now() + LONG);
+        let (_node_tx, node) = watch::channel(None);
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let cut = within_a_minute(cut_off(held, Some(node), deadline)).await;
+        assert_eq!(cut, Cut::TimedOut);
+    }
+
+    /// Renewals move the lease on: the step runs on while they come, and is cut off only once
+    /// they stop (the node lock's sender gone: held for good).
+    #[tokio::test]
+    async fn renewals_keep_a_step_running() {
+        let (tx, held) = watch::channel(Instant::now() + Duration::from_secs(1));
+        let (node_tx, node) = watch::channel(None);
+        drop(node_tx);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewer = {
+            let stopped = stopped.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tx.send_replace(Instant::now() + Duration::from_secs(1));
+                }
+                stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+                // The sender stays: the lease simply is not renewed any more.
+                tokio::time::sleep(LONG).await;
+                drop(tx);
+            })
+        };
+        let cut = within_a_minute(cut_off(held, Some(node), Instant::now() + LONG)).await;
+        assert_eq!(cut, Cut::LeaseUnrenewed);
+        assert!(
+            stopped.load(std::sync::atomic::Ordering::SeqCst),
+            "cut off while its lease was being renewed"
+        );
+        renewer.abort();
+    }
 }
 
 #[cfg(test)]

@@ -35,12 +35,12 @@ use crate::connectors::{
 };
 use crate::crl::CrlStore;
 use crate::engine::Engine;
-use crate::storage::NodeLock;
 use crate::metrics::Metrics;
 use crate::privacy::{PrivacySettings, Vault};
 use crate::reload::Reloader;
 use crate::rpc::{self, AuthLayer, RateLimitLayer, RateLimiter, RequestSizeLayer, RpcLayer};
 use crate::server::caps::ConnectionCaps;
+use crate::storage::NodeLock;
 use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
 use crate::tls::TlsState;
 

@@ -169,7 +169,9 @@ fn lock_file(url: &str, id: &str) -> Result<Option<NodeLock>, NodeError> {
         }))
     };
     let name = db.to_string_lossy();
-    if url.contains(":memory:") || url.contains("mode=memory") || name.starts_with("file:sqlx-in-memory")
+    if url.contains(":memory:")
+        || url.contains("mode=memory")
+        || name.starts_with("file:sqlx-in-memory")
     {
         return unlocked(Guard::None);
     }
@@ -310,7 +312,10 @@ mod tests {
     #[tokio::test]
     async fn a_node_id_on_a_sqlite_file_is_held_by_one_process_at_a_time() {
         let dir = tempfile::tempdir().expect("dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db.sqlite").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("db.sqlite").display()
+        );
         let first = NodeLock::acquire(&url, Some("n1")).await.expect("first");
         assert!(matches!(
             NodeLock::acquire(&url, Some("n1")).await,

@@ -39,7 +39,10 @@ impl Db {
     /// A connection of the test's own, to look at the outbox.
     async fn connect(&self, dir: &Path) -> DatabaseConnection {
         let url = match self {
-            Self::Sqlite => format!("sqlite://{}?mode=ro", dir.join("etjanstekort.sqlite").display()),
+            Self::Sqlite => format!(
+                "sqlite://{}?mode=ro",
+                dir.join("etjanstekort.sqlite").display()
+            ),
             Self::Postgres(db) => db.url.clone(),
         };
         Database::connect(url).await.expect("connect")
@@ -256,7 +259,10 @@ async fn a_heartbeat_keeps_a_step_longer_than_its_lease() {
             if state == pb::State::RevocationRequested as i32 {
                 break;
             }
-            assert!(Instant::now() < deadline, "{id} was never reported: {state}");
+            assert!(
+                Instant::now() < deadline,
+                "{id} was never reported: {state}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -236,6 +236,9 @@ impl Engine {
             }
             let wait = if failures > 0 {
                 self.cfg.retry.delay(failures.min(8))
+            } else if !self.node_held_now() {
+                // Nothing is claimed meanwhile; due work must not make this a busy loop.
+                self.cfg.idle_poll
             } else {
                 match self.store.next_due().await {
                     Ok(Some(due)) => {

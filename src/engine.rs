@@ -341,12 +341,14 @@ impl Engine {
         // The leases run until `claimed_at + lease` at the latest (the store counts from a
         // later instant); a heartbeat moves them on while the batch runs.
         let (held_tx, held) = watch::channel(held_until(claimed_at, self.cfg.lease));
-        let _heartbeat = Heartbeat(tokio::spawn(heartbeat(
+        let renewing = Arc::new(tokio::sync::Mutex::new(()));
+        let heartbeat = Heartbeat(tokio::spawn(heartbeat(
             self.store.clone(),
             token.clone(),
             work.iter().map(|w| w.key.clone()).collect(),
             self.cfg.lease,
             held_tx,
+            renewing.clone(),
         )));
         let step_deadline = claimed_at + self.cfg.step_timeout;
         let mut ids: Vec<_> = work.iter().map(|w| w.case_id.clone()).collect();
@@ -424,6 +426,11 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "saga step task failed"),
             }
         }
+        // Every step has ended: no renewal runs beside the recording (on PostgreSQL the two
+        // would lock the same effect rows in different orders).
+        let quiet = renewing.lock().await;
+        drop(heartbeat);
+        drop(quiet);
         self.store.finish(&token, results).await?;
         Ok(n)
     }
@@ -578,17 +585,20 @@ impl Drop for Heartbeat {
 
 /// Renews the batch's leases every third of a lease; each renewal that succeeds moves `held`
 /// on. One that fails or hangs leaves `held` where it was, so the steps are cut off before
-/// the leases can run out.
+/// the leases can run out. A renewal runs holding `renewing`, which the batch takes before
+/// recording its results.
 async fn heartbeat(
     store: Arc<dyn CaseStore>,
     token: String,
     keys: Vec<String>,
     lease: Duration,
     held: watch::Sender<std::time::Instant>,
+    renewing: Arc<tokio::sync::Mutex<()>>,
 ) {
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
+        let _renewing = renewing.lock().await;
         let issued = std::time::Instant::now();
         let renew = store.renew(&token, &keys, crate::clock::now(), lease);
         match tokio::time::timeout(every, renew).await {

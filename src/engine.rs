@@ -36,8 +36,15 @@ pub struct Engine {
     bus: EventBus,
     connectors: Connectors,
     cfg: EngineSettings,
-    /// Lease owner id of this process.
+    /// Lease owner id of this process: `<node id>:<incarnation>` with a node lock
+    /// (`with_node`), else `etk-<incarnation>`. A claim's token is the owner, `-` and a number.
     owner: String,
+    /// The node lock's `held_until` (`storage::NodeLock`): no step runs past it, no claim is
+    /// made after it. `None`: no node lock, or one held for the process's life.
+    node_held: Option<watch::Receiver<Option<std::time::Instant>>>,
+    /// With a node lock: the prefix of every incarnation's leases of this node id, and how
+    /// long after start they may be released (the previous incarnations are dead).
+    dead_incarnations: Option<(String, Duration)>,
     /// Numbers this process's claims: each claim's lease token is unique, so a result is
     /// recorded only by the claim that still holds the effect, even within one process.
     claims: std::sync::atomic::AtomicU64,
@@ -107,11 +114,30 @@ impl Engine {
             connectors,
             cfg,
             owner: format!("etk-{}", uuid::Uuid::new_v4().simple()),
+            node_held: None,
+            dead_incarnations: None,
             claims: std::sync::atomic::AtomicU64::new(0),
             metrics: Arc::new(Metrics::new()),
             retention: None,
             steps: Arc::default(),
         }
+    }
+
+    /// Names this process's leases after the node id `lock` holds, stops claiming and cuts
+    /// its steps off when the lock can no longer be proven held, and — at start, once the lock
+    /// allows — releases the leases of the node's earlier (dead) incarnations.
+    pub fn with_node(mut self, lock: &crate::storage::NodeLock) -> Self {
+        self.owner = format!("{}:{}", lock.id(), uuid::Uuid::new_v4().simple());
+        let held = lock.held_until();
+        let bounded = held.borrow().is_some();
+        self.node_held = bounded.then_some(held);
+        self.dead_incarnations = Some((format!("{}:", lock.id()), lock.release_after()));
+        self
+    }
+
+    /// The lease owner id of this process (logged at start).
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Runs retention passes (`crate::retention`) every `settings.interval` (none when zero).
@@ -135,6 +161,11 @@ impl Engine {
         // The owner id marks this process's leases (`effects.lease_owner`): logged so an
         // operator can tell which replica holds a step.
         tracing::info!(owner = %self.owner, workers = self.cfg.workers, "saga engine started");
+        if self.dead_incarnations.is_some() {
+            let me = self.clone();
+            let stop = shutdown.clone();
+            set.spawn(async move { me.release_dead_incarnations(stop).await });
+        }
         for i in 0..self.cfg.workers {
             let me = self.clone();
             let stop = shutdown.clone();
@@ -205,6 +236,9 @@ impl Engine {
             }
             let wait = if failures > 0 {
                 self.cfg.retry.delay(failures.min(8))
+            } else if !self.node_held_now() {
+                // Nothing is claimed meanwhile; due work must not make this a busy loop.
+                self.cfg.idle_poll
             } else {
                 match self.store.next_due().await {
                     Ok(Some(due)) => {
@@ -222,6 +256,49 @@ impl Engine {
         }
     }
 
+    /// Gives up the leases that earlier incarnations of this node id still hold: they are
+    /// dead (the node lock is this process's), so their steps need not wait for the leases to
+    /// run out. Waits as long as the lock asks first (PostgreSQL: a holder that lost its
+    /// session has cut its steps off by then); retried until it succeeds.
+    async fn release_dead_incarnations(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some((prefix, after)) = self.dead_incarnations.clone() else {
+            return;
+        };
+        let mut wait = after;
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            let mine = format!("{}-", self.owner);
+            match self.store.release(&prefix, Some(&mine)).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(
+                            steps = n,
+                            "released the leases a previous incarnation of this node held"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    wait = self.cfg.retry.delay(failures.min(8));
+                    tracing::warn!(error = %e, "cannot release the leases of this node's previous incarnation yet; trying again");
+                }
+            }
+        }
+    }
+
+    /// Whether the node lock is known to be held now (always, without a node lock).
+    fn node_held_now(&self) -> bool {
+        self.node_held.as_ref().is_none_or(|h| {
+            h.borrow()
+                .is_none_or(|until| std::time::Instant::now() < until)
+        })
+    }
+
     /// Resolves once no step task of this engine exists any more: every step finished, or was
     /// cancelled and its future dropped (its connector call cut off). Shutdown awaits this
     /// after aborting the workers and before `release_leases`.
@@ -233,12 +310,16 @@ impl Engine {
     /// were stopped or aborted and `steps_ended` resolved), so other replicas take those steps
     /// at once. Returns how many.
     pub async fn release_leases(&self) -> Result<u64, StoreError> {
-        self.store.release(&format!("{}-", self.owner)).await
+        self.store.release(&format!("{}-", self.owner), None).await
     }
 
     /// Claims one batch, runs it concurrently (latency is hidden by running many at once),
     /// and records all results in one transaction. Returns how many effects it ran.
     pub async fn run_batch(&self) -> Result<usize, StoreError> {
+        if !self.node_held_now() {
+            // Another process may hold the node id now: nothing is claimed under it.
+            return Ok(0);
+        }
         let n_claim = self
             .claims
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -257,6 +338,19 @@ impl Engine {
             return Ok(0);
         }
         let n = work.len();
+        // The leases run until `claimed_at + lease` at the latest (the store counts from a
+        // later instant); a heartbeat moves them on while the batch runs.
+        let (held_tx, held) = watch::channel(held_until(claimed_at, self.cfg.lease));
+        let renewing = Arc::new(tokio::sync::Mutex::new(()));
+        let heartbeat = Heartbeat(tokio::spawn(heartbeat(
+            self.store.clone(),
+            token.clone(),
+            work.iter().map(|w| w.key.clone()).collect(),
+            self.cfg.lease,
+            held_tx,
+            renewing.clone(),
+        )));
+        let step_deadline = claimed_at + self.cfg.step_timeout;
         let mut ids: Vec<_> = work.iter().map(|w| w.case_id.clone()).collect();
         ids.sort();
         ids.dedup();
@@ -279,6 +373,8 @@ impl Engine {
                 case.as_ref(),
                 spans::connector_of(&self.connectors, w.step),
             );
+            let held = held.clone();
+            let node_held = self.node_held.clone();
             // Counted from before the spawn until the future is dropped, however it ends.
             let live = self.steps.enter();
             set.spawn(async move {
@@ -293,22 +389,25 @@ impl Engine {
                     _ => None,
                 };
                 async move {
-                    // A step must end well inside its lease, or another worker would take it
-                    // over while it still runs and do it twice.
-                    // Counted from the claim, so loading the cases eats into it too.
-                    let limit = cfg.lease.mul_f64(0.8).saturating_sub(claimed_at.elapsed());
+                    // A step ends within its time limit (counted from the claim, so loading
+                    // the cases eats into it too), and is cut off before its lease could run
+                    // out unrenewed (or the node lock unproven): else another worker could
+                    // take it over while it still runs and do it twice.
                     let started = std::time::Instant::now();
                     let connector = connector_of(w.step);
-                    let result = match tokio::time::timeout(
-                        limit,
-                        execute(&connectors, &cfg, &metrics, &w, case, snapshot),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => {
-                            metrics.connector_error(connector, true);
-                            retry_or_give_up(&cfg, &w, format!("timed out after {}", human(limit)))
+                    let result = tokio::select! {
+                        r = execute(&connectors, &cfg, &metrics, &w, case, snapshot) => r,
+                        cut = cut_off(held, node_held, step_deadline) => {
+                            let why = match cut {
+                                Cut::TimedOut => {
+                                    metrics.connector_error(connector, true);
+                                    format!("timed out after {}", human(cfg.step_timeout))
+                                }
+                                Cut::LeaseUnrenewed => "cut off: its lease could not be renewed (database unreachable?)".to_owned(),
+                                Cut::NodeUnproven => "cut off: this process could not prove it still holds its node id".to_owned(),
+                            };
+                            tracing::warn!(reason = %why, "saga step cut off");
+                            retry_or_give_up(&cfg, &w, why)
                         }
                     };
                     metrics.step_finished(w.step, connector, (&result).into(), started.elapsed());
@@ -327,6 +426,11 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "saga step task failed"),
             }
         }
+        // Every step has ended: no renewal runs beside the recording (on PostgreSQL the two
+        // would lock the same effect rows in different orders).
+        let quiet = renewing.lock().await;
+        drop(heartbeat);
+        drop(quiet);
         self.store.finish(&token, results).await?;
         Ok(n)
     }
@@ -471,6 +575,107 @@ impl Engine {
         };
         span.record("outcome", outcome);
         Ok(true)
+    }
+}
+
+/// How long a lease renewed (or taken) at `issued` is surely held: the lease less a sixth,
+/// for clock drift between replicas and the time a cut-off step takes to let go.
+fn held_until(issued: std::time::Instant, lease: Duration) -> std::time::Instant {
+    issued + lease - lease / 6
+}
+
+/// Aborts the batch's heartbeat when the batch ends (or is dropped).
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the batch's leases every third of a lease; each renewal that succeeds moves `held`
+/// on. One that fails or hangs leaves `held` where it was, so the steps are cut off before
+/// the leases can run out. A renewal runs holding `renewing`, which the batch takes before
+/// recording its results.
+async fn heartbeat(
+    store: Arc<dyn CaseStore>,
+    token: String,
+    keys: Vec<String>,
+    lease: Duration,
+    held: watch::Sender<std::time::Instant>,
+    renewing: Arc<tokio::sync::Mutex<()>>,
+) {
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let _renewing = renewing.lock().await;
+        let issued = std::time::Instant::now();
+        let renew = store.renew(&token, &keys, crate::clock::now(), lease);
+        match tokio::time::timeout(every, renew).await {
+            Ok(Ok(_)) => {
+                held.send_replace(held_until(issued, lease));
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leases of running steps"),
+            Err(_) => tracing::warn!("renewing the leases of running steps took too long"),
+        }
+    }
+}
+
+/// Why a running step was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// `engine.step_timeout` passed.
+    TimedOut,
+    /// Its lease was not renewed in time.
+    LeaseUnrenewed,
+    /// The node lock could not be proven held.
+    NodeUnproven,
+}
+
+/// Resolves when a step must be cut off: at `deadline`, or when its lease (`held`) or the
+/// node lock (`node`) may run out. Both move on while the step runs.
+async fn cut_off(
+    held: watch::Receiver<std::time::Instant>,
+    node: Option<watch::Receiver<Option<std::time::Instant>>>,
+    deadline: std::time::Instant,
+) -> Cut {
+    async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+        match rx {
+            Some(r) => {
+                if r.changed().await.is_err() {
+                    // The sender is gone: the last value holds for good.
+                    *rx = None;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+    let mut lease_until = *held.borrow();
+    let mut node_until = node.as_ref().and_then(|n| *n.borrow());
+    let mut held = Some(held);
+    let mut node = node;
+    loop {
+        if let Some(h) = held.as_mut() {
+            lease_until = *h.borrow_and_update();
+        }
+        if let Some(n) = node.as_mut() {
+            node_until = *n.borrow_and_update();
+        }
+        let mut first = (deadline, Cut::TimedOut);
+        if lease_until < first.0 {
+            first = (lease_until, Cut::LeaseUnrenewed);
+        }
+        if let Some(n) = node_until.filter(|n| *n < first.0) {
+            first = (n, Cut::NodeUnproven);
+        }
+        if std::time::Instant::now() >= first.0 {
+            return first.1;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(first.0.into()) => {}
+            () = changed(&mut held) => {}
+            () = changed(&mut node) => {}
+        }
     }
 }
 
@@ -858,6 +1063,75 @@ pub fn human(d: Duration) -> String {
         (s, "seconds")
     };
     format!("{n} {unit}")
+}
+
+#[cfg(test)]
+mod cut_off_tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(600);
+
+    async fn within_a_minute(f: impl std::future::Future<Output = Cut>) -> Cut {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("cut off")
+    }
+
+    #[tokio::test]
+    async fn a_step_is_cut_off_when_its_lease_is_not_renewed() {
+        let (_tx, held) = watch::channel(Instant::now() + Duration::from_millis(50));
+        let cut = within_a_minute(cut_off(held, None, Instant::now() + LONG)).await;
+        assert_eq!(cut, Cut::LeaseUnrenewed);
+    }
+
+    #[tokio::test]
+    async fn a_step_is_cut_off_when_the_node_lock_is_unproven() {
+        let (_tx, held) = watch::channel(Instant::now() + LONG);
+        let (_node_tx, node) = watch::channel(Some(Instant::now() + Duration::from_millis(50)));
+        let cut = within_a_minute(cut_off(held, Some(node), Instant::now() + LONG)).await;
+        assert_eq!(cut, Cut::NodeUnproven);
+    }
+
+    #[tokio::test]
+    async fn a_step_is_cut_off_at_its_time_limit() {
+        let (_tx, held) = watch::channel(Instant::now() + LONG);
+        let (_node_tx, node) = watch::channel(None);
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let cut = within_a_minute(cut_off(held, Some(node), deadline)).await;
+        assert_eq!(cut, Cut::TimedOut);
+    }
+
+    /// Renewals move the lease on: the step runs on while they come, and is cut off only once
+    /// they stop (the node lock's sender gone: held for good).
+    #[tokio::test]
+    async fn renewals_keep_a_step_running() {
+        let (tx, held) = watch::channel(Instant::now() + Duration::from_secs(1));
+        let (node_tx, node) = watch::channel(None);
+        drop(node_tx);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewer = {
+            let stopped = stopped.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tx.send_replace(Instant::now() + Duration::from_secs(1));
+                }
+                stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+                // The sender stays: the lease simply is not renewed any more.
+                tokio::time::sleep(LONG).await;
+                drop(tx);
+            })
+        };
+        let cut = within_a_minute(cut_off(held, Some(node), Instant::now() + LONG)).await;
+        assert_eq!(cut, Cut::LeaseUnrenewed);
+        assert!(
+            stopped.load(std::sync::atomic::Ordering::SeqCst),
+            "cut off while its lease was being renewed"
+        );
+        renewer.abort();
+    }
 }
 
 #[cfg(test)]

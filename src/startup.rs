@@ -40,6 +40,7 @@ use crate::privacy::{PrivacySettings, Vault};
 use crate::reload::Reloader;
 use crate::rpc::{self, AuthLayer, RateLimitLayer, RateLimiter, RequestSizeLayer, RpcLayer};
 use crate::server::caps::ConnectionCaps;
+use crate::storage::NodeLock;
 use crate::storage::{CaseStore, DatabaseSettings, EventMeta, SeaStore};
 use crate::tls::TlsState;
 
@@ -81,6 +82,8 @@ pub enum StartError {
     Connector(String),
     #[error("database: {0}")]
     Store(#[from] crate::storage::StoreError),
+    #[error(transparent)]
+    Node(#[from] crate::storage::NodeError),
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError> {
@@ -266,6 +269,9 @@ pub struct App {
     relay: Option<Relay>,
     /// How often every audit chain is verified (zero: never).
     audit_every: Duration,
+    /// The node id this process's saga workers hold, released when the app is dropped (after
+    /// its leases were given up).
+    node: Option<NodeLock>,
 }
 
 /// The relay task (`SeaStore::spawn_relay`), aborted when dropped.
@@ -318,16 +324,30 @@ impl App {
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
-        let engine = Arc::new(
-            Engine::new(
-                store.clone(),
-                bus.clone(),
-                connectors,
-                config.engine.clone(),
-            )
-            .with_metrics(metrics.clone())
-            .with_retention(config.retention.clone()),
-        );
+        // A process that runs saga steps holds its node id for life (refused when another
+        // live process holds it), so its restart can take over its own leases at once.
+        let node = if config.engine.workers > 0 {
+            use secrecy::ExposeSecret;
+            let lock =
+                NodeLock::acquire(config.database.url.expose_secret(), config.engine.node_id())
+                    .await?;
+            tracing::info!(node_id = %lock.id(), "node id held");
+            Some(lock)
+        } else {
+            None
+        };
+        let mut engine = Engine::new(
+            store.clone(),
+            bus.clone(),
+            connectors,
+            config.engine.clone(),
+        )
+        .with_metrics(metrics.clone())
+        .with_retention(config.retention.clone());
+        if let Some(lock) = &node {
+            engine = engine.with_node(lock);
+        }
+        let engine = Arc::new(engine);
         let principals = Arc::new(Principals::new(Authorizer::load(
             &config.auth.principals_file,
         )?));
@@ -488,6 +508,7 @@ impl App {
             connection_caps,
             relay,
             audit_every: config.audit.verify_interval,
+            node,
         })
     }
 
@@ -662,8 +683,9 @@ impl App {
                 }
             }
         }
-        // Watchers' news stops with the process.
+        // Watchers' news stops with the process; the node id is free for the next start.
         drop(self.relay);
+        drop(self.node);
         let _ = admin_stop.send(());
         // Idle keep-alive connections (a scraper's) close at once; a stuck one is cut.
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_tasks.join_next()).await;

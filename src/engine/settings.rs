@@ -18,9 +18,18 @@ pub struct EngineSettings {
     pub workers: usize,
     /// Steps one worker claims and runs at once.
     pub batch_size: u32,
-    /// A claimed step not finished within the lease is claimed again (crashed worker).
+    /// How long a claim holds a step without a heartbeat: a running batch renews its leases
+    /// every third of it, so a crashed worker's steps are claimed again within about a lease.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// The longest a step may run (from its claim); then it is cut off and retried.
+    #[serde(with = "humantime_serde")]
+    pub step_timeout: Duration,
+    /// This process's stable name among the workers on its database (`storage::NodeLock`):
+    /// held for the process's life, so a restart releases at once the leases its previous
+    /// incarnation held. Unset: the host name (a pod's name), suffixed `-2`, `-3`, … while
+    /// taken. Two live processes never share one: a configured id that is taken is refused.
+    pub node_id: Option<String>,
     /// Longest sleep of an idle worker (work enqueued by other replicas, timers).
     #[serde(with = "humantime_serde")]
     pub idle_poll: Duration,
@@ -37,7 +46,9 @@ impl Default for EngineSettings {
         Self {
             workers: 4,
             batch_size: 128,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(6),
+            step_timeout: Duration::from_secs(24),
+            node_id: None,
             idle_poll: Duration::from_secs(1),
             reconcile_interval: Duration::from_secs(60),
             retry: RetryPolicy::default(),
@@ -47,6 +58,11 @@ impl Default for EngineSettings {
 }
 
 impl EngineSettings {
+    /// The configured node id (an empty one counts as none).
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref().filter(|id| !id.is_empty())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         if self.batch_size == 0 {
@@ -54,6 +70,17 @@ impl EngineSettings {
         }
         if self.lease < Duration::from_secs(1) {
             problems.push("lease must be at least 1s".to_owned());
+        }
+        if self.step_timeout.is_zero() {
+            problems.push("step_timeout must be more than 0s".to_owned());
+        }
+        if let Some(id) = self.node_id()
+            && !crate::storage::valid_node_id(id)
+        {
+            problems.push(
+                "node_id must be 1 to 63 of a-z, 0-9, '.' and '-' (or left out: the host name)"
+                    .to_owned(),
+            );
         }
         if self.idle_poll.is_zero() {
             problems.push("idle_poll must be more than 0s".to_owned());
@@ -75,6 +102,8 @@ impl EngineSettings {
                 .push("timers.escalate_after must be longer than timers.remind_after".to_owned());
         }
         for (name, d) in [
+            ("lease", self.lease),
+            ("step_timeout", self.step_timeout),
             ("reconcile_interval", self.reconcile_interval),
             ("retry.backoff_max", self.retry.backoff_max),
             ("timers.poll_interval", t.poll_interval),

@@ -9,7 +9,8 @@
 //! - `codec.rs` — rows ↔ domain, encryption of the personal data and the KIV snapshot;
 //! - `changes.rs` — `ChangeSet`: planning a change (row, audit event, effects) and `flush`;
 //! - `create.rs` — idempotent creation decided by unique constraints;
-//! - `outbox.rs` — claims under a lease, fenced results, due times;
+//! - `outbox.rs` — claims under a lease, heartbeats, fenced results, due times;
+//! - `node.rs` — the node lock: one live process per node id (`engine.node_id`);
 //! - `queries.rs` — read-only look-ups;
 //! - `listen.rs` — news between replicas on PostgreSQL (`NOTIFY` on commit, the relay);
 //! - `audit.rs` — the audit trail's hash chain;
@@ -24,6 +25,7 @@ mod codec;
 mod create;
 mod entities;
 mod listen;
+mod node;
 mod outbox;
 mod queries;
 mod retention;
@@ -45,6 +47,7 @@ pub use audit::{
     BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, HeadRow, orphan_report,
     verify_case, verify_case_unreadable,
 };
+pub use node::{NodeError, NodeLock, valid_node_id};
 pub use queries::SchemaStatus;
 pub use sea::{MIGRATION_LOCK, SeaStore};
 pub use settings::{DatabaseSettings, Timing};
@@ -320,9 +323,24 @@ pub trait CaseStore: Send + Sync + std::fmt::Debug {
     /// dropped (another worker re-runs the effect under the same key).
     async fn finish(&self, owner: &str, results: Vec<Finished>) -> Result<(), StoreError>;
 
-    /// Gives up the leases of every claim whose owner token starts with `owner_prefix` (a
-    /// process shutting down), so other workers claim those effects at once. Returns how many.
-    async fn release(&self, owner_prefix: &str) -> Result<u64, StoreError>;
+    /// Gives up the leases of every claim whose owner token starts with `owner_prefix` but not
+    /// with `keep_prefix` (a process shutting down; a restarted one giving up what its dead
+    /// incarnations held), so workers claim those effects at once. Returns how many.
+    async fn release(
+        &self,
+        owner_prefix: &str,
+        keep_prefix: Option<&str>,
+    ) -> Result<u64, StoreError>;
+
+    /// Extends the leases of `keys` that the claim `owner` still holds to `now + lease` (the
+    /// heartbeat of a running batch). Returns how many it extended.
+    async fn renew(
+        &self,
+        owner: &str,
+        keys: &[String],
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<u64, StoreError>;
 
     /// When the earliest pending effect falls due, if any.
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;

@@ -70,18 +70,48 @@ fn claim_statement(
 }
 
 /// Gives up at once the leases held by claims whose owner token starts with `owner_prefix`
-/// and returns how many: the effects stay due and another worker claims them without waiting
-/// for the lease to run out (no attempt is counted: the step did not finish).
+/// (but not with `keep_prefix`) and returns how many: the effects stay due and another worker
+/// claims them without waiting for the lease to run out (no attempt is counted: the step did
+/// not finish).
 pub(crate) async fn release(
     conn: &impl ConnectionTrait,
     owner_prefix: &str,
+    keep_prefix: Option<&str>,
 ) -> Result<u64, StoreError> {
     use effects::Column as C;
-    let res = effects::Entity::update_many()
+    let mut update = effects::Entity::update_many()
         .col_expr(C::LeaseOwner, Expr::value(Value::String(None)))
         .col_expr(C::LeaseUntil, Expr::value(Value::BigInt(None)))
         .filter(C::Status.eq(PENDING))
-        .filter(C::LeaseOwner.starts_with(owner_prefix))
+        .filter(C::LeaseOwner.starts_with(owner_prefix));
+    if let Some(keep) = keep_prefix {
+        update = update.filter(C::LeaseOwner.not_like(format!("{keep}%")));
+    }
+    let res = update.exec(conn).await.map_err(StoreError::Unavailable)?;
+    Ok(res.rows_affected)
+}
+
+/// Moves the leases of `keys` that the claim `owner` still holds on to `now + lease` (the
+/// heartbeat of a running batch) and returns how many it moved.
+pub(crate) async fn renew(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    keys: &[String],
+    now: Timestamp,
+    lease: Duration,
+) -> Result<u64, StoreError> {
+    use effects::Column as C;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let res = effects::Entity::update_many()
+        .col_expr(
+            C::LeaseUntil,
+            Expr::value(now.0.saturating_add(micros(lease))),
+        )
+        .filter(C::Key.is_in(keys.iter().map(String::as_str)))
+        .filter(C::LeaseOwner.eq(owner))
+        .filter(C::Status.eq(PENDING))
         .exec(conn)
         .await
         .map_err(StoreError::Unavailable)?;

@@ -387,8 +387,22 @@ impl CaseStore for SeaStore {
         self.commit_appended(txn, appended).await
     }
 
-    async fn release(&self, owner_prefix: &str) -> Result<u64, StoreError> {
-        let released = outbox::release(&self.db, owner_prefix).await?;
+    async fn renew(
+        &self,
+        owner: &str,
+        keys: &[String],
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        outbox::renew(&self.db, owner, keys, now, lease).await
+    }
+
+    async fn release(
+        &self,
+        owner_prefix: &str,
+        keep_prefix: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let released = outbox::release(&self.db, owner_prefix, keep_prefix).await?;
         if released > 0 {
             // Due now: wake the idle workers, here and on the other replicas. The leases are
             // given up whether or not the wake-up goes out (the others then find the steps at

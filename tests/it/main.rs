@@ -19,6 +19,7 @@ mod process;
 mod real;
 mod reload;
 mod replicas;
+mod resume;
 mod retention;
 mod revocation;
 mod revocation_check;

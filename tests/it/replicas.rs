@@ -291,6 +291,8 @@ struct FreezingProxy {
     /// Per connection: the proxy's own port towards PostgreSQL (`client_port` there), and its
     /// switch.
     conns: Switches,
+    /// Set by `freeze_all`: connections made from then on are frozen from the start.
+    all: Arc<AtomicBool>,
 }
 
 /// Per proxied connection: its port towards PostgreSQL and whether it is frozen.
@@ -304,13 +306,15 @@ impl FreezingProxy {
         let addr = listener.local_addr().expect("addr");
         let conns: Switches = Arc::default();
         let registry = conns.clone();
+        let all = Arc::new(AtomicBool::new(false));
+        let all_frozen = all.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                     continue;
                 };
                 let port = server.local_addr().expect("addr").port();
-                let frozen = Arc::new(AtomicBool::new(false));
+                let frozen = Arc::new(AtomicBool::new(all_frozen.load(Ordering::SeqCst)));
                 registry
                     .lock()
                     .expect("registry")
@@ -321,7 +325,15 @@ impl FreezingProxy {
                 tokio::spawn(pipe(sr, cw, frozen));
             }
         });
-        Self { addr, conns }
+        Self { addr, conns, all }
+    }
+
+    /// Freezes every connection through the proxy, those to come as well.
+    fn freeze_all(&self) {
+        self.all.store(true, Ordering::SeqCst);
+        for (_, f) in self.conns.lock().expect("registry").iter() {
+            f.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Freezes the connection whose port towards PostgreSQL is `port`; whether it was this
@@ -388,7 +400,9 @@ async fn a_listening_connection_dead_without_a_word_is_found_and_replaced() {
         .await
         .expect("watch on B")
         .into_inner();
-    // B's listening connection goes silent (A's does not pass the proxy).
+    // B's listening connection goes silent (A's does not pass the proxy). Its last statement
+    // is its `LISTEN`, or the `SELECT 1` of its check once one ran (300 ms); no other
+    // connection through the proxy runs that statement.
     let admin = admin_db(&db).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -396,7 +410,8 @@ async fn a_listening_connection_dead_without_a_word_is_found_and_replaced() {
             .query_all_raw(sea_orm::Statement::from_string(
                 sea_orm::DbBackend::Postgres,
                 "SELECT client_port FROM pg_stat_activity \
-                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+                 WHERE datname = current_database() \
+                 AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')",
             ))
             .await
             .expect("listeners");
@@ -422,6 +437,87 @@ async fn a_listening_connection_dead_without_a_word_is_found_and_replaced() {
         (1..=seqs.len() as i64).collect::<Vec<_>>(),
         "each event once, in order"
     );
+}
+
+/// A's database goes silent while A runs a step of 4 s under a lease of 2 s: A cuts the step off
+/// before its lease can run out (its renewals and its node lock's checks go unanswered), so B,
+/// which takes the step over once the lease ran out, is the only one that ever runs it.
+#[tokio::test]
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL"
+)]
+async fn a_replica_cut_off_from_the_database_stops_its_step_before_another_takes_it_over() {
+    use etjanstekort_gateway::connectors::Connectors;
+    use etjanstekort_gateway::connectors::simulated::{
+        Faults, LogNotifier, SimulatedKiv, SimulatedTjansteId,
+    };
+    let db = TestDb::postgres().await;
+    let (_, rest) = db.url.split_once('@').expect("user@host");
+    let (upstream, _) = rest.split_once('/').expect("host/db");
+    let proxy = FreezingProxy::start(upstream.to_owned()).await;
+    let proxied = db.url.replacen(upstream, &proxy.addr.to_string(), 1);
+    let slow = Faults {
+        latency: Duration::from_secs(4),
+        failure_rate: 0.0,
+    };
+    let a_tjansteid = Arc::new(SimulatedTjansteId::new(None, slow, None));
+    let lease = || vec![("engine.lease", "2s".into())];
+    let a = spawn_app_opts(Options {
+        db: Some(proxied),
+        engine: true,
+        idle_poll: 0.05,
+        settings: lease(),
+        connectors: Some(Connectors {
+            tjansteid: a_tjansteid.clone(),
+            kiv: Arc::new(SimulatedKiv::new(true, slow, None)),
+            notifier: Arc::new(LogNotifier::new(slow, None)),
+            gateway_removes_kiv: true,
+            revocation: None,
+        }),
+        ..Options::default()
+    })
+    .await;
+    let mut on_a = a.provider("provider-a").await;
+    let id = new_case(&mut on_a, 6).await;
+    let conn = admin_db(&db).await;
+    let held = format!(
+        "SELECT count(*) FROM effects WHERE key = '{id}:report' AND status = 'pending' \
+         AND lease_owner IS NOT NULL"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&conn, &held).await == 0 {
+        assert!(Instant::now() < deadline, "A never claimed the report");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let claimed = Instant::now();
+    proxy.freeze_all();
+    let b = spawn_app_opts(Options {
+        db: Some(db.url.clone()),
+        engine: true,
+        idle_poll: 0.05,
+        settings: lease(),
+        ..Options::default()
+    })
+    .await;
+    let mut on_b = b.provider("provider-a").await;
+    wait_state(&mut on_b, &id, pb::State::RevocationRequested).await;
+    // A's step would have sent the report 4 s after it began: look until well after that.
+    let report = format!("{id}:report");
+    while claimed.elapsed() < Duration::from_secs(7) {
+        assert_eq!(
+            a_tjansteid.deliveries().get(&report),
+            None,
+            "A ran the step beside B"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        a_tjansteid.deliveries().get(&report),
+        None,
+        "A ran the step beside B"
+    );
+    assert_eq!(b.tjansteid.deliveries().get(&report), Some(&1));
 }
 
 fn env_db(url: &str) -> Vec<(&'static str, String)> {
@@ -670,8 +766,8 @@ fn replica_env(
     env
 }
 
-/// The lease owner id of `server`'s saga engine, as it logged it at start
-/// (`etk-` and 32 hex digits).
+/// The lease owner id of `server`'s saga engine, as it logged it at start (the JSON log's
+/// `owner`: `<node id>:<32 hex digits>`).
 fn lease_owner_of(server: &Server) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -680,13 +776,11 @@ fn lease_owner_of(server: &Server) -> String {
             .lines()
             .filter(|l| l.contains("saga engine started"))
             .find_map(|l| {
-                l.match_indices("etk-").find_map(|(i, _)| {
-                    let id = l.get(i..i + 36)?;
-                    id[4..]
-                        .chars()
-                        .all(|c| c.is_ascii_hexdigit())
-                        .then(|| id.to_owned())
-                })
+                let (_, rest) = l.split_once("\"owner\":\"")?;
+                let (owner, _) = rest.split_once('"')?;
+                let (_, incarnation) = owner.split_once(':')?;
+                (incarnation.len() == 32 && incarnation.chars().all(|c| c.is_ascii_hexdigit()))
+                    .then(|| owner.to_owned())
             });
         if let Some(owner) = found {
             return owner;

@@ -44,7 +44,7 @@ impl ReportGen {
             .map_or(1_790_000_000, |d| d.as_secs() as i64)
             - 3600;
         pb::CreateDeregistrationRequest {
-            request_id: format!("loadgen-{:08}-{n}", self.prefix),
+            request_id: format!("loadgen-{}-{}", letters(self.prefix), letters(n)),
             deregistration: Some(pb::Deregistration {
                 care_unit_hsa_id: self.unit.clone(),
                 card_holder: Some(pb::CardHolder {
@@ -95,6 +95,15 @@ fn luhn_check_digit(body: &[u8]) -> u8 {
         })
         .sum();
     ((10 - sum % 10) % 10) as u8
+}
+
+/// `n` with its decimal digits written as the letters a–j: the gateway refuses a request id
+/// in which any run of digits could be a personal identity number.
+fn letters(n: u64) -> String {
+    n.to_string()
+        .bytes()
+        .map(|b| char::from(b - b'0' + b'a'))
+        .collect()
 }
 
 /// A 20-digit card number: the run prefix, then `n` (never a personal identity number, which

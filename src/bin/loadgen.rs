@@ -288,8 +288,7 @@ impl Drop for Proc {
             .stderr(Stdio::null())
             .status();
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::time::Instant::now() < deadline
-            && self.child.try_wait().ok().flatten().is_none()
+        while std::time::Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none()
         {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -790,10 +789,8 @@ fn start_gateway(args: &RunArgs) -> Result<Started, String> {
     let (dir, temp_dir) = match &args.data_dir {
         Some(d) => (d.clone(), None),
         None => {
-            let d = std::env::temp_dir().join(format!(
-                "etk-loadgen-{}",
-                uuid::Uuid::new_v4().simple()
-            ));
+            let d =
+                std::env::temp_dir().join(format!("etk-loadgen-{}", uuid::Uuid::new_v4().simple()));
             (d.clone(), Some(d))
         }
     };
@@ -886,7 +883,11 @@ async fn run(args: RunArgs) -> Result<bool, String> {
         .cloned()
         .map(DeregistrationServiceClient::new)
         .collect();
-    let echo_clients: Vec<_> = echo_channels.iter().cloned().map(HealthClient::new).collect();
+    let echo_clients: Vec<_> = echo_channels
+        .iter()
+        .cloned()
+        .map(HealthClient::new)
+        .collect();
     let reports = Arc::new(ReportGen::new(&unit));
     let ids = Arc::new(Mutex::new(Vec::new()));
     let create: Arc<dyn Call> = Arc::new(CreateCall {
@@ -947,7 +948,14 @@ async fn run(args: RunArgs) -> Result<bool, String> {
     for rep in 1..=args.repeat.max(1) {
         for &conc in &args.concurrency {
             let echo_call: Arc<dyn Call> = Arc::new(EchoCall(echo_clients.clone()));
-            let m = drive(echo_call, conc, args.warmup, args.duration, Some(echo.pid())).await;
+            let m = drive(
+                echo_call,
+                conc,
+                args.warmup,
+                args.duration,
+                Some(echo.pid()),
+            )
+            .await;
             let echo_row = row(rep, "echo", "check", conc, &args, m, None, None);
             table.row(&echo_row);
             let echo_rps = echo_row.req_per_s;
@@ -976,10 +984,18 @@ async fn run(args: RunArgs) -> Result<bool, String> {
                 let before_settle = m.server_cpu_us;
                 let cpu_at_end = pid.and_then(cpu_micros);
                 settle(pid, args.settle_timeout).await;
-                let settled = before_settle.and_then(|b| {
-                    Some(b + cpu_delta(cpu_at_end, pid.and_then(cpu_micros))?)
-                });
-                let r = row(rep, "gateway", op.name(), conc, &args, m, Some(echo_rps), settled);
+                let settled = before_settle
+                    .and_then(|b| Some(b + cpu_delta(cpu_at_end, pid.and_then(cpu_micros))?));
+                let r = row(
+                    rep,
+                    "gateway",
+                    op.name(),
+                    conc,
+                    &args,
+                    m,
+                    Some(echo_rps),
+                    settled,
+                );
                 table.row(&r);
                 runs.push(r);
             }

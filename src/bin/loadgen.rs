@@ -661,6 +661,8 @@ struct Completions {
 #[derive(Debug, serde::Serialize)]
 struct Setup {
     cpus: usize,
+    /// `/proc/loadavg` at the start (other work on the machine skews every figure).
+    load_average: String,
     gateway: String,
     database: &'static str,
     connections: usize,
@@ -688,8 +690,9 @@ impl Table {
             return;
         }
         println!(
-            "loadgen: {} CPUs, gateway {} ({}), {} connections per target, {:?} measured after {:?} warm-up",
+            "loadgen: {} CPUs (load average {}), gateway {} ({}), {} connections per target, {:?} measured after {:?} warm-up",
             setup.cpus,
+            setup.load_average,
             setup.gateway,
             setup.database,
             setup.connections,
@@ -903,6 +906,9 @@ async fn run(args: RunArgs) -> Result<bool, String> {
     };
     let setup = Setup {
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
         gateway: match (&args.addr, started.gateway_pid) {
             (Some(a), _) => format!("at {a}"),
             (None, pid) => format!(

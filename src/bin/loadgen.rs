@@ -639,6 +639,9 @@ struct Prefill {
     cases: u64,
     created: u64,
     seconds: f64,
+    /// How long the gateway took to become idle after the last create (the saga work; at most
+    /// the larger of --settle-timeout and 300 s).
+    settle_seconds: f64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -931,19 +934,21 @@ async fn run(args: RunArgs) -> Result<bool, String> {
 
     let stored = if args.stored > 0 {
         let (created, errors, took) = drive_count(create.clone(), 64, args.stored).await;
-        settle(pid, args.settle_timeout.max(Duration::from_secs(300))).await;
+        let settled = settle(pid, args.settle_timeout.max(Duration::from_secs(300))).await;
         let p = Prefill {
             cases: args.stored,
             created,
             seconds: took.as_secs_f64(),
+            settle_seconds: settled.as_secs_f64(),
             errors,
         };
         table.line(&format!(
-            "stored: {} cases created in {:.1} s before the runs ({:.0}/s), errors {:?}",
+            "stored: {} cases created in {:.1} s before the runs ({:.0}/s), errors {:?}; the gateway was idle {:.0} s later",
             p.created,
             p.seconds,
             p.created as f64 / p.seconds.max(1e-9),
-            p.errors
+            p.errors,
+            p.settle_seconds,
         ));
         Some(p)
     } else {

@@ -32,8 +32,15 @@ fn measures_the_gateway_beside_the_echo() {
         "--output",
         "json",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loadgen failed: {stderr}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "loadgen failed ({}): {stderr}\n{stdout}",
+        out.status
+    );
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 8, "{runs:#?}");

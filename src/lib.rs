@@ -19,6 +19,7 @@ pub mod devcerts;
 pub mod domain;
 pub mod engine;
 pub mod keys;
+pub mod loadgen;
 pub mod metrics;
 pub mod privacy;
 pub mod reload;

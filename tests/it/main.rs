@@ -14,6 +14,7 @@ mod helpers;
 mod kiv_certs;
 mod launcher;
 mod limits;
+mod loadgen;
 mod privacy;
 mod process;
 mod real;

@@ -66,6 +66,9 @@ impl EngineSettings {
         if t.poll_interval.is_zero() {
             problems.push("timers.poll_interval must be more than 0s".to_owned());
         }
+        if t.poll_max < t.poll_interval {
+            problems.push("timers.poll_max must be at least timers.poll_interval".to_owned());
+        }
         if t.escalate_after <= t.remind_after {
             problems
                 .push("timers.escalate_after must be longer than timers.remind_after".to_owned());
@@ -74,6 +77,7 @@ impl EngineSettings {
             ("reconcile_interval", self.reconcile_interval),
             ("retry.backoff_max", self.retry.backoff_max),
             ("timers.poll_interval", t.poll_interval),
+            ("timers.poll_max", t.poll_max),
             ("timers.remind_after", t.remind_after),
             ("timers.escalate_after", t.escalate_after),
         ] {

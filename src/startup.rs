@@ -257,11 +257,14 @@ pub struct App {
     connection_caps: Arc<ConnectionCaps>,
     /// Brings other replicas' news (PostgreSQL); stopped with the app.
     relay: Option<Relay>,
+    /// Keeps SQLite's planner statistics fresh; stopped with the app.
+    optimizer: Option<Relay>,
     /// How often every audit chain is verified (zero: never).
     audit_every: Duration,
 }
 
-/// The relay task (`SeaStore::spawn_relay`), aborted when dropped.
+/// A background task of the store (`SeaStore::spawn_relay`, `SeaStore::spawn_optimizer`),
+/// aborted when dropped.
 #[derive(Debug)]
 struct Relay(tokio::task::JoinHandle<()>);
 
@@ -308,6 +311,8 @@ impl App {
             .with_bus(bus.clone());
         // PostgreSQL: other replicas' commits reach this process's bus too.
         let relay = store.spawn_relay(config.database.listen_check).map(Relay);
+        // SQLite: planner statistics at start and hourly (cheap; PostgreSQL's autovacuum does it).
+        let optimizer = store.spawn_optimizer(Duration::from_secs(3600)).map(Relay);
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
@@ -480,6 +485,7 @@ impl App {
             handshake_timeout: config.server.tls_handshake_timeout,
             connection_caps,
             relay,
+            optimizer,
             audit_every: config.audit.verify_interval,
         })
     }
@@ -657,6 +663,7 @@ impl App {
         }
         // Watchers' news stops with the process.
         drop(self.relay);
+        drop(self.optimizer);
         let _ = admin_stop.send(());
         // Idle keep-alive connections (a scraper's) close at once; a stuck one is cut.
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_tasks.join_next()).await;

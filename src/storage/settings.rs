@@ -83,9 +83,7 @@ impl Timing {
     /// out: as long again (the waits double: 1 s, 1 s, 2 s, 4 s, …), at least `poll_interval`
     /// and at most `poll_max`.
     pub fn poll_delay(&self, waited: Duration) -> Duration {
-        waited
-            .min(self.poll_max)
-            .max(self.poll_interval)
+        waited.min(self.poll_max).max(self.poll_interval)
     }
 }
 
@@ -124,7 +122,9 @@ mod tests {
         }
         assert_eq!(
             delays,
-            [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600, 600, 600, 600]
+            [
+                1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600, 600, 600, 600
+            ]
         );
         for pair in delays.windows(2) {
             assert!(pair[1] >= pair[0], "{delays:?}");

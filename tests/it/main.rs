@@ -12,6 +12,7 @@ mod fuzz;
 mod helpers;
 mod launcher;
 mod limits;
+mod plans;
 mod privacy;
 mod process;
 mod real;

@@ -430,3 +430,59 @@ fn the_checker_refuses_a_walk() {
     let seq = ["Seq Scan on cases  (cost=0.00..1.00 rows=1 width=8)".to_owned()];
     assert!(unbounded(DbBackend::Postgres, "SELECT", &seq).is_some());
 }
+
+/// Item 3: a case waiting for TjänsteID-service's outcome is polled less and less often — each
+/// poll waits as long as the case has waited (`Timing::poll_delay`), at most `poll_max`.
+#[tokio::test]
+async fn each_poll_of_a_waiting_case_is_planned_later_up_to_poll_max() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = TestDb::sqlite(dir.path());
+    let (store, _) = open(&db).await;
+    let raw = Database::connect(&db.url).await.expect("raw");
+    let id = store
+        .create(cmd(None, "f", "3100001"))
+        .await
+        .expect("create")
+        .into_case()
+        .id;
+    let t0 = etjanstekort_gateway::clock::now().0;
+    let at = |us: i64| {
+        let mut m = meta("system");
+        m.at = Timestamp(t0 + us);
+        m
+    };
+    let poll_due = |steps: Vec<etjanstekort_gateway::storage::StepView>| {
+        steps
+            .into_iter()
+            .find(|s| s.step == "poll_outcome" && s.status == "pending")
+            .expect("a poll is planned")
+            .due_at
+            .0
+    };
+    store
+        .apply(&id, None, &Event::ReportSent, at(0))
+        .await
+        .expect("sent");
+    // Each poll that finds no outcome plans the next one, when it ran.
+    let mut ran = poll_due(store.steps(&id).await.expect("steps"));
+    let mut waits = vec![ran - t0];
+    for _ in 0..14 {
+        // The poll ran: its row is done (as `finish` records it), and its result re-arms it.
+        raw.execute_unprepared("UPDATE effects SET status = 'done' WHERE step = 'poll_outcome'")
+            .await
+            .expect("poll done");
+        store
+            .apply(&id, None, &Event::OutcomePending, at(ran - t0))
+            .await
+            .expect("pending");
+        let next = poll_due(store.steps(&id).await.expect("steps"));
+        waits.push(next - ran);
+        ran = next;
+    }
+    let secs: Vec<i64> = waits.iter().map(|w| w / 1_000_000).collect();
+    // poll_interval 1 s, poll_max 10 min (the defaults).
+    assert_eq!(
+        secs,
+        [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600, 600, 600]
+    );
+}

@@ -272,10 +272,8 @@ async fn fill(raw: &DatabaseConnection) {
         clone_rows(
             raw,
             "case_events",
-            &format!(
-                "SELECT e.* FROM case_events e JOIN (SELECT id FROM cases ORDER BY id LIMIT 1) c \
-                 ON e.case_id = c.id WHERE e.seq = 1"
-            ),
+            "SELECT e.* FROM case_events e JOIN (SELECT id FROM cases ORDER BY id LIMIT 1) c \
+             ON e.case_id = c.id WHERE e.seq = 1",
             CASES,
             &[
                 ("case_id", "t.case_id || '-' || i"),

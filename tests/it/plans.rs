@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etjanstekort_gateway::domain::saga::Event;
+use etjanstekort_gateway::domain::saga::{Event, SnapshotState};
 use etjanstekort_gateway::domain::{KivRemovalRoute, State, Timestamp};
 use etjanstekort_gateway::privacy::Vault;
 use etjanstekort_gateway::storage::{
@@ -157,6 +157,7 @@ async fn exercise(store: &SeaStore) {
                 State::NeedsAttention,
             ],
             revocation_confirmed: Some(false),
+            snapshot: Some(SnapshotState::Taken),
             ..ListQuery::default()
         },
     ];

@@ -1,7 +1,10 @@
 //! Engine throughput and footprint on SQLite with simulated connectors.
 //!
 //! `cargo bench --bench engine` — prints figures; `docs/benchmarks.md` records a run.
-//! Env: ETK_BENCH_CASES (default 5000), ETK_BENCH_WAITING (default 10000).
+//! Env: ETK_BENCH_CASES (default 5000), ETK_BENCH_WAITING (default 10000); for `waiting_cpu`
+//! also ETK_BENCH_POLL_MAX (default "10m"; "1s" polls every case every second, as before
+//! issue #12) and ETK_BENCH_WARM (how long the cases wait before the 60 s measured, default
+//! "60s").
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -247,6 +250,78 @@ async fn waiting(n: usize) {
     println!("waiting      {waiting} cases in REVOCATION_REQUESTED, engine idle");
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Clock ticks: 100 a second on Linux.
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
+
+fn env_duration(name: &str, default: &str) -> Duration {
+    humantime::parse_duration(&std::env::var(name).unwrap_or_else(|_| default.to_owned())).unwrap()
+}
+
+/// CPU of the whole process (engine with default settings: 4 workers, idle_poll 1 s, the
+/// reconciliation pass every 60 s) while `n` cases wait for an outcome that never comes, the
+/// simulated desk being polled.
+async fn waiting_cpu(n: usize) {
+    let poll_max = env_duration("ETK_BENCH_POLL_MAX", "10m");
+    let warm = env_duration("ETK_BENCH_WARM", "60s");
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EventBus::new();
+    let vault = Arc::new(Vault::from_master_key(&[5u8; 32]).unwrap());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("bench.sqlite").display()
+    );
+    let store = SeaStore::connect(&url, 1, Duration::from_secs(30), vault)
+        .await
+        .unwrap()
+        .with_timing(Timing {
+            poll_interval: Duration::from_secs(1),
+            poll_max,
+            poll_outcome: true,
+            ..Timing::default()
+        })
+        .with_bus(bus.clone());
+    store.migrate().await.unwrap();
+    let store = Arc::new(store);
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        bus,
+        connectors(Duration::ZERO, None, false),
+        EngineSettings::default(),
+    ));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut set = engine.spawn(rx);
+    create_cases(&store, n, 0).await;
+    while remaining(&store, vec![State::Accepted]).await {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(warm).await;
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
+    let _ = stop.send(true);
+    while set.join_next().await.is_some() {}
+    println!(
+        "waiting_cpu  cases={n} poll_max={} waited≥{}: {} ms CPU in {:.1} s = {:.2} % of a core",
+        humantime::format_duration(poll_max),
+        humantime::format_duration(warm),
+        cpu.as_millis(),
+        wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
+    );
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let n: usize = std::env::var("ETK_BENCH_CASES")
@@ -265,8 +340,12 @@ fn main() {
     // other run has grown the heap.
     let only = std::env::args()
         .skip(1)
-        .find(|a| a == "waiting" || a == "completions");
+        .find(|a| a == "waiting" || a == "completions" || a == "waiting_cpu");
     rt.block_on(async {
+        if only.as_deref() == Some("waiting_cpu") {
+            waiting_cpu(w).await;
+            return;
+        }
         if only.as_deref() != Some("completions") {
             waiting(w).await;
         }

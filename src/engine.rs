@@ -477,6 +477,9 @@ impl Engine {
                     .list(&ListQuery {
                         states: states.clone(),
                         revocation_confirmed: Some(confirmed),
+                        // Only these are checked (below): the others are not even read, so a
+                        // pass over cases that have nothing to guard costs next to nothing.
+                        snapshot: Some(SnapshotState::Taken),
                         after: after.clone(),
                         limit: 200,
                         ..Default::default()

@@ -267,6 +267,8 @@ pub struct App {
     connection_caps: Arc<ConnectionCaps>,
     /// Brings other replicas' news (PostgreSQL); stopped with the app.
     relay: Option<Relay>,
+    /// Keeps SQLite's planner statistics fresh; stopped with the app.
+    optimizer: Option<Relay>,
     /// How often every audit chain is verified (zero: never).
     audit_every: Duration,
     /// The node id this process's saga workers hold, released when the app is dropped (after
@@ -274,7 +276,8 @@ pub struct App {
     node: Option<NodeLock>,
 }
 
-/// The relay task (`SeaStore::spawn_relay`), aborted when dropped.
+/// A background task of the store (`SeaStore::spawn_relay`, `SeaStore::spawn_optimizer`),
+/// aborted when dropped.
 #[derive(Debug)]
 struct Relay(tokio::task::JoinHandle<()>);
 
@@ -321,6 +324,8 @@ impl App {
             .with_bus(bus.clone());
         // PostgreSQL: other replicas' commits reach this process's bus too.
         let relay = store.spawn_relay(config.database.listen_check).map(Relay);
+        // SQLite: planner statistics at start and hourly (cheap; PostgreSQL's autovacuum does it).
+        let optimizer = store.spawn_optimizer(Duration::from_secs(3600)).map(Relay);
         let store: Arc<dyn CaseStore> = Arc::new(store);
         let probes = connectors.clone();
         let gateway_removes_kiv = connectors.gateway_removes_kiv;
@@ -507,6 +512,7 @@ impl App {
             handshake_timeout: config.server.tls_handshake_timeout,
             connection_caps,
             relay,
+            optimizer,
             audit_every: config.audit.verify_interval,
             node,
         })
@@ -686,6 +692,7 @@ impl App {
         // Watchers' news stops with the process; the node id is free for the next start.
         drop(self.relay);
         drop(self.node);
+        drop(self.optimizer);
         let _ = admin_stop.send(());
         // Idle keep-alive connections (a scraper's) close at once; a stuck one is cut.
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_tasks.join_next()).await;

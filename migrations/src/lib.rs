@@ -12,6 +12,7 @@ mod m0006_retention;
 mod m0007_purge_guard;
 mod m0008_audit_legacy_cases;
 mod m0009_revocation_check;
+mod m0010_plans;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_purge_guard::Migration),
             Box::new(m0008_audit_legacy_cases::Migration),
             Box::new(m0009_revocation_check::Migration),
+            Box::new(m0010_plans::Migration),
         ]
     }
 }

@@ -97,6 +97,9 @@ impl EngineSettings {
         if t.verify_within < Duration::from_secs(1) {
             problems.push("timers.verify_within must be at least 1s".to_owned());
         }
+        if t.poll_max < t.poll_interval {
+            problems.push("timers.poll_max must be at least timers.poll_interval".to_owned());
+        }
         if t.escalate_after <= t.remind_after {
             problems
                 .push("timers.escalate_after must be longer than timers.remind_after".to_owned());
@@ -107,6 +110,7 @@ impl EngineSettings {
             ("reconcile_interval", self.reconcile_interval),
             ("retry.backoff_max", self.retry.backoff_max),
             ("timers.poll_interval", t.poll_interval),
+            ("timers.poll_max", t.poll_max),
             ("timers.remind_after", t.remind_after),
             ("timers.escalate_after", t.escalate_after),
             ("timers.verify_within", t.verify_within),

@@ -256,7 +256,17 @@ impl ChangeSet {
             };
             let delay = match effect.delay {
                 Delay::Now => 0,
-                Delay::PollInterval => micros(self.timing.poll_interval),
+                // The longer the case has waited for the outcome, the longer until the next
+                // poll (`Timing::poll_delay`): waiting cases cost next to nothing.
+                Delay::PollInterval => {
+                    let waited = model
+                        .reported_at
+                        .map_or(0, |r| u64::try_from(now.0.saturating_sub(r)).unwrap_or(0));
+                    micros(
+                        self.timing
+                            .poll_delay(std::time::Duration::from_micros(waited)),
+                    )
+                }
                 Delay::RemindAfter => micros(self.timing.remind_after),
                 Delay::EscalateAfter => micros(self.timing.escalate_after),
                 Delay::VerifyWithin => micros(self.timing.verify_within),

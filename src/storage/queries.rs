@@ -15,30 +15,68 @@ use super::{ListQuery, Stats, StepView, StoreError};
 use crate::domain::{CaseEvent, CaseId, State, Timestamp};
 
 /// Case rows matching the filters, in id (creation) order, at most `limit`.
+///
+/// Several states are read one state at a time (each `state = ? AND id > ? ORDER BY id LIMIT n`
+/// walks `cases_state` in id order and stops at the limit), then merged: a single `state IN
+/// (…)` reads every case in those states and sorts them before the limit applies, so a page
+/// would cost as much as all waiting cases (tests/it/plans.rs).
 pub(crate) async fn list(
     conn: &impl ConnectionTrait,
     query: &ListQuery,
 ) -> Result<Vec<cases::Model>, StoreError> {
     use cases::Column as C;
+    let mut parts: Vec<Condition> = query
+        .states
+        .iter()
+        .map(|s| Condition::all().add(C::State.eq(s.as_str())))
+        .collect();
+    if query.include_attention_from {
+        parts.extend(query.states.iter().map(|s| {
+            Condition::all()
+                .add(C::State.eq(State::NeedsAttention.as_str()))
+                .add(C::AttentionFrom.eq(s.as_str()))
+        }));
+    }
+    if parts.is_empty() {
+        parts.push(Condition::all());
+    } else if let Some(units) = query.care_units.as_ref().filter(|u| u.len() > 1) {
+        // And one unit at a time: `cases_unit_state` (unit, state, id) is then read in order.
+        parts = parts
+            .into_iter()
+            .flat_map(|p| {
+                units
+                    .iter()
+                    .map(move |u| p.clone().add(C::CareUnitHsaId.eq(u.to_string())))
+            })
+            .collect();
+    }
+    let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+    let mut rows: Vec<cases::Model> = Vec::new();
+    for part in parts {
+        rows.extend(list_part(conn, query, part).await?);
+    }
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    rows.dedup_by(|a, b| a.id == b.id);
+    rows.truncate(limit);
+    Ok(rows)
+}
+
+/// One state's share of `list` (`part`: its state condition).
+async fn list_part(
+    conn: &impl ConnectionTrait,
+    query: &ListQuery,
+    part: Condition,
+) -> Result<Vec<cases::Model>, StoreError> {
+    use cases::Column as C;
     // A shredded case is no longer served: its personal data is gone.
-    let mut q = cases::Entity::find().filter(C::ShreddedAt.is_null());
+    let mut q = cases::Entity::find()
+        .filter(C::ShreddedAt.is_null())
+        .filter(part);
     if let Some(p) = &query.care_provider {
         q = q.filter(C::CareProviderHsaId.eq(p.to_string()));
     }
     if let Some(units) = &query.care_units {
         q = q.filter(C::CareUnitHsaId.is_in(units.iter().map(ToString::to_string)));
-    }
-    if !query.states.is_empty() {
-        let names: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
-        let mut cond = Condition::any().add(C::State.is_in(names.clone()));
-        if query.include_attention_from {
-            cond = cond.add(
-                Condition::all()
-                    .add(C::State.eq(State::NeedsAttention.as_str()))
-                    .add(C::AttentionFrom.is_in(names)),
-            );
-        }
-        q = q.filter(cond);
     }
     if let Some(r) = query.route {
         q = q.filter(C::KivRemovalRoute.eq(r.as_str()));

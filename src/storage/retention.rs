@@ -184,17 +184,27 @@ pub(crate) async fn purge_outbox(
     limit: u32,
 ) -> Result<u64, StoreError> {
     use effects::Column as C;
-    let keys: Vec<String> = effects::Entity::find()
-        .select_only()
-        .column(C::Key)
-        .filter(C::Status.is_in(FINISHED))
-        .filter(C::UpdatedAt.lte(before.0))
-        .order_by_asc(C::UpdatedAt)
-        .limit(u64::from(limit))
-        .into_tuple()
-        .all(conn)
-        .await
-        .map_err(StoreError::Unavailable)?;
+    // One status at a time, oldest first: each look-up walks `effects_done` in order and stops
+    // at the limit (`status IN (…)` would sort every finished row first).
+    let mut keys: Vec<String> = Vec::new();
+    for status in FINISHED {
+        let left = u64::from(limit).saturating_sub(keys.len() as u64);
+        if left == 0 {
+            break;
+        }
+        let some: Vec<String> = effects::Entity::find()
+            .select_only()
+            .column(C::Key)
+            .filter(C::Status.eq(status))
+            .filter(C::UpdatedAt.lte(before.0))
+            .order_by_asc(C::UpdatedAt)
+            .limit(left)
+            .into_tuple()
+            .all(conn)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        keys.extend(some);
+    }
     if keys.is_empty() {
         return Ok(0);
     }

@@ -151,6 +151,36 @@ impl SeaStore {
         })
     }
 
+    /// On SQLite, keeps the query planner's statistics fresh: `PRAGMA optimize=0x10002` at once
+    /// (analyses every table whose statistics are missing or stale, cheaply: SQLite samples),
+    /// then `PRAGMA optimize` every `every` (re-analyses only tables that changed a lot). The
+    /// hot queries' plans do not depend on statistics (tests/it/plans.rs); fresh ones keep the
+    /// others good. `None` on PostgreSQL, whose autovacuum analyses.
+    pub fn spawn_optimizer(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        (self.db.get_database_backend() == sea_orm::DbBackend::Sqlite).then(|| {
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                use sea_orm::ConnectionTrait;
+                let mut pragma = "PRAGMA optimize=0x10002";
+                loop {
+                    if let Err(e) = db.execute_unprepared(pragma).await {
+                        tracing::warn!(error = %e, "PRAGMA optimize failed; retried at the next interval");
+                    }
+                    pragma = "PRAGMA optimize";
+                    tokio::time::sleep(every).await;
+                }
+            })
+        })
+    }
+
+    /// Test hook: hands every statement this store runs from now on to `sink` (the query-plan
+    /// tests explain them). Call it before the store is cloned.
+    #[doc(hidden)]
+    pub fn on_statement(&mut self, sink: impl Fn(&sea_orm::Statement) + Send + Sync + 'static) {
+        self.db
+            .set_metric_callback(move |info: &sea_orm::metric::Info<'_>| sink(info.statement));
+    }
+
     /// The id of the master key new data is encrypted under.
     pub fn current_key_id(&self) -> String {
         self.codec.current_key_id()

@@ -42,9 +42,14 @@ impl DatabaseSettings {
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timing {
-    /// How often a polling TjänsteID connector is asked for the outcome.
+    /// How soon a polling TjänsteID connector is first asked for the outcome. Later polls wait
+    /// as long as the case has waited since its report (so each wait about doubles), at most
+    /// `poll_max`: a case waiting for days is polled a few times an hour, not every second.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// The longest wait between two polls of one case.
+    #[serde(with = "humantime_serde", default = "default_poll_max")]
+    pub poll_max: Duration,
     /// Remind TjänsteID-service after this long without an outcome (and again after as long).
     #[serde(with = "humantime_serde")]
     pub remind_after: Duration,
@@ -69,15 +74,62 @@ fn polls() -> bool {
     true
 }
 
+fn default_poll_max() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Timing {
+    /// The wait before the next poll of a case that has waited `waited` since its report went
+    /// out: as long again (the waits double: 1 s, 1 s, 2 s, 4 s, …), at least `poll_interval`
+    /// and at most `poll_max`.
+    pub fn poll_delay(&self, waited: Duration) -> Duration {
+        waited.min(self.poll_max).max(self.poll_interval)
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_secs(1),
+            poll_max: default_poll_max(),
             remind_after: Duration::from_secs(3 * 86_400),
             escalate_after: Duration::from_secs(10 * 86_400),
             poll_outcome: true,
             verify_within: Duration::from_secs(2 * 86_400),
             check_revocation: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_poll_waits_longer_than_the_one_before_up_to_poll_max() {
+        let t = Timing {
+            poll_interval: Duration::from_secs(1),
+            poll_max: Duration::from_secs(600),
+            ..Timing::default()
+        };
+        // Replays the schedule: each poll is planned when the one before ran.
+        let mut waited = Duration::ZERO;
+        let mut delays = Vec::new();
+        for _ in 0..16 {
+            let d = t.poll_delay(waited);
+            delays.push(d.as_secs());
+            waited += d;
+        }
+        assert_eq!(
+            delays,
+            [
+                1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600, 600, 600, 600
+            ]
+        );
+        for pair in delays.windows(2) {
+            assert!(pair[1] >= pair[0], "{delays:?}");
+        }
+        // A case that waited for days is polled every `poll_max`, never less often.
+        assert_eq!(t.poll_delay(Duration::from_secs(86_400)), t.poll_max);
     }
 }

@@ -15,6 +15,7 @@ mod kiv_certs;
 mod launcher;
 mod limits;
 mod loadgen;
+mod plans;
 mod privacy;
 mod process;
 mod real;

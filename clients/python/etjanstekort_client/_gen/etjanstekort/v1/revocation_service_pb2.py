@@ -26,7 +26,7 @@ from etjanstekort_client._gen.etjanstekort.v1 import types_pb2 as etjanstekort_d
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(etjanstekort/v1/revocation_service.proto\x12\x0f\x65tjanstekort.v1\x1a\x1b\x65tjanstekort/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x11PendingRevocation\x12\x19\n\x11\x64\x65registration_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x30\n\x0b\x63\x61rd_holder\x18\x03 \x01(\x0b\x32\x1b.etjanstekort.v1.CardHolder\x12\x18\n\x10\x63\x61re_unit_hsa_id\x18\x04 \x01(\t\x12\x30\n\x0crequest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x1dListPendingRevocationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"r\n\x1eListPendingRevocationsResponse\x12\x37\n\x0brevocations\x18\x01 \x03(\x0b\x32\".etjanstekort.v1.PendingRevocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x84\x01\n\x18\x43onfirmRevocationRequest\x12\x19\n\x11\x64\x65registration_id\x18\x01 \x01(\t\x12\x1c\n\x14revocation_reference\x18\x02 \x01(\t\x12/\n\x0brevoke_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x19\x43onfirmRevocationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration\"D\n\x17RejectRevocationRequest\x12\x19\n\x11\x64\x65registration_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"S\n\x18RejectRevocationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration2\xe3\x02\n\x11RevocationService\x12y\n\x16ListPendingRevocations\x12..etjanstekort.v1.ListPendingRevocationsRequest\x1a/.etjanstekort.v1.ListPendingRevocationsResponse\x12j\n\x11\x43onfirmRevocation\x12).etjanstekort.v1.ConfirmRevocationRequest\x1a*.etjanstekort.v1.ConfirmRevocationResponse\x12g\n\x10RejectRevocation\x12(.etjanstekort.v1.RejectRevocationRequest\x1a).etjanstekort.v1.RejectRevocationResponseBq\n\x1bse.vgregion.etjanstekort.v1P\x01Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\xaa\x02\x0f\x45tjanstekort.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(etjanstekort/v1/revocation_service.proto\x12\x0f\x65tjanstekort.v1\x1a\x1b\x65tjanstekort/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x11PendingRevocation\x12\x19\n\x11\x64\x65registration_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61rd_number\x18\x02 \x01(\t\x12\x30\n\x0b\x63\x61rd_holder\x18\x03 \x01(\x0b\x32\x1b.etjanstekort.v1.CardHolder\x12\x18\n\x10\x63\x61re_unit_hsa_id\x18\x04 \x01(\t\x12\x30\n\x0crequest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x1dListPendingRevocationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"r\n\x1eListPendingRevocationsResponse\x12\x37\n\x0brevocations\x18\x01 \x03(\x0b\x32\".etjanstekort.v1.PendingRevocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc7\x01\n\x18\x43onfirmRevocationRequest\x12\x19\n\x11\x64\x65registration_id\x18\x01 \x01(\t\x12\x1c\n\x14revocation_reference\x18\x02 \x01(\t\x12/\n\x0brevoke_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x14revoked_certificates\x18\x04 \x03(\x0b\x32#.etjanstekort.v1.RevokedCertificate\"T\n\x12RevokedCertificate\x12\x15\n\rserial_number\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\"T\n\x19\x43onfirmRevocationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration\"D\n\x17RejectRevocationRequest\x12\x19\n\x11\x64\x65registration_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"S\n\x18RejectRevocationResponse\x12\x37\n\x0e\x64\x65registration\x18\x01 \x01(\x0b\x32\x1f.etjanstekort.v1.Deregistration2\xe3\x02\n\x11RevocationService\x12y\n\x16ListPendingRevocations\x12..etjanstekort.v1.ListPendingRevocationsRequest\x1a/.etjanstekort.v1.ListPendingRevocationsResponse\x12j\n\x11\x43onfirmRevocation\x12).etjanstekort.v1.ConfirmRevocationRequest\x1a*.etjanstekort.v1.ConfirmRevocationResponse\x12g\n\x10RejectRevocation\x12(.etjanstekort.v1.RejectRevocationRequest\x1a).etjanstekort.v1.RejectRevocationResponseBq\n\x1bse.vgregion.etjanstekort.v1P\x01Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\xaa\x02\x0f\x45tjanstekort.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPENDINGREVOCATIONSRESPONSE']._serialized_start=391
   _globals['_LISTPENDINGREVOCATIONSRESPONSE']._serialized_end=505
   _globals['_CONFIRMREVOCATIONREQUEST']._serialized_start=508
-  _globals['_CONFIRMREVOCATIONREQUEST']._serialized_end=640
-  _globals['_CONFIRMREVOCATIONRESPONSE']._serialized_start=642
-  _globals['_CONFIRMREVOCATIONRESPONSE']._serialized_end=726
-  _globals['_REJECTREVOCATIONREQUEST']._serialized_start=728
-  _globals['_REJECTREVOCATIONREQUEST']._serialized_end=796
-  _globals['_REJECTREVOCATIONRESPONSE']._serialized_start=798
-  _globals['_REJECTREVOCATIONRESPONSE']._serialized_end=881
-  _globals['_REVOCATIONSERVICE']._serialized_start=884
-  _globals['_REVOCATIONSERVICE']._serialized_end=1239
+  _globals['_CONFIRMREVOCATIONREQUEST']._serialized_end=707
+  _globals['_REVOKEDCERTIFICATE']._serialized_start=709
+  _globals['_REVOKEDCERTIFICATE']._serialized_end=793
+  _globals['_CONFIRMREVOCATIONRESPONSE']._serialized_start=795
+  _globals['_CONFIRMREVOCATIONRESPONSE']._serialized_end=879
+  _globals['_REJECTREVOCATIONREQUEST']._serialized_start=881
+  _globals['_REJECTREVOCATIONREQUEST']._serialized_end=949
+  _globals['_REJECTREVOCATIONRESPONSE']._serialized_start=951
+  _globals['_REJECTREVOCATIONRESPONSE']._serialized_end=1034
+  _globals['_REVOCATIONSERVICE']._serialized_start=1037
+  _globals['_REVOCATIONSERVICE']._serialized_end=1392
 # @@protoc_insertion_point(module_scope)

@@ -41,14 +41,26 @@ class ListPendingRevocationsResponse(_message.Message):
     def __init__(self, revocations: _Optional[_Iterable[_Union[PendingRevocation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ConfirmRevocationRequest(_message.Message):
-    __slots__ = ("deregistration_id", "revocation_reference", "revoke_time")
+    __slots__ = ("deregistration_id", "revocation_reference", "revoke_time", "revoked_certificates")
     DEREGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     deregistration_id: str
     revocation_reference: str
     revoke_time: _timestamp_pb2.Timestamp
-    def __init__(self, deregistration_id: _Optional[str] = ..., revocation_reference: _Optional[str] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    revoked_certificates: _containers.RepeatedCompositeFieldContainer[RevokedCertificate]
+    def __init__(self, deregistration_id: _Optional[str] = ..., revocation_reference: _Optional[str] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_certificates: _Optional[_Iterable[_Union[RevokedCertificate, _Mapping]]] = ...) -> None: ...
+
+class RevokedCertificate(_message.Message):
+    __slots__ = ("serial_number", "issuer", "certificate_der")
+    SERIAL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
+    serial_number: str
+    issuer: str
+    certificate_der: bytes
+    def __init__(self, serial_number: _Optional[str] = ..., issuer: _Optional[str] = ..., certificate_der: _Optional[bytes] = ...) -> None: ...
 
 class ConfirmRevocationResponse(_message.Message):
     __slots__ = ("deregistration",)

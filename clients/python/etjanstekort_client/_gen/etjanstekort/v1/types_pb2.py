@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65tjanstekort/v1/types.proto\x12\x0f\x65tjanstekort.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\nCardHolder\x12 \n\x18personal_identity_number\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"<\n\x08Reporter\x12\x0e\n\x06hsa_id\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"\xc4\x04\n\x0e\x44\x65registration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61re_unit_hsa_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63\x61re_provider_hsa_id\x18\x03 \x01(\t\x12\x30\n\x0b\x63\x61rd_holder\x18\x04 \x01(\x0b\x32\x1b.etjanstekort.v1.CardHolder\x12\x13\n\x0b\x63\x61rd_number\x18\x05 \x01(\t\x12\'\n\x06reason\x18\x06 \x01(\x0e\x32\x17.etjanstekort.v1.Reason\x12\x36\n\x12\x63\x61rd_received_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61rd_cut_across_chip\x18\x08 \x01(\x08\x12.\n\x0breported_by\x18\t \x01(\x0b\x32\x19.etjanstekort.v1.Reporter\x12;\n\x11kiv_removal_route\x18\n \x01(\x0e\x32 .etjanstekort.v1.KivRemovalRoute\x12%\n\x05state\x18\x0b \x01(\x0e\x32\x16.etjanstekort.v1.State\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14revocation_reference\x18\x0e \x01(\t\x12\x14\n\x0cstate_reason\x18\x0f \x01(\t\"\xf6\x01\n\x13\x44\x65registrationEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x65registration_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.etjanstekort.v1.State\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x0e\n\x06key_id\x18\n \x01(\t*\xdd\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_ACCEPTED\x10\x01\x12\x1e\n\x1aSTATE_REVOCATION_REQUESTED\x10\x02\x12\x11\n\rSTATE_REVOKED\x10\x03\x12\x1d\n\x19STATE_KIV_REMOVAL_PENDING\x10\x04\x12\x13\n\x0fSTATE_COMPLETED\x10\x05\x12\x12\n\x0eSTATE_REJECTED\x10\x06\x12\x13\n\x0fSTATE_CANCELLED\x10\x07\x12\x19\n\x15STATE_NEEDS_ATTENTION\x10\x08*Y\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REASON_EMPLOYMENT_ENDED\x10\x01\x12\x1a\n\x16REASON_AGREEMENT_ENDED\x10\x02*\x83\x01\n\x0fKivRemovalRoute\x12!\n\x1dKIV_REMOVAL_ROUTE_UNSPECIFIED\x10\x00\x12#\n\x1fKIV_REMOVAL_ROUTE_CARE_PROVIDER\x10\x01\x12(\n$KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE\x10\x02\x42q\n\x1bse.vgregion.etjanstekort.v1P\x01Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\xaa\x02\x0f\x45tjanstekort.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65tjanstekort/v1/types.proto\x12\x0f\x65tjanstekort.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\nCardHolder\x12 \n\x18personal_identity_number\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"<\n\x08Reporter\x12\x0e\n\x06hsa_id\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"\x80\x05\n\x0e\x44\x65registration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61re_unit_hsa_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63\x61re_provider_hsa_id\x18\x03 \x01(\t\x12\x30\n\x0b\x63\x61rd_holder\x18\x04 \x01(\x0b\x32\x1b.etjanstekort.v1.CardHolder\x12\x13\n\x0b\x63\x61rd_number\x18\x05 \x01(\t\x12\'\n\x06reason\x18\x06 \x01(\x0e\x32\x17.etjanstekort.v1.Reason\x12\x36\n\x12\x63\x61rd_received_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61rd_cut_across_chip\x18\x08 \x01(\x08\x12.\n\x0breported_by\x18\t \x01(\x0b\x32\x19.etjanstekort.v1.Reporter\x12;\n\x11kiv_removal_route\x18\n \x01(\x0e\x32 .etjanstekort.v1.KivRemovalRoute\x12%\n\x05state\x18\x0b \x01(\x0e\x32\x16.etjanstekort.v1.State\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14revocation_reference\x18\x0e \x01(\t\x12\x14\n\x0cstate_reason\x18\x0f \x01(\t\x12:\n\x10revocation_check\x18\x10 \x01(\x0e\x32 .etjanstekort.v1.RevocationCheck\"\xf6\x01\n\x13\x44\x65registrationEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x65registration_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.etjanstekort.v1.State\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x0e\n\x06key_id\x18\n \x01(\t*\xdd\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_ACCEPTED\x10\x01\x12\x1e\n\x1aSTATE_REVOCATION_REQUESTED\x10\x02\x12\x11\n\rSTATE_REVOKED\x10\x03\x12\x1d\n\x19STATE_KIV_REMOVAL_PENDING\x10\x04\x12\x13\n\x0fSTATE_COMPLETED\x10\x05\x12\x12\n\x0eSTATE_REJECTED\x10\x06\x12\x13\n\x0fSTATE_CANCELLED\x10\x07\x12\x19\n\x15STATE_NEEDS_ATTENTION\x10\x08*Y\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17REASON_EMPLOYMENT_ENDED\x10\x01\x12\x1a\n\x16REASON_AGREEMENT_ENDED\x10\x02*\x83\x01\n\x0fKivRemovalRoute\x12!\n\x1dKIV_REMOVAL_ROUTE_UNSPECIFIED\x10\x00\x12#\n\x1fKIV_REMOVAL_ROUTE_CARE_PROVIDER\x10\x01\x12(\n$KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE\x10\x02*\x8a\x01\n\x0fRevocationCheck\x12 \n\x1cREVOCATION_CHECK_UNSPECIFIED\x10\x00\x12\x18\n\x14REVOCATION_CHECK_OFF\x10\x01\x12\x1c\n\x18REVOCATION_CHECK_PENDING\x10\x02\x12\x1d\n\x19REVOCATION_CHECK_VERIFIED\x10\x03\x42q\n\x1bse.vgregion.etjanstekort.v1P\x01Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\xaa\x02\x0f\x45tjanstekort.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'etjanstekort.v1.types_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\033se.vgregion.etjanstekort.v1P\001Z>etjanstekort.vgregion.se/gen/go/etjanstekort/v1;etjanstekortv1\252\002\017Etjanstekort.V1'
-  _globals['_STATE']._serialized_start=1058
-  _globals['_STATE']._serialized_end=1279
-  _globals['_REASON']._serialized_start=1281
-  _globals['_REASON']._serialized_end=1370
-  _globals['_KIVREMOVALROUTE']._serialized_start=1373
-  _globals['_KIVREMOVALROUTE']._serialized_end=1504
+  _globals['_STATE']._serialized_start=1118
+  _globals['_STATE']._serialized_end=1339
+  _globals['_REASON']._serialized_start=1341
+  _globals['_REASON']._serialized_end=1430
+  _globals['_KIVREMOVALROUTE']._serialized_start=1433
+  _globals['_KIVREMOVALROUTE']._serialized_end=1564
+  _globals['_REVOCATIONCHECK']._serialized_start=1567
+  _globals['_REVOCATIONCHECK']._serialized_end=1705
   _globals['_CARDHOLDER']._serialized_start=81
   _globals['_CARDHOLDER']._serialized_end=161
   _globals['_REPORTER']._serialized_start=163
   _globals['_REPORTER']._serialized_end=223
   _globals['_DEREGISTRATION']._serialized_start=226
-  _globals['_DEREGISTRATION']._serialized_end=806
-  _globals['_DEREGISTRATIONEVENT']._serialized_start=809
-  _globals['_DEREGISTRATIONEVENT']._serialized_end=1055
+  _globals['_DEREGISTRATION']._serialized_end=866
+  _globals['_DEREGISTRATIONEVENT']._serialized_start=869
+  _globals['_DEREGISTRATIONEVENT']._serialized_end=1115
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,13 @@ class KivRemovalRoute(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIV_REMOVAL_ROUTE_UNSPECIFIED: _ClassVar[KivRemovalRoute]
     KIV_REMOVAL_ROUTE_CARE_PROVIDER: _ClassVar[KivRemovalRoute]
     KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE: _ClassVar[KivRemovalRoute]
+
+class RevocationCheck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REVOCATION_CHECK_UNSPECIFIED: _ClassVar[RevocationCheck]
+    REVOCATION_CHECK_OFF: _ClassVar[RevocationCheck]
+    REVOCATION_CHECK_PENDING: _ClassVar[RevocationCheck]
+    REVOCATION_CHECK_VERIFIED: _ClassVar[RevocationCheck]
 STATE_UNSPECIFIED: State
 STATE_ACCEPTED: State
 STATE_REVOCATION_REQUESTED: State
@@ -47,6 +54,10 @@ REASON_AGREEMENT_ENDED: Reason
 KIV_REMOVAL_ROUTE_UNSPECIFIED: KivRemovalRoute
 KIV_REMOVAL_ROUTE_CARE_PROVIDER: KivRemovalRoute
 KIV_REMOVAL_ROUTE_HEALTH_CARE_OFFICE: KivRemovalRoute
+REVOCATION_CHECK_UNSPECIFIED: RevocationCheck
+REVOCATION_CHECK_OFF: RevocationCheck
+REVOCATION_CHECK_PENDING: RevocationCheck
+REVOCATION_CHECK_VERIFIED: RevocationCheck
 
 class CardHolder(_message.Message):
     __slots__ = ("personal_identity_number", "full_name", "email")
@@ -69,7 +80,7 @@ class Reporter(_message.Message):
     def __init__(self, hsa_id: _Optional[str] = ..., full_name: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
 
 class Deregistration(_message.Message):
-    __slots__ = ("id", "care_unit_hsa_id", "care_provider_hsa_id", "card_holder", "card_number", "reason", "card_received_time", "card_cut_across_chip", "reported_by", "kiv_removal_route", "state", "create_time", "update_time", "revocation_reference", "state_reason")
+    __slots__ = ("id", "care_unit_hsa_id", "care_provider_hsa_id", "card_holder", "card_number", "reason", "card_received_time", "card_cut_across_chip", "reported_by", "kiv_removal_route", "state", "create_time", "update_time", "revocation_reference", "state_reason", "revocation_check")
     ID_FIELD_NUMBER: _ClassVar[int]
     CARE_UNIT_HSA_ID_FIELD_NUMBER: _ClassVar[int]
     CARE_PROVIDER_HSA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +96,7 @@ class Deregistration(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_CHECK_FIELD_NUMBER: _ClassVar[int]
     id: str
     care_unit_hsa_id: str
     care_provider_hsa_id: str
@@ -100,7 +112,8 @@ class Deregistration(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     revocation_reference: str
     state_reason: str
-    def __init__(self, id: _Optional[str] = ..., care_unit_hsa_id: _Optional[str] = ..., care_provider_hsa_id: _Optional[str] = ..., card_holder: _Optional[_Union[CardHolder, _Mapping]] = ..., card_number: _Optional[str] = ..., reason: _Optional[_Union[Reason, str]] = ..., card_received_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., card_cut_across_chip: _Optional[bool] = ..., reported_by: _Optional[_Union[Reporter, _Mapping]] = ..., kiv_removal_route: _Optional[_Union[KivRemovalRoute, str]] = ..., state: _Optional[_Union[State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revocation_reference: _Optional[str] = ..., state_reason: _Optional[str] = ...) -> None: ...
+    revocation_check: RevocationCheck
+    def __init__(self, id: _Optional[str] = ..., care_unit_hsa_id: _Optional[str] = ..., care_provider_hsa_id: _Optional[str] = ..., card_holder: _Optional[_Union[CardHolder, _Mapping]] = ..., card_number: _Optional[str] = ..., reason: _Optional[_Union[Reason, str]] = ..., card_received_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., card_cut_across_chip: _Optional[bool] = ..., reported_by: _Optional[_Union[Reporter, _Mapping]] = ..., kiv_removal_route: _Optional[_Union[KivRemovalRoute, str]] = ..., state: _Optional[_Union[State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revocation_reference: _Optional[str] = ..., state_reason: _Optional[str] = ..., revocation_check: _Optional[_Union[RevocationCheck, str]] = ...) -> None: ...
 
 class DeregistrationEvent(_message.Message):
     __slots__ = ("sequence", "deregistration_id", "kind", "state", "actor", "event_time", "trace_id", "detail", "hash", "key_id")

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file etjanstekort/v1/revocation_service.proto.
  */
 export const file_etjanstekort_v1_revocation_service: GenFile = /*@__PURE__*/
-  fileDesc("CihldGphbnN0ZWtvcnQvdjEvcmV2b2NhdGlvbl9zZXJ2aWNlLnByb3RvEg9ldGphbnN0ZWtvcnQudjEiwQEKEVBlbmRpbmdSZXZvY2F0aW9uEhkKEWRlcmVnaXN0cmF0aW9uX2lkGAEgASgJEhMKC2NhcmRfbnVtYmVyGAIgASgJEjAKC2NhcmRfaG9sZGVyGAMgASgLMhsuZXRqYW5zdGVrb3J0LnYxLkNhcmRIb2xkZXISGAoQY2FyZV91bml0X2hzYV9pZBgEIAEoCRIwCgxyZXF1ZXN0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkYKHUxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJInIKHkxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXNwb25zZRI3CgtyZXZvY2F0aW9ucxgBIAMoCzIiLmV0amFuc3Rla29ydC52MS5QZW5kaW5nUmV2b2NhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihAEKGENvbmZpcm1SZXZvY2F0aW9uUmVxdWVzdBIZChFkZXJlZ2lzdHJhdGlvbl9pZBgBIAEoCRIcChRyZXZvY2F0aW9uX3JlZmVyZW5jZRgCIAEoCRIvCgtyZXZva2VfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVAoZQ29uZmlybVJldm9jYXRpb25SZXNwb25zZRI3Cg5kZXJlZ2lzdHJhdGlvbhgBIAEoCzIfLmV0amFuc3Rla29ydC52MS5EZXJlZ2lzdHJhdGlvbiJEChdSZWplY3RSZXZvY2F0aW9uUmVxdWVzdBIZChFkZXJlZ2lzdHJhdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiUwoYUmVqZWN0UmV2b2NhdGlvblJlc3BvbnNlEjcKDmRlcmVnaXN0cmF0aW9uGAEgASgLMh8uZXRqYW5zdGVrb3J0LnYxLkRlcmVnaXN0cmF0aW9uMuMCChFSZXZvY2F0aW9uU2VydmljZRJ5ChZMaXN0UGVuZGluZ1Jldm9jYXRpb25zEi4uZXRqYW5zdGVrb3J0LnYxLkxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXF1ZXN0Gi8uZXRqYW5zdGVrb3J0LnYxLkxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXNwb25zZRJqChFDb25maXJtUmV2b2NhdGlvbhIpLmV0amFuc3Rla29ydC52MS5Db25maXJtUmV2b2NhdGlvblJlcXVlc3QaKi5ldGphbnN0ZWtvcnQudjEuQ29uZmlybVJldm9jYXRpb25SZXNwb25zZRJnChBSZWplY3RSZXZvY2F0aW9uEiguZXRqYW5zdGVrb3J0LnYxLlJlamVjdFJldm9jYXRpb25SZXF1ZXN0GikuZXRqYW5zdGVrb3J0LnYxLlJlamVjdFJldm9jYXRpb25SZXNwb25zZUJxChtzZS52Z3JlZ2lvbi5ldGphbnN0ZWtvcnQudjFQAVo+ZXRqYW5zdGVrb3J0LnZncmVnaW9uLnNlL2dlbi9nby9ldGphbnN0ZWtvcnQvdjE7ZXRqYW5zdGVrb3J0djGqAg9FdGphbnN0ZWtvcnQuVjFiBnByb3RvMw", [file_etjanstekort_v1_types, file_google_protobuf_timestamp]);
+  fileDesc("CihldGphbnN0ZWtvcnQvdjEvcmV2b2NhdGlvbl9zZXJ2aWNlLnByb3RvEg9ldGphbnN0ZWtvcnQudjEiwQEKEVBlbmRpbmdSZXZvY2F0aW9uEhkKEWRlcmVnaXN0cmF0aW9uX2lkGAEgASgJEhMKC2NhcmRfbnVtYmVyGAIgASgJEjAKC2NhcmRfaG9sZGVyGAMgASgLMhsuZXRqYW5zdGVrb3J0LnYxLkNhcmRIb2xkZXISGAoQY2FyZV91bml0X2hzYV9pZBgEIAEoCRIwCgxyZXF1ZXN0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkYKHUxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJInIKHkxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXNwb25zZRI3CgtyZXZvY2F0aW9ucxgBIAMoCzIiLmV0amFuc3Rla29ydC52MS5QZW5kaW5nUmV2b2NhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixwEKGENvbmZpcm1SZXZvY2F0aW9uUmVxdWVzdBIZChFkZXJlZ2lzdHJhdGlvbl9pZBgBIAEoCRIcChRyZXZvY2F0aW9uX3JlZmVyZW5jZRgCIAEoCRIvCgtyZXZva2VfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASQQoUcmV2b2tlZF9jZXJ0aWZpY2F0ZXMYBCADKAsyIy5ldGphbnN0ZWtvcnQudjEuUmV2b2tlZENlcnRpZmljYXRlIlQKElJldm9rZWRDZXJ0aWZpY2F0ZRIVCg1zZXJpYWxfbnVtYmVyGAEgASgJEg4KBmlzc3VlchgCIAEoCRIXCg9jZXJ0aWZpY2F0ZV9kZXIYAyABKAwiVAoZQ29uZmlybVJldm9jYXRpb25SZXNwb25zZRI3Cg5kZXJlZ2lzdHJhdGlvbhgBIAEoCzIfLmV0amFuc3Rla29ydC52MS5EZXJlZ2lzdHJhdGlvbiJEChdSZWplY3RSZXZvY2F0aW9uUmVxdWVzdBIZChFkZXJlZ2lzdHJhdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiUwoYUmVqZWN0UmV2b2NhdGlvblJlc3BvbnNlEjcKDmRlcmVnaXN0cmF0aW9uGAEgASgLMh8uZXRqYW5zdGVrb3J0LnYxLkRlcmVnaXN0cmF0aW9uMuMCChFSZXZvY2F0aW9uU2VydmljZRJ5ChZMaXN0UGVuZGluZ1Jldm9jYXRpb25zEi4uZXRqYW5zdGVrb3J0LnYxLkxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXF1ZXN0Gi8uZXRqYW5zdGVrb3J0LnYxLkxpc3RQZW5kaW5nUmV2b2NhdGlvbnNSZXNwb25zZRJqChFDb25maXJtUmV2b2NhdGlvbhIpLmV0amFuc3Rla29ydC52MS5Db25maXJtUmV2b2NhdGlvblJlcXVlc3QaKi5ldGphbnN0ZWtvcnQudjEuQ29uZmlybVJldm9jYXRpb25SZXNwb25zZRJnChBSZWplY3RSZXZvY2F0aW9uEiguZXRqYW5zdGVrb3J0LnYxLlJlamVjdFJldm9jYXRpb25SZXF1ZXN0GikuZXRqYW5zdGVrb3J0LnYxLlJlamVjdFJldm9jYXRpb25SZXNwb25zZUJxChtzZS52Z3JlZ2lvbi5ldGphbnN0ZWtvcnQudjFQAVo+ZXRqYW5zdGVrb3J0LnZncmVnaW9uLnNlL2dlbi9nby9ldGphbnN0ZWtvcnQvdjE7ZXRqYW5zdGVrb3J0djGqAg9FdGphbnN0ZWtvcnQuVjFiBnByb3RvMw", [file_etjanstekort_v1_types, file_google_protobuf_timestamp]);
 
 /**
  * A report awaiting TjänsteID-service's outcome.
@@ -121,6 +121,15 @@ export type ConfirmRevocationRequest = Message<"etjanstekort.v1.ConfirmRevocatio
    * @generated from field: google.protobuf.Timestamp revoke_time = 3;
    */
   revokeTime?: Timestamp | undefined;
+
+  /**
+   * The card's certificates revoked with it (optional, at most 16). With the revocation check
+   * on, the gateway looks each up on its issuing CA's revocation list before the employment
+   * leaves KIV; when none are given it uses those KIV holds for the card (docs/revocation-check.md).
+   *
+   * @generated from field: repeated etjanstekort.v1.RevokedCertificate revoked_certificates = 4;
+   */
+  revokedCertificates: RevokedCertificate[];
 };
 
 /**
@@ -129,6 +138,43 @@ export type ConfirmRevocationRequest = Message<"etjanstekort.v1.ConfirmRevocatio
  */
 export const ConfirmRevocationRequestSchema: GenMessage<ConfirmRevocationRequest> = /*@__PURE__*/
   messageDesc(file_etjanstekort_v1_revocation_service, 3);
+
+/**
+ * One certificate of the cut card: the certificate itself (`certificate_der`), or its
+ * `serial_number` and `issuer`. Only the serial number and issuer are kept.
+ *
+ * @generated from message etjanstekort.v1.RevokedCertificate
+ */
+export type RevokedCertificate = Message<"etjanstekort.v1.RevokedCertificate"> & {
+  /**
+   * Hexadecimal, 1 to 20 octets; ':' or spaces between octets are allowed.
+   *
+   * @generated from field: string serial_number = 1;
+   */
+  serialNumber: string;
+
+  /**
+   * The issuer's distinguished name, e.g. "CN=SITHS e-id Person ID 3 CA v1, O=Inera AB, C=SE".
+   *
+   * @generated from field: string issuer = 2;
+   */
+  issuer: string;
+
+  /**
+   * The certificate (DER). When set, `serial_number` and `issuer` may be empty; if given they
+   * must name the same certificate.
+   *
+   * @generated from field: bytes certificate_der = 3;
+   */
+  certificateDer: Uint8Array;
+};
+
+/**
+ * Describes the message etjanstekort.v1.RevokedCertificate.
+ * Use `create(RevokedCertificateSchema)` to create a new message.
+ */
+export const RevokedCertificateSchema: GenMessage<RevokedCertificate> = /*@__PURE__*/
+  messageDesc(file_etjanstekort_v1_revocation_service, 4);
 
 /**
  * @generated from message etjanstekort.v1.ConfirmRevocationResponse
@@ -145,7 +191,7 @@ export type ConfirmRevocationResponse = Message<"etjanstekort.v1.ConfirmRevocati
  * Use `create(ConfirmRevocationResponseSchema)` to create a new message.
  */
 export const ConfirmRevocationResponseSchema: GenMessage<ConfirmRevocationResponse> = /*@__PURE__*/
-  messageDesc(file_etjanstekort_v1_revocation_service, 4);
+  messageDesc(file_etjanstekort_v1_revocation_service, 5);
 
 /**
  * @generated from message etjanstekort.v1.RejectRevocationRequest
@@ -169,7 +215,7 @@ export type RejectRevocationRequest = Message<"etjanstekort.v1.RejectRevocationR
  * Use `create(RejectRevocationRequestSchema)` to create a new message.
  */
 export const RejectRevocationRequestSchema: GenMessage<RejectRevocationRequest> = /*@__PURE__*/
-  messageDesc(file_etjanstekort_v1_revocation_service, 5);
+  messageDesc(file_etjanstekort_v1_revocation_service, 6);
 
 /**
  * @generated from message etjanstekort.v1.RejectRevocationResponse
@@ -186,7 +232,7 @@ export type RejectRevocationResponse = Message<"etjanstekort.v1.RejectRevocation
  * Use `create(RejectRevocationResponseSchema)` to create a new message.
  */
 export const RejectRevocationResponseSchema: GenMessage<RejectRevocationResponse> = /*@__PURE__*/
-  messageDesc(file_etjanstekort_v1_revocation_service, 6);
+  messageDesc(file_etjanstekort_v1_revocation_service, 7);
 
 /**
  * TjänsteID-service reports the outcome of a cut-card report.

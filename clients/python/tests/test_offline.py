@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from etjanstekort_client import (
     InvalidArgument,
     Unavailable,
     from_rpc_error,
+    new_request_id,
     types_pb2,
 )
 
@@ -44,6 +46,14 @@ class _Failed(grpc.RpcError):
 
     def trailing_metadata(self):
         return self._trailers
+
+
+def test_new_request_ids_are_fresh_valid_and_free_of_digits() -> None:
+    # The gateway refuses an id holding a valid identity number; one without digits never does.
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        assert re.fullmatch(r"[a-p]{8}-[a-p]{4}-[a-p]{4}-[a-p]{4}-[a-p]{12}", rid), rid
 
 
 def test_decodes_error_info_bad_request_and_retry_info() -> None:

@@ -4,7 +4,6 @@
 // INTEGRATION.md shows this file's regions; a test runs it against a real gateway.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { randomUUID } from "node:crypto";
 
 // #region transport
 import {
@@ -16,6 +15,7 @@ import {
   create,
   createClient,
   createMtlsTransport,
+  newRequestId,
   CreateDeregistrationRequestSchema,
   timestampFromDate,
   toGatewayError,
@@ -36,7 +36,7 @@ const client = createClient(DeregistrationService, transport);
 // One request_id per reported card, chosen once and stored with the report: re-sending the
 // same request with it returns the original case instead of creating a second one.
 const request = create(CreateDeregistrationRequestSchema, {
-  requestId: `quickstart-${randomUUID()}`,
+  requestId: newRequestId(),
   deregistration: {
     careUnitHsaId: "SE1655999991-S000000000011",
     cardHolder: { personalIdentityNumber: "19121212-1212", fullName: "Tolvan Tolvansson" },

@@ -13,6 +13,7 @@ export {
   type FieldViolation,
 } from "./errors.js";
 export { withRetry, type RetryOptions } from "./retry.js";
+export { newRequestId } from "./requestId.js";
 
 export * from "./gen/etjanstekort/v1/types_pb.js";
 export * from "./gen/etjanstekort/v1/deregistration_service_pb.js";

@@ -1,7 +1,6 @@
 // The client against a real gateway over mutual TLS (the binary in dev mode).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import type { Interceptor } from "@connectrpc/connect";
 import {
   Code,
@@ -17,6 +16,7 @@ import {
   create,
   createClient,
   createMtlsTransport,
+  newRequestId,
   timestampFromDate,
   toGatewayError,
   withRetry,
@@ -47,7 +47,7 @@ function newRequest(careUnitHsaId = UNIT_A): CreateDeregistrationRequest {
   // A distinct card per case: the gateway allows one active case per card.
   const cardNumber = `97522700${String(Date.now() % 1e6).padStart(6, "0")}${String(++cardCounter).padStart(2, "0")}`;
   return create(CreateDeregistrationRequestSchema, {
-    requestId: `ts-${randomUUID()}`,
+    requestId: newRequestId(),
     deregistration: {
       careUnitHsaId,
       cardHolder: { personalIdentityNumber: "19121212-1212", fullName: "Tolvan Tolvansson" },

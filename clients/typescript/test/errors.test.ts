@@ -10,7 +10,7 @@ import {
   ErrorInfoSchema,
   RetryInfoSchema,
 } from "../src/gen/google/rpc/error_details_pb.js";
-import { ERROR_DOMAIN, GatewayError, toGatewayError, withRetry } from "../src/index.js";
+import { ERROR_DOMAIN, GatewayError, newRequestId, toGatewayError, withRetry } from "../src/index.js";
 
 function overTheWire(error: ConnectError): ConnectError {
   const received = findTrailerError(setTrailerStatus(new Headers(), error));
@@ -130,4 +130,13 @@ test("createMtlsTransport refuses a plain-text URL", async () => {
     () => createMtlsTransport({ baseUrl: "http://127.0.0.1:1", caPem: "", certPem: "", keyPem: "" }),
     /https:/,
   );
+});
+
+test("newRequestId makes fresh ids without digits, which the gateway never refuses", () => {
+  // The gateway refuses an id holding a valid identity number; one without digits never does.
+  const ids = Array.from({ length: 2000 }, () => newRequestId());
+  assert.equal(new Set(ids).size, ids.length);
+  for (const id of ids) {
+    assert.match(id, /^[a-p]{8}-[a-p]{4}-[a-p]{4}-[a-p]{4}-[a-p]{12}$/);
+  }
 });

@@ -89,6 +89,19 @@ impl ChangeSet {
         }
     }
 
+    /// Forgets the row: `flush` writes its events and effects but not the row itself (a new
+    /// case, which its creator inserts as it stands after its first change).
+    pub(crate) fn untouch(&mut self, id: &str) {
+        if let Some(i) = self.index.remove(id) {
+            self.cases.remove(i);
+            for v in self.index.values_mut() {
+                if *v > i {
+                    *v -= 1;
+                }
+            }
+        }
+    }
+
     /// Applies `event` to an in-memory row through `transition`. Returns whether anything
     /// changed (a repeat that changes nothing records nothing).
     pub(crate) fn event(

@@ -50,10 +50,12 @@ impl EventBus {
         }
     }
 
-    /// Wakes every worker currently waiting on the work signal (effects may have been enqueued
-    /// or made due).
+    /// Wakes one worker waiting on the work signal, or the next one to wait (effects may have
+    /// been enqueued or made due). One, not all: a worker that claims a full batch wakes the
+    /// next itself, so a commit with a little work does not send every idle worker to the
+    /// database to find nothing.
     pub fn notify_work(&self) {
-        self.work.notify_waiters();
+        self.work.notify_one();
     }
 
     /// Tells every subscriber that events may have been committed without being published here
@@ -163,6 +165,30 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), notified)
             .await
             .expect("a resync also wakes workers");
+    }
+
+    #[tokio::test]
+    async fn notify_work_wakes_one_waiter_not_all() {
+        let bus = EventBus::new();
+        let signal = bus.work_signal();
+        let (first, second) = (signal.notified(), signal.notified());
+        tokio::pin!(first, second);
+        first.as_mut().enable();
+        second.as_mut().enable();
+        bus.notify_work();
+        tokio::time::timeout(Duration::from_secs(5), &mut first)
+            .await
+            .expect("the first waiter was woken");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut second)
+                .await
+                .is_err(),
+            "one piece of news wakes one worker"
+        );
+        bus.notify_work();
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the next piece of news wakes the next");
     }
 
     #[tokio::test]

@@ -340,6 +340,10 @@ impl Engine {
             return Ok(0);
         }
         let n = work.len();
+        if n >= self.cfg.batch_size as usize {
+            // More may be due: the news woke only this worker, so it passes it on.
+            self.bus.notify_work();
+        }
         // The leases run until `claimed_at + lease` at the latest (the store counts from a
         // later instant); a heartbeat moves them on while the batch runs.
         let (held_tx, held) = watch::channel(held_until(claimed_at, self.cfg.lease));

@@ -89,6 +89,11 @@ impl ChangeSet {
         }
     }
 
+    /// Whether `flush` enqueues effects (new work for the engine).
+    pub(crate) fn enqueues(&self) -> bool {
+        !self.effects.is_empty()
+    }
+
     /// Forgets the row: `flush` writes its events and effects but not the row itself (a new
     /// case, which its creator inserts as it stands after its first change).
     pub(crate) fn untouch(&mut self, id: &str) {

@@ -20,6 +20,7 @@
 //! - `entities.rs` — the sea-orm entities (crate-private).
 
 mod audit;
+mod batch;
 mod changes;
 mod codec;
 mod create;

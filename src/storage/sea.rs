@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use migration::MigratorTrait;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
+use super::batch::{Writer, Written};
 use super::audit::{
     ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case, verify_case_unreadable,
 };
@@ -40,6 +41,9 @@ pub struct SeaStore {
     bus: EventBus,
     /// Names this store's commits in its notifications, so its relay skips its own news.
     origin: String,
+    /// Group commit of single-case writes (`storage::batch`), started at the first write (so
+    /// on the process's bus, which `with_bus` hands over after `connect`).
+    writer: Arc<std::sync::OnceLock<Writer>>,
 }
 
 impl std::fmt::Debug for SeaStore {
@@ -90,6 +94,7 @@ impl SeaStore {
             timing: Timing::default(),
             bus: EventBus::new(),
             origin: uuid::Uuid::new_v4().simple().to_string(),
+            writer: Arc::default(),
         })
     }
 
@@ -102,7 +107,13 @@ impl SeaStore {
     /// after every commit (idle workers).
     pub fn with_bus(mut self, bus: EventBus) -> Self {
         self.bus = bus;
+        self.writer = Arc::default();
         self
+    }
+
+    fn writer(&self) -> &Writer {
+        self.writer
+            .get_or_init(|| Writer::start(self.db.clone(), self.bus.clone(), self.origin.clone()))
     }
 
     /// Applies the pending migrations and returns their names (none: nothing to do). On
@@ -305,26 +316,29 @@ impl SeaStore {
 #[async_trait]
 impl CaseStore for SeaStore {
     async fn create(&self, cmd: CreateCase) -> Result<Created, StoreError> {
-        // One retry covers the race where a concurrent twin with the same request_id
-        // committed between our insert and our look-up: the second pass replays it.
+        let cmd = Arc::new(cmd);
+        // One retry covers the race where a concurrent twin with the same request_id (another
+        // replica) committed between our look-up and our insert: the second pass replays it.
         for _ in 0..2 {
-            let txn = self.begin().await?;
-            match create::create_in(&txn, &self.codec, self.timing, &cmd).await {
-                Ok((Created::New(case), appended)) => {
-                    self.commit_appended(txn, appended).await?;
-                    return Ok(Created::New(case));
-                }
-                Ok((replayed, _)) => {
-                    txn.rollback().await.map_err(StoreError::Unavailable)?;
-                    return Ok(replayed);
-                }
-                Err(StoreError::ConcurrentRetry) => {
-                    txn.rollback().await.map_err(StoreError::Unavailable)?;
-                }
-                Err(e) => {
-                    let _ = txn.rollback().await;
-                    return Err(e);
-                }
+            let (codec, timing, cmd) = (self.codec.clone(), self.timing, cmd.clone());
+            let written = self
+                .writer()
+                .submit(move |txn| {
+                    let (codec, cmd) = (codec.clone(), cmd.clone());
+                    Box::pin(async move {
+                        let (created, appended) =
+                            create::create_in(txn, &codec, timing, &cmd).await?;
+                        Ok(Written {
+                            enqueued: matches!(created, Created::New(_)),
+                            value: created,
+                            appended,
+                        })
+                    })
+                })
+                .await;
+            match written {
+                Err(StoreError::ConcurrentRetry) => continue,
+                other => return other,
             }
         }
         Err(StoreError::ConcurrentRetry)
@@ -362,23 +376,50 @@ impl CaseStore for SeaStore {
         event: &Event,
         meta: EventMeta,
     ) -> Result<Deregistration, StoreError> {
-        let txn = self.begin().await?;
-        let mut model = sql::lock_case(&txn, id).await?;
-        if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
-            return Err(StoreError::NotFound);
-        }
-        let mut cs = ChangeSet::new(self.timing, &self.codec);
-        cs.event(&mut model, event, &meta)?;
-        self.commit(txn, cs).await?;
-        self.codec.to_domain(&model)
+        let (codec, timing) = (self.codec.clone(), self.timing);
+        let (id, owner) = (id.clone(), owner.cloned());
+        let (event, meta) = (Arc::new(event.clone()), Arc::new(meta));
+        self.writer()
+            .submit(move |txn| {
+                let (codec, id, owner) = (codec.clone(), id.clone(), owner.clone());
+                let (event, meta) = (event.clone(), meta.clone());
+                Box::pin(async move {
+                    let mut model = sql::lock_case(txn, &id).await?;
+                    if owner.is_some_and(|o| o.as_str() != model.care_provider_hsa_id) {
+                        return Err(StoreError::NotFound);
+                    }
+                    let mut cs = ChangeSet::new(timing, &codec);
+                    cs.event(&mut model, &event, &meta)?;
+                    let enqueued = cs.enqueues();
+                    let appended = cs.flush(txn).await?;
+                    Ok(Written {
+                        value: codec.to_domain(&model)?,
+                        appended,
+                        enqueued,
+                    })
+                })
+            })
+            .await
     }
 
     async fn audit(&self, id: &CaseId, kind: &str, meta: EventMeta) -> Result<(), StoreError> {
-        let txn = self.begin().await?;
-        let mut model = sql::lock_case(&txn, id).await?;
-        let mut cs = ChangeSet::new(self.timing, &self.codec);
-        cs.audit(&mut model, kind, &meta)?;
-        self.commit(txn, cs).await
+        let (codec, timing) = (self.codec.clone(), self.timing);
+        let (id, kind, meta) = (id.clone(), Arc::<str>::from(kind), Arc::new(meta));
+        self.writer()
+            .submit(move |txn| {
+                let (codec, id, kind, meta) = (codec.clone(), id.clone(), kind.clone(), meta.clone());
+                Box::pin(async move {
+                    let mut model = sql::lock_case(txn, &id).await?;
+                    let mut cs = ChangeSet::new(timing, &codec);
+                    cs.audit(&mut model, &kind, &meta)?;
+                    Ok(Written {
+                        value: (),
+                        appended: cs.flush(txn).await?,
+                        enqueued: false,
+                    })
+                })
+            })
+            .await
     }
 
     async fn events(&self, id: &CaseId) -> Result<Vec<CaseEvent>, StoreError> {
@@ -410,11 +451,24 @@ impl CaseStore for SeaStore {
         if results.is_empty() {
             return Ok(());
         }
-        let now = crate::clock::now();
-        let txn = self.begin().await?;
-        let appended =
-            outbox::finish_in(&txn, &self.codec, self.timing, owner, &results, now).await?;
-        self.commit_appended(txn, appended).await
+        let (codec, timing) = (self.codec.clone(), self.timing);
+        let (owner, results) = (Arc::<str>::from(owner), Arc::new(results));
+        self.writer()
+            .submit(move |txn| {
+                let (codec, owner, results) = (codec.clone(), owner.clone(), results.clone());
+                Box::pin(async move {
+                    let now = crate::clock::now();
+                    let appended =
+                        outbox::finish_in(txn, &codec, timing, &owner, &results, now).await?;
+                    // Results enqueue the next steps (or wake a waiting one).
+                    Ok(Written {
+                        value: (),
+                        appended,
+                        enqueued: true,
+                    })
+                })
+            })
+            .await
     }
 
     async fn renew(
@@ -454,12 +508,25 @@ impl CaseStore for SeaStore {
     }
 
     async fn expedite(&self, id: &CaseId, meta: EventMeta) -> Result<(), StoreError> {
-        let txn = self.begin().await?;
-        let mut model = sql::lock_case(&txn, id).await?;
-        outbox::expedite(&txn, id, meta.at).await?;
-        let mut cs = ChangeSet::new(self.timing, &self.codec);
-        cs.audit(&mut model, "operator_expedited", &meta)?;
-        self.commit(txn, cs).await
+        let (codec, timing) = (self.codec.clone(), self.timing);
+        let (id, meta) = (id.clone(), Arc::new(meta));
+        self.writer()
+            .submit(move |txn| {
+                let (codec, id, meta) = (codec.clone(), id.clone(), meta.clone());
+                Box::pin(async move {
+                    let mut model = sql::lock_case(txn, &id).await?;
+                    outbox::expedite(txn, &id, meta.at).await?;
+                    let mut cs = ChangeSet::new(timing, &codec);
+                    cs.audit(&mut model, "operator_expedited", &meta)?;
+                    // Made its timers due now.
+                    Ok(Written {
+                        value: (),
+                        appended: cs.flush(txn).await?,
+                        enqueued: true,
+                    })
+                })
+            })
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

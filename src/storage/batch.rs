@@ -1,0 +1,272 @@
+//! Group commit: single-case writes that arrive together share one transaction and one commit
+//! (one fsync on SQLite, one WAL flush on PostgreSQL). A writer task takes what is queued — at
+//! most `MAX_BATCH` jobs — runs each in the shared transaction, commits once, then answers each
+//! caller; durability is the database's as before (`synchronous=FULL`, `synchronous_commit`).
+//!
+//! A job that is refused fails alone: the writes' contract is that a refusal (`NotFound`,
+//! `RequestIdReused`, `ActiveCaseExists`, a refused transition) is decided before the job's
+//! first write, so the batch goes on without it. Any other error may leave a partial write in
+//! the transaction: the batch is rolled back and each of its jobs runs again in a transaction
+//! of its own, where an error fails only that job. A commit that fails fails the whole batch
+//! (nothing of it is stored); the callers' retries are safe, as every write is idempotent or
+//! refused on repetition.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::StoreError;
+use super::listen;
+use crate::bus::EventBus;
+use crate::domain::CaseEvent;
+
+/// Most jobs in one transaction: enough to share a commit among every request in flight at
+/// the concurrency the gateway is sized for, few enough that one batch's locks (PostgreSQL row
+/// locks) and latency stay short.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// Jobs queued for the writer beyond the one it runs; a caller waits for room beyond that.
+const QUEUE: usize = 1024;
+
+/// What a job gives back: its answer, the events it appended, and whether it made work due
+/// (enqueued effects), so the engine is woken only then.
+pub(crate) struct Written<T> {
+    pub value: T,
+    pub appended: Vec<CaseEvent>,
+    pub enqueued: bool,
+}
+
+type JobFuture<'t, T> = Pin<Box<dyn Future<Output = Result<Written<T>, StoreError>> + Send + 't>>;
+
+/// One write: runs in whichever transaction it is given, as many times as it is asked (a
+/// batch that is rolled back runs it again alone).
+pub(crate) trait WriteFn<T>:
+    for<'t> Fn(&'t DatabaseTransaction) -> JobFuture<'t, T> + Send + Sync + 'static
+{
+}
+impl<T, F> WriteFn<T> for F where
+    F: for<'t> Fn(&'t DatabaseTransaction) -> JobFuture<'t, T> + Send + Sync + 'static
+{
+}
+
+/// A queued job, its answer type erased so that jobs of every kind share a batch.
+trait Job: Send {
+    /// Runs the write in `txn`, keeping the answer until the commit decides.
+    fn run<'t>(
+        &'t mut self,
+        txn: &'t DatabaseTransaction,
+    ) -> Pin<Box<dyn Future<Output = Result<Staged, StoreError>> + Send + 't>>;
+    /// Answers the caller: the kept answer if `outcome` is Ok, else the error.
+    fn answer(self: Box<Self>, outcome: Result<(), StoreError>);
+}
+
+/// A job's effects on the batch once it ran.
+struct Staged {
+    appended: Vec<CaseEvent>,
+    enqueued: bool,
+}
+
+struct Typed<T, F> {
+    write: F,
+    kept: Option<T>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    /// The caller's span: the job's statements belong to its request's trace.
+    span: tracing::Span,
+}
+
+impl<T: Send + 'static, F: WriteFn<T>> Job for Typed<T, F> {
+    fn run<'t>(
+        &'t mut self,
+        txn: &'t DatabaseTransaction,
+    ) -> Pin<Box<dyn Future<Output = Result<Staged, StoreError>> + Send + 't>> {
+        let span = self.span.clone();
+        Box::pin(
+            async move {
+                let w = (self.write)(txn).await?;
+                self.kept = Some(w.value);
+                Ok(Staged {
+                    appended: w.appended,
+                    enqueued: w.enqueued,
+                })
+            }
+            .instrument(span),
+        )
+    }
+
+    fn answer(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let this = *self;
+        let answer = outcome.and_then(|()| {
+            this.kept
+                .ok_or_else(|| StoreError::Invariant("a committed job kept no answer".into()))
+        });
+        // The caller may have gone away (a cancelled request); the write stands regardless.
+        let _ = this.reply.send(answer);
+    }
+}
+
+/// Errors a write returns only before its first write (see the module doc).
+fn refused_before_writing(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::NotFound
+            | StoreError::RequestIdReused
+            | StoreError::ActiveCaseExists
+            | StoreError::Transition(_)
+    )
+}
+
+/// The handle callers queue jobs on. The writer task ends when the last handle is dropped.
+#[derive(Clone, Debug)]
+pub(crate) struct Writer {
+    queue: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl std::fmt::Debug for dyn Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Writer {
+    /// Starts the writer task on the current runtime.
+    pub(crate) fn start(db: DatabaseConnection, bus: EventBus, origin: String) -> Self {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(Committer { db, bus, origin }, jobs));
+        Self { queue }
+    }
+
+    /// Runs `write` in the next batch and returns its answer once that batch has committed.
+    pub(crate) async fn submit<T: Send + 'static>(
+        &self,
+        write: impl WriteFn<T>,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Typed {
+            write,
+            kept: None,
+            reply,
+            span: tracing::Span::current(),
+        });
+        if self.queue.send(job).await.is_err() {
+            return Err(gone());
+        }
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+fn gone() -> StoreError {
+    StoreError::Unavailable(DbErr::Custom(
+        "the store's writer stopped before answering".into(),
+    ))
+}
+
+async fn write_loop(committer: Committer, mut jobs: mpsc::Receiver<Box<dyn Job>>) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let taken = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let c = committer.clone();
+        // Its own task: a panicking job drops its batch's answers (the callers see the store
+        // unavailable) but not the writer.
+        if let Err(e) = tokio::spawn(async move { c.run(taken).await }).await {
+            tracing::error!(error = %e, "a batch of writes panicked; its callers were told the store is unavailable");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Committer {
+    db: DatabaseConnection,
+    bus: EventBus,
+    origin: String,
+}
+
+impl Committer {
+    async fn run(&self, jobs: Vec<Box<dyn Job>>) {
+        if jobs.len() == 1 {
+            return self.run_alone(jobs).await;
+        }
+        let txn = match self.db.begin().await {
+            Ok(txn) => txn,
+            Err(e) => return answer_all(jobs, &e),
+        };
+        let mut done: Vec<Box<dyn Job>> = Vec::with_capacity(jobs.len());
+        let mut staged = Vec::with_capacity(jobs.len());
+        let mut pending = jobs.into_iter();
+        while let Some(mut job) = pending.next() {
+            match job.run(&txn).await {
+                Ok(s) => {
+                    staged.push(s);
+                    done.push(job);
+                }
+                Err(e) if refused_before_writing(&e) => job.answer(Err(e)),
+                Err(_) => {
+                    // It may have written part of itself: undo the batch, and give every job
+                    // of it a transaction of its own (this one answers with its error again).
+                    let _ = txn.rollback().await;
+                    done.push(job);
+                    done.extend(pending);
+                    return self.run_alone(done).await;
+                }
+            }
+        }
+        match self.commit(txn, staged).await {
+            Ok(()) => done.into_iter().for_each(|j| j.answer(Ok(()))),
+            Err(e) => answer_all(done, &e),
+        }
+    }
+
+    /// Each job in a transaction of its own.
+    async fn run_alone(&self, jobs: Vec<Box<dyn Job>>) {
+        for mut job in jobs {
+            let txn = match self.db.begin().await {
+                Ok(txn) => txn,
+                Err(e) => {
+                    job.answer(Err(StoreError::Unavailable(e)));
+                    continue;
+                }
+            };
+            match job.run(&txn).await {
+                Ok(s) => {
+                    let outcome = self.commit(txn, vec![s]).await;
+                    job.answer(outcome.map_err(StoreError::Unavailable));
+                }
+                Err(e) => {
+                    let _ = txn.rollback().await;
+                    job.answer(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Announces (PostgreSQL), commits, and only then tells watchers and — if anything was
+    /// enqueued — the engine.
+    async fn commit(&self, txn: DatabaseTransaction, staged: Vec<Staged>) -> Result<(), DbErr> {
+        let enqueued = staged.iter().any(|s| s.enqueued);
+        let appended: Vec<CaseEvent> = staged.into_iter().flat_map(|s| s.appended).collect();
+        // Inside the transaction: other replicas hear of it on commit, and never of a rollback.
+        if !appended.is_empty()
+            && let Err(e) = listen::announce(&txn, &self.origin, &appended).await
+        {
+            let _ = txn.rollback().await;
+            return Err(match e {
+                StoreError::Unavailable(e) => e,
+                other => DbErr::Custom(other.to_string()),
+            });
+        }
+        txn.commit().await?;
+        self.bus.publish(appended);
+        if enqueued {
+            self.bus.notify_work();
+        }
+        Ok(())
+    }
+}
+
+fn answer_all(jobs: Vec<Box<dyn Job>>, e: &DbErr) {
+    for job in jobs {
+        job.answer(Err(StoreError::Unavailable(DbErr::Custom(e.to_string()))));
+    }
+}

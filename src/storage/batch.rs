@@ -13,6 +13,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
@@ -122,6 +124,23 @@ fn refused_before_writing(e: &StoreError) -> bool {
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
     queue: mpsc::Sender<Box<dyn Job>>,
+    counts: Arc<Counts>,
+}
+
+/// What the writer has done so far: commits, and the jobs they carried.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    commits: AtomicU64,
+    committed_jobs: AtomicU64,
+}
+
+/// `Counts` read at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Transactions committed by the writer.
+    pub commits: u64,
+    /// Writes those transactions carried.
+    pub jobs: u64,
 }
 
 impl std::fmt::Debug for dyn Job {
@@ -134,8 +153,22 @@ impl Writer {
     /// Starts the writer task on the current runtime.
     pub(crate) fn start(db: DatabaseConnection, bus: EventBus, origin: String) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(Committer { db, bus, origin }, jobs));
-        Self { queue }
+        let counts = Arc::new(Counts::default());
+        let committer = Committer {
+            db,
+            bus,
+            origin,
+            counts: counts.clone(),
+        };
+        tokio::spawn(write_loop(committer, jobs));
+        Self { queue, counts }
+    }
+
+    pub(crate) fn counts(&self) -> WriteCounts {
+        WriteCounts {
+            commits: self.counts.commits.load(Ordering::Relaxed),
+            jobs: self.counts.committed_jobs.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs `write` in the next batch and returns its answer once that batch has committed.
@@ -181,6 +214,7 @@ struct Committer {
     db: DatabaseConnection,
     bus: EventBus,
     origin: String,
+    counts: Arc<Counts>,
 }
 
 impl Committer {
@@ -244,6 +278,7 @@ impl Committer {
     /// Announces (PostgreSQL), commits, and only then tells watchers and — if anything was
     /// enqueued — the engine.
     async fn commit(&self, txn: DatabaseTransaction, staged: Vec<Staged>) -> Result<(), DbErr> {
+        let jobs = staged.len();
         let enqueued = staged.iter().any(|s| s.enqueued);
         let appended: Vec<CaseEvent> = staged.into_iter().flat_map(|s| s.appended).collect();
         // Inside the transaction: other replicas hear of it on commit, and never of a rollback.
@@ -257,6 +292,10 @@ impl Committer {
             });
         }
         txn.commit().await?;
+        self.counts.commits.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .committed_jobs
+            .fetch_add(jobs as u64, Ordering::Relaxed);
         self.bus.publish(appended);
         if enqueued {
             self.bus.notify_work();
@@ -268,5 +307,197 @@ impl Committer {
 fn answer_all(jobs: Vec<Box<dyn Job>>, e: &DbErr) {
     for job in jobs {
         job.answer(Err(StoreError::Unavailable(DbErr::Custom(e.to_string()))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
+
+    use super::*;
+
+    async fn writer() -> (Writer, DatabaseConnection) {
+        let mut opts = ConnectOptions::new("sqlite::memory:");
+        // One connection: the in-memory database lives as long as it does.
+        opts.max_connections(1)
+            .min_connections(1)
+            .sqlx_logging(false);
+        let db = Database::connect(opts).await.expect("sqlite");
+        db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .await
+            .expect("table");
+        let w = Writer::start(db.clone(), EventBus::new(), "test".into());
+        (w, db)
+    }
+
+    /// A write that inserts `k`, then fails as `fail` says (after its write, as a broken write
+    /// would, or before it, as a refusal does).
+    fn insert(
+        k: &'static str,
+        fail: Option<fn() -> StoreError>,
+        before: bool,
+    ) -> impl for<'t> Fn(&'t DatabaseTransaction) -> JobFuture<'t, &'static str> + Send + Sync + 'static
+    {
+        move |txn| {
+            Box::pin(async move {
+                if let (Some(f), true) = (fail, before) {
+                    return Err(f());
+                }
+                txn.execute_unprepared(&format!("INSERT INTO t VALUES ('{k}')"))
+                    .await
+                    .map_err(StoreError::Unavailable)?;
+                if let Some(f) = fail {
+                    return Err(f());
+                }
+                Ok(Written {
+                    value: k,
+                    appended: Vec::new(),
+                    enqueued: false,
+                })
+            })
+        }
+    }
+
+    async fn keys(db: &DatabaseConnection) -> Vec<String> {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT k FROM t ORDER BY k",
+            ))
+            .await
+            .expect("select");
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "k").expect("k"))
+            .collect()
+    }
+
+    /// Queues the writes while the writer is held up by a first, slow one, so they share the
+    /// next batch; returns their answers in order.
+    async fn together(
+        w: &Writer,
+        writes: Vec<(&'static str, Option<fn() -> StoreError>, bool)>,
+    ) -> Vec<Result<&'static str, StoreError>> {
+        let slow = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.submit(|_txn| {
+                    Box::pin(async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok(Written {
+                            value: "slow",
+                            appended: Vec::new(),
+                            enqueued: false,
+                        })
+                    })
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let calls: Vec<_> = writes
+            .into_iter()
+            .map(|(k, fail, before)| {
+                let w = w.clone();
+                tokio::spawn(async move { w.submit(insert(k, fail, before)).await })
+            })
+            .collect();
+        assert_eq!(slow.await.expect("slow").expect("slow"), "slow");
+        let mut out = Vec::new();
+        for c in calls {
+            out.push(c.await.expect("joined"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn writes_queued_together_share_one_commit() {
+        let (w, db) = writer().await;
+        let answers = together(
+            &w,
+            vec![("a", None, false), ("b", None, false), ("c", None, false)],
+        )
+        .await;
+        assert_eq!(
+            answers
+                .into_iter()
+                .map(|a| a.expect("ok"))
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(keys(&db).await, ["a", "b", "c"]);
+        // The slow write alone, then the three queued behind it in one transaction.
+        assert_eq!(
+            w.counts(),
+            WriteCounts {
+                commits: 2,
+                jobs: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_fails_alone_and_its_batch_commits() {
+        let (w, db) = writer().await;
+        let answers = together(
+            &w,
+            vec![
+                ("a", None, false),
+                ("b", Some(|| StoreError::ActiveCaseExists), true),
+                ("c", None, false),
+            ],
+        )
+        .await;
+        assert!(matches!(answers[1], Err(StoreError::ActiveCaseExists)));
+        assert_eq!(answers[0].as_ref().ok(), Some(&"a"));
+        assert_eq!(answers[2].as_ref().ok(), Some(&"c"));
+        assert_eq!(keys(&db).await, ["a", "c"]);
+        assert_eq!(
+            w.counts(),
+            WriteCounts {
+                commits: 2,
+                jobs: 3
+            },
+            "one batch for a and c"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_broken_after_writing_leaves_nothing_and_the_others_commit_alone() {
+        let (w, db) = writer().await;
+        let answers = together(
+            &w,
+            vec![
+                ("a", None, false),
+                ("b", Some(|| StoreError::Invariant("broken".into())), false),
+                ("c", None, false),
+            ],
+        )
+        .await;
+        assert!(matches!(answers[1], Err(StoreError::Invariant(_))));
+        assert_eq!(answers[0].as_ref().ok(), Some(&"a"));
+        assert_eq!(answers[2].as_ref().ok(), Some(&"c"));
+        // b's row was written in the shared transaction: the batch was undone and a and c
+        // were written again, each alone.
+        assert_eq!(keys(&db).await, ["a", "c"]);
+        assert_eq!(
+            w.counts(),
+            WriteCounts {
+                commits: 3,
+                jobs: 3
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_its_batch_and_the_writer_goes_on() {
+        let (w, db) = writer().await;
+        let panicking = w
+            .submit(|_txn| -> JobFuture<'_, ()> { Box::pin(async { panic!("a bug in a write") }) })
+            .await;
+        assert!(matches!(panicking, Err(StoreError::Unavailable(_))));
+        assert_eq!(w.submit(insert("d", None, false)).await.expect("d"), "d");
+        assert_eq!(keys(&db).await, ["d"]);
     }
 }

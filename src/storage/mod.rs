@@ -48,6 +48,7 @@ pub use audit::{
     BrokenLink, ChainHead, ChainKeys, ChainProblem, ChainReport, HeadRow, orphan_report,
     verify_case, verify_case_unreadable,
 };
+pub use batch::WriteCounts;
 pub use node::{NodeError, NodeLock, valid_node_id};
 pub use queries::SchemaStatus;
 pub use sea::{MIGRATION_LOCK, SeaStore};

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use migration::MigratorTrait;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
-use super::batch::{Writer, Written};
 use super::audit::{
     ChainHead, ChainKeys, ChainProblem, ChainReport, verify_case, verify_case_unreadable,
 };
+use super::batch::{WriteCounts, Writer, Written};
 use super::changes::ChangeSet;
 use super::codec::Codec;
 use super::queries::UpgradeList;
@@ -109,6 +109,11 @@ impl SeaStore {
         self.bus = bus;
         self.writer = Arc::default();
         self
+    }
+
+    /// The group commit's work so far (this store and its clones since `with_bus`).
+    pub fn write_counts(&self) -> WriteCounts {
+        self.writer.get().map(Writer::counts).unwrap_or_default()
     }
 
     fn writer(&self) -> &Writer {
@@ -407,7 +412,8 @@ impl CaseStore for SeaStore {
         let (id, kind, meta) = (id.clone(), Arc::<str>::from(kind), Arc::new(meta));
         self.writer()
             .submit(move |txn| {
-                let (codec, id, kind, meta) = (codec.clone(), id.clone(), kind.clone(), meta.clone());
+                let (codec, id, kind, meta) =
+                    (codec.clone(), id.clone(), kind.clone(), meta.clone());
                 Box::pin(async move {
                     let mut model = sql::lock_case(txn, &id).await?;
                     let mut cs = ChangeSet::new(timing, &codec);

@@ -596,3 +596,84 @@ async fn kiv_removal_needs_a_recorded_revocation_on_postgres() {
     let db = TestDb::postgres().await;
     kiv_removal_needs_a_recorded_revocation(db).await;
 }
+
+/// Group commit (issue 12): creates that arrive together share transactions, and each one that
+/// is refused fails alone, with its own error, while the rest of its batch is stored.
+async fn concurrent_creates_share_commits(db: TestDb) {
+    let store = open(&db).await;
+    for i in 0..5 {
+        store
+            .create(cmd(Some(&format!("base-{i}")), "f", &format!("200000{i}")))
+            .await
+            .expect("base case");
+    }
+    let before = store.write_counts();
+    let mut calls = Vec::new();
+    let mut spawn = |c: CreateCase, expect: &'static str| {
+        let store = store.clone();
+        calls.push((expect, tokio::spawn(async move { store.create(c).await })));
+    };
+    for i in 0..5 {
+        // The same request again; its id with other content; a new id for an active card.
+        spawn(
+            cmd(Some(&format!("base-{i}")), "f", &format!("200000{i}")),
+            "replayed",
+        );
+        spawn(
+            cmd(Some(&format!("base-{i}")), "other", "2999999"),
+            "reused",
+        );
+        spawn(
+            cmd(Some(&format!("dup-{i}")), "f", &format!("200000{i}")),
+            "active",
+        );
+    }
+    for i in 0..40 {
+        spawn(
+            cmd(Some(&format!("new-{i}")), "f", &format!("3000{i:03}")),
+            "new",
+        );
+    }
+    for (expect, call) in calls {
+        let got = call.await.expect("joined");
+        let ok = match (expect, &got) {
+            ("replayed", Ok(Created::Replayed(_)))
+            | ("reused", Err(StoreError::RequestIdReused))
+            | ("active", Err(StoreError::ActiveCaseExists))
+            | ("new", Ok(Created::New(_))) => true,
+            _ => false,
+        };
+        assert!(ok, "expected {expect}, got {got:?}");
+    }
+    let listed = store
+        .list(&ListQuery {
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 45, "the 5 first cases and the 40 new ones");
+    let after = store.write_counts();
+    let (commits, jobs) = (after.commits - before.commits, after.jobs - before.jobs);
+    // 40 new cases and 5 replays committed; the refusals are answered without a commit.
+    assert_eq!(jobs, 45);
+    assert!(
+        commits * 4 <= jobs,
+        "{jobs} writes took {commits} commits: concurrent writes did not share them"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_creates_share_commits_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    concurrent_creates_share_commits(TestDb::sqlite(dir.path())).await;
+}
+
+#[cfg_attr(
+    not(etk_postgres),
+    ignore = "needs PostgreSQL: set ETK_TEST_POSTGRES_URL (see README)"
+)]
+#[tokio::test]
+async fn concurrent_creates_share_commits_on_postgres() {
+    concurrent_creates_share_commits(TestDb::postgres().await).await;
+}

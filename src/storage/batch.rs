@@ -20,8 +20,8 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::StoreError;
-use super::listen;
+use super::codec::Codec;
+use super::{CreateCase, Created, StoreError, Timing, create, listen};
 use crate::bus::EventBus;
 use crate::domain::CaseEvent;
 
@@ -63,6 +63,59 @@ trait Job: Send {
     ) -> Pin<Box<dyn Future<Output = Result<Staged, StoreError>> + Send + 't>>;
     /// Answers the caller: the kept answer if `outcome` is Ok, else the error.
     fn answer(self: Box<Self>, outcome: Result<(), StoreError>);
+    /// A create, which a batch writes together with the other creates (`create_many`).
+    fn as_create(&mut self) -> Option<&mut CreateJob> {
+        None
+    }
+    fn is_create(&self) -> bool {
+        false
+    }
+}
+
+/// A create: alone it runs `create_in`; beside other creates, `create_many` writes them all
+/// with a few multi-row statements.
+pub(crate) struct CreateJob {
+    cmd: Arc<CreateCase>,
+    codec: Codec,
+    timing: Timing,
+    kept: Option<Created>,
+    reply: oneshot::Sender<Result<Created, StoreError>>,
+    span: tracing::Span,
+}
+
+impl Job for CreateJob {
+    fn run<'t>(
+        &'t mut self,
+        txn: &'t DatabaseTransaction,
+    ) -> Pin<Box<dyn Future<Output = Result<Staged, StoreError>> + Send + 't>> {
+        let span = self.span.clone();
+        Box::pin(
+            async move {
+                let (created, appended) =
+                    create::create_in(txn, &self.codec, self.timing, &self.cmd).await?;
+                let enqueued = matches!(created, Created::New(_));
+                self.kept = Some(created);
+                Ok(Staged { appended, enqueued })
+            }
+            .instrument(span),
+        )
+    }
+
+    fn answer(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let this = *self;
+        let answer = outcome.and_then(|()| {
+            this.kept
+                .ok_or_else(|| StoreError::Invariant("a committed create kept no answer".into()))
+        });
+        let _ = this.reply.send(answer);
+    }
+
+    fn as_create(&mut self) -> Option<&mut CreateJob> {
+        Some(self)
+    }
+    fn is_create(&self) -> bool {
+        true
+    }
 }
 
 /// A job's effects on the batch once it ran.
@@ -171,6 +224,28 @@ impl Writer {
         }
     }
 
+    /// Creates a case in the next batch (see `CaseStore::create`), answered once it committed.
+    pub(crate) async fn create(
+        &self,
+        cmd: Arc<CreateCase>,
+        codec: Codec,
+        timing: Timing,
+    ) -> Result<Created, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(CreateJob {
+            cmd,
+            codec,
+            timing,
+            kept: None,
+            reply,
+            span: tracing::Span::current(),
+        });
+        if self.queue.send(job).await.is_err() {
+            return Err(gone());
+        }
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
     /// Runs `write` in the next batch and returns its answer once that batch has committed.
     pub(crate) async fn submit<T: Send + 'static>(
         &self,
@@ -228,7 +303,37 @@ impl Committer {
         };
         let mut done: Vec<Box<dyn Job>> = Vec::with_capacity(jobs.len());
         let mut staged = Vec::with_capacity(jobs.len());
-        let mut pending = jobs.into_iter();
+        let (mut creates, others): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.is_create());
+        if creates.len() > 1 {
+            match self.create_many(&txn, &mut creates).await {
+                Ok((answers, appended)) => {
+                    for (mut job, answer) in creates.into_iter().zip(answers) {
+                        match answer {
+                            Ok(created) => {
+                                if let Some(c) = job.as_create() {
+                                    c.kept = Some(created);
+                                }
+                                done.push(job);
+                            }
+                            Err(e) => job.answer(Err(e)),
+                        }
+                    }
+                    staged.push(Staged {
+                        enqueued: !appended.is_empty(),
+                        appended,
+                    });
+                }
+                Err(_) => {
+                    // Not decidable together (a database error, a twin on another replica):
+                    // each create alone, where its error is its own.
+                    let _ = txn.rollback().await;
+                    creates.extend(others);
+                    return self.run_alone(creates).await;
+                }
+            }
+            creates = Vec::new();
+        }
+        let mut pending = creates.into_iter().chain(others);
         while let Some(mut job) = pending.next() {
             match job.run(&txn).await {
                 Ok(s) => {
@@ -246,10 +351,31 @@ impl Committer {
                 }
             }
         }
-        match self.commit(txn, staged).await {
+        match self.commit(txn, staged, done.len()).await {
             Ok(()) => done.into_iter().for_each(|j| j.answer(Ok(()))),
             Err(e) => answer_all(done, &e),
         }
+    }
+
+    /// The creates' commands written together; the answers in their order.
+    async fn create_many(
+        &self,
+        txn: &DatabaseTransaction,
+        creates: &mut [Box<dyn Job>],
+    ) -> Result<(Vec<create::Outcome>, Vec<CaseEvent>), StoreError> {
+        let mut cmds = Vec::with_capacity(creates.len());
+        let mut setting = None;
+        for job in creates.iter_mut() {
+            if let Some(c) = job.as_create() {
+                setting.get_or_insert_with(|| (c.codec.clone(), c.timing));
+                cmds.push(c.cmd.clone());
+            }
+        }
+        let Some((codec, timing)) = setting else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let refs: Vec<&CreateCase> = cmds.iter().map(|c| &**c).collect();
+        create::create_many(txn, &codec, timing, &refs).await
     }
 
     /// Each job in a transaction of its own.
@@ -264,7 +390,7 @@ impl Committer {
             };
             match job.run(&txn).await {
                 Ok(s) => {
-                    let outcome = self.commit(txn, vec![s]).await;
+                    let outcome = self.commit(txn, vec![s], 1).await;
                     job.answer(outcome.map_err(StoreError::Unavailable));
                 }
                 Err(e) => {
@@ -277,8 +403,12 @@ impl Committer {
 
     /// Announces (PostgreSQL), commits, and only then tells watchers and — if anything was
     /// enqueued — the engine.
-    async fn commit(&self, txn: DatabaseTransaction, staged: Vec<Staged>) -> Result<(), DbErr> {
-        let jobs = staged.len();
+    async fn commit(
+        &self,
+        txn: DatabaseTransaction,
+        staged: Vec<Staged>,
+        jobs: usize,
+    ) -> Result<(), DbErr> {
         let enqueued = staged.iter().any(|s| s.enqueued);
         let appended: Vec<CaseEvent> = staged.into_iter().flat_map(|s| s.appended).collect();
         // Inside the transaction: other replicas hear of it on commit, and never of a rollback.

@@ -89,6 +89,19 @@ impl ChangeSet {
         }
     }
 
+    /// Takes over `other`'s writes (planned with the same timing and codec), after its own.
+    pub(crate) fn absorb(&mut self, other: ChangeSet) {
+        for model in &other.cases {
+            self.touch(model);
+        }
+        self.events.extend(other.events);
+        self.effects.extend(other.effects);
+        self.removals.extend(other.removals);
+        self.terminal.extend(other.terminal);
+        self.parked.extend(other.parked);
+        self.appended.extend(other.appended);
+    }
+
     /// Whether `flush` enqueues effects (new work for the engine).
     pub(crate) fn enqueues(&self) -> bool {
         !self.effects.is_empty()

@@ -19,8 +19,8 @@ use super::queries::UpgradeList;
 use super::sql::{self, Lock};
 use super::{
     CaseRecord, CaseStore, CreateCase, Created, EventMeta, Finished, ListQuery, ReencryptBatch,
-    RetentionCutoffs, RetentionDue, StepView, StoreError, Timing, Work, create, listen, outbox,
-    queries, retention,
+    RetentionCutoffs, RetentionDue, StepView, StoreError, Timing, Work, listen, outbox, queries,
+    retention,
 };
 use crate::bus::EventBus;
 use crate::domain::saga::Event;
@@ -100,6 +100,8 @@ impl SeaStore {
 
     pub fn with_timing(mut self, timing: Timing) -> Self {
         self.timing = timing;
+        // A writer of its own: creates written together share one timing.
+        self.writer = Arc::default();
         self
     }
 
@@ -325,23 +327,11 @@ impl CaseStore for SeaStore {
         // One retry covers the race where a concurrent twin with the same request_id (another
         // replica) committed between our look-up and our insert: the second pass replays it.
         for _ in 0..2 {
-            let (codec, timing, cmd) = (self.codec.clone(), self.timing, cmd.clone());
-            let written = self
+            let created = self
                 .writer()
-                .submit(move |txn| {
-                    let (codec, cmd) = (codec.clone(), cmd.clone());
-                    Box::pin(async move {
-                        let (created, appended) =
-                            create::create_in(txn, &codec, timing, &cmd).await?;
-                        Ok(Written {
-                            enqueued: matches!(created, Created::New(_)),
-                            value: created,
-                            appended,
-                        })
-                    })
-                })
+                .create(cmd.clone(), self.codec.clone(), self.timing)
                 .await;
-            match written {
+            match created {
                 Err(StoreError::ConcurrentRetry) => continue,
                 other => return other,
             }

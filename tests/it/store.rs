@@ -634,6 +634,34 @@ async fn concurrent_creates_share_commits(db: TestDb) {
             "new",
         );
     }
+    // Within the batch: a request sent twice, an id used for two reports, a card twice.
+    for i in 0..3 {
+        spawn(
+            cmd(Some(&format!("twin-{i}")), "f", &format!("400000{i}")),
+            "new",
+        );
+        spawn(
+            cmd(Some(&format!("twin-{i}")), "f", &format!("400000{i}")),
+            "replayed",
+        );
+        spawn(
+            cmd(Some(&format!("both-{i}")), "f", &format!("500000{i}")),
+            "new",
+        );
+        spawn(
+            cmd(Some(&format!("both-{i}")), "g", &format!("510000{i}")),
+            "reused",
+        );
+        spawn(
+            cmd(Some(&format!("card-{i}")), "f", &format!("600000{i}")),
+            "new",
+        );
+        spawn(
+            cmd(Some(&format!("card2-{i}")), "f", &format!("600000{i}")),
+            "active",
+        );
+    }
+    let mut by_card = std::collections::HashMap::new();
     for (expect, call) in calls {
         let got = call.await.expect("joined");
         let ok = match (expect, &got) {
@@ -644,6 +672,17 @@ async fn concurrent_creates_share_commits(db: TestDb) {
             _ => false,
         };
         assert!(ok, "expected {expect}, got {got:?}");
+        if let Ok(Created::New(c) | Created::Replayed(c)) = &got {
+            by_card
+                .entry(c.report.card_number.to_string())
+                .or_insert_with(Vec::new)
+                .push(c.id.clone());
+        }
+    }
+    for i in 0..3 {
+        let ids = &by_card[&format!("400000{i}")];
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], ids[1], "a request sent twice is one case");
     }
     let listed = store
         .list(&ListQuery {
@@ -652,11 +691,15 @@ async fn concurrent_creates_share_commits(db: TestDb) {
         })
         .await
         .expect("list");
-    assert_eq!(listed.len(), 45, "the 5 first cases and the 40 new ones");
+    assert_eq!(
+        listed.len(),
+        54,
+        "the 5 first cases, the 40 new ones and 9 from within the batch"
+    );
     let after = store.write_counts();
     let (commits, jobs) = (after.commits - before.commits, after.jobs - before.jobs);
-    // 40 new cases and 5 replays committed; the refusals are answered without a commit.
-    assert_eq!(jobs, 45);
+    // 49 new cases and 8 replays committed; the refusals are answered without a commit.
+    assert_eq!(jobs, 57);
     assert!(
         commits * 4 <= jobs,
         "{jobs} writes took {commits} commits: concurrent writes did not share them"

@@ -503,12 +503,12 @@ mod tests {
             .collect()
     }
 
+    /// A test write: its key, how it fails (if it does), and whether before writing.
+    type Spec = (&'static str, Option<fn() -> StoreError>, bool);
+
     /// Queues the writes while the writer is held up by a first, slow one, so they share the
     /// next batch; returns their answers in order.
-    async fn together(
-        w: &Writer,
-        writes: Vec<(&'static str, Option<fn() -> StoreError>, bool)>,
-    ) -> Vec<Result<&'static str, StoreError>> {
+    async fn together(w: &Writer, writes: Vec<Spec>) -> Vec<Result<&'static str, StoreError>> {
         let slow = {
             let w = w.clone();
             tokio::spawn(async move {

@@ -664,13 +664,13 @@ async fn concurrent_creates_share_commits(db: TestDb) {
     let mut by_card = std::collections::HashMap::new();
     for (expect, call) in calls {
         let got = call.await.expect("joined");
-        let ok = match (expect, &got) {
+        let ok = matches!(
+            (expect, &got),
             ("replayed", Ok(Created::Replayed(_)))
-            | ("reused", Err(StoreError::RequestIdReused))
-            | ("active", Err(StoreError::ActiveCaseExists))
-            | ("new", Ok(Created::New(_))) => true,
-            _ => false,
-        };
+                | ("reused", Err(StoreError::RequestIdReused))
+                | ("active", Err(StoreError::ActiveCaseExists))
+                | ("new", Ok(Created::New(_)))
+        );
         assert!(ok, "expected {expect}, got {got:?}");
         if let Ok(Created::New(c) | Created::Replayed(c)) = &got {
             by_card

@@ -440,21 +440,7 @@ impl CaseStore for SeaStore {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Work>, StoreError> {
-        // Through the writer: a claim is a write (the leases), and shares the commit of what
-        // is queued beside it rather than taking the single SQLite connection for its own.
-        let owner = Arc::<str>::from(owner);
-        self.writer()
-            .submit(move |txn| {
-                let owner = owner.clone();
-                Box::pin(async move {
-                    Ok(Written {
-                        value: outbox::claim(txn, &owner, now, lease, limit).await?,
-                        appended: Vec::new(),
-                        enqueued: false,
-                    })
-                })
-            })
-            .await
+        outbox::claim(&self.db, owner, now, lease, limit).await
     }
 
     async fn finish(&self, owner: &str, results: Vec<Finished>) -> Result<(), StoreError> {

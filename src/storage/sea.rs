@@ -119,8 +119,14 @@ impl SeaStore {
     }
 
     fn writer(&self) -> &Writer {
-        self.writer
-            .get_or_init(|| Writer::start(self.db.clone(), self.bus.clone(), self.origin.clone()))
+        self.writer.get_or_init(|| {
+            let (db, bus, origin) = (self.db.clone(), self.bus.clone(), self.origin.clone());
+            if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+                Writer::direct(db, bus, origin)
+            } else {
+                Writer::start(db, bus, origin)
+            }
+        })
     }
 
     /// Applies the pending migrations and returns their names (none: nothing to do). On
@@ -511,9 +517,10 @@ impl CaseStore for SeaStore {
                 let (codec, id, meta) = (codec.clone(), id.clone(), meta.clone());
                 Box::pin(async move {
                     let mut model = sql::lock_case(txn, &id).await?;
-                    outbox::expedite(txn, &id, meta.at).await?;
+                    // Planned before the first write, so that a refusal writes nothing.
                     let mut cs = ChangeSet::new(timing, &codec);
                     cs.audit(&mut model, "operator_expedited", &meta)?;
+                    outbox::expedite(txn, &id, meta.at).await?;
                     // Made its timers due now.
                     Ok(Written {
                         value: (),

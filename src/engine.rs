@@ -221,10 +221,6 @@ impl Engine {
             if *stop.borrow() {
                 return;
             }
-            // Register for the signal before looking, so work enqueued meanwhile wakes us.
-            let notified = signal.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             match self.run_batch().await {
                 Ok(n) if n > 0 => {
                     failures = 0;
@@ -236,6 +232,12 @@ impl Engine {
                     tracing::warn!(worker = index, error = %e, "engine batch failed; backing off");
                 }
             }
+            // Registered only now, while idle: the signal wakes one waiter, and a worker busy
+            // with a batch must not be the one it picks. Work enqueued since the batch is
+            // found by `next_due` below (due now: no wait), or its signal is kept for us.
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let wait = if failures > 0 {
                 self.cfg.retry.delay(failures.min(8))
             } else if !self.node_held_now() {

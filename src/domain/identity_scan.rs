@@ -63,8 +63,8 @@ pub fn find(text: &str) -> Vec<Range<usize>> {
 /// [`contains`] for identifiers: a canonical UUID (`8-4-4-4-12` hex digits) is read by its own
 /// layout, anything else as free text. In a UUID an identity number can be *written* only in
 /// its layout's places: `YYYYMMDD-NNNC` as groups one and two, `YYMMDD-NNNC` as the end of group
-/// one and group two, `YYYY-MMDD-NNNC` as groups two to four, `YYYYMMDDNNNC` as group five or
-/// ten digits at either end of it; those are refused. Other windows of hex digits that happen to
+/// one and group two, `YYYY-MMDD-NNNC` as groups two to four, `YYYYMMDDNNNC` or `YYMMDDNNNC`
+/// anywhere in group five; those are refused. Other windows of hex digits that happen to
 /// be decimal are not a written number; random UUIDs trip them about once in a thousand, read by
 /// the layout about once in 10,000.
 ///
@@ -114,19 +114,18 @@ fn uuid_written(groups: &[&str]) -> bool {
             .map(|b| b.is_ascii_digit().then(|| b - b'0'))
             .collect()
     };
-    // Groups one and two (`YYYYMMDD-NNNC`, `YYMMDD-NNNC`), two to four (`YYYY-MMDD-NNNC`), and
-    // group five whole or its ten-digit ends.
+    // Groups one and two (`YYYYMMDD-NNNC`, `YYMMDD-NNNC`), two to four (`YYYY-MMDD-NNNC`); and
+    // anywhere in group five, the one group long enough to hold a number by itself (whole, or
+    // ten digits at any offset, read as free text: its letters end a run).
     let written = [
         format!("{}{}", groups[0], groups[1]),
         format!("{}{}", &groups[0][2..], groups[1]),
         format!("{}{}{}", groups[1], groups[2], groups[3]),
-        groups[4].to_owned(),
-        groups[4][..10].to_owned(),
-        groups[4][2..].to_owned(),
     ];
     written
         .iter()
         .any(|w| digits(w).is_some_and(|d| is_identity_number(&d)))
+        || contains(groups[4])
 }
 
 /// Whether exactly these digits (10 or 12 of them) form a valid identity number by the rule
@@ -309,6 +308,8 @@ mod tests {
             "00000000-1912-1212-1212-000000000000",
             "00000000-0000-4000-8000-ab1212121212",
             "00000000-0000-4000-8000-121212121200",
+            "00000000-0000-4000-8000-a1212121212b",
+            "ts-00000000-0000-4000-8000-a1212121212b",
             "19121212-1212",
             "r-19121212-1212",
             // With a prefix or suffix, the layout's places and the text around it.

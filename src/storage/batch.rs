@@ -354,6 +354,10 @@ impl Committer {
             Err(e) => return answer_all(jobs, &e),
         };
         let mut done: Vec<Box<dyn Job>> = Vec::with_capacity(jobs.len());
+        // Refused jobs are answered only once the batch is committed: a refusal may rest on an
+        // earlier job's write in this transaction (a card a create just took, a case an apply
+        // just cancelled), which a rollback or a failed commit would undo.
+        let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
         let mut staged = Vec::with_capacity(jobs.len());
         let (mut creates, others): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.is_create());
         if creates.len() > 1 {
@@ -367,7 +371,7 @@ impl Committer {
                                 }
                                 done.push(job);
                             }
-                            Err(e) => job.answer(Err(e)),
+                            Err(e) => refused.push((job, e)),
                         }
                     }
                     staged.push(Staged {
@@ -392,20 +396,33 @@ impl Committer {
                     staged.push(s);
                     done.push(job);
                 }
-                Err(e) if refused_before_writing(&e) => job.answer(Err(e)),
+                Err(e) if refused_before_writing(&e) => refused.push((job, e)),
                 Err(_) => {
                     // It may have written part of itself: undo the batch, and give every job
-                    // of it a transaction of its own (this one answers with its error again).
+                    // of it a transaction of its own (this one answers with its error again;
+                    // the refused ones are decided again without the others' writes).
                     let _ = txn.rollback().await;
                     done.push(job);
+                    done.extend(refused.into_iter().map(|(j, _)| j));
                     done.extend(pending);
                     return self.run_alone(done).await;
                 }
             }
         }
+        if done.is_empty() {
+            // Nothing written: the refusals stand on the committed state alone.
+            let _ = txn.rollback().await;
+            return refused.into_iter().for_each(|(j, e)| j.answer(Err(e)));
+        }
         match self.commit(txn, staged, done.len()).await {
-            Ok(()) => done.into_iter().for_each(|j| j.answer(Ok(()))),
-            Err(e) => answer_all(done, &e),
+            Ok(()) => {
+                done.into_iter().for_each(|j| j.answer(Ok(())));
+                refused.into_iter().for_each(|(j, e)| j.answer(Err(e)));
+            }
+            Err(e) => {
+                answer_all(done, &e);
+                answer_all(refused.into_iter().map(|(j, _)| j).collect(), &e);
+            }
         }
     }
 
@@ -670,6 +687,101 @@ mod tests {
                 jobs: 3
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_resting_on_a_write_that_is_undone_is_decided_again() {
+        let (w, db) = writer().await;
+        // Held up behind a slow write, so that the three share the next batch.
+        let slow = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.submit(|_txn| {
+                    Box::pin(async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok(Written {
+                            value: (),
+                            appended: Vec::new(),
+                            enqueued: false,
+                        })
+                    })
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // `a` writes in the batch but fails when run alone; `b` is refused while `a`'s row is
+        // there and writes its own otherwise; `c` breaks the batch after writing.
+        let runs = Arc::new(AtomicU64::new(0));
+        let a = {
+            let (w, runs) = (w.clone(), runs.clone());
+            tokio::spawn(async move {
+                w.submit(move |txn| {
+                    let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+                    Box::pin(async move {
+                        if !first {
+                            return Err(StoreError::Invariant("fails alone".into()));
+                        }
+                        txn.execute_unprepared("INSERT INTO t VALUES ('a')")
+                            .await
+                            .map_err(StoreError::Unavailable)?;
+                        Ok(Written {
+                            value: (),
+                            appended: Vec::new(),
+                            enqueued: false,
+                        })
+                    })
+                })
+                .await
+            })
+        };
+        let b = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.submit(|txn| {
+                    Box::pin(async move {
+                        let seen = txn
+                            .query_one_raw(Statement::from_string(
+                                txn.get_database_backend(),
+                                "SELECT k FROM t WHERE k = 'a'",
+                            ))
+                            .await
+                            .map_err(StoreError::Unavailable)?;
+                        if seen.is_some() {
+                            return Err(StoreError::ActiveCaseExists);
+                        }
+                        txn.execute_unprepared("INSERT INTO t VALUES ('b')")
+                            .await
+                            .map_err(StoreError::Unavailable)?;
+                        Ok(Written {
+                            value: (),
+                            appended: Vec::new(),
+                            enqueued: false,
+                        })
+                    })
+                })
+                .await
+            })
+        };
+        let c = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.submit(insert(
+                    "c",
+                    Some(|| StoreError::Invariant("broken".into())),
+                    false,
+                ))
+                .await
+            })
+        };
+        slow.await.expect("slow").expect("slow");
+        assert!(matches!(a.await.expect("a"), Err(StoreError::Invariant(_))));
+        assert!(matches!(c.await.expect("c"), Err(StoreError::Invariant(_))));
+        // `a`'s row never became durable, so `b`'s refusal did not stand: decided again, alone.
+        b.await
+            .expect("b")
+            .expect("b stored once the batch was undone");
+        assert_eq!(keys(&db).await, ["b"]);
     }
 
     #[tokio::test]

@@ -170,6 +170,8 @@ enum Decision {
     /// An earlier request's case (stored, or new in this batch: the index of its command).
     Replay(String),
     ReplayOf(usize),
+    /// The request id of an earlier command in this batch, with other content.
+    ReusedOf(usize),
     Refused(StoreError),
 }
 
@@ -222,7 +224,7 @@ pub(crate) async fn create_many(
                 decisions.push(if cmds[j].fingerprint == cmd.fingerprint {
                     Decision::ReplayOf(j)
                 } else {
-                    Decision::Refused(StoreError::RequestIdReused)
+                    Decision::ReusedOf(j)
                 });
                 continue;
             }
@@ -298,6 +300,17 @@ pub(crate) async fn create_many(
             Some(_) => Decision::Refused(StoreError::RequestIdReused),
             None => Decision::Refused(StoreError::ActiveCaseExists),
         };
+    }
+    // An id taken by an earlier command of the batch is refused only if that command stores
+    // it. If it does not (its card was active), one by one this command would have been the
+    // first with the id: that is decided one by one, not guessed here.
+    for i in 0..decisions.len() {
+        if let Decision::ReusedOf(j) = decisions[i] {
+            if !matches!(decisions[j], Decision::New(_)) {
+                return Err(StoreError::ConcurrentRetry);
+            }
+            decisions[i] = Decision::Refused(StoreError::RequestIdReused);
+        }
     }
     // A repeat of a request in this batch answers as that request does.
     for i in 0..decisions.len() {
@@ -380,6 +393,8 @@ pub(crate) async fn create_many(
                 .map(Created::Replayed)
                 .ok_or(StoreError::ActiveCaseExists),
             Decision::Refused(e) => Err(e),
+            // Resolved above.
+            Decision::ReusedOf(_) => Err(StoreError::RequestIdReused),
         })
         .collect();
     Ok((answers, appended))

@@ -391,10 +391,12 @@ impl CaseStore for SeaStore {
                     }
                     let mut cs = ChangeSet::new(timing, &codec);
                     cs.event(&mut model, &event, &meta)?;
+                    // Read back before the first write, so that its refusal writes nothing.
+                    let value = codec.to_domain(&model)?;
                     let enqueued = cs.enqueues();
                     let appended = cs.flush(txn).await?;
                     Ok(Written {
-                        value: codec.to_domain(&model)?,
+                        value,
                         appended,
                         enqueued,
                     })

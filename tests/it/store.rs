@@ -748,3 +748,24 @@ async fn concurrent_creates_share_commits_on_sqlite() {
 async fn concurrent_creates_answer_alike_on_postgres() {
     concurrent_creates_share_commits(TestDb::postgres().await, false).await;
 }
+
+/// Within one batch, a request id whose first request is refused (its card already has an
+/// active case) stores nothing, so the next request with that id is new, as one by one.
+#[tokio::test]
+async fn an_id_whose_first_request_was_refused_is_free_within_a_batch() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&TestDb::sqlite(dir.path())).await;
+    store
+        .create(cmd(Some("held"), "f", "8000001"))
+        .await
+        .expect("the card's active case");
+    let (a, b) = (store.clone(), store.clone());
+    // Spawned in this order on the test's one thread: queued together, in this order.
+    let first = tokio::spawn(async move { a.create(cmd(Some("again"), "f", "8000001")).await });
+    let second = tokio::spawn(async move { b.create(cmd(Some("again"), "g", "8000002")).await });
+    assert!(matches!(
+        first.await.expect("joined"),
+        Err(StoreError::ActiveCaseExists)
+    ));
+    assert!(matches!(second.await.expect("joined"), Ok(Created::New(_))));
+}

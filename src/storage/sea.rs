@@ -34,6 +34,8 @@ pub const MIGRATION_LOCK: i64 = 0x0065_746b_6d69_6772;
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
+    /// Where plain reads go: SQLite's read-only connections beside the writer, else `db`.
+    read: DatabaseConnection,
     codec: Codec,
     /// The keys the audit chain is verified with (the current one; a rotation adds earlier ones).
     keys: ChainKeys,
@@ -87,8 +89,13 @@ impl SeaStore {
         acquire_timeout: Duration,
         vault: Arc<Vault>,
     ) -> Result<Self, DbErr> {
+        let db = sql::connect(url, max_connections, acquire_timeout).await?;
+        let read = sql::connect_reader(url, acquire_timeout)
+            .await?
+            .unwrap_or_else(|| db.clone());
         Ok(Self {
-            db: sql::connect(url, max_connections, acquire_timeout).await?,
+            db,
+            read,
             keys: ChainKeys::new(&vault),
             codec: Codec::new(vault),
             timing: Timing::default(),
@@ -201,8 +208,12 @@ impl SeaStore {
     /// tests explain them). Call it before the store is cloned.
     #[doc(hidden)]
     pub fn on_statement(&mut self, sink: impl Fn(&sea_orm::Statement) + Send + Sync + 'static) {
+        let sink = Arc::new(sink);
+        let on_read = sink.clone();
         self.db
             .set_metric_callback(move |info: &sea_orm::metric::Info<'_>| sink(info.statement));
+        self.read
+            .set_metric_callback(move |info: &sea_orm::metric::Info<'_>| on_read(info.statement));
     }
 
     /// The id of the master key new data is encrypted under.
@@ -346,7 +357,7 @@ impl CaseStore for SeaStore {
     }
 
     async fn get(&self, id: &CaseId) -> Result<Option<Deregistration>, StoreError> {
-        let Some(m) = sql::find_case(&self.db, id, Lock::No).await? else {
+        let Some(m) = sql::find_case(&self.read, id, Lock::No).await? else {
             return Ok(None);
         };
         match self.codec.to_domain(&m) {
@@ -358,7 +369,7 @@ impl CaseStore for SeaStore {
 
     async fn get_many(&self, ids: &[CaseId]) -> Result<Vec<Deregistration>, StoreError> {
         let refs: Vec<&CaseId> = ids.iter().collect();
-        let rows = sql::load_cases(&self.db, &refs, Lock::No).await?;
+        let rows = sql::load_cases(&self.read, &refs, Lock::No).await?;
         Ok(rows
             .values()
             .filter_map(|m| self.codec.readable(m))
@@ -366,7 +377,7 @@ impl CaseStore for SeaStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Deregistration>, StoreError> {
-        let rows = queries::list(&self.db, query).await?;
+        let rows = queries::list(&self.read, query).await?;
         Ok(rows.iter().filter_map(|m| self.codec.readable(m)).collect())
     }
 
@@ -427,7 +438,7 @@ impl CaseStore for SeaStore {
     }
 
     async fn events(&self, id: &CaseId) -> Result<Vec<CaseEvent>, StoreError> {
-        queries::events(&self.db, id).await
+        queries::events(&self.read, id).await
     }
 
     async fn kiv_removed_by_other_case(&self, id: &CaseId) -> Result<bool, StoreError> {
@@ -435,7 +446,7 @@ impl CaseStore for SeaStore {
     }
 
     async fn snapshot(&self, id: &CaseId) -> Result<Option<Employment>, StoreError> {
-        let model = sql::find_case(&self.db, id, Lock::No)
+        let model = sql::find_case(&self.read, id, Lock::No)
             .await?
             .ok_or(StoreError::NotFound)?;
         self.codec.open_snapshot(&model)
@@ -508,7 +519,7 @@ impl CaseStore for SeaStore {
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        outbox::next_due(&self.db).await
+        outbox::next_due(&self.read).await
     }
 
     async fn expedite(&self, id: &CaseId, meta: EventMeta) -> Result<(), StoreError> {
@@ -545,7 +556,7 @@ impl CaseStore for SeaStore {
     }
 
     async fn stats(&self, now: Timestamp) -> Result<super::Stats, StoreError> {
-        queries::stats(&self.db, now).await
+        queries::stats(&self.read, now).await
     }
 
     async fn retention_due(

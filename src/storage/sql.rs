@@ -42,6 +42,35 @@ pub(crate) async fn connect(
     Database::connect(opts).await
 }
 
+/// Connections that only read, beside the single writer: for a SQLite file, a pool of read-only
+/// connections, which WAL lets read while the writer writes (each read sees what was committed
+/// when it began). `None` elsewhere: PostgreSQL's pool serves both, and an in-memory SQLite
+/// database exists only on its one connection.
+pub(crate) async fn connect_reader(
+    url: &str,
+    acquire_timeout: Duration,
+) -> Result<Option<DatabaseConnection>, DbErr> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.acquire_timeout(acquire_timeout)
+        .connect_timeout(acquire_timeout)
+        .sqlx_logging(false)
+        // One per core of the machine this was measured on; the writer has its own.
+        .max_connections(READERS)
+        .min_connections(1);
+    opts.map_sqlx_sqlite_opts(|o| {
+        o.read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(5))
+    });
+    Database::connect(opts).await.map(Some)
+}
+
+/// Read-only SQLite connections beside the writer.
+const READERS: u32 = 2;
+
 /// The pool's connections in use and idle. The backend is checked first: sea-orm's pool
 /// accessors panic on the other backend.
 pub(crate) fn pool_stats(db: &DatabaseConnection) -> Option<super::PoolStats> {

@@ -575,15 +575,16 @@ mod tests {
     /// A test write: its key, how it fails (if it does), and whether before writing.
     type Spec = (&'static str, Option<fn() -> StoreError>, bool);
 
-    /// Queues the writes while the writer is held up by a first, slow one, so they share the
-    /// next batch; returns their answers in order.
+    /// Queues the writes while the writer is held up by a first, slow one (1 s: ample for the
+    /// queued ones to arrive on a loaded machine), so they share the next batch; returns their
+    /// answers in order.
     async fn together(w: &Writer, writes: Vec<Spec>) -> Vec<Result<&'static str, StoreError>> {
         let slow = {
             let w = w.clone();
             tokio::spawn(async move {
                 w.submit(|_txn| {
                     Box::pin(async {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::time::sleep(Duration::from_millis(1000)).await;
                         Ok(Written {
                             value: "slow",
                             appended: Vec::new(),
@@ -698,7 +699,7 @@ mod tests {
             tokio::spawn(async move {
                 w.submit(|_txn| {
                     Box::pin(async {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::time::sleep(Duration::from_millis(1000)).await;
                         Ok(Written {
                             value: (),
                             appended: Vec::new(),

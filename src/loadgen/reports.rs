@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api::pb;
+use crate::domain::Personnummer;
 
 /// Makes the `n`-th report of a run; safe to share between tasks.
 #[derive(Debug)]
@@ -73,28 +74,14 @@ impl ReportGen {
 
 /// A valid personnummer (`YYYYMMDD-NNNC`, born 1940–1999) that varies with `n`.
 pub fn personnummer(n: u64) -> String {
-    let year = 1940 + n % 60;
-    let month = 1 + (n / 60) % 12;
-    let day = 1 + (n / 720) % 28;
-    let birth = 1 + (n / 20_160) % 999;
-    let ten = format!("{:02}{month:02}{day:02}{birth:03}", year % 100);
-    let digits: Vec<u8> = ten.bytes().map(|b| b - b'0').collect();
-    let check = luhn_check_digit(&digits);
-    format!("{year}{month:02}{day:02}-{birth:03}{check}")
-}
-
-/// The Luhn check digit of `body` (weights 2, 1, 2, … from the left), as the Swedish Tax
-/// Agency computes it over the first nine digits of the ten-digit form.
-fn luhn_check_digit(body: &[u8]) -> u8 {
-    let sum: u32 = body
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| {
-            let p = u32::from(d) * if i % 2 == 0 { 2 } else { 1 };
-            p / 10 + p % 10
-        })
-        .sum();
-    ((10 - sum % 10) % 10) as u8
+    let year = 1940 + (n % 60) as i32;
+    let month = 1 + ((n / 60) % 12) as u8;
+    let day = 1 + ((n / 720) % 28) as u8;
+    let birth = 1 + ((n / 20_160) % 999) as u16;
+    let digits = Personnummer::synthetic(year, month, day, birth)
+        .expect("a date that exists and a birth number from 1 to 999")
+        .expose_digits();
+    format!("{}-{}", &digits[..8], &digits[8..])
 }
 
 /// `n` with its decimal digits written as the letters a–j: the gateway refuses a request id

@@ -16,7 +16,7 @@ use super::codec::Codec;
 use super::entities::{cases, idempotency_keys};
 use std::collections::{HashMap, HashSet};
 
-use super::sql::{Lock, find_case, load_cases};
+use super::sql::{Lock, load_cases};
 use super::{CreateCase, Created, StoreError, Timing};
 use crate::domain::saga::{Saga, initial_effects};
 use crate::domain::{CaseEvent, CaseId};
@@ -24,102 +24,22 @@ use crate::domain::{CaseEvent, CaseId};
 /// Creates the case in `txn`, or finds the one this request already created. Returns the
 /// events appended (none for a replay), to publish once the caller has committed.
 ///
-/// A new case takes five statements: the idempotency look-up, then the case row as it stands
-/// after its `accepted` event (built in memory, never re-read), the idempotency record, the
-/// event and the first effects. Nothing is written before a refusal is known, except where a
-/// concurrent twin decides it (`ConcurrentRetry`: the caller rolls back).
+/// `create_many` with one command: a new case takes five statements (the idempotency look-up,
+/// then the case row as it stands after its `accepted` event — built in memory, never re-read —
+/// the idempotency record, the event and the first effects). Nothing is written before a
+/// refusal is known, except where a concurrent twin decides it (`ConcurrentRetry`: the caller
+/// rolls back and tries again).
 pub(crate) async fn create_in(
     txn: &DatabaseTransaction,
     codec: &Codec,
     timing: Timing,
     cmd: &CreateCase,
 ) -> Result<(Created, Vec<CaseEvent>), StoreError> {
-    let request_key = cmd
-        .request_id
-        .as_ref()
-        .map(|r| (codec.request_key(cmd.principal.as_str(), r), r));
-    if let Some((key, raw)) = &request_key
-        && let Some(replayed) = replay(txn, codec, cmd, key, raw).await?
-    {
-        return Ok((replayed, Vec::new()));
-    }
-
-    let Planned { model, changes: cs } = plan(codec, timing, cmd)?;
-
-    // One active case per card, decided by the unique index: a conflict inserts nothing.
-    let inserted = cases::Entity::insert(model.clone().into_active_model().reset_all())
-        .on_conflict(
-            OnConflict::column(cases::Column::ActiveCardNumber)
-                .do_nothing()
-                .to_owned(),
-        )
-        .try_insert()
-        .exec_without_returning(txn)
-        .await
-        .map_err(StoreError::Unavailable)?;
-    if !matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
-        // A twin of this request may have committed since the look-up (PostgreSQL, another
-        // replica): then this is its replay, not a conflict.
-        if let Some((key, raw)) = &request_key
-            && let Some(replayed) = replay(txn, codec, cmd, key, raw).await?
-        {
-            return Ok((replayed, Vec::new()));
-        }
-        return Err(StoreError::ActiveCaseExists);
-    }
-
-    if let Some((key, _)) = request_key {
-        let record = idempotency_keys::ActiveModel {
-            principal_hsa_id: Set(cmd.principal.to_string()),
-            request_id: Set(key),
-            fingerprint: Set(cmd.fingerprint.clone()),
-            case_id: Set(cmd.id.to_string()),
-            created_at: Set(cmd.meta.at.0),
-        };
-        // A concurrent twin that committed first makes this a no-op on PostgreSQL (it waits
-        // for the twin); the caller rolls back, retries, and then replays.
-        let r = idempotency_keys::Entity::insert(record)
-            .on_conflict_do_nothing()
-            .exec_without_returning(txn)
-            .await
-            .map_err(StoreError::Unavailable)?;
-        if !matches!(r, TryInsertResult::Inserted(n) if n > 0) {
-            return Err(StoreError::ConcurrentRetry);
-        }
-    }
-    let appended = cs.flush(txn).await?;
-    Ok((Created::New(codec.to_domain(&model)?), appended))
-}
-
-/// The case an earlier request with this id created (`None`: a new request), or
-/// `RequestIdReused` when that request carried other content.
-async fn replay(
-    txn: &DatabaseTransaction,
-    codec: &Codec,
-    cmd: &CreateCase,
-    key: &str,
-    raw: &str,
-) -> Result<Option<Created>, StoreError> {
-    // One look-up for the digest and, for records from before request ids were digested, the
-    // id itself.
-    let Some(prior) = idempotency_keys::Entity::find()
-        .filter(idempotency_keys::Column::PrincipalHsaId.eq(cmd.principal.to_string()))
-        .filter(idempotency_keys::Column::RequestId.is_in([key, raw]))
-        .one(txn)
-        .await
-        .map_err(StoreError::Unavailable)?
-    else {
-        return Ok(None);
-    };
-    if prior.fingerprint != cmd.fingerprint {
-        return Err(StoreError::RequestIdReused);
-    }
-    let case_id = CaseId::parse(&prior.case_id)
-        .ok_or_else(|| StoreError::Corrupt("idempotency record".into()))?;
-    let model = find_case(txn, &case_id, Lock::No)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    Ok(Some(Created::Replayed(codec.to_domain(&model)?)))
+    let (mut answers, appended) = create_many(txn, codec, timing, &[cmd]).await?;
+    let created = answers
+        .pop()
+        .ok_or_else(|| StoreError::Invariant("a create was not answered".into()))??;
+    Ok((created, appended))
 }
 
 /// What a new case's row and first change look like before anything is written.

@@ -406,11 +406,7 @@ impl CaseStore for SeaStore {
                     let value = codec.to_domain(&model)?;
                     let enqueued = cs.enqueues();
                     let appended = cs.flush(txn).await?;
-                    Ok(Written {
-                        value,
-                        appended,
-                        enqueued,
-                    })
+                    Ok(Written::new(value, appended, enqueued))
                 })
             })
             .await
@@ -427,11 +423,7 @@ impl CaseStore for SeaStore {
                     let mut model = sql::lock_case(txn, &id).await?;
                     let mut cs = ChangeSet::new(timing, &codec);
                     cs.audit(&mut model, &kind, &meta)?;
-                    Ok(Written {
-                        value: (),
-                        appended: cs.flush(txn).await?,
-                        enqueued: false,
-                    })
+                    Ok(Written::new((), cs.flush(txn).await?, false))
                 })
             })
             .await
@@ -476,11 +468,7 @@ impl CaseStore for SeaStore {
                     let appended =
                         outbox::finish_in(txn, &codec, timing, &owner, &results, now).await?;
                     // Results enqueue the next steps (or wake a waiting one).
-                    Ok(Written {
-                        value: (),
-                        appended,
-                        enqueued: true,
-                    })
+                    Ok(Written::new((), appended, true))
                 })
             })
             .await
@@ -535,11 +523,7 @@ impl CaseStore for SeaStore {
                     cs.audit(&mut model, "operator_expedited", &meta)?;
                     outbox::expedite(txn, &id, meta.at).await?;
                     // Made its timers due now.
-                    Ok(Written {
-                        value: (),
-                        appended: cs.flush(txn).await?,
-                        enqueued: true,
-                    })
+                    Ok(Written::new((), cs.flush(txn).await?, true))
                 })
             })
             .await

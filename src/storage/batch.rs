@@ -360,6 +360,7 @@ impl Committer {
         if jobs.len() == 1 {
             return self.run_alone(jobs).await;
         }
+        let (started, size) = (std::time::Instant::now(), jobs.len());
         let txn = match self.db.begin().await {
             Ok(txn) => txn,
             Err(e) => return answer_all(jobs, &e),
@@ -425,7 +426,16 @@ impl Committer {
             let _ = txn.rollback().await;
             return refused.into_iter().for_each(|(j, e)| j.answer(Err(e)));
         }
-        match self.commit(txn, staged, done.len()).await {
+        let written = started.elapsed();
+        let committed = self.commit(txn, staged, done.len()).await;
+        // Where a batch's time goes (docs/benchmarks.md): the writer is the one serial path.
+        tracing::debug!(
+            jobs = size,
+            written_ms = written.as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+            "batch of writes committed"
+        );
+        match committed {
             Ok(()) => {
                 done.into_iter().for_each(|j| j.answer(Ok(())));
                 refused.into_iter().for_each(|(j, e)| j.answer(Err(e)));

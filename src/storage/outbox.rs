@@ -162,8 +162,11 @@ pub(crate) async fn finish_in(
     let mut case_ids: Vec<&CaseId> = results.iter().map(|f| &f.work.case_id).collect();
     case_ids.sort();
     case_ids.dedup();
+    let started = std::time::Instant::now();
     let mut models = load_cases(txn, &case_ids, Lock::ForUpdate).await?;
+    let loaded = started.elapsed();
     let fenced = fence(txn, owner, results, now).await?;
+    let fenced_at = started.elapsed();
 
     let mut events: Vec<(&Finished, Event, String)> = Vec::new();
     for f in results {
@@ -226,7 +229,20 @@ pub(crate) async fn finish_in(
             Err(e) => return Err(e),
         }
     }
-    cs.flush(txn).await
+    let applied = started.elapsed();
+    let appended = cs.flush(txn).await?;
+    // Where a batch's recording time goes (docs/benchmarks.md): it runs on the one writer.
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    tracing::debug!(
+        results = results.len(),
+        cases = case_ids.len(),
+        load_ms = ms(loaded),
+        fence_ms = ms(fenced_at - loaded),
+        apply_ms = ms(applied - fenced_at),
+        flush_ms = ms(started.elapsed() - applied),
+        "step results recorded"
+    );
+    Ok(appended)
 }
 
 /// Updates the effect rows of the results whose lease `owner` still holds (the fence: the

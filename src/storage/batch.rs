@@ -432,7 +432,7 @@ impl Committer {
         tracing::debug!(
             jobs = size,
             written_ms = written.as_secs_f64() * 1e3,
-            commit_ms = (started.elapsed() - written).as_secs_f64() * 1e3,
+            commit_ms = started.elapsed().saturating_sub(written).as_secs_f64() * 1e3,
             "batch of writes committed"
         );
         match committed {

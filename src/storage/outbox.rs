@@ -237,9 +237,9 @@ pub(crate) async fn finish_in(
         results = results.len(),
         cases = case_ids.len(),
         load_ms = ms(loaded),
-        fence_ms = ms(fenced_at - loaded),
-        apply_ms = ms(applied - fenced_at),
-        flush_ms = ms(started.elapsed() - applied),
+        fence_ms = ms(fenced_at.saturating_sub(loaded)),
+        apply_ms = ms(applied.saturating_sub(fenced_at)),
+        flush_ms = ms(started.elapsed().saturating_sub(applied)),
         "step results recorded"
     );
     Ok(appended)

@@ -115,11 +115,7 @@ impl Job for CreateJob {
 
     fn answer(self: Box<Self>, outcome: Result<(), StoreError>) {
         let this = *self;
-        let answer = outcome.and_then(|()| {
-            this.kept
-                .ok_or_else(|| StoreError::Invariant("a committed create kept no answer".into()))
-        });
-        let _ = this.reply.send(answer);
+        reply(this.reply, this.kept, outcome);
     }
 
     fn as_create(&mut self) -> Option<&mut CreateJob> {
@@ -165,13 +161,21 @@ impl<T: Send + 'static, F: WriteFn<T>> Job for Typed<T, F> {
 
     fn answer(self: Box<Self>, outcome: Result<(), StoreError>) {
         let this = *self;
-        let answer = outcome.and_then(|()| {
-            this.kept
-                .ok_or_else(|| StoreError::Invariant("a committed job kept no answer".into()))
-        });
-        // The caller may have gone away (a cancelled request); the write stands regardless.
-        let _ = this.reply.send(answer);
+        reply(this.reply, this.kept, outcome);
     }
+}
+
+/// Answers a job's caller: what the job kept if its batch committed, else the batch's error.
+fn reply<T>(
+    to: oneshot::Sender<Result<T, StoreError>>,
+    kept: Option<T>,
+    outcome: Result<(), StoreError>,
+) {
+    let answer = outcome.and_then(|()| {
+        kept.ok_or_else(|| StoreError::Invariant("a committed write kept no answer".into()))
+    });
+    // The caller may have gone away (a cancelled request); the write stands regardless.
+    let _ = to.send(answer);
 }
 
 /// Errors a write returns only before its first write (see the module doc).

@@ -33,15 +33,21 @@ fn insert(
             if let (Some(f), true) = (fail, before) {
                 return Err(f());
             }
-            txn.execute_unprepared(&format!("INSERT INTO t VALUES ('{k}')"))
-                .await
-                .map_err(StoreError::Unavailable)?;
+            put(txn, k).await?;
             if let Some(f) = fail {
                 return Err(f());
             }
             Ok(Written::new(k, Vec::new(), false))
         })
     }
+}
+
+/// Inserts the row `k` in the batch's transaction.
+async fn put(txn: &DatabaseTransaction, k: &str) -> Result<(), StoreError> {
+    txn.execute_unprepared(&format!("INSERT INTO t VALUES ('{k}')"))
+        .await
+        .map(|_| ())
+        .map_err(StoreError::Unavailable)
 }
 
 async fn keys(db: &DatabaseConnection) -> Vec<String> {
@@ -192,9 +198,7 @@ async fn a_refusal_resting_on_a_write_that_is_undone_is_decided_again() {
                     if !first {
                         return Err(StoreError::Invariant("fails alone".into()));
                     }
-                    txn.execute_unprepared("INSERT INTO t VALUES ('a')")
-                        .await
-                        .map_err(StoreError::Unavailable)?;
+                    put(txn, "a").await?;
                     Ok(Written::new((), Vec::new(), false))
                 })
             })
@@ -216,9 +220,7 @@ async fn a_refusal_resting_on_a_write_that_is_undone_is_decided_again() {
                     if seen.is_some() {
                         return Err(StoreError::ActiveCaseExists);
                     }
-                    txn.execute_unprepared("INSERT INTO t VALUES ('b')")
-                        .await
-                        .map_err(StoreError::Unavailable)?;
+                    put(txn, "b").await?;
                     Ok(Written::new((), Vec::new(), false))
                 })
             })
